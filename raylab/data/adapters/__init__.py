@@ -1,0 +1,6 @@
+"""Dataset adapters: each turns a dataset's native layout into corpus rows.
+
+Importing this package registers every adapter in :data:`raylab.data.DATASETS`.
+"""
+
+from raylab.data.adapters import elpv, folder, magnetic_tile  # noqa: F401  (registration)

@@ -1,0 +1,73 @@
+"""MVTec-AD-style folders, the layout MVTec AD and VisA (after its split script) use.
+
+``<root>/<class>/train/good/*``, ``<root>/<class>/test/<defect or good>/*`` and
+``<root>/<class>/ground_truth/<defect>/<name>_mask.png``. Users point ``--data-root`` at the
+folder that holds ``mvtec`` (or ``visa``), or set ``folder`` in the dataset options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from raylab.data.adapters.common import DatasetNotFoundError, image_files
+from raylab.data.images import check_sample
+from raylab.data.registry import DATASETS
+from raylab.data.schema import CorpusRecord, records_to_table
+
+
+def load_anomaly_folders(
+    data_root: str | Path, folder: str = "mvtec", classes: tuple[str, ...] | None = None
+) -> pa.Table:
+    root = Path(data_root) / folder if (Path(data_root) / folder).is_dir() else Path(data_root)
+    found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir()) if root.is_dir() else []
+    if not found:
+        raise DatasetNotFoundError(
+            f"no MVTec-style classes under {root}: expected <class>/train/good and <class>/test/<defect>"
+        )
+    wanted = list(classes) if classes else found
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise DatasetNotFoundError(f"classes {missing} not found under {root}; found {found}")
+    records = []
+    for class_name in wanted:
+        class_root = root / class_name
+        for path in image_files(class_root / "train" / "good"):
+            records.append(_record(root, path, class_name, "train", label=0))
+        for defect_dir in sorted(p for p in (class_root / "test").iterdir() if p.is_dir()):
+            for path in image_files(defect_dir):
+                defect = defect_dir.name
+                records.append(_record(root, path, class_name, "test", label=int(defect != "good"), defect=defect))
+    return records_to_table(records)
+
+
+def _record(root: Path, path: Path, class_name: str, split: str, *, label: int, defect: str | None = None) -> CorpusRecord:
+    relative = path.relative_to(root).as_posix()
+    image = path.read_bytes()
+    mask = None
+    if label == 1:
+        mask_path = root / class_name / "ground_truth" / str(defect) / f"{path.stem}_mask.png"
+        if mask_path.exists():
+            mask = mask_path.read_bytes()
+    check_sample(image, mask, sample=relative)
+    return CorpusRecord(
+        sample_id=relative.rsplit(".", 1)[0],
+        image=image,
+        mask=mask,
+        label=label,
+        class_name=class_name,
+        split=split,
+        source=relative,
+        defect_type=defect if label else None,
+    )
+
+
+@DATASETS.register("mvtec")
+def load_mvtec(data_root: str | Path, classes: tuple[str, ...] | None = None, folder: str = "mvtec") -> pa.Table:
+    return load_anomaly_folders(data_root, folder=folder, classes=classes)
+
+
+@DATASETS.register("visa")
+def load_visa(data_root: str | Path, classes: tuple[str, ...] | None = None, folder: str = "visa") -> pa.Table:
+    return load_anomaly_folders(data_root, folder=folder, classes=classes)

