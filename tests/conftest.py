@@ -1,0 +1,62 @@
+"""Shared fixtures: one real local Ray for the whole session, real data from ../shared.
+
+Tests that need ``../shared/data`` use the ``shared_data`` fixture: they skip with a reason
+where it is absent (a newcomer's laptop), and fail where ``RAYLAB_REQUIRE_SHARED_DATA=1``
+(``.ci/run`` sets it: CI always has the data, so it must never skip silently).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    data = SHARED / "data"
+    if not data.is_dir():
+        message = f"real data not found at {data} (see README: Data)"
+        if os.environ.get("RAYLAB_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message + "; RAYLAB_REQUIRE_SHARED_DATA=1 makes its absence an error")
+        pytest.skip(message)
+    return data
+
+
+@pytest.fixture(scope="session")
+def shared_weights(shared_data: Path) -> Path:
+    return shared_data.parent / "weights"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_outputs(tmp_path_factory: pytest.TempPathFactory):
+    """Caches and MLflow stores of the test session live in a temporary folder."""
+    root = tmp_path_factory.mktemp("raylab-session")
+    previous = {k: os.environ.get(k) for k in ("RAYLAB_CACHE_DIR", "MLFLOW_TRACKING_URI")}
+    os.environ["RAYLAB_CACHE_DIR"] = str(root / "cache")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns.db'}"
+    yield root
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one local Ray cluster of the test session (2 CPUs, like CI). Never `ray stop`."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
