@@ -1,0 +1,123 @@
+"""The Ray Train harness every trained model in raylab uses.
+
+A method writes a per-worker loop that reads like plain PyTorch plus three calls:
+:func:`restore_state` at the start (``None`` on a fresh run, the last checkpoint's state on a
+resumed or restarted one), :func:`report_epoch` at the end of each epoch (metrics, and a
+checkpoint written by rank 0), and :func:`prepare` for the model. :func:`fit` builds the
+``TorchTrainer`` from a :class:`TrainSpec` (workers, GPUs, failures, storage). Re-running a
+spec with the same ``name`` and ``storage_path`` resumes from its latest checkpoint: with Ray
+Train v2 this replaces ``resume_from_checkpoint``, and a worker that dies mid-run is
+restarted from the last checkpoint up to ``max_failures`` times.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    name: str
+    num_workers: int = 2
+    use_gpu: bool | None = None
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0
+    storage_path: str | None = None
+    checkpoints_to_keep: int = 2
+
+    def resolved_storage(self) -> str:
+        from raylab.data.store import cache_root
+
+        return self.storage_path or str(cache_root() / "ray_results")
+
+
+def fit(
+    train_loop: Callable[[dict[str, Any]], None],
+    loop_config: Mapping[str, Any],
+    spec: TrainSpec,
+    *,
+    datasets: Mapping[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+):
+    """Run ``train_loop`` on ``spec.num_workers`` Ray Train workers (DDP); returns the Result."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = spec.use_gpu
+    if use_gpu is None:
+        import ray
+
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= spec.num_workers
+    trainer = TorchTrainer(
+        train_loop_per_worker=train_loop,
+        train_loop_config=dict(loop_config),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": spec.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=spec.name,
+            storage_path=spec.resolved_storage(),
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
+            callbacks=callbacks,
+        ),
+        datasets=dict(datasets) if datasets else None,
+    )
+    return trainer.fit()
+
+
+def prepare(model: torch.nn.Module) -> torch.nn.Module:
+    """Move to the worker's device and wrap in DDP when there is more than one worker."""
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(model)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def restore_state() -> dict[str, Any] | None:
+    """The state saved by the latest :func:`report_epoch` of this run, or ``None``."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def report_epoch(metrics: Mapping[str, float], state: Mapping[str, Any] | None = None) -> None:
+    """Report metrics; with ``state``, rank 0 also saves it as this epoch's checkpoint.
+
+    Every worker must call this each epoch (Ray Train's report is a collective step).
+    """
+    import ray.train
+
+    context = ray.train.get_context()
+    if state is None or context.get_world_rank() != 0:
+        ray.train.report(dict(metrics))
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(dict(state), os.path.join(directory, STATE_FILE))
+        ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def load_result_state(result) -> dict[str, Any]:
+    """The state dict in a finished run's latest checkpoint (driver side)."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {result.path} finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
