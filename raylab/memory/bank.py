@@ -23,6 +23,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -171,7 +172,7 @@ class MemoryBank:
         # Own the host copy: the caller's array (or tensor storage) may be reused later.
         self._chunks.append(matrix.copy())
 
-    def reconstruct(self, indices: ArrayLike | int) -> np.ndarray:
+    def reconstruct(self, indices: ArrayLike | Sequence[int] | int) -> np.ndarray:
         """Stored vectors for the given ids (any shape of ids; a trailing ``dim`` axis is added)."""
         ids = np.asarray(indices.detach().cpu() if isinstance(indices, torch.Tensor) else indices)
         if not np.issubdtype(ids.dtype, np.integer):

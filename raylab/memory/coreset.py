@@ -112,9 +112,7 @@ def greedy_coreset(
     return kcenter_greedy(centred, count, int(torch.argmax(estimate)), estimate)
 
 
-def random_projection(
-    points: torch.Tensor, projection_dim: int | None, rng: np.random.Generator
-) -> torch.Tensor:
+def random_projection(points: torch.Tensor, projection_dim: int | None, rng: np.random.Generator) -> torch.Tensor:
     """Project ``points`` with a Gaussian matrix ``N(0, 1/projection_dim)`` drawn from ``rng``.
 
     This is PatchCore's dimensionality reduction before coreset selection. The matrix is
@@ -193,7 +191,7 @@ def coverage_radius(features: np.ndarray | torch.Tensor, selected_idx: np.ndarra
     return float(np.sqrt(max(float(squared.max()), 0.0)))
 
 
-def _kcenter_greedy_reference(
+def kcenter_greedy_reference(
     points: np.ndarray,
     n_select: int,
     first: int,
@@ -230,8 +228,8 @@ def _greedy_within_candidates(
     the largest min-distance outside the candidate set. Returns the accepted positions in
     selection order; the first candidate is always accepted, so every batch makes progress.
     """
-    pairwise = torch.addmm(candidate_sq_norms[None, :], candidates, candidates.T, alpha=-2.0)
-    pairwise = pairwise.add_(candidate_sq_norms[:, None]).clamp_(min=0).sqrt_().cpu().numpy()
+    squared = torch.addmm(candidate_sq_norms[None, :], candidates, candidates.T, alpha=-2.0)
+    pairwise = squared.add_(candidate_sq_norms[:, None]).clamp_(min=0).sqrt_().cpu().numpy()
     remaining = min_dist.copy()
     accepted: list[int] = []
     for _ in range(remaining.shape[0]):
