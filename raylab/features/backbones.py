@@ -43,6 +43,10 @@ class BackboneSpec:
     out_indices: tuple[int, ...] = (2, 3)
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
+    img_size: int | None = None  # ViTs fix their input size at construction (e.g. 392 for DINOv2 in MeDS)
+
+    def timm_kwargs(self) -> dict[str, int]:
+        return {"img_size": self.img_size} if self.img_size else {}
 
     def weights_fingerprint(self) -> str:
         """Identifies the weights' content (a file's hash), for content-addressed caches."""
@@ -124,7 +128,7 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
             "pass a local weight file instead (weights=PATH)"
         )
     pretrained = spec.weights == "hub"
-    full = timm.create_model(spec.name, pretrained=pretrained)
+    full = timm.create_model(spec.name, pretrained=pretrained, **spec.timm_kwargs())
     path = resolve_weights_path(spec.weights)
     if path is not None:
         state = load_state_dict_file(path)
@@ -132,13 +136,27 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
             full.load_state_dict(state, strict=True)
         except RuntimeError:
             full.load_state_dict(map_in_order(state, full), strict=True)
-    model = timm.create_model(spec.name, pretrained=False, features_only=True, out_indices=spec.out_indices)
-    missing, _ = model.load_state_dict(full.state_dict(), strict=False)
-    if missing:
-        raise RuntimeError(f"backbone {spec.name}: feature wrapper lacks weights for {missing[:3]}...")
+    model = timm.create_model(
+        spec.name, pretrained=False, features_only=True, out_indices=spec.out_indices, **spec.timm_kwargs()
+    )
+    model.load_state_dict(_feature_wrapper_state(model, full.state_dict(), spec.name), strict=True)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()
+
+
+def _feature_wrapper_state(wrapper: nn.Module, full_state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The full model's weights under the feature wrapper's names.
+
+    CNN wrappers keep the model's own names; ViT wrappers hold the model as ``model.``.
+    """
+    mapped = {}
+    for key in wrapper.state_dict():
+        source = key if key in full_state else key.removeprefix("model.")
+        if source not in full_state:
+            raise RuntimeError(f"backbone {name}: no weight for feature-wrapper tensor {key}")
+        mapped[key] = full_state[source]
+    return mapped
 
 
 @dataclass(frozen=True)

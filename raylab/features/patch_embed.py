@@ -10,6 +10,7 @@ are kept as they are.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,3 +38,18 @@ class PatchEmbedder(nn.Module):
             embedding = F.adaptive_avg_pool1d(embedding.reshape(-1, 1, embedding.shape[-1]), self.embed_dim)
             embedding = embedding.reshape(*batch, self.embed_dim)
         return embedding
+
+
+def pool_patch_grid(patches: np.ndarray, grid: int | None) -> np.ndarray:
+    """Average-pool (N, h, w, D) patch grids to (N, grid, grid, D); ``None`` keeps them.
+
+    The CPU configurations of MeDS use it to shrink the token count (and stage 1's
+    quadratic cost) while keeping the same cached features.
+    """
+    if grid is None or patches.shape[1] == grid:
+        return np.asarray(patches, dtype=np.float32)
+    out = []
+    for start in range(0, len(patches), 256):
+        chunk = torch.from_numpy(np.asarray(patches[start : start + 256], dtype=np.float32)).permute(0, 3, 1, 2)
+        out.append(F.adaptive_avg_pool2d(chunk, grid).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
