@@ -44,7 +44,7 @@ def _convert(hint: Any, value: Any, where: str, current: Any) -> Any:
     if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
         return from_mapping(type(current), value, where=where, base=current)
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+    if dataclasses.is_dataclass(hint) and not isinstance(value, hint):  # a scalar for a section: TypeError
         return from_mapping(hint, value, where=where)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):

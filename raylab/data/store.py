@@ -34,7 +34,9 @@ def corpus_fingerprint(table: pa.Table) -> str:
     digest = hashlib.sha256()
     for column in CORPUS_SCHEMA.names:
         for chunk in table.column(column).chunks:
-            for buffer in chunk.buffers():
+            # A slice shares its parent's whole buffers: compact it so only its own values count.
+            digest.update(len(chunk).to_bytes(8, "little"))
+            for buffer in pa.concat_arrays([chunk]).buffers():
                 if buffer is not None:
                     digest.update(buffer)
         digest.update(column.encode())
@@ -64,8 +66,10 @@ def write_shards(
         if target.exists():
             target.rmdir()
         os.replace(staging, target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if directory is None and isinstance(error, OSError) and any(target.glob("*.parquet")):
+            return target  # a concurrent writer put the same content in place first
         raise
     return target
 

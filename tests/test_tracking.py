@@ -1,0 +1,147 @@
+"""Tests for raylab.tracking: MLflow conventions on a real MLflow (SQLite) store.
+
+The store is the session's SQLite file (the ``isolated_outputs`` fixture); each test works in
+an experiment of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pytest
+
+import raylab
+from raylab.methods.patchcore import PatchCoreConfig
+from raylab.tracking import configure, experiment_id, flatten_params, run_tags, tracked_run, tracking_uri
+from raylab.tracking.mlflow_conventions import MAX_PARAM_LENGTH
+
+
+@dataclass
+class Leaf:
+    depth: int = 3
+    sizes: tuple[int, ...] = (1, 2)
+
+
+@dataclass
+class Branch:
+    leaf: Leaf = field(default_factory=Leaf)
+    name: str = "b"
+    extra: dict = field(default_factory=lambda: {"k": {"deep": 1.5}, "none": None})
+
+
+def unique_job() -> str:
+    return f"test-tracking-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def session_store(isolated_outputs):
+    """The session's SQLite store (a fresh store per test would cost seconds of migrations);
+    every test uses its own experiment, so tests never see each other's runs."""
+    uri = tracking_uri()
+    assert uri == f"sqlite:///{isolated_outputs / 'mlruns.db'}"
+    return uri
+
+
+def test_flatten_params_nested_dataclasses():
+    flat = flatten_params(Branch())
+    assert flat == {
+        "leaf.depth": "3",
+        "leaf.sizes": "(1, 2)",
+        "name": "b",
+        "extra.k.deep": "1.5",
+        "extra.none": "None",
+    }
+    real = flatten_params(PatchCoreConfig())
+    assert real["features.backbone.name"] == "efficientnet_lite0"
+    assert real["features.backbone.out_indices"] == "(2, 3)"
+    assert real["features.image_size"] == "224"
+    assert real["coreset_ratio"] == "0.1"
+    assert all(isinstance(v, str) for v in real.values())
+    assert flatten_params({"a": 1}, prefix="job.") == {"job.a": "1"}
+    assert len(flatten_params({"long": "x" * (MAX_PARAM_LENGTH + 50)})["long"]) == MAX_PARAM_LENGTH
+
+
+def test_tracking_uri_default_is_sqlite_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
+    assert tracking_uri() == "sqlite:////elsewhere/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # empty counts as unset
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
+def test_experiment_created_once_with_local_artifacts(session_store, isolated_outputs):
+    job = unique_job()
+    first = experiment_id(job)
+    second = experiment_id(f"raylab/{job}")  # the prefixed name is the same experiment
+    assert first == second
+    client = mlflow.MlflowClient(session_store)
+    found = client.search_experiments(filter_string=f"name = 'raylab/{job}'")
+    assert [e.experiment_id for e in found] == [first]
+    assert found[0].artifact_location == (isolated_outputs / "mlartifacts").as_uri()
+    assert mlflow.get_tracking_uri() == session_store == configure()
+
+
+def test_tracked_run_finishes_and_logs(session_store):
+    job = unique_job()
+    params = {f"p{i:03d}": i for i in range(250)}  # more than one log_batch of params
+    with tracked_run(job, "ok", params=params, tags={"method": "patchcore", "seed": 3, "skipped": None}) as run:
+        run.log_metrics({"image_auroc": 0.9, "pixel_auroc": math.nan, "aupro": None})
+        run.log_text("hello", "notes/hello.txt")
+        run.set_tags(dataset="magnetic_tile")
+    client = mlflow.MlflowClient(session_store)
+    finished = client.get_run(run.run_id)
+    assert finished.info.status == "FINISHED"
+    assert finished.info.run_name == "ok"
+    assert finished.data.metrics == {"image_auroc": 0.9}  # NaN and None are not logged
+    assert len(finished.data.params) == 250 and finished.data.params["p249"] == "249"
+    tags = finished.data.tags
+    assert tags["raylab.method"] == "patchcore" and tags["raylab.seed"] == "3"
+    assert tags["raylab.dataset"] == "magnetic_tile"
+    assert "raylab.skipped" not in tags
+    assert tags["raylab.version"] == raylab.__version__
+    assert len(tags["raylab.git_commit"]) in (40, len("unknown"))
+    local = Path(client.download_artifacts(run.run_id, "notes/hello.txt"))
+    assert local.read_text() == "hello"
+
+
+def test_tracked_run_marks_failed_runs(session_store):
+    job = unique_job()
+    with pytest.raises(ZeroDivisionError):
+        with tracked_run(job, "parent") as parent:
+            with tracked_run(job, "child", parent_run_id=parent.run_id) as child:
+                parent.log_metrics({"started": 1.0})
+                1 / 0
+    client = mlflow.MlflowClient(session_store)
+    assert client.get_run(child.run_id).info.status == "FAILED"
+    assert client.get_run(parent.run_id).info.status == "FAILED"
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+    assert client.get_run(parent.run_id).data.metrics == {"started": 1.0}  # logged before the failure stays
+
+    with tracked_run(job, "after") as after:
+        pass
+    runs = client.search_runs([experiment_id(job)])
+    assert {r.info.run_name: r.info.status for r in runs} == {"parent": "FAILED", "child": "FAILED", "after": "FINISHED"}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert after.run_id in {r.info.run_id for r in runs}
+
+
+def test_tracked_run_with_unloggable_params_is_failed_not_running(session_store):
+    job = unique_job()
+    with pytest.raises(Exception):
+        # MLflow rejects a param key with forbidden characters: the run must not stay RUNNING.
+        with tracked_run(job, "bad-params", params={"bad key?!": 1}):
+            pytest.fail("the body must not run when params cannot be logged")
+    runs = mlflow.MlflowClient(session_store).search_runs([experiment_id(job)])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_run_tags_prefix_and_keep_dotted_keys():
+    tags = run_tags(method="m", noise_ratio=0.1, **{"mlflow.note.content": "x"})
+    assert tags["raylab.method"] == "m" and tags["raylab.noise_ratio"] == "0.1"
+    assert tags["mlflow.note.content"] == "x"
