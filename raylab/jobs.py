@@ -41,7 +41,9 @@ def job_parser(job: str, description: str, *, default_dataset: str, metrics_help
         help="folder that holds the dataset's folder (e.g. ../shared/data for magnetic_tile); "
         "not needed for datasets installed from PyPI (elpv)",
     )
-    parser.add_argument("--config", default=None, help="YAML file overriding the job's typed config (configs/...)")
+    parser.add_argument(
+        "--config", default=None, help="YAML file overriding the job's typed config (jobs may default to configs/<method>/<dataset>.yaml)"
+    )
     parser.add_argument("--seeds", default=None, help="comma-separated protocol seeds, e.g. 0,1,2")
     parser.add_argument("--quick", action="store_true", help="a reduced run that finishes in minutes on a laptop")
     parser.add_argument("--summary-json", default=None, metavar="PATH", help=SUMMARY_HELP)

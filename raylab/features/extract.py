@@ -95,7 +95,7 @@ def extract_patch_features(
             fn_constructor_kwargs={"spec": spec, "threads": 1 if gpus else THREADS_PER_ACTOR},
             batch_size=batch_size,
             batch_format="numpy",
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=1 if gpus else 0,
         )
     )
