@@ -91,5 +91,5 @@ def run_settings(
     import ray
 
     corpus_ref, features_ref = ray.put(corpus), ray.put(features)
-    task = ray.remote(num_cpus=1)(evaluate_setting)
+    task = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(evaluate_setting)
     return ray.get([task.remote(s, make_detector, corpus_ref, features_ref, **options) for s in settings])

@@ -99,6 +99,17 @@ def restore_state() -> dict[str, Any] | None:
         return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
+def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[int, dict[str, Any] | None]:
+    """Load the latest checkpoint (if any) into ``model``/``optimizer``; returns (next epoch, state)."""
+    state = restore_state()
+    if state is None:
+        return 0, None
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"] + 1, state
+
+
 def report_epoch(metrics: Mapping[str, float], state: Mapping[str, Any] | None = None) -> None:
     """Report metrics; with ``state``, rank 0 also saves it as this epoch's checkpoint.
 

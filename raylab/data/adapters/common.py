@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from raylab.data.images import check_sample
+from raylab.data.schema import CorpusRecord
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
 
 
@@ -21,5 +24,28 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_bytes(path: Path) -> bytes:
-    return path.read_bytes()
+def file_record(
+    path: Path,
+    relative_to: Path,
+    *,
+    label: int,
+    class_name: str,
+    split: str,
+    mask_path: Path | None = None,
+    defect: str | None = None,
+) -> CorpusRecord:
+    """A validated record of one image file (and its mask file), id = path without suffix."""
+    relative = path.relative_to(relative_to).as_posix()
+    image = path.read_bytes()
+    mask = mask_path.read_bytes() if mask_path is not None else None
+    check_sample(image, mask, sample=relative)
+    return CorpusRecord(
+        sample_id=relative.rsplit(".", 1)[0],
+        image=image,
+        mask=mask,
+        label=label,
+        class_name=class_name,
+        split=split,
+        source=relative,
+        defect_type=defect,
+    )

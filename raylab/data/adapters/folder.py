@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raylab.data.adapters.common import DatasetNotFoundError, image_files
-from raylab.data.images import check_sample
+from raylab.data.adapters.common import DatasetNotFoundError, file_record, image_files
 from raylab.data.registry import DATASETS
 from raylab.data.schema import CorpusRecord, records_to_table
 
@@ -43,23 +42,12 @@ def load_anomaly_folders(
 
 
 def _record(root: Path, path: Path, class_name: str, split: str, *, label: int, defect: str | None = None) -> CorpusRecord:
-    relative = path.relative_to(root).as_posix()
-    image = path.read_bytes()
-    mask = None
+    mask_path = None
     if label == 1:
-        mask_path = root / class_name / "ground_truth" / str(defect) / f"{path.stem}_mask.png"
-        if mask_path.exists():
-            mask = mask_path.read_bytes()
-    check_sample(image, mask, sample=relative)
-    return CorpusRecord(
-        sample_id=relative.rsplit(".", 1)[0],
-        image=image,
-        mask=mask,
-        label=label,
-        class_name=class_name,
-        split=split,
-        source=relative,
-        defect_type=defect if label else None,
+        candidate = root / class_name / "ground_truth" / str(defect) / f"{path.stem}_mask.png"
+        mask_path = candidate if candidate.exists() else None
+    return file_record(
+        path, root, label=label, class_name=class_name, split=split, mask_path=mask_path, defect=defect if label else None
     )
 
 

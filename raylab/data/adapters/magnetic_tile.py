@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raylab.data.adapters.common import DatasetNotFoundError, image_files
-from raylab.data.images import check_sample
+from raylab.data.adapters.common import DatasetNotFoundError, file_record, image_files
 from raylab.data.registry import DATASETS
 from raylab.data.schema import CorpusRecord, records_to_table
 from raylab.data.splits import seeded_partition
@@ -45,22 +44,11 @@ def load_magnetic_tile(data_root: str | Path, train_fraction: float = 0.7, split
 
 
 def _record(root: Path, path: Path, *, label: int, split: str, defect: str | None = None) -> CorpusRecord:
-    relative = path.relative_to(root.parent).as_posix()
-    image = path.read_bytes()
-    mask_path = path.with_suffix(".png")
-    mask = None
+    mask_path = None
     if label == 1:
+        mask_path = path.with_suffix(".png")
         if not mask_path.exists():
-            raise FileNotFoundError(f"{relative}: defective image without its mask {mask_path.name}")
-        mask = mask_path.read_bytes()
-    check_sample(image, mask, sample=relative)
-    return CorpusRecord(
-        sample_id=relative.rsplit(".", 1)[0],
-        image=image,
-        mask=mask,
-        label=label,
-        class_name="magnetic_tile",
-        split=split,
-        source=relative,
-        defect_type=defect,
+            raise FileNotFoundError(f"{path.relative_to(root.parent)}: defective image without its mask {mask_path.name}")
+    return file_record(
+        path, root.parent, label=label, class_name="magnetic_tile", split=split, mask_path=mask_path, defect=defect
     )

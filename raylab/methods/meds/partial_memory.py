@@ -244,7 +244,9 @@ def _run_chunks_with_ray(
 
     features_ref = ray.put(features)
     queries_ref = None if queries is None else ray.put(queries)
-    task = _remote_chunk().options(num_cpus=1, num_gpus=1 if use_gpus else 0)
+    # "DEFAULT" scheduling: inside a Tune trial, tasks would otherwise be captured by the
+    # trial's tiny placement group and could never be scheduled.
+    task = _remote_chunk().options(num_cpus=1, num_gpus=1 if use_gpus else 0, scheduling_strategy="DEFAULT")
     refs = [task.remote(features_ref, queries_ref, chunk, device, 1) for chunk in chunks]
     return ray.get(refs)
 

@@ -15,9 +15,9 @@ import torch
 
 from raylab.methods.anomaly_maps import patch_scores_to_maps, reduce_to_image_scores
 from raylab.methods.meds.losses import distillation_loss, global_cosine_hard_mining, hard_mining_fraction
-from raylab.methods.meds.model import ReconstructionScoreNet
+from raylab.methods.meds.model import ReconstructionScoreNet, token_distance
 from raylab.methods.meds.selection import select_samples
-from raylab.train import prepare, report_epoch, restore_state, unwrap
+from raylab.train import prepare, report_epoch, resume, unwrap
 from raylab.train.optim import StableAdamW, warm_cosine_lr
 
 
@@ -57,6 +57,14 @@ def _batches(indices: np.ndarray, rng: np.random.Generator, batch_size: int, cou
         yield rng.choice(indices, size=min(batch_size, len(indices)), replace=len(indices) < batch_size)
 
 
+def _step(loss: torch.Tensor, network: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
 def distillation_loop(config: dict[str, Any]) -> None:
     """Stage 2: train the network to reproduce the stage-1 memory-score map of every image."""
     rank, world = _worker_setup(config)
@@ -65,12 +73,7 @@ def distillation_loop(config: dict[str, Any]) -> None:
     targets = torch.from_numpy(config["targets"]).float()
     network = build_network(config["model"])
     optimizer = StableAdamW(network.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"])
-    start_epoch = 0
-    state = restore_state()
-    if state is not None:
-        network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
+    start_epoch, _ = resume(network, optimizer)
     network = prepare(network)
     per_epoch = schedule["iterations"] // schedule["epochs"]
     shard = np.arange(len(tokens))[rank::world]
@@ -86,13 +89,9 @@ def distillation_loop(config: dict[str, Any]) -> None:
                     warmup=schedule["warmup_iterations"], total=schedule["iterations"],
                 )
             encoded, decoded = network(tokens[batch])
-            predicted = torch.stack([1 - torch.nn.functional.cosine_similarity(e, d, dim=-1) for e, d in zip(encoded, decoded)]).mean(0)
+            predicted = token_distance(encoded, decoded)
             loss = distillation_loss(predicted, targets[batch], schedule["loss_weight"], schedule["loss"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), schedule["grad_clip"])
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(_step(loss, network, optimizer, schedule["grad_clip"]))
         report_epoch(
             {"epoch": epoch, "distillation_loss": float(np.mean(losses))},
             {"model": unwrap(network).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
@@ -113,12 +112,8 @@ def selection_loop(config: dict[str, Any]) -> None:
     network = build_network(config["model"])
     network.load_state_dict(config["initial_state"])
     optimizer = StableAdamW(network.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"])
-    start_epoch, history = 0, []
-    state = restore_state()
-    if state is not None:
-        network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, list(state["history"])
+    start_epoch, state = resume(network, optimizer)
+    history = list(state["history"]) if state else []
     ddp_network = prepare(network)
     total = schedule["iterations"]
     per_epoch = total // schedule["epochs"]
@@ -138,11 +133,7 @@ def selection_loop(config: dict[str, Any]) -> None:
             p = hard_mining_fraction(iteration + step, schedule["hard_mining_p"], schedule["hard_mining_ramp_iterations"])
             encoded, decoded = ddp_network(tokens[batch])
             loss = global_cosine_hard_mining(encoded, decoded, p, schedule["hard_mining_factor"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(ddp_network.parameters(), schedule["grad_clip"])
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(_step(loss, ddp_network, optimizer, schedule["grad_clip"]))
         report_epoch(
             {"epoch": epoch, "kept_fraction": float(keep.mean()), "selection_loss": float(np.mean(losses))},
             {"model": unwrap(ddp_network).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},

@@ -1,0 +1,33 @@
+"""NNGuide (Park et al., ICCV 2023) and its baselines for OOD detection on classifier outputs.
+
+* :mod:`.detectors`: MSP, MaxLogit, Energy, KNN, NNGuide, ReAct; ``fit_detector(config,
+  source, head)`` -> fitted detector with ``confidence(outputs)`` (higher = more ID).
+* :mod:`.classifiers`: CIFAR ResNets (strict-loading the shared checkpoints), timm
+  classifiers, a small CNN; :mod:`.train_classifier`: training one with Ray Train.
+* :mod:`.features`: features and logits of a corpus, once, with Ray Data (cached).
+* :mod:`.benchmark`: the protocol (roles, the one score negation, metrics);
+  :mod:`.sweep`: Ray Tune + Optuna selection on validation data; :mod:`.job`: the job.
+"""
+
+from raylab.methods.nnguide.config import (
+    EnergyConfig,
+    KNNConfig,
+    MaxLogitConfig,
+    MSPConfig,
+    NNGuideConfig,
+    NNGuideEvalConfig,
+)
+from raylab.methods.nnguide.detectors import FittedDetector, LinearHead, ModelOutputs, fit_detector
+
+__all__ = [
+    "EnergyConfig",
+    "FittedDetector",
+    "KNNConfig",
+    "LinearHead",
+    "MSPConfig",
+    "MaxLogitConfig",
+    "ModelOutputs",
+    "NNGuideConfig",
+    "NNGuideEvalConfig",
+    "fit_detector",
+]

@@ -1,0 +1,242 @@
+"""Penultimate features and logits of a corpus, extracted once and shared by every detector.
+
+``read_parquet`` (one task per shard) -> ``map_batches(ImageTransform)`` (decode, square
+resize, normalise; parallel tasks) -> ``map_batches(ClassifierActor)`` on an actor pool (one
+classifier per actor, one GPU each where there are GPUs) -> gathered on the driver, sorted by
+sample id. Results are cached on disk, keyed by the images (ids and bytes, not splits: a
+new protocol seed re-splits the same images without re-extracting), the classifier's config
+and weights, and the transform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raylab.data.images import ImageTransform
+from raylab.data.store import cache_root, read_dataset, write_shards
+from raylab.methods.nnguide.classifiers import build_classifier
+from raylab.methods.nnguide.config import ClassifierConfig
+from raylab.methods.nnguide.detectors import LinearHead, ModelOutputs
+
+THREADS_PER_ACTOR = 2
+CACHE_FORMAT = 1
+
+
+@dataclass
+class OutputSet:
+    """Features and logits of every image of a corpus, rows sorted by ``sample_ids``."""
+
+    sample_ids: np.ndarray
+    features: np.ndarray
+    logits: np.ndarray
+    head: LinearHead
+
+    def __post_init__(self) -> None:
+        self._row = {sid: i for i, sid in enumerate(self.sample_ids.tolist())}
+
+    def rows(self, sample_ids) -> np.ndarray:
+        try:
+            return np.array([self._row[s] for s in sample_ids], dtype=np.int64)
+        except KeyError as error:
+            raise KeyError(f"sample {error.args[0]!r} has no extracted outputs") from None
+
+    def take(self, sample_ids) -> ModelOutputs:
+        rows = self.rows(sample_ids)
+        return ModelOutputs(self.features[rows], self.logits[rows])
+
+
+def transform_for(config: ClassifierConfig) -> ImageTransform:
+    return ImageTransform(size=config.image_size, mean=tuple(config.mean), std=tuple(config.std))
+
+
+def linear_head(model) -> LinearHead:
+    head = model.head
+    return LinearHead(head.weight.detach().cpu().numpy().astype(np.float32), head.bias.detach().cpu().numpy().astype(np.float32))
+
+
+class ClassifierActor:
+    """A Ray Data actor holding one classifier in eval mode."""
+
+    def __init__(self, config: ClassifierConfig, state_dict: dict[str, Any] | None = None, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = build_classifier(config, state_dict).to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device)
+        features = self.model.features(pixels)
+        logits = self.model.head(features)
+        return {
+            "sample_id": batch["sample_id"],
+            "features": features.float().cpu().numpy(),
+            "logits": logits.float().cpu().numpy(),
+        }
+
+
+def images_fingerprint(table: pa.Table) -> str:
+    """Hash of the sample ids and image bytes only (splits and labels do not change outputs)."""
+    digest = hashlib.sha256()
+    for column in ("sample_id", "image"):
+        for chunk in table.column(column).chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+    return digest.hexdigest()[:20]
+
+
+def weights_fingerprint(config: ClassifierConfig, state_dict: dict[str, Any] | None) -> str:
+    digest = hashlib.sha256()
+    if state_dict is not None:
+        for name, tensor in state_dict.items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    elif config.weights is not None:
+        with open(config.weights, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        raise ValueError("a classifier without weights file or state dict has random outputs: train it first")
+    return digest.hexdigest()[:16]
+
+
+def _unique_images(table: pa.Table) -> pa.Table:
+    """One row per sample id (a benchmark may list an image under two roles)."""
+    ids = table.column("sample_id").to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    return table.take(pa.array(np.sort(first)))
+
+
+def extract_outputs_local(
+    table: pa.Table, config: ClassifierConfig, state_dict: dict[str, Any] | None = None, *, batch_size: int = 128
+) -> OutputSet:
+    """The same outputs computed in this process (reference for tests, tiny corpora)."""
+    table = _unique_images(table)
+    model = build_classifier(config, state_dict)
+    transform = transform_for(config)
+    ids = np.asarray(table.column("sample_id").to_pylist())
+    images = table.column("image").to_pylist()
+    features, logits = [], []
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            pixels = np.stack([transform.image(image, str(sid)) for image, sid in zip(images[start : start + batch_size], ids[start : start + batch_size])])
+            f = model.features(torch.from_numpy(pixels))
+            features.append(f.numpy())
+            logits.append(model.head(f).numpy())
+    order = np.argsort(ids, kind="stable")
+    return OutputSet(ids[order], np.concatenate(features)[order], np.concatenate(logits)[order], linear_head(model))
+
+
+def extract_outputs(
+    table: pa.Table,
+    config: ClassifierConfig,
+    state_dict: dict[str, Any] | None = None,
+    *,
+    batch_size: int = 128,
+    actors: int | None = None,
+    use_cache: bool = True,
+) -> OutputSet:
+    """Features and logits of every image in ``table``, with Ray Data (cached on disk)."""
+    table = _unique_images(table)
+    key = _cache_key(table, config, state_dict)
+    directory = cache_root() / "nnguide_outputs" / key
+    if use_cache and (directory / "logits.npy").exists():
+        return _load(directory)
+    outputs = _extract_with_ray(table, config, state_dict, batch_size=batch_size, actors=actors)
+    _check_head(outputs)
+    if use_cache:
+        _store(directory, outputs, config)
+    return outputs
+
+
+def _extract_with_ray(
+    table: pa.Table, config: ClassifierConfig, state_dict: dict[str, Any] | None, *, batch_size: int, actors: int | None
+) -> OutputSet:
+    import ray
+    import ray.data
+
+    shards = write_shards(table)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    # Each CPU actor reserves one CPU but runs THREADS_PER_ACTOR torch threads, leaving CPUs
+    # for the read/decode tasks that feed it (a pool reserving every CPU would starve itself).
+    actors = actors or gpus or max(1, cpus // THREADS_PER_ACTOR)
+    dataset = (
+        read_dataset(shards, columns=["sample_id", "image"])
+        .map_batches(transform_for(config), batch_size=batch_size, batch_format="numpy")
+        .map_batches(
+            ClassifierActor,
+            fn_constructor_kwargs={"config": config, "state_dict": state_dict, "threads": 1 if gpus else THREADS_PER_ACTOR},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if gpus else 0,
+        )
+    )
+    ids, features, logits = [], [], []
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        ids.append(batch["sample_id"])
+        features.append(batch["features"])
+        logits.append(batch["logits"])
+    sample_ids = np.concatenate(ids).astype(str)
+    order = np.argsort(sample_ids, kind="stable")
+    head = linear_head(build_classifier(config, state_dict))
+    return OutputSet(sample_ids[order], np.concatenate(features)[order], np.concatenate(logits)[order], head)
+
+
+def _check_head(outputs: OutputSet) -> None:
+    """``logits == head(features)``: ReAct's recomputed logits rely on it."""
+    recomputed = outputs.head(outputs.features)
+    scale = max(1.0, float(np.abs(outputs.logits).max()))
+    error = float(np.abs(recomputed - outputs.logits).max()) / scale
+    if error > 1e-3:
+        raise RuntimeError(f"the classifier's logits are not head(features) (relative error {error:.2e})")
+
+
+def _cache_key(table: pa.Table, config: ClassifierConfig, state_dict: dict[str, Any] | None) -> str:
+    description = {
+        "images": images_fingerprint(table),
+        "classifier": dataclasses.asdict(config),
+        "weights": weights_fingerprint(config, state_dict),
+        "format": CACHE_FORMAT,
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _store(directory: Path, outputs: OutputSet, config: ClassifierConfig) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory.parent))
+    try:
+        np.save(staging / "sample_ids.npy", outputs.sample_ids.astype(str))
+        np.save(staging / "features.npy", outputs.features)
+        np.save(staging / "logits.npy", outputs.logits)
+        np.savez(staging / "head.npz", weight=outputs.head.weight, bias=outputs.head.bias)
+        (staging / "classifier.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+        os.replace(staging, directory)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (directory / "logits.npy").exists():
+            raise
+
+
+def _load(directory: Path) -> OutputSet:
+    with np.load(directory / "head.npz") as head:
+        linear = LinearHead(head["weight"], head["bias"])
+    return OutputSet(
+        sample_ids=np.load(directory / "sample_ids.npy", allow_pickle=False),
+        features=np.load(directory / "features.npy"),
+        logits=np.load(directory / "logits.npy"),
+        head=linear,
+    )
