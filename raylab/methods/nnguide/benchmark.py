@@ -129,6 +129,7 @@ def build_benchmark(
         for salt, role in enumerate(sorted(roles)):
             if role == "id_test" or role.startswith("ood/"):
                 roles[role] = _seeded_subset(roles[role], max_per_role, seed, salt)
+    _check_disjoint(roles)
     used = set(np.concatenate(list(roles.values())).tolist())
     corpus = pa.concat_tables(tables)
     _, first = np.unique(np.asarray(corpus.column("sample_id").to_pylist()), return_index=True)
@@ -140,6 +141,16 @@ def build_benchmark(
         for sid, name in zip(table.column("sample_id").to_pylist(), table.column("class_name").to_pylist())
     }
     return Benchmark(corpus, id_classes, roles, id_labels, config.validation_ood)
+
+
+def _check_disjoint(roles: Mapping[str, np.ndarray]) -> None:
+    """The bank source never overlaps a test role, and no image is both ID and OOD."""
+    seen: dict[str, str] = {}
+    for role in ("id_train", "id_test", *sorted(r for r in roles if r.startswith("ood/"))):
+        for sid in roles[role].tolist():
+            if sid in seen:
+                raise ValueError(f"sample {sid} is in both {seen[sid]} and {role}")
+            seen[sid] = role
 
 
 def ood_scores(detector: FittedDetector, outputs: ModelOutputs) -> np.ndarray:

@@ -1,0 +1,357 @@
+"""NNGuide and its baselines: detectors against brute force, real weights, Ray Data, Ray Train, the job."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from raylab.methods.nnguide.config import (
+    EnergyConfig,
+    KNNConfig,
+    MaxLogitConfig,
+    MSPConfig,
+    NNGuideConfig,
+)
+from raylab.methods.nnguide.detectors import (
+    LinearHead,
+    ModelOutputs,
+    NNGuideDetector,
+    fit_detector,
+    sample_bank,
+)
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _outputs(n: int, d: int = 8, c: int = 4, seed: int = 0, shift: float = 0.0) -> tuple[ModelOutputs, LinearHead]:
+    """Non-negative (post-ReLU-like) features and logits that are exactly ``head(features)``."""
+    rng = np.random.default_rng(seed)
+    head = LinearHead(rng.normal(size=(c, d)).astype(np.float32), rng.normal(size=c).astype(np.float32) + shift)
+    features = np.maximum(rng.normal(size=(n, d)), 0).astype(np.float32) + 0.01
+    return ModelOutputs(features, head(features)), head
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _lse(logits: np.ndarray) -> np.ndarray:
+    return np.log(np.sum(np.exp(logits.astype(np.float64)), axis=1))
+
+
+# ---------------------------------------------------------------------------- detectors
+
+
+def test_logit_detectors_match_their_formulas():
+    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-5.0, 10.0, -1.0]], dtype=np.float32)
+    outputs = ModelOutputs(np.ones((3, 2), np.float32), logits)
+    softmax = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert np.allclose(fit_detector(MSPConfig(), outputs).confidence(outputs), softmax.max(1))
+    assert np.allclose(fit_detector(MaxLogitConfig(), outputs).confidence(outputs), [3.0, 0.0, 10.0])
+    # energy by hand: log(e^1 + e^2 + e^3) = 3.40760596, log 3, ...
+    energy = fit_detector(EnergyConfig(), outputs).confidence(outputs)
+    assert np.allclose(energy, [3.40760596444438, math.log(3.0), _lse(logits[2:])[0]])
+    tempered = fit_detector(EnergyConfig(temperature=2.0), outputs).confidence(outputs)
+    assert np.allclose(tempered, 2.0 * _lse(logits / 2.0))
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_knn_is_the_kth_normalised_distance(ratio):
+    source, _ = _outputs(60, seed=1)
+    queries, _ = _outputs(9, seed=2)
+    detector = fit_detector(KNNConfig(k=3, bank_ratio=ratio, bank_seed=4), source)
+    rows = np.arange(60) if ratio == 1.0 else np.sort(np.random.default_rng(4).choice(60, 30, replace=False))
+    assert np.array_equal(detector.bank_rows, rows)
+    distances = np.linalg.norm(_normalise(queries.features)[:, None] - _normalise(source.features[rows])[None], axis=2)
+    expected = -np.sort(distances, axis=1)[:, 2]
+    assert np.allclose(detector.confidence(queries), expected, atol=1e-5)
+
+
+def test_nnguide_hand_computed_case():
+    # Bank: two orthogonal unit features with energies 2 and 1 (one class: energy = the logit).
+    source = ModelOutputs(np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([[2.0], [1.0]], np.float32))
+    query = ModelOutputs(np.array([[1.0, 1.0]], np.float32), np.array([[3.0]], np.float32))
+    detector = fit_detector(NNGuideConfig(k=2, bank_ratio=1.0), source)
+    # G = mean(2 / sqrt 2, 1 / sqrt 2) = 1.5 / sqrt 2; score = 3 * G = 4.5 / sqrt 2.
+    assert detector.confidence(query)[0] == pytest.approx(4.5 / math.sqrt(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("base", ["energy", "msp", "maxlogit"])
+def test_nnguide_matches_numpy_topk_of_scaled_inner_products(base):
+    source, _ = _outputs(200, shift=3.0, seed=5)
+    queries, _ = _outputs(15, shift=3.0, seed=6)
+    config = NNGuideConfig(k=5, bank_ratio=0.25, base_score=base, bank_seed=1)
+    detector = fit_detector(config, source)
+    rows = np.sort(np.random.default_rng(1).choice(200, 50, replace=False))
+    assert np.array_equal(detector.bank_rows, rows)
+
+    def confidence(logits):
+        if base == "energy":
+            return _lse(logits)
+        if base == "msp":
+            return np.exp(logits.max(1)) / np.exp(logits.astype(np.float64)).sum(1)
+        return logits.max(1).astype(np.float64)
+
+    bank_confidence = confidence(source.logits[rows])
+    assert (bank_confidence > 0).all()  # the sign guard is a no-op here: official formula
+    scaled = _normalise(source.features[rows]) * bank_confidence[:, None]
+    similarities = _normalise(queries.features) @ scaled.T
+    guidance = np.sort(similarities, axis=1)[:, ::-1][:, :5].mean(1)
+    parts = detector.components(queries)
+    assert np.allclose(parts["guidance"], guidance, rtol=1e-5)
+    assert np.allclose(detector.confidence(queries), guidance * confidence(queries.logits), rtol=1e-5)
+
+
+def test_react_clips_at_the_percentile_of_fit_activations_and_recomputes_logits():
+    source, head = _outputs(100, seed=7)
+    queries, _ = _outputs(20, seed=8)
+    detector = fit_detector(EnergyConfig(react_percentile=90.0), source, head)
+    threshold = np.percentile(source.features, 90.0)
+    assert detector.react.threshold == pytest.approx(threshold)
+    prepared = detector.prepare(queries)
+    assert prepared.features.max() <= threshold + 1e-6
+    assert (queries.features > threshold).any()  # something was clipped
+    clipped = np.minimum(queries.features, threshold)
+    assert np.allclose(prepared.logits, clipped.astype(np.float64) @ head.weight.T + head.bias, atol=1e-5)
+    assert np.allclose(detector.confidence(queries), _lse(prepared.logits), atol=1e-5)
+    assert not np.allclose(detector.confidence(queries), fit_detector(EnergyConfig(), source).confidence(queries))
+    with pytest.raises(ValueError, match="linear head"):
+        fit_detector(EnergyConfig(react_percentile=90.0), source)
+
+
+def test_sign_guard_with_negative_energy():
+    # Logits all below -10: every energy (logsumexp) is negative, bank and queries.
+    bank = ModelOutputs(np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([[-11.0, -14.0], [-12.0, -13.0]], np.float32))
+    near = np.array([[1.0, 0.0]], np.float32)  # on top of a bank entry: strong guidance
+    far = np.array([[0.6, 0.8]], np.float32)  # between them: weaker top-1 guidance
+    same_logits = np.array([[-11.5, -13.0]], np.float32)
+    queries = ModelOutputs(np.concatenate([near, far]), np.concatenate([same_logits, same_logits]))
+    energy = _lse(bank.logits)
+    assert (energy < 0).all() and (_lse(queries.logits) < 0).all()
+
+    # Official formula: negative confidences flip the ranking (the near query scores lower).
+    off = fit_detector(NNGuideConfig(k=1, bank_ratio=1.0, sign_guard="off"), bank)
+    raw = off.confidence(queries)
+    assert raw[0] < raw[1]
+
+    with pytest.raises(ValueError, match="negative energy"):
+        fit_detector(NNGuideConfig(k=1, bank_ratio=1.0, sign_guard="error"), bank)
+
+    guarded = fit_detector(NNGuideConfig(k=1, bank_ratio=1.0), bank)
+    assert isinstance(guarded, NNGuideDetector)
+    assert guarded.offset == pytest.approx(energy.min())  # shift so the least confident bank entry scales by 0
+    parts = guarded.components(queries)
+    shifted = parts["base"] - guarded.offset
+    assert (shifted > 0).all()
+    assert parts["confidence"][0] > parts["confidence"][1]  # stronger guidance ranks higher again
+    assert np.allclose(parts["confidence"], np.maximum(parts["guidance"], 0) * shifted)
+    # A query less confident than every bank entry scores its (negative) shifted confidence,
+    # below every guided score, and stays ordered by confidence.
+    hopeless = ModelOutputs(np.array([[1.0, 0.0], [1.0, 0.0]], np.float32), np.array([[-20.0, -20.0], [-30.0, -30.0]], np.float32))
+    low = guarded.confidence(hopeless)
+    assert np.allclose(low, _lse(hopeless.logits) - guarded.offset)
+    assert low[1] < low[0] < 0 < parts["confidence"].min()
+
+
+def test_refitting_with_new_hyperparameters_is_never_stale():
+    source, head = _outputs(300, shift=3.0, seed=9)
+    queries, _ = _outputs(25, shift=3.0, seed=10)
+    first = fit_detector(NNGuideConfig(k=1, bank_ratio=0.5), source).confidence(queries)
+    changed = fit_detector(NNGuideConfig(k=20, bank_ratio=0.5), source).confidence(queries)
+    again = fit_detector(NNGuideConfig(k=1, bank_ratio=0.5), source).confidence(queries)
+    assert not np.allclose(first, changed)
+    assert np.array_equal(first, again)
+    knn_1 = fit_detector(KNNConfig(k=1), source).confidence(queries)
+    knn_9 = fit_detector(KNNConfig(k=9), source).confidence(queries)
+    assert (knn_9 <= knn_1 + 1e-7).all() and not np.allclose(knn_1, knn_9)
+    # A bank too small for k is an error, not a silently enlarged bank.
+    with pytest.raises(ValueError, match="fewer than k=10"):
+        sample_bank(300, 0.01, 0, at_least=10)
+
+
+def test_boundary_negates_once_and_metrics_have_the_contract_keys():
+    from raylab.methods.nnguide.benchmark import evaluate_detector, ood_scores
+
+    id_test = ModelOutputs(np.ones((4, 2), np.float32), np.array([[9.0, 0.0]] * 4, np.float32))
+    ood = ModelOutputs(np.ones((4, 2), np.float32), np.array([[0.0, 0.1]] * 4, np.float32))
+    detector = fit_detector(MaxLogitConfig(), id_test)
+    assert np.array_equal(ood_scores(detector, ood), -detector.confidence(ood))
+    metrics = evaluate_detector(detector, id_test, {"a": ood, "b": ood})
+    assert metrics["auroc"] == metrics["auroc/a"] == 1.0 and metrics["fpr95/b"] == 0.0
+    assert {"aupr_in", "aupr_out", "aupr_in/a", "aupr_out/b"} <= set(metrics)
+
+
+# ---------------------------------------------------------------------------- classifiers and data
+
+
+@pytest.fixture(scope="module")
+def cifar_corpus(shared_data: Path):
+    """The CIFAR-10 protocol corpus (500 train + 500 test per class, split seed 0), loaded once."""
+    from raylab.data import load_corpus
+
+    return load_corpus("cifar10_test", shared_data)
+
+
+@pytest.fixture(scope="module")
+def cifar_subset(cifar_corpus):
+    """500 ID test images: the first 50 of each class's test split."""
+    test = cifar_corpus.filter(pc.equal(cifar_corpus.column("split"), "test"))
+    labels = np.asarray(test.column("label").to_pylist())
+    rows = np.concatenate([np.flatnonzero(labels == c)[:50] for c in range(10)])
+    return test.take(rows)
+
+
+def _resnet_config(shared_weights: Path, arch: str):
+    from raylab.data.images import IMAGENET_MEAN, IMAGENET_STD
+    from raylab.methods.nnguide.config import ClassifierConfig
+
+    return ClassifierConfig(
+        kind="cifar_resnet", arch=arch, num_classes=10, weights=str(shared_weights / f"cifar10_{arch}.th"),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    )
+
+
+def test_cifar_resnets_load_strict_and_resnet20_classifies_the_jpeg_copy(shared_weights, cifar_subset):
+    from raylab.methods.nnguide.classifiers import build_classifier
+    from raylab.methods.nnguide.features import extract_outputs_local
+
+    for arch in ("resnet20", "resnet56"):
+        config = _resnet_config(shared_weights, arch)
+        checkpoint = torch.load(config.weights, map_location="cpu", weights_only=True)["state_dict"]
+        model = build_classifier(config)  # load_state_dict(strict=True) inside
+        expected = {k.removeprefix("module.") for k in checkpoint}
+        assert expected == {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    assert cifar_subset.num_rows == 500
+    outputs = extract_outputs_local(cifar_subset, _resnet_config(shared_weights, "resnet20"))
+    labels = dict(zip(cifar_subset.column("sample_id").to_pylist(), cifar_subset.column("label").to_pylist()))
+    truth = np.array([labels[s] for s in outputs.sample_ids])
+    assert outputs.features.shape == (500, 64) and outputs.features.min() >= 0  # post-ReLU pooled features
+    assert np.mean(outputs.logits.argmax(1) == truth) >= 0.78
+
+
+def test_timm_classifier_from_a_weight_file(tmp_path):
+    import timm
+
+    from raylab.methods.nnguide.classifiers import build_classifier
+    from raylab.methods.nnguide.config import ClassifierConfig
+
+    torch.manual_seed(0)
+    reference = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
+    path = tmp_path / "test_resnet.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
+    model = build_classifier(ClassifierConfig(kind="timm", arch="test_resnet", num_classes=10, weights=str(path)))
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(model.head(model.features(pixels)), reference(pixels), atol=1e-5)
+    wrong = ClassifierConfig(kind="timm", arch="test_resnet", num_classes=7, weights=str(path))
+    with pytest.raises((RuntimeError, ValueError)):
+        build_classifier(wrong)  # strict: a checkpoint of another head never half-loads
+
+
+def test_ood_adapters_follow_the_protocol(shared_data, cifar_corpus):
+    from raylab.data import load_corpus
+
+    splits = np.asarray(cifar_corpus.column("split").to_pylist())
+    labels = np.asarray(cifar_corpus.column("label").to_pylist())
+    for label in range(10):
+        assert np.sum((labels == label) & (splits == "train")) == np.sum((labels == label) & (splits == "test")) == 500
+    assert load_corpus("dtd_subset", shared_data).num_rows == 400
+    assert load_corpus("tiny_imagenet_val", shared_data).num_rows == 2000
+    mnist = load_corpus("mnist_t10k", shared_data)
+    assert mnist.num_rows == 2000 and mnist.column("label").to_pylist()[:3] == [7, 2, 1]
+    open_set = load_corpus("mnist_open_set")
+    unknown = open_set.filter(pc.greater_equal(open_set.column("label"), 6))
+    assert unknown.num_rows == 2000 and set(unknown.column("split").to_pylist()) == {"test"}
+    assert open_set.column("split").equals(load_corpus("mnist_open_set").column("split"))  # seeded
+    assert not open_set.column("split").equals(load_corpus("mnist_open_set", split_seed=1).column("split"))
+
+
+def test_ray_data_extraction_equals_in_process(ray_session, shared_weights, cifar_subset):
+    from raylab.methods.nnguide.features import extract_outputs, extract_outputs_local
+
+    table = cifar_subset.slice(0, 96)
+    config = _resnet_config(shared_weights, "resnet20")
+    local = extract_outputs_local(table, config)
+    distributed = extract_outputs(table, config, batch_size=32)
+    assert np.array_equal(local.sample_ids, distributed.sample_ids)
+    assert np.allclose(local.features, distributed.features, atol=1e-4)
+    assert np.allclose(local.logits, distributed.logits, atol=1e-4)
+    cached = extract_outputs(table, config, batch_size=32)  # second call: from the cache
+    assert np.array_equal(cached.logits, distributed.logits)
+
+
+# ---------------------------------------------------------------------------- Ray Train and the job
+
+
+def _quick_job_config():
+    from raylab.methods.nnguide.job import parser, resolve_config
+
+    return resolve_config(parser().parse_args([]))
+
+
+def test_ray_train_classifier_two_workers_with_checkpoints(ray_session):
+    """Trains exactly what ``--quick`` trains (same data, config, seed), so the job test reuses it."""
+    import dataclasses
+
+    from raylab.methods.nnguide.benchmark import build_benchmark
+    from raylab.methods.nnguide.classifiers import build_classifier
+    from raylab.methods.nnguide.job import training_data
+    from raylab.methods.nnguide.train_classifier import FINAL_STATE, train_classifier
+
+    config = _quick_job_config()
+    bench = build_benchmark(config.benchmark, None, 0, max_per_role=config.quick.max_test_images_per_role)
+    pixels, labels = training_data(bench, config)
+    train = dataclasses.replace(config.train, epochs=config.quick.epochs)
+    assert train.num_workers == 2
+    trained = train_classifier(pixels, labels, config.classifier, train, seed=0)
+    assert trained.metrics["epoch"] == train.epochs - 1
+    run = Path(trained.run_path)
+    checkpoints = sorted(run.glob("checkpoint_*/state.pt"))
+    assert 1 <= len(checkpoints) <= train.checkpoints_to_keep
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)
+    assert {"model", "optimizer", "epoch"} <= set(state)
+    assert (run / FINAL_STATE).is_file()
+    model = build_classifier(config.classifier, trained.state_dict)
+    with torch.inference_mode():
+        predictions = model(torch.from_numpy(pixels[:300])).argmax(1).numpy()
+    assert np.mean(predictions == labels[:300]) > 0.6  # well above chance (1/6) after a few epochs
+
+
+def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
+    from raylab.methods.nnguide.job import main
+
+    summary = tmp_path / "summary.json"
+    main(["--quick", "--summary-json", str(summary)])
+    data = json.loads(summary.read_text())
+    assert data["job"] == "nnguide_eval"
+    methods = [row["method"] for row in data["rows"]]
+    assert set(_quick_job_config().detectors) | {"nnguide_tuned"} == set(methods)
+    for row in data["rows"]:
+        assert row["dataset"] == "mnist_open_set" and row["noise_ratio"] is None and row["seed"] == 0
+        metrics = row["metrics"]
+        for key in ("auroc", "fpr95", "aupr_in", "aupr_out"):
+            assert 0.0 <= metrics[key] <= 1.0
+            assert f"{key}/digits_6_9" in metrics
+            if row["method"] != "nnguide_tuned":
+                assert metrics[key] == pytest.approx(np.mean([metrics[f"{key}/digits_6_9"], metrics[f"{key}/textures"]]))
+    tuned = data["rows"][methods.index("nnguide_tuned")]
+    assert "auroc/textures" not in tuned["metrics"]  # the validation-OOD set is never reported
+    assert tuned["validation_ood"] == "textures" and tuned["trials"] == _quick_job_config().quick.sweep_samples
+
+    import mlflow
+
+    from raylab.tracking import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name("raylab/nnguide_eval")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == 1 + 1 + len(methods)  # parent, classifier, one per row
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"results_table.txt", "results_table.csv", "auroc_fpr95.png"} <= artifacts
