@@ -14,8 +14,8 @@ PNG for arrays) whose ``label`` is the dataset's own class id. Splits:
   ``test``. ``limit`` keeps the first images in the dataset's own order (TinyImageNet's
   ``val_annotations.txt`` order, MNIST's idx order), as the benchmark protocol specifies.
 
-Class names and sample ids carry the dataset name (``cifar10_test/cat/0042``), so corpora of
-different datasets can be concatenated without id clashes.
+Sample ids carry the dataset name (``cifar10_test/cat/0042``: the path below ``data_root``
+without suffix), so corpora of different datasets can be concatenated without id clashes.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from raylab.data.adapters.common import DatasetNotFoundError, image_files
-from raylab.data.images import check_sample, encode_png
+from raylab.data.adapters.common import DatasetNotFoundError, file_record, image_files
+from raylab.data.images import encode_png
 from raylab.data.registry import DATASETS
 from raylab.data.schema import CorpusRecord, records_to_table
 
@@ -79,7 +79,7 @@ def load_cifar10_test(
         split_of[order[:train_per_class]] = "train"
         split_of[order[train_per_class : train_per_class + n_test]] = "test"
         for path, split in zip(files, split_of):
-            records.append(_file_record("cifar10_test", root, path, label, class_name, str(split)))
+            records.append(file_record(path, root.parent, label=label, class_name=class_name, split=str(split)))
     return records_to_table(records)
 
 
@@ -93,7 +93,7 @@ def load_dtd_subset(data_root: str | Path | None, limit_per_class: int | None = 
     records = []
     for label, class_name in enumerate(classes):
         for path in image_files(root / class_name)[:limit_per_class]:
-            records.append(_file_record("dtd_subset", root, path, label, class_name, "test"))
+            records.append(file_record(path, root.parent, label=label, class_name=class_name, split="test"))
     return records_to_table(records)
 
 
@@ -111,7 +111,7 @@ def load_tiny_imagenet_val(data_root: str | Path | None, limit: int | None = 200
             raise DatasetNotFoundError(f"{path} is listed in val_annotations.txt but missing")
         if wnid not in label_of:
             raise ValueError(f"{root / 'val_annotations.txt'}: {name} has wnid {wnid} not in wnids.txt")
-        records.append(_file_record("tiny_imagenet_val", root, path, label_of[wnid], wnid, "test"))
+        records.append(file_record(path, root.parent, label=label_of[wnid], class_name=wnid, split="test"))
     return records_to_table(records)
 
 
@@ -214,21 +214,6 @@ def load_skimage_textures(
                 )
             )
     return records_to_table(records)
-
-
-def _file_record(dataset: str, root: Path, path: Path, label: int, class_name: str, split: str) -> CorpusRecord:
-    relative = path.relative_to(root).as_posix()
-    image = path.read_bytes()
-    source = f"{dataset}/{relative}"
-    check_sample(image, None, sample=source)
-    return CorpusRecord(
-        sample_id=f"{dataset}/{relative.rsplit('.', 1)[0]}",
-        image=image,
-        label=label,
-        class_name=class_name,
-        split=split,
-        source=source,
-    )
 
 
 def _array_record(

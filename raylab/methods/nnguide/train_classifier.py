@@ -1,7 +1,7 @@
 """Training a classifier with Ray Train, for ID datasets that have no pretrained one.
 
-The per-worker loop is plain PyTorch on the raylab harness: ``restore_state`` (resume from
-the run's latest checkpoint), ``prepare`` (DDP across workers), ``report_epoch`` (metrics
+The per-worker loop is plain PyTorch on the raylab harness: ``resume`` (weights, optimizer
+and epoch from the run's latest checkpoint), ``prepare`` (DDP across workers), ``report_epoch`` (metrics
 and a rank-0 checkpoint every epoch). Images arrive already decoded and normalised by the
 same :class:`~raylab.data.images.ImageTransform` the feature extraction uses, so the network
 sees identical preprocessing at training and at scoring time; they travel once through the
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
-from raylab.train.harness import TrainSpec, fit, load_result_state, prepare, report_epoch, restore_state, unwrap
+from raylab.train.harness import TrainSpec, fit, load_result_state, prepare, report_epoch, resume, unwrap
 
 
 FINAL_STATE = "final_state.pt"
@@ -70,12 +70,7 @@ def train_loop(config: dict[str, Any]) -> None:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True
     )
-    start_epoch = 0
-    state = restore_state()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
+    start_epoch, _ = resume(model, optimizer)  # after a restart: the last checkpoint's weights and epoch
     model = prepare(model)
     images, targets = torch.tensor(pixels), torch.tensor(labels)  # own, writable copies
     per_worker_batch = max(1, train.batch_size // world)
