@@ -72,6 +72,10 @@ class MeDSConfig:
     blur_sigma: float = 4.0
     top_fraction: float = 0.01
     train_workers: int = 2
+    # Each Ray Train worker reserves slightly under one CPU: inside a Tune trial, whose own
+    # driver holds 0.01 CPU, two full-CPU workers would not fit a 2-CPU machine and the
+    # worker group would wait forever.
+    cpus_per_train_worker: float = 0.99
 
 
 def cpu_config() -> MeDSConfig:

@@ -95,7 +95,13 @@ class MeDS:
         return ReconstructionDetector(kwargs, state, self.config.token_grid, self.image_size, self.config.blur_sigma, self.config.top_fraction)
 
     def _train(self, stage: str, loop, loop_config: dict[str, Any]):
-        spec = TrainSpec(f"{self.run_name}-{stage}", num_workers=self.config.train_workers, storage_path=self.storage_path, max_failures=2)
+        spec = TrainSpec(
+            f"{self.run_name}-{stage}",
+            num_workers=self.config.train_workers,
+            cpus_per_worker=self.config.cpus_per_train_worker,
+            storage_path=self.storage_path,
+            max_failures=2,
+        )
         result = fit(loop, loop_config, spec)
         history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
         self.training_metrics[stage] = history
