@@ -92,7 +92,7 @@ def train_loop(config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(rows)
+            total_loss += loss.item() * len(rows)
             correct += int((logits.argmax(1) == targets[rows]).sum())
             seen += len(rows)
         metrics = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen}
