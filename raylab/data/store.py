@@ -7,10 +7,12 @@ half-written corpus that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -72,6 +74,26 @@ def write_shards(
             return target  # a concurrent writer put the same content in place first
         raise
     return target
+
+
+@contextlib.contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Write a cache entry in a staging folder beside ``target``, then rename it into place.
+
+    Readers never see a half-written entry; when a concurrent writer of the same content
+    published first, its entry is kept and this one is dropped.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        yield staging
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_table(directory: str | Path) -> pa.Table:

@@ -11,15 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from raylab.data.store import cache_root, corpus_fingerprint
+from raylab.data.store import cache_root, corpus_fingerprint, staged_directory
 from raylab.features.backbones import FeatureSpec
 from raylab.features.extract import FeatureSet, extract_patch_features
 
@@ -45,15 +42,8 @@ def cached_patch_features(
             patches=np.load(directory / "patches.npy", mmap_mode="r"),
         )
     features = extract_patch_features(table, spec, **extract_options)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         np.save(staging / "sample_ids.npy", features.sample_ids.astype(str))
         np.save(staging / "patches.npy", features.patches)
         (staging / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2, default=str))
-        os.replace(staging, directory)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (directory / "patches.npy").exists():
-            raise
     return features

@@ -13,9 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from raylab.data.images import ImageTransform
-from raylab.data.store import cache_root, read_dataset, write_shards
+from raylab.data.store import cache_root, read_dataset, staged_directory, write_shards
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig
 from raylab.methods.nnguide.detectors import LinearHead, ModelOutputs
@@ -216,19 +213,12 @@ def _cache_key(table: pa.Table, config: ClassifierConfig, state_dict: dict[str, 
 
 
 def _store(directory: Path, outputs: OutputSet, config: ClassifierConfig) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         np.save(staging / "sample_ids.npy", outputs.sample_ids.astype(str))
         np.save(staging / "features.npy", outputs.features)
         np.save(staging / "logits.npy", outputs.logits)
         np.savez(staging / "head.npz", weight=outputs.head.weight, bias=outputs.head.bias)
         (staging / "classifier.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
-        os.replace(staging, directory)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (directory / "logits.npy").exists():
-            raise
 
 
 def _load(directory: Path) -> OutputSet:
