@@ -78,6 +78,7 @@ def _tiny_config():
         selection=dataclasses.replace(config.selection, iterations=8, epochs=2, batch_size=4),
         groups=(((0, 4),), ((4, 8),)),
         token_grid=None,
+        train_workers=1,
     )
 
 
