@@ -31,12 +31,18 @@ become matrix-matrix products that run near the CPU's peak instead of at memory 
 3. Update all N min-distances with the accepted centres in one tiled GEMM
    (``||x||^2 + ||c||^2 - 2 x.c``, minimum over centres, then one square root per point).
 
-``b`` adapts to how many candidates the data lets one accept (16 to 1024). Pruning blocks of
-points with the triangle inequality (cluster the points; skip a cluster when
-``||c - mu|| - r >= max d``) was measured too: on real 152-d patch features (EfficientNet-
-Lite0 on 666 defect-free magnetic-tile images, 522k patches) the k-means cluster radii are
-as large as the coverage radius, so 90% of (cluster, centre) pairs still had to be computed
-and the bookkeeping cost more than it saved; it is therefore not used.
+``b`` adapts to how many candidates the data lets one accept (16 to 1024). Measured on real
+patch features (EfficientNet-Lite0 layers with 40 + 112 channels on 666 defect-free
+magnetic-tile images at 224 px: 522k x 152 -> 52,214 centres): late in the run about 900
+of 1024 candidates are accepted, and a full exact selection took 309 s of wall time on two
+CPU cores that another process was also using, against 10-32 minutes for the loop above.
+Checked against that loop over the first 1,500 picks: identical up to pick 495, where two
+points whose distances differ by 1e-7 (relative) swap places, a float32 tie.
+
+Pruning blocks of points with the triangle inequality (cluster the points; skip a cluster
+when ``||c - mu|| - r >= max d``) was measured too and is not used: on those features the
+k-means cluster radii are as large as the coverage radius, so 90% of (cluster, centre)
+pairs still had to be computed and the bookkeeping cost more than it saved.
 
 Everything runs in the features' floating dtype (float32 from :func:`greedy_coreset`, never
 lower, as reduced precision would change which points are selected) and on the device the
