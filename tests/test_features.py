@@ -23,7 +23,6 @@ from raylab.features import (
     PatchEmbedder,
     cached_patch_features,
     create_backbone,
-    extract_patch_features,
     feature_key,
 )
 from raylab.features.backbones import load_state_dict_file, resolve_weights_path

@@ -6,7 +6,6 @@ has normal and anomalous test images of every class, and says so in its manifest
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 
 from raylab.data.protocols.noise import class_seed
