@@ -31,11 +31,10 @@ import pyarrow as pa
 from raylab.config import load_config
 from raylab.data import load_corpus
 from raylab.data.protocols import NoiseProtocol, inject_noise, subsample_corpus
-from raylab.eval import anomaly_metrics
 from raylab.features import FeatureSpec, cached_patch_features
 from raylab.features.extract import FeatureSet
 from raylab.jobs import init_ray, job_parser, parse_seeds, summary_row, write_summary
-from raylab.methods.anomaly_benchmark import ClassEvaluation, class_splits, mean_over_classes
+from raylab.methods.anomaly_benchmark import ClassEvaluation, class_splits, evaluate_fitted, mean_over_classes
 from raylab.methods.meds.config import MeDSConfig, cpu_config
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
@@ -90,12 +89,6 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _evaluate(detector, split, features: FeatureSet) -> ClassEvaluation:
-    prediction = detector.predict(features.take(split.test_ids), with_maps=split.test_masks is not None)
-    metrics = anomaly_metrics(split.test_labels, prediction.image_scores, split.test_masks, prediction.maps)
-    return ClassEvaluation(split.class_name, metrics, split.test_ids, split.test_labels, prediction, split.test_masks, detector)
-
-
 def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict[str, float]]:
     """Per stage-3 epoch: kept fraction, and precision / recall of the removal vs injected noise."""
     rows = []
@@ -129,18 +122,18 @@ def run_trial(params: dict[str, Any], corpus: pa.Table, features: FeatureSet, co
     for split in splits:
         train = features.take(split.train_ids)
         if "patchcore" in config.methods:
-            evaluations["patchcore"].append(_evaluate(PatchCore(config.patchcore, seed=seed).fit(train), split, features))
+            evaluations["patchcore"].append(evaluate_fitted(PatchCore(config.patchcore, seed=seed).fit(train), split, features))
         if "partial_memory" in config.methods:
             stage1 = dataclasses.replace(meds_config.stage1, seed=seed, pool_grid=meds_config.token_grid)
             detector = PartialMemoryDetector(stage1, image_size=image_size).fit(train)
-            evaluations["partial_memory"].append(_evaluate(detector, split, features))
+            evaluations["partial_memory"].append(evaluate_fitted(detector, split, features))
         tune.report({"stage": 1, "image_auroc": _latest_auroc(evaluations, "partial_memory")})
         meds = MeDS(meds_config, seed=seed, image_size=image_size, run_name=f"{context['name']}-{run_tag}-{split.class_name}", storage_path=context["storage_path"])
         meds.fit(train)
         if "distilled" in config.methods:
-            evaluations["distilled"].append(_evaluate(meds.distilled, split, features))
+            evaluations["distilled"].append(evaluate_fitted(meds.distilled, split, features))
         tune.report({"stage": 2, "image_auroc": _latest_auroc(evaluations, "distilled")})
-        evaluations["meds"].append(_evaluate(meds, split, features))
+        evaluations["meds"].append(evaluate_fitted(meds, split, features))
         filter_rows.append(filter_quality(meds.selection_history, split.train_injected))
 
     summary: dict[str, Any] = {"stage": 3}
