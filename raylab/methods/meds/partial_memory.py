@@ -270,7 +270,8 @@ def bootstrap_memory_scores(
     (default: the cluster's GPUs, or its CPUs when it has none) computed by Ray tasks;
     chunk sums are added in chunk order and are exact (see :func:`_quantise`), so the
     result does not depend on ``num_tasks`` (for ``bootstraps <= 4095``). ``use_ray=False``
-    computes all chunks in this process with faiss's default threads.
+    computes all chunks in this process with faiss's default threads. Without a running
+    Ray, ``use_ray`` starts one through :func:`raylab.jobs.init_ray` (``$RAY_ADDRESS`` or local).
     """
     memory = np.ascontiguousarray(features, dtype=np.float32)
     if memory.ndim != 3:
@@ -335,7 +336,7 @@ def memory_score_maps(
     num_tasks: int | None = None,
     use_ray: bool = True,
 ) -> np.ndarray:
-    """Stage-1 memory score maps ``S_M``: (N, h, w) patches -> (N, h, w) float64 maps."""
+    """Stage-1 memory score maps ``S_M``: (N, h, w, D) patches -> (N, h, w) float64 maps."""
     config = config or PartialMemoryConfig()
     n, h, w, _ = np.shape(patches)
     grid = _prepare_grid(patches, config)
