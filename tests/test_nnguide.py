@@ -176,15 +176,18 @@ def test_refitting_with_new_hyperparameters_is_never_stale():
 
 
 def test_boundary_negates_once_and_metrics_have_the_contract_keys():
-    from raylab.methods.nnguide.benchmark import evaluate_detector, ood_scores
+    from raylab.methods.nnguide.benchmark import evaluate_detector, flat_metrics, ood_scores
 
     id_test = ModelOutputs(np.ones((4, 2), np.float32), np.array([[9.0, 0.0]] * 4, np.float32))
     ood = ModelOutputs(np.ones((4, 2), np.float32), np.array([[0.0, 0.1]] * 4, np.float32))
     detector = fit_detector(MaxLogitConfig(), id_test)
     assert np.array_equal(ood_scores(detector, ood), -detector.confidence(ood))
-    metrics = evaluate_detector(detector, id_test, {"a": ood, "b": ood})
-    assert metrics["auroc"] == metrics["auroc/a"] == 1.0 and metrics["fpr95/b"] == 0.0
-    assert {"aupr_in", "aupr_out", "aupr_in/a", "aupr_out/b"} <= set(metrics)
+    per_set = evaluate_detector(detector, id_test, {"a": ood, "b": ood})
+    assert list(per_set) == ["a", "b", "average"]
+    assert per_set["average"]["auroc"] == per_set["a"]["auroc"] == 1.0 and per_set["b"]["fpr95"] == 0.0
+    assert {"auroc", "fpr95", "aupr_in", "aupr_out"} <= set(per_set["a"])
+    flat = flat_metrics(per_set)
+    assert flat["auroc"] == per_set["average"]["auroc"] and flat["aupr_out/b"] == per_set["b"]["aupr_out"]
 
 
 # ---------------------------------------------------------------------------- classifiers and data
@@ -330,18 +333,21 @@ def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
     main(["--quick", "--summary-json", str(summary)])
     data = json.loads(summary.read_text())
     assert data["job"] == "nnguide_eval"
-    methods = [row["method"] for row in data["rows"]]
+    methods = list(dict.fromkeys(row["method"] for row in data["rows"]))
     assert set(_quick_job_config().detectors) | {"nnguide_tuned"} == set(methods)
-    for row in data["rows"]:
-        assert row["dataset"] == "mnist_open_set" and row["noise_ratio"] is None and row["seed"] == 0
-        metrics = row["metrics"]
-        for key in ("auroc", "fpr95", "aupr_in", "aupr_out"):
-            assert 0.0 <= metrics[key] <= 1.0
-            assert f"{key}/digits_6_9" in metrics
-            if row["method"] != "nnguide_tuned":
-                assert metrics[key] == pytest.approx(np.mean([metrics[f"{key}/digits_6_9"], metrics[f"{key}/textures"]]))
-    tuned = data["rows"][methods.index("nnguide_tuned")]
-    assert "auroc/textures" not in tuned["metrics"]  # the validation-OOD set is never reported
+    for method in methods:
+        rows = {row["ood_set"]: row for row in data["rows"] if row["method"] == method}
+        sets = ["digits_6_9", "average"] if method == "nnguide_tuned" else ["digits_6_9", "textures", "average"]
+        assert sorted(rows) == sorted(sets)  # the tuned detector is never reported on its validation-OOD set
+        for row in rows.values():
+            assert row["dataset"] == "mnist_open_set" and row["noise_ratio"] is None and row["seed"] == 0
+            assert 0.5 < row["id_accuracy"] <= 1.0
+            for key in ("auroc", "fpr95", "aupr_in", "aupr_out"):
+                assert 0.0 <= row["metrics"][key] <= 1.0
+        for key in ("auroc", "fpr95"):
+            reported = [rows[name]["metrics"][key] for name in sets if name != "average"]
+            assert rows["average"]["metrics"][key] == pytest.approx(np.mean(reported))
+    tuned = next(row for row in data["rows"] if row["method"] == "nnguide_tuned")
     assert tuned["validation_ood"] == "textures" and tuned["trials"] == _quick_job_config().quick.sweep_samples
 
     import mlflow
@@ -352,6 +358,23 @@ def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
     experiment = client.get_experiment_by_name("raylab/nnguide_eval")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and len(runs) == 1 + 1 + len(methods)  # parent, classifier, one per row
+    assert len(parents) == 1 and len(runs) == 1 + 1 + len(methods)  # parent, classifier, one per detector
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"results_table.txt", "results_table.csv", "auroc_fpr95.png"} <= artifacts
+
+
+def test_cli_picks_the_network_config_and_overrides_weights(shared_weights: Path, tmp_path):
+    from raylab.methods.nnguide.job import parser, resolve_config
+
+    weights = shared_weights / "cifar10_resnet20.th"
+    config = resolve_config(parser().parse_args(["--dataset", "cifar10", "--network", "resnet20", "--weights", str(weights)]))
+    assert config.benchmark.id_dataset == "cifar10_test" and config.classifier.arch == "resnet20"
+    assert config.classifier.weights == str(weights)
+    assert resolve_config(parser().parse_args(["--dataset", "cifar10"])).classifier.arch == "resnet56"
+    with pytest.raises(SystemExit, match="no default config for cifar10"):
+        resolve_config(parser().parse_args(["--dataset", "cifar10", "--network", "resnet18"]))
+    with pytest.raises(SystemExit, match="no such file"):
+        resolve_config(parser().parse_args(["--dataset", "cifar10", "--weights", str(tmp_path / "missing.th")]))
+    mismatch = ["--dataset", "cifar10", "--network", "resnet20", "--config", "configs/nnguide/cifar10_resnet56.yaml"]
+    with pytest.raises(SystemExit, match="classifier.arch is resnet56"):
+        resolve_config(parser().parse_args(mismatch))

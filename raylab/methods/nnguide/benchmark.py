@@ -158,19 +158,27 @@ def ood_scores(detector: FittedDetector, outputs: ModelOutputs) -> np.ndarray:
     return -detector.confidence(outputs)
 
 
+AVERAGE = "average"
+
+
 def evaluate_detector(
     detector: FittedDetector, id_test: ModelOutputs, ood_sets: Mapping[str, ModelOutputs]
-) -> dict[str, float]:
-    """Per OOD set ``<metric>/<set>`` and the mean over the given sets ``<metric>``."""
+) -> dict[str, dict[str, float]]:
+    """``{ood_set: metrics}`` for every given set, plus ``"average"``: the mean over those sets."""
     id_scores = ood_scores(detector, id_test)
-    metrics: dict[str, float] = {}
-    for name, outputs in ood_sets.items():
-        values = ood_metrics(id_scores, ood_scores(detector, outputs))
-        for key in METRIC_KEYS:
-            metrics[f"{key}/{name}"] = values[key]
-    for key in METRIC_KEYS:
-        metrics[key] = float(np.mean([metrics[f"{key}/{name}"] for name in ood_sets]))
-    return metrics
+    per_set = {name: ood_metrics(id_scores, ood_scores(detector, outputs)) for name, outputs in ood_sets.items()}
+    per_set = {name: {key: values[key] for key in METRIC_KEYS} for name, values in per_set.items()}
+    per_set[AVERAGE] = {key: float(np.mean([values[key] for values in per_set.values()])) for key in METRIC_KEYS}
+    return per_set
+
+
+def flat_metrics(per_set: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """MLflow's flat form: ``<metric>/<set>``, and the average as the bare ``<metric>``."""
+    flat = {}
+    for name, values in per_set.items():
+        for key, value in values.items():
+            flat[key if name == AVERAGE else f"{key}/{name}"] = value
+    return flat
 
 
 def accuracy(outputs: ModelOutputs, labels: np.ndarray) -> float:

@@ -96,18 +96,26 @@ def detector_config(kind: str, values: Mapping[str, Any] | None = None, *, where
 
 
 def default_detectors() -> dict[str, dict[str, Any]]:
-    """Every detector of the benchmark, as ``name -> {kind, fields}`` (the YAML form)."""
+    """Every detector of the benchmark, as ``name -> {kind, fields}`` (the YAML form).
+
+    Names carry the settings that differ from the kind's defaults' meaning, so a summary
+    row says what it measured: ``nnguide_k10_bank0.01`` is the official NNGuide, the
+    ``bank1.0`` and ``k100_bank0.1`` variants are the settings OOD papers also report.
+    """
+    react = {"react_percentile": REACT_PERCENTILE}
     return {
         "msp": {"kind": "msp"},
         "maxlogit": {"kind": "maxlogit"},
         "energy": {"kind": "energy"},
-        "knn": {"kind": "knn"},
-        "nnguide": {"kind": "nnguide"},
-        "nnguide_msp": {"kind": "nnguide", "base_score": "msp"},
-        "nnguide_maxlogit": {"kind": "nnguide", "base_score": "maxlogit"},
-        "energy_react": {"kind": "energy", "react_percentile": REACT_PERCENTILE},
-        "knn_react": {"kind": "knn", "react_percentile": REACT_PERCENTILE},
-        "nnguide_react": {"kind": "nnguide", "react_percentile": REACT_PERCENTILE},
+        "knn_k50": {"kind": "knn"},
+        "nnguide_k10_bank0.01": {"kind": "nnguide"},
+        "nnguide_k10_bank1.0": {"kind": "nnguide", "bank_ratio": 1.0},
+        "nnguide_k100_bank0.1": {"kind": "nnguide", "k": 100, "bank_ratio": 0.1},
+        "nnguide_msp_k10_bank0.01": {"kind": "nnguide", "base_score": "msp"},
+        "nnguide_maxlogit_k10_bank0.01": {"kind": "nnguide", "base_score": "maxlogit"},
+        "energy_react95": {"kind": "energy", **react},
+        "knn_k50_react95": {"kind": "knn", **react},
+        "nnguide_k10_bank0.01_react95": {"kind": "nnguide", **react},
     }
 
 

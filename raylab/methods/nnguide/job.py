@@ -5,8 +5,9 @@ pretrained checkpoint, or one trained here with Ray Train), extract features and
 every image once with Ray Data, fit and score every configured detector on those outputs,
 then select NNGuide's hyperparameters with Ray Tune + Optuna on validation data only and
 report the selected detector on the remaining OOD sets. Summary rows follow the job
-contract: ``method`` = detector name, ``metrics`` = the mean over OOD sets of AUROC, FPR95,
-AUPR-in, AUPR-out, detection accuracy, plus ``<metric>/<set>`` per OOD set.
+contract, one per detector x seed x ``ood_set`` (``average`` = the mean over the sets):
+``method`` = the detector's name with its settings (``nnguide_k100_bank0.1``), ``metrics``
+= AUROC, FPR95, AUPR-in, AUPR-out, detection accuracy, and ``id_accuracy`` beside them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from raylab.config import load_config
 from raylab.eval.ood import ood_metrics
 from raylab.jobs import init_ray, job_parser, parse_seeds, summary_row, write_summary
-from raylab.methods.nnguide.benchmark import Benchmark, accuracy, build_benchmark, evaluate_detector
+from raylab.methods.nnguide.benchmark import AVERAGE, Benchmark, accuracy, build_benchmark, evaluate_detector, flat_metrics
 from raylab.methods.nnguide.config import NNGuideEvalConfig, with_seed
 from raylab.methods.nnguide.detectors import ModelOutputs, NNGuideDetector, fit_detector
 from raylab.methods.nnguide.features import OutputSet, extract_outputs, transform_for
@@ -33,11 +34,17 @@ from raylab.tracking import tracked_run
 
 JOB = "nnguide_eval"
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "nnguide"
-# The config a dataset gets when no --config is given.
-DEFAULT_CONFIGS = {"mnist_open_set": "mnist_open_set.yaml", "cifar10_test": "cifar10_resnet20.yaml"}
+# Benchmarks by the name users pass as --dataset: the ID dataset they read, and the config
+# file each --network gets when no --config is given (the first network is the default).
+BENCHMARKS = {
+    "mnist_open_set": ("mnist_open_set", {"small_cnn": "mnist_open_set.yaml"}),
+    "cifar10": ("cifar10_test", {"resnet56": "cifar10_resnet56.yaml", "resnet20": "cifar10_resnet20.yaml"}),
+}
+BENCHMARKS["cifar10_test"] = BENCHMARKS["cifar10"]
 METRICS_HELP = (
-    "auroc, fpr95 (FPR at 95% TPR, ID positive), aupr_in, aupr_out, detection_acc: the mean over "
-    "the OOD sets, and <metric>/<set> per OOD set; rows also carry id_accuracy"
+    "auroc, fpr95 (FPR at 95% TPR, ID positive), aupr_in, aupr_out, detection_acc; one row per "
+    "detector x seed x ood_set, where ood_set 'average' is the mean over the OOD sets; rows also "
+    "carry id_accuracy (the classifier's top-1 accuracy on the ID test set)"
 )
 
 
@@ -51,22 +58,50 @@ def parser() -> argparse.ArgumentParser:
         default_dataset="mnist_open_set",
         metrics_help=METRICS_HELP,
     )
+    parser.add_argument(
+        "--network",
+        default=None,
+        help="classifier architecture; picks configs/nnguide/<dataset>_<network>.yaml when no --config is given "
+        "(cifar10: resnet56 (default) or resnet20; mnist_open_set: small_cnn)",
+    )
+    parser.add_argument(
+        "--weights", default=None, help="classifier checkpoint, loaded with strict=True (overrides classifier.weights)"
+    )
     parser.add_argument("--no-sweep", action="store_true", help="skip the Ray Tune hyperparameter selection")
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> NNGuideEvalConfig:
-    """``--config``, else the dataset's default config file; its ID dataset must be ``--dataset``."""
+    """``--config``, else the (dataset, network) default config; then ``--weights``.
+
+    The config's ID dataset must be the one ``--dataset`` names, and its architecture the
+    one ``--network`` names: a mismatch is an error, never a silent choice of one of them.
+    """
+    id_dataset, network_configs = BENCHMARKS.get(args.dataset, (args.dataset, {}))
     path = args.config
-    if path is None and args.dataset in DEFAULT_CONFIGS:
-        path = CONFIG_DIR / DEFAULT_CONFIGS[args.dataset]
+    if path is None and network_configs:
+        network = args.network or next(iter(network_configs))
+        if network not in network_configs:
+            raise SystemExit(f"--network {network}: no default config for {args.dataset}; known: {sorted(network_configs)}")
+        path = CONFIG_DIR / network_configs[network]
     config = load_config(NNGuideEvalConfig, path)
-    if config.benchmark.id_dataset != args.dataset:
+    if config.benchmark.id_dataset != id_dataset:
         raise SystemExit(
             f"--dataset {args.dataset} but the config's benchmark.id_dataset is {config.benchmark.id_dataset}: "
             f"pass a config for {args.dataset} (configs/nnguide/) or the matching --dataset"
         )
+    if args.network is not None and config.classifier.arch != args.network:
+        raise SystemExit(f"--network {args.network} but the config's classifier.arch is {config.classifier.arch}")
+    if args.weights is not None:
+        if not Path(args.weights).is_file():
+            raise SystemExit(f"--weights {args.weights}: no such file")
+        config.classifier = dataclasses.replace(config.classifier, weights=args.weights)
     return config
+
+
+def set_rows(method: str, args, seed: int, per_set: dict[str, dict[str, float]], **extra: Any) -> list[dict[str, Any]]:
+    """One summary row per OOD set (and ``average``) of one detector and seed."""
+    return [summary_row(method, args.dataset, None, seed, metrics, ood_set=name, **extra) for name, metrics in per_set.items()]
 
 
 def training_data(bench: Benchmark, config: NNGuideEvalConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -129,18 +164,18 @@ def run_seed(args, config: NNGuideEvalConfig, seed: int, parent_id: str, *, quic
     for name, detector_config in config.detector_configs().items():
         detector_config = with_seed(detector_config, seed)
         detector = fit_detector(detector_config, source, outputs.head)
-        metrics = evaluate_detector(detector, id_test, ood)
+        per_set = evaluate_detector(detector, id_test, ood)
         diagnostics = nnguide_diagnostics(detector, id_test, ood) if isinstance(detector, NNGuideDetector) else {}
         with tracked_run(JOB, f"{name}-s{seed}", params=detector_config, tags={**tags, "method": name}, parent_run_id=parent_id) as run:
-            run.log_metrics(metrics | {"id_accuracy": id_accuracy} | {f"diag/{k}": v for k, v in diagnostics.items()})
-        rows.append(summary_row(name, args.dataset, None, seed, metrics, **extra, diagnostics=diagnostics or None))
+            run.log_metrics(flat_metrics(per_set) | {"id_accuracy": id_accuracy} | {f"diag/{k}": v for k, v in diagnostics.items()})
+        rows += set_rows(name, args, seed, per_set, **extra)
     validation = bench.validation_ood
     if sweep and config.sweep.enabled and validation is not None:
-        rows.append(run_sweep(args, config, bench, outputs, seed, parent_id, tags, extra, quick=quick))
+        rows += run_sweep(args, config, bench, outputs, seed, parent_id, tags, extra, quick=quick)
     return rows
 
 
-def run_sweep(args, config, bench: Benchmark, outputs: OutputSet, seed: int, parent_id: str, tags, extra, *, quick: bool) -> dict:
+def run_sweep(args, config, bench: Benchmark, outputs: OutputSet, seed: int, parent_id: str, tags, extra, *, quick: bool) -> list[dict]:
     """Select on (id_val, validation-OOD), refit on id_train, report on id_test vs the other OOD sets."""
     validation = bench.validation_ood
     result = sweep_nnguide(
@@ -155,14 +190,14 @@ def run_sweep(args, config, bench: Benchmark, outputs: OutputSet, seed: int, par
     )
     detector = fit_detector(result.best, outputs.take(bench.roles["id_train"]), outputs.head)
     reported = {name: outputs.take(bench.roles[f"ood/{name}"]) for name in bench.ood_names if name != validation}
-    metrics = evaluate_detector(detector, outputs.take(bench.roles["id_test"]), reported)
+    per_set = evaluate_detector(detector, outputs.take(bench.roles["id_test"]), reported)
     selected = describe(result.best)
     with tracked_run(JOB, f"nnguide_tuned-s{seed}", params=selected, tags={**tags, "method": "nnguide_tuned"}, parent_run_id=parent_id) as run:
-        run.log_metrics(metrics | {f"val/{k}": v for k, v in result.best_metrics.items()})
+        run.log_metrics(flat_metrics(per_set) | {f"val/{k}": v for k, v in result.best_metrics.items()})
         run.log_text(result.trials.to_csv(index=False), "sweep_trials.csv")
         run.log_text(f"selected on id_val vs {validation}; reported on {sorted(reported)}\n{selected}\n", "selection.txt")
-    return summary_row(
-        "nnguide_tuned", args.dataset, None, seed, metrics, **extra,
+    return set_rows(
+        "nnguide_tuned", args, seed, per_set, **extra,
         selected=selected, validation_ood=validation, validation_metrics=result.best_metrics, trials=len(result.trials),
     )
 
@@ -182,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         validation = config.benchmark.validation_ood if any(r["method"] == "nnguide_tuned" for r in rows) else None
         table = detector_table(rows, ood_names, validation_ood=validation)
         text = format_detector_table(table)
-        accuracy_text = ", ".join(f"seed {r['seed']}: {r['id_accuracy']:.4f}" for r in rows if r["method"] == rows[0]["method"])
+        accuracy_text = ", ".join(f"seed {r['seed']}: {r['id_accuracy']:.4f}" for r in rows if r["method"] == rows[0]["method"] and r["ood_set"] == AVERAGE)
         header = f"{title}: ID test accuracy {accuracy_text}; AUROC / FPR95 in %, mean over seeds\n"
         parent.log_text(header + text + "\n", "results_table.txt")
         parent.log_text(table.to_csv(index=False), "results_table.csv")

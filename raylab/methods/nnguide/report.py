@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raylab.methods.nnguide.benchmark import AVERAGE
 from raylab.report.tables import rows_to_frame
 
 TABLE_METRICS = ("auroc", "fpr95")
@@ -20,30 +21,35 @@ def detector_table(
     metrics: Sequence[str] = TABLE_METRICS,
     validation_ood: str | None = None,
 ) -> pd.DataFrame:
-    """One line per detector: mean over seeds of each ``metric/<set>`` and of the average
-    (``metric``, with its standard deviation over seeds ``metric_sd``).
+    """One line per detector from the per-set summary rows: the mean over seeds of each
+    ``metric/<set>`` and of the average (``metric``, with its standard deviation over seeds
+    ``metric_sd``).
 
-    A detector without a value for a set (the tuned detector on its validation-OOD set)
-    shows NaN there; its ``metric`` average is over the sets it was reported on. With a
-    ``validation_ood`` set, ``metric/test_sets`` is every detector's mean over the other
-    sets, the column in which the tuned detector compares with the rest.
+    A detector without a row for a set (the tuned detector on its validation-OOD set) shows
+    NaN there; its average is over the sets it was reported on. With a ``validation_ood``
+    set, ``metric/test_sets`` is every detector's mean over the other sets, the column in
+    which the tuned detector compares with the rest.
     """
     frame = rows_to_frame(rows)
+    methods = list(dict.fromkeys(frame["method"]))
+    wide = frame.pivot_table(index=["method", "seed"], columns="ood_set", values=list(metrics))
+    wide.columns = [metric if name == AVERAGE else f"{metric}/{name}" for metric, name in wide.columns]
+    wide = wide.reset_index()
     columns = [f"{m}/{n}" for m in metrics for n in ood_names] + list(metrics)
     for column in columns:
-        if column not in frame:
-            frame[column] = np.nan
+        if column not in wide:
+            wide[column] = np.nan
     if validation_ood is not None:
         test_sets = [n for n in ood_names if n != validation_ood]
         for metric in metrics:
-            frame[f"{metric}/test_sets"] = frame[[f"{metric}/{n}" for n in test_sets]].mean(axis=1, skipna=False)
+            wide[f"{metric}/test_sets"] = wide[[f"{metric}/{n}" for n in test_sets]].mean(axis=1, skipna=False)
             columns.append(f"{metric}/test_sets")
-    grouped = frame.groupby("method", sort=False)
+    grouped = wide.groupby("method", sort=False)
     table = grouped[columns].mean()
     for metric in metrics:  # spread of the average over seeds (0 for a single seed)
         table[f"{metric}_sd"] = grouped[metric].std(ddof=0)
     table["n_seeds"] = grouped.size()
-    return table.reset_index()
+    return table.reindex(methods).reset_index()
 
 
 def format_detector_table(table: pd.DataFrame) -> str:
