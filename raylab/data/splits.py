@@ -20,3 +20,19 @@ def seeded_partition(ids: Sequence[str], first_fraction: float, seed: int) -> tu
     cut = int(np.floor(first_fraction * len(ordered)))
     first = {ordered[i] for i in order[:cut]}
     return first, set(ordered) - first
+
+
+def identity_folds(identities: Sequence[str], n_folds: int, seed: int) -> list[tuple[str, ...]]:
+    """Partition identities into ``n_folds`` disjoint folds of near-equal size (sizes differ by <= 1).
+
+    A pure function of the *set* of identities, ``n_folds`` and ``seed`` (sorted before the
+    seeded permutation), so fold ``k`` of a dataset is the same on every machine; each fold
+    is the test identities of one identity-disjoint train/test split.
+    """
+    ordered = sorted(set(identities))
+    if len(ordered) != len(identities):
+        raise ValueError("identities must be unique")
+    if not 2 <= n_folds <= len(ordered):
+        raise ValueError(f"need 2 <= n_folds <= {len(ordered)} identities, got n_folds={n_folds}")
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    return [tuple(sorted(ordered[i] for i in order[k::n_folds])) for k in range(n_folds)]
