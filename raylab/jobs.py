@@ -69,7 +69,9 @@ def init_ray(**local_options: Any) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, **local_options)
+        # "local", not None: with no address Ray would join a cluster that `ray start` left
+        # running on this machine, and the job's resources would depend on what else runs.
+        ray.init(address="local", include_dashboard=False, **local_options)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

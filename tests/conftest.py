@@ -54,7 +54,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": never join a cluster some other process started with `ray start`.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
