@@ -3,4 +3,4 @@
 Importing this package registers every adapter in :data:`raylab.data.DATASETS`.
 """
 
-from raylab.data.adapters import elpv, faces, folder, longtail_mix, magnetic_tile, ood  # noqa: F401  (registration)
+from raylab.data.adapters import class_folders, elpv, faces, folder, longtail_mix, magnetic_tile, ood  # noqa: F401  (registration)
