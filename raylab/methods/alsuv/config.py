@@ -1,0 +1,318 @@
+"""ALSUV configuration: the official defaults (jungyg/ALSUV ``main.py``) and raylab's CPU size.
+
+The dataclass defaults are the paper's attack: N = 100 latent searches per target from
+sampled W latents broadcast to W+, loss -cos with horizontal-flip averaging, Adam lr 0.1,
+weight decay 5e-4, 100 iterations with the learning rate x0.1 at iteration 50, the averaged
+latent over the last 70 iterates, truncation 0.8 towards the mean latent (fixed noise),
+and the unsupervised validation of the top 10 by a held-out validation encoder. The
+generator default is StyleGAN2 FFHQ-256 config-f loaded from a user's rosinality-layout
+checkpoint (``generator.checkpoint``), cropped to its 192 px face region 10 px below the
+centre; the searches run ten to a task (the official ``mini_batch``).
+
+:func:`cpu_config` is the size that runs on a 2-core laptop, where no FFHQ weights exist,
+every reduction stated:
+
+* generator: a StyleGAN2 trained here on the training identities' faces with Ray Train:
+  32 x 32 px (not 256), style dim 128 (not 512), widths 64 at 4-16 px and 32 at 32 px (not
+  512), for 1200 steps of batch 16 (19k images shown, not the 25M of a
+  full StyleGAN2 run), no path-length regulariser and an EMA half-life of 1k images
+  (10k in StyleGAN2) because the run is that short; the whole 32 px output is the face
+  region (the training images are already face crops);
+* encoders: small IR-SE ResNets / a timm ResNet trained here on 32 x 32 faces (the paper's
+  source is an ArcFace IR-100 and its validation encoder a Swin-T, both on 112 px faces);
+* attack: N = 16 searches (not 100) of 40 iterations (not 100), the learning-rate drop at
+  half-way and the average over the last 70% kept; top-k = 3 (not 10: the same ~20% ratio
+  of kept candidates is not possible with top-10 of 16, so k is ``round(0.2 N)``, and the
+  paper's 10-of-100 is k = 0.1 N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from raylab.methods.alsuv.stylegan2 import GeneratorConfig
+
+EncoderKind = Literal["irse", "timm", "mobilefacenet"]
+MarginLoss = Literal["arcface", "cosface"]
+
+
+@dataclass(frozen=True)
+class CanvasConfig:
+    """Every face, real or generated, lives on one square RGB canvas in [-1, 1].
+
+    Real images are centre-cropped to a square (ORL's 92 x 112 -> the central 92 x 92) and
+    resized to ``size`` (grey images are repeated over three channels); the generator is
+    trained on exactly these canvases, so its whole output is comparable to a real face.
+    """
+
+    size: int = 32
+
+
+@dataclass(frozen=True)
+class FaceCropConfig:
+    """The face region of a generator output (the official post-processing for FFHQ-256).
+
+    A square of ``size_fraction`` of the output, its centre ``v_offset_fraction`` of the
+    output below the image centre, then each image rescaled to [-1, 1] by its own min / max.
+    FFHQ-256: 192 / 256 and 10 / 256.
+    """
+
+    size_fraction: float = 192 / 256
+    v_offset_fraction: float = 10 / 256
+
+
+@dataclass(frozen=True)
+class GanTrainConfig:
+    """StyleGAN2 training (non-saturating logistic loss, lazy R1, optional path-length reg., EMA).
+
+    Defaults follow the StyleGAN2 recipe (Adam lr 0.002, betas (0, 0.99), R1 every 16 steps,
+    path length every 4 with weight 2, style mixing 0.9, x-flips); ``r1_gamma`` is the
+    StyleGAN2-ADA heuristic 0.0002 res^2 / batch rounded, which is the right order for small
+    images (10 is for 1024 px).
+    """
+
+    iterations: int = 2000
+    batch_size: int = 16
+    lr: float = 0.002
+    r1_gamma: float = 0.01
+    d_reg_every: int = 16
+    g_reg_every: int = 4
+    path_length_weight: float = 2.0
+    path_batch_shrink: int = 2
+    mixing: float = 0.9
+    ema_kimg: float = 10.0
+    ema_rampup: float | None = 0.05
+    xflip: bool = True
+    num_workers: int = 2
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GeneratorSetup:
+    """Which generator the attack uses: a user's checkpoint, or one trained here.
+
+    ``checkpoint``: a rosinality-layout file (relative paths: against ``--weights-root``);
+    ``None`` trains ``model`` with ``train`` on the training identities (cached).
+    """
+
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)
+    checkpoint: str | None = "stylegan2-ffhq-256_550000.pt"
+    crop: FaceCropConfig = field(default_factory=FaceCropConfig)
+    train: GanTrainConfig = field(default_factory=GanTrainConfig)
+
+
+@dataclass(frozen=True)
+class EncoderTrainConfig:
+    """Margin-loss training of a face encoder (SGD, cosine schedule, x-flips)."""
+
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    pad: int = 2
+    num_workers: int = 1
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """One face encoder: architecture, input geometry and (for raylab-trained ones) its loss.
+
+    ``input_size`` is (height, width); the canvas is centre-cropped to ``crop`` (fraction of
+    its height, width) before resizing, which is how a 112 x 96 encoder gets an undistorted
+    face. ``weights``: a state-dict file (relative: against ``--weights-root``); ``None``
+    means the encoder is trained here with ``loss`` on the training identities.
+    ``normalisation``: ``canvas`` feeds the [-1, 1] canvas as is; ``mobilefacenet`` feeds
+    ``(x - 127.5) / 128`` of the 0-255 image.
+    """
+
+    kind: EncoderKind = "irse"
+    input_size: tuple[int, int] = (32, 32)
+    crop: tuple[float, float] = (1.0, 1.0)
+    embedding_dim: int = 128
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    width_multiplier: float = 0.25
+    timm_name: str = "resnet10t"
+    weights: str | None = None
+    normalisation: Literal["canvas", "mobilefacenet"] = "canvas"
+    loss: MarginLoss = "arcface"
+    margin: float = 0.5
+    scale: float = 32.0
+    seed: int = 0
+    train: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
+
+
+def mobilefacenet_encoder() -> EncoderConfig:
+    """The pretrained CASIA-WebFace MobileFaceNet: 112 x 96 input of a 7:6 (h:w) face crop."""
+    return EncoderConfig(
+        kind="mobilefacenet",
+        input_size=(112, 96),
+        crop=(1.0, 96 / 112),
+        embedding_dim=128,
+        weights="mobilefacenet_casia_webface.ckpt",
+        normalisation="mobilefacenet",
+    )
+
+
+def default_source() -> EncoderConfig:
+    return EncoderConfig(kind="irse", layers=(2, 2, 2, 2), width_multiplier=0.25, loss="arcface", margin=0.5, seed=0)
+
+
+def default_validation() -> EncoderConfig:
+    """Different depth, width, loss and seed from the source (the paper's is another architecture)."""
+    return EncoderConfig(kind="irse", layers=(1, 1, 1, 1), width_multiplier=0.375, loss="cosface", margin=0.35, seed=1)
+
+
+def default_unseen() -> dict[str, EncoderConfig]:
+    """Encoders used for evaluation only: the real MobileFaceNet and a timm ResNet trained here."""
+    return {
+        "mobilefacenet": mobilefacenet_encoder(),
+        "resnet10t": EncoderConfig(kind="timm", timm_name="resnet10t", loss="arcface", margin=0.5, seed=2),
+    }
+
+
+@dataclass(frozen=True)
+class EncoderSet:
+    """The source (white-box, searches), validation (selection) and unseen (evaluation) encoders.
+
+    A YAML ``unseen`` mapping replaces the default set (name -> encoder fields).
+    """
+
+    source: EncoderConfig = field(default_factory=default_source)
+    validation: EncoderConfig = field(default_factory=default_validation)
+    unseen: dict[str, EncoderConfig] = field(default_factory=default_unseen)
+
+    def __post_init__(self) -> None:
+        from raylab.config import from_mapping
+
+        unseen = {
+            name: spec if isinstance(spec, EncoderConfig) else from_mapping(EncoderConfig, spec, where=f"encoders.unseen.{name}")
+            for name, spec in self.unseen.items()
+        }
+        if not unseen:
+            raise ValueError("encoders.unseen is empty: the attack must be judged on at least one unseen encoder")
+        object.__setattr__(self, "unseen", unseen)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The latent searches and the selection among their results (official defaults)."""
+
+    num_searches: int = 100
+    searches_per_task: int = 10
+    iterations: int = 100
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    lr_decay_at: float = 0.5
+    lr_gamma: float = 0.1
+    average_fraction: float = 0.7
+    truncation: float = 0.8
+    mean_latent_samples: int = 10_000
+    flip: bool = True
+    top_k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.num_searches < 1 or self.searches_per_task < 1 or self.iterations < 1:
+            raise ValueError("num_searches, searches_per_task and iterations must be >= 1")
+        if not 1 <= self.top_k <= self.num_searches:
+            raise ValueError(f"top_k must be in [1, num_searches={self.num_searches}], got {self.top_k}")
+        if not 0.0 < self.average_fraction <= 1.0:
+            raise ValueError(f"average_fraction must be in (0, 1], got {self.average_fraction}")
+
+    @property
+    def averaged_iterates(self) -> int:
+        """How many final iterates are averaged (70 of 100 officially; at least 1)."""
+        return max(1, round(self.average_fraction * self.iterations))
+
+    @property
+    def decay_iteration(self) -> int:
+        """The step after which the learning rate is multiplied by ``lr_gamma`` (50 of 100)."""
+        return round(self.lr_decay_at * self.iterations)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Identity-disjoint protocol: fold ``fold`` of ``n_folds`` holds the target identities.
+
+    The generator and every raylab-trained encoder see only the other folds' identities;
+    the attack targets ``targets_per_identity`` images of each held-out identity (the first
+    ones, in file order, in which the face check finds a face), and the verification
+    thresholds come from all pairs of held-out images.
+    """
+
+    dataset: str = "orl"
+    n_folds: int = 4
+    fold: int = 0
+    split_seed: int = 0
+    targets_per_identity: int = 1
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    fars: tuple[float, ...] = (1e-2, 1e-3)
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class QuickConfig:
+    """What ``--quick`` shrinks (for a minutes-long smoke run, not for numbers)."""
+
+    num_searches: int = 4
+    searches_per_task: int = 2
+    iterations: int = 8
+    top_k: int = 2
+    gan_iterations: int = 30
+    encoder_epochs: int = 3
+    max_targets: int = 3
+
+
+@dataclass(frozen=True)
+class AlsuvConfig:
+    """The ``alsuv_attack`` job."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorSetup = field(default_factory=GeneratorSetup)
+    encoders: EncoderSet = field(default_factory=EncoderSet)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    quick: QuickConfig = field(default_factory=QuickConfig)
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
+def cpu_generator() -> GeneratorConfig:
+    return GeneratorConfig(size=32, style_dim=128, n_mlp=8, channel_multiplier=1, channel_base=1024, channel_max=64)
+
+
+def cpu_config() -> AlsuvConfig:
+    """The laptop size (see the module docstring for every reduction)."""
+    return AlsuvConfig(
+        generator=GeneratorSetup(
+            model=cpu_generator(),
+            checkpoint=None,
+            crop=FaceCropConfig(size_fraction=1.0, v_offset_fraction=0.0),
+            train=GanTrainConfig(iterations=1200, path_length_weight=0.0, ema_kimg=1.0),
+        ),
+        attack=AttackConfig(num_searches=16, searches_per_task=8, iterations=40, top_k=3),
+    )
+
+
+def quick_config(config: AlsuvConfig) -> AlsuvConfig:
+    """``config`` shrunk by its ``quick`` section."""
+    q = config.quick
+    attack = replace(
+        config.attack, num_searches=q.num_searches, searches_per_task=q.searches_per_task, iterations=q.iterations, top_k=q.top_k
+    )
+    generator = replace(config.generator, train=replace(config.generator.train, iterations=q.gan_iterations, checkpoint_every=q.gan_iterations))
+
+    def shrink(encoder: EncoderConfig) -> EncoderConfig:
+        return replace(encoder, train=replace(encoder.train, epochs=min(encoder.train.epochs, q.encoder_epochs)))
+
+    encoders = EncoderSet(
+        source=shrink(config.encoders.source),
+        validation=shrink(config.encoders.validation),
+        unseen={name: shrink(e) for name, e in config.encoders.unseen.items()},
+    )
+    return replace(config, attack=attack, generator=generator, encoders=encoders)

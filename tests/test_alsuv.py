@@ -1,0 +1,337 @@
+"""ALSUV: StyleGAN2 checkpoints, latent searches, selection, face checks, encoders, Ray Train, the job."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from raylab.methods.alsuv.attack import METHODS, pseudo_target_select, run_attack, select_outputs
+from raylab.methods.alsuv.config import AttackConfig, EncoderConfig, EncoderTrainConfig, FaceCropConfig, GanTrainConfig
+from raylab.methods.alsuv.encoders import FaceEncoder, build_backbone, load_mobilefacenet, make_encoder
+from raylab.methods.alsuv.faces import NotAFaceError, check_face_like
+from raylab.methods.alsuv.search import FaceRenderer, SearchBatch, latent_search
+from raylab.methods.alsuv.stylegan2 import Generator, GeneratorConfig, infer_config, load_rosinality, save_rosinality
+
+TINY = GeneratorConfig(size=8, style_dim=16, n_mlp=2, channel_multiplier=1, channel_base=64, channel_max=16)
+TINY_ENCODER = EncoderConfig(kind="irse", input_size=(8, 8), embedding_dim=8, layers=(1, 1), width_multiplier=0.125)
+
+
+def _tiny_renderer(seed: int = 0) -> FaceRenderer:
+    torch.manual_seed(seed)
+    generator = Generator(TINY)
+    return FaceRenderer(generator, generator.mean_latent(256), truncation=0.8, crop=FaceCropConfig(1.0, 0.0))
+
+
+def _tiny_encoder(seed: int = 1, name: str = "source", config: EncoderConfig = TINY_ENCODER) -> FaceEncoder:
+    torch.manual_seed(seed)
+    encoder = FaceEncoder(build_backbone(config), config, name).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+
+
+# ------------------------------------------------------------------------ StyleGAN2
+
+
+def test_rosinality_layout_keys_and_shapes():
+    """The state dict uses the rosinality/stylegan2-pytorch names (what FFHQ checkpoints contain)."""
+    state = Generator(TINY).state_dict()
+    expected = {f"style.{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
+    expected |= {"input.input", "to_rgb1.bias", "to_rgb1.conv.weight", "to_rgb1.conv.modulation.weight", "to_rgb1.conv.modulation.bias"}
+    expected |= {f"conv1.{p}" for p in ("conv.weight", "conv.modulation.weight", "conv.modulation.bias", "noise.weight", "activate.bias")}
+    for j in range(TINY.log_size - 2):  # one upsampling conv pair and one ToRGB per resolution above 4
+        for k in (2 * j, 2 * j + 1):
+            expected |= {f"convs.{k}.{p}" for p in ("conv.weight", "conv.modulation.weight", "conv.modulation.bias", "noise.weight", "activate.bias")}
+        expected |= {f"convs.{2 * j}.conv.blur.kernel", f"to_rgbs.{j}.upsample.kernel", f"to_rgbs.{j}.bias"}
+        expected |= {f"to_rgbs.{j}.conv.{p}" for p in ("weight", "modulation.weight", "modulation.bias")}
+    expected |= {f"noises.noise_{i}" for i in range(TINY.num_layers)}
+    assert set(state) == expected
+    assert state["convs.0.conv.weight"].shape == (1, 8, 16, 3, 3)  # (1, out, in, k, k): 16 at 4 px, 8 at 8 px
+    assert state["noises.noise_2"].shape == (1, 1, 8, 8)
+    assert TINY.n_latent == 4
+
+
+def test_ffhq_config_f_shapes_are_inferred():
+    """The 256 px config-f table (512 up to 64 px, then 256, 128) round-trips through infer_config."""
+    with torch.device("meta"):
+        state = Generator(GeneratorConfig()).state_dict()
+    config = infer_config(state)
+    assert config.size == 256 and config.style_dim == 512 and config.n_mlp == 8 and config.n_latent == 14
+    assert [config.channels(2**i) for i in range(2, 9)] == [512, 512, 512, 512, 512, 256, 128]
+
+
+def test_loaded_checkpoint_reproduces_saved_output(tmp_path):
+    torch.manual_seed(3)
+    generator = Generator(TINY).eval()
+    for name, param in generator.named_parameters():
+        if name.endswith("noise.weight"):  # zero at initialisation; make the fixed noise matter
+            param.data.fill_(0.5)
+    latent_avg = generator.mean_latent(128)
+    with torch.no_grad():
+        w = generator.broadcast(generator.mapping(torch.randn(3, TINY.style_dim, generator=torch.Generator().manual_seed(7))))
+        saved = generator.synthesis(generator.truncate(w, 0.8, latent_avg), noise_mode="const")
+    path = save_rosinality(tmp_path / "g.pt", generator, latent_avg=latent_avg)
+    torch.save({"w": w, "image": saved}, tmp_path / "reference.pt")
+    del generator
+    loaded, loaded_avg = load_rosinality(path)  # architecture inferred from the weights
+    reference = torch.load(tmp_path / "reference.pt")
+    with torch.no_grad():
+        again = loaded.synthesis(loaded.truncate(reference["w"], 0.8, loaded_avg), noise_mode="const")
+    assert loaded.config == TINY
+    assert torch.equal(again, reference["image"])
+    # Random noise changes the image, so the const path is what was checked.
+    with torch.no_grad():
+        assert not torch.equal(loaded.synthesis(reference["w"], noise_mode="random"), loaded.synthesis(reference["w"]))
+
+
+def test_bad_generator_checkpoints_are_named(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_rosinality(junk)
+    torch.save({"d": {}}, tmp_path / "no_g.pt")
+    with pytest.raises(KeyError, match="g_ema"):
+        load_rosinality(tmp_path / "no_g.pt")
+    state = Generator(TINY).state_dict()
+    state["input.input"] = torch.zeros(1, 8, 4, 4)
+    torch.save({"g_ema": state}, tmp_path / "bad_shape.pt")
+    with pytest.raises(ValueError, match="bad_shape.pt"):
+        load_rosinality(tmp_path / "bad_shape.pt", TINY)
+
+
+# ------------------------------------------------------------------------ searches
+
+
+def test_averaged_latent_is_the_mean_of_the_recorded_iterates():
+    renderer, source = _tiny_renderer(), _tiny_encoder()
+    config = AttackConfig(num_searches=3, searches_per_task=3, iterations=10, top_k=2)
+    target = torch.randn(8, generator=torch.Generator().manual_seed(0))
+    batch = latent_search(renderer, source, target, renderer.initial_latents(3, seed=0), config, record=True)
+    assert batch.history.shape == (10, 3, TINY.n_latent, TINY.style_dim)
+    assert config.averaged_iterates == 7 and config.decay_iteration == 5
+    torch.testing.assert_close(batch.averaged, batch.history[-7:].mean(0), rtol=1e-5, atol=1e-6)
+    assert torch.equal(batch.last, batch.history[-1])
+    assert not torch.allclose(batch.averaged, batch.last)
+    # The optimisation moves towards the target: the last iterate's cosine beats the start's.
+    with torch.no_grad():
+        start = torch.nn.functional.cosine_similarity(source(renderer(renderer.generator.broadcast(renderer.initial_latents(3, 0)))), target[None])
+    assert float(batch.cosine_last.mean()) > float(start.mean())
+
+
+def _pixel_encoder() -> FaceEncoder:
+    """Validation 'encoder' whose embedding is a canvas's top-left RGB value (flip-invariant on flat images)."""
+
+    class TopLeft(nn.Module):
+        def forward(self, x):
+            return x[:, :, 0, 0]
+
+    return FaceEncoder(TopLeft(), EncoderConfig(input_size=(4, 4), embedding_dim=3), "pixels").eval()
+
+
+def test_pseudo_target_picks_the_planted_candidate():
+    colours = torch.tensor(
+        [
+            [0.0, 0.0, 1.0],  # 0: low source score
+            [1.0, 0.0, 0.0],  # 1: best by source, far from the others
+            [0.0, 1.0, 0.0],  # 2: low source score
+            [0.6, 0.6, 0.0],  # 3: planted: closest to the mean of the top 3
+            [0.0, 1.0, 0.1],  # 4: in the top 3
+            [0.5, 0.5, 0.0],  # 5: would be closest to that mean too, but it is not in the top 3
+        ]
+    )
+    canvas = colours[:, :, None, None].expand(-1, -1, 4, 4).contiguous()
+    source_cosine = torch.tensor([0.1, 0.9, 0.2, 0.7, 0.6, 0.3])
+    assert pseudo_target_select(canvas, source_cosine, _pixel_encoder(), top_k=3) == 3
+    assert pseudo_target_select(canvas, source_cosine, _pixel_encoder(), top_k=1) == 1  # k = 1 is best-by-source
+    # Through select_outputs: alsuv (averaged + pseudo target), best_by_source and single_search differ as planted.
+    batch = SearchBatch(
+        last=torch.zeros(6, 1), averaged=torch.zeros(6, 1), canvas_last=canvas.flip(0), canvas_averaged=canvas,
+        cosine_last=source_cosine.flip(0), cosine_averaged=source_cosine,
+    )
+    chosen = select_outputs(batch, _pixel_encoder(), AttackConfig(num_searches=6, top_k=3))
+    assert set(chosen) == set(METHODS)
+    assert chosen["alsuv"].search_index == 3
+    assert chosen["best_by_source"].search_index == 1
+    assert chosen["no_averaging"].search_index == 2  # the same planted case, reversed
+    assert chosen["single_search"].search_index == 0
+
+
+def test_wrong_embedding_size_is_a_clear_error(ray_session):
+    renderer, source = _tiny_renderer(), _tiny_encoder()
+    config = AttackConfig(num_searches=2, searches_per_task=1, iterations=2, top_k=1)
+    with pytest.raises(ValueError, match="512.*8-d"):
+        latent_search(renderer, source, torch.randn(512), renderer.initial_latents(2, 0), config)
+    with pytest.raises(ValueError, match=r"target embedding 0 has shape \(7,\)"):
+        run_attack(torch.randn(2, 7), renderer, source, _tiny_encoder(2), config, seed=0)
+    targets = torch.randn(2, 8)
+    targets[1] = 0.0
+    with pytest.raises(ValueError, match="target embedding 1 is all zeros"):
+        run_attack(targets, renderer, source, _tiny_encoder(2), config, seed=0)
+
+
+# ------------------------------------------------------------------------ faces and encoders
+
+
+@pytest.mark.shared_data
+def test_face_check_rejects_non_faces_and_accepts_orl(shared_data):
+    face = (shared_data / "orl_faces" / "s1" / "1.pgm").read_bytes()
+    check_face_like(face, sample="s1/1.pgm")
+    rng = np.random.default_rng(0)
+    with pytest.raises(NotAFaceError, match="blank.pgm.*blank"):
+        check_face_like(np.zeros((3, 32, 32)), sample="blank.pgm")
+    with pytest.raises(NotAFaceError, match="noise.png: no face found"):
+        check_face_like(rng.uniform(-1, 1, (112, 92)), sample="noise.png")
+    import skimage.data
+
+    brick = skimage.data.brick()[:112, :92] / 127.5 - 1
+    with pytest.raises(NotAFaceError, match="brick"):
+        check_face_like(brick, sample="brick")
+
+
+@pytest.mark.shared_data
+def test_mobilefacenet_loads_strictly_and_recognises_orl(shared_weights, shared_data):
+    from raylab.eval.biometrics import verification_metrics
+    from raylab.methods.alsuv.config import CanvasConfig, DataConfig, mobilefacenet_encoder
+    from raylab.methods.alsuv.evaluate import embed
+    from raylab.methods.alsuv.faces import load_protocol
+
+    model = load_mobilefacenet(shared_weights / "mobilefacenet_casia_webface.ckpt")
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(1.0e6, rel=0.05)
+    encoder = make_encoder(mobilefacenet_encoder(), name="mobilefacenet", weights_root=shared_weights)
+    protocol = load_protocol(DataConfig(canvas=CanvasConfig(size=32)), shared_data)
+    metrics = verification_metrics(embed(encoder, protocol.held_out.images), protocol.held_out.identities)
+    assert metrics["eer"] < 0.1  # a random network is near 0.5
+
+
+# ------------------------------------------------------------------------ Ray Train
+
+
+def test_stylegan2_and_encoder_training_on_ray_train(ray_session, tmp_path):
+    from raylab.methods.alsuv.encoder_training import train_encoder
+    from raylab.methods.alsuv.gan_training import train_generator
+
+    rng = np.random.default_rng(0)
+    images = np.tanh(rng.normal(size=(12, 3, 8, 8))).astype(np.float32)
+    train = GanTrainConfig(iterations=3, batch_size=4, num_workers=2, checkpoint_every=3, d_reg_every=2, g_reg_every=2, ema_kimg=0.01)
+    first = train_generator(images, TINY, train, storage_path=str(tmp_path), mean_latent_samples=64)
+    assert first.path.name == "generator.pt" and first.metrics["iteration"] == 2
+    assert np.isfinite([first.metrics["d_loss"], first.metrics["g_loss"]]).all()
+    torch.manual_seed(train.seed)
+    initial = Generator(TINY)
+    assert not torch.equal(initial.state_dict()["convs.0.conv.weight"], first.generator.state_dict()["convs.0.conv.weight"])
+    again = train_generator(images, TINY, train, storage_path=str(tmp_path))  # cached: no new run
+    assert again.path == first.path and torch.equal(again.latent_avg, first.latent_avg)
+
+    config = dataclasses.replace(TINY_ENCODER, train=EncoderTrainConfig(epochs=2, batch_size=4))
+    trained = train_encoder(images, np.repeat(["a", "b", "c"], 4), config, storage_path=str(tmp_path))
+    encoder = make_encoder(config, name="trained", state_dict=trained.state_dict)
+    assert encoder(torch.from_numpy(images[:2])).shape == (2, 8)
+    assert trained.metrics["epoch"] == 1
+
+
+# ------------------------------------------------------------------------ the job
+
+
+class _Tripwire(nn.Module):
+    """Wraps an unseen encoder; fails if it runs inside a Ray task or while the attack runs."""
+
+    attacking = False
+
+    def __init__(self, inner: FaceEncoder) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name, self.embedding_dim = inner.name, inner.embedding_dim
+        self.calls = 0
+
+    def forward(self, canvas, flip=True):
+        import ray
+
+        if ray.get_runtime_context().worker.mode != ray.SCRIPT_MODE or _Tripwire.attacking:
+            raise RuntimeError(f"unseen encoder {self.inner.name} called during the attack")
+        self.calls += 1
+        return self.inner(canvas, flip=flip)
+
+
+@pytest.mark.shared_data
+def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session, shared_data, shared_weights, tmp_path, monkeypatch):
+    import raylab.methods.alsuv.job as job
+
+    # Weights made here: a tiny generator checkpoint and tiny encoders (no training in this test).
+    torch.manual_seed(0)
+    save_rosinality(tmp_path / "g.pt", Generator(TINY))
+    for name, seed in (("source", 1), ("validation", 2), ("other", 3)):
+        torch.save(_tiny_encoder(seed).backbone.state_dict(), tmp_path / f"{name}.pt")
+    encoder = {"kind": "irse", "input_size": [8, 8], "embedding_dim": 8, "layers": [1, 1], "width_multiplier": 0.125}
+    config = {
+        "profile": "cpu",
+        "data": {"canvas": {"size": 16}},
+        "generator": {"checkpoint": str(tmp_path / "g.pt")},
+        "encoders": {
+            "source": {**encoder, "weights": str(tmp_path / "source.pt")},
+            "validation": {**encoder, "weights": str(tmp_path / "validation.pt")},
+            "unseen": {
+                "mobilefacenet": {"kind": "mobilefacenet", "input_size": [112, 96], "crop": [1.0, 0.857], "embedding_dim": 128,
+                                  "weights": "mobilefacenet_casia_webface.ckpt", "normalisation": "mobilefacenet"},
+                "other": {**encoder, "weights": str(tmp_path / "other.pt")},
+            },
+        },
+        "quick": {"max_targets": 2, "num_searches": 4, "searches_per_task": 2, "iterations": 3, "top_k": 2},
+    }
+    path = tmp_path / "alsuv.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    wires: list[_Tripwire] = []
+    real_make = job.make_encoder
+
+    def make(spec, *, name, state_dict=None, weights_root=None):
+        built = real_make(spec, name=name, state_dict=state_dict, weights_root=weights_root)
+        if name in config["encoders"]["unseen"]:
+            wire = _Tripwire(built)
+            wires.append(wire)
+            return wire
+        return built
+
+    real_attack = job.run_attack
+
+    def attack(*args, **kwargs):
+        _Tripwire.attacking = True
+        try:
+            return real_attack(*args, **kwargs)
+        finally:
+            _Tripwire.attacking = False
+
+    monkeypatch.setattr(job, "make_encoder", make)
+    monkeypatch.setattr(job, "run_attack", attack)
+    out = tmp_path / "out.json"
+    result = job.main([
+        "--dataset", "orl", "--data-root", str(shared_data), "--weights-root", str(shared_weights),
+        "--config", str(path), "--quick", "--seeds", "0,1", "--summary-json", str(out),
+    ])
+    assert len(wires) == 2 and all(w.calls > 0 for w in wires)  # they did evaluate, outside the attack
+    summary = json.loads(out.read_text())
+    assert summary["job"] == "alsuv_attack"
+    rows = summary["rows"]
+    assert {(r["method"], r["encoder"], r["seed"]) for r in rows} == {
+        (m, e, s) for m in METHODS for e in ("mobilefacenet", "other") for s in (0, 1)
+    }
+    for row in rows:
+        for key in ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1"):
+            assert 0.0 <= row["metrics"][key] <= 1.0
+    assert "alsuv" in result["table"]["method"].tolist()
+
+    # The tripwire itself works: an unseen encoder sent to a search task fails the attack.
+    import sys
+
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    renderer = _tiny_renderer()
+    with pytest.raises(Exception, match="called during the attack"):
+        run_attack(torch.randn(1, 8), renderer, _Tripwire(_tiny_encoder(4)), _tiny_encoder(2), AttackConfig(num_searches=1, searches_per_task=1, iterations=1, top_k=1), seed=0)
