@@ -66,8 +66,12 @@ def load_dtd_defects(
     test_defective_photos: int = 8,
     crop_size: int = 160,
     split_seed: int = 0,
+    photos_per_class: int | None = None,
 ) -> pa.Table:
-    """DTD texture classes as an anomaly corpus with synthetic defects (see the module docstring)."""
+    """DTD texture classes as an anomaly corpus with synthetic defects (see the module docstring).
+
+    ``photos_per_class`` keeps a seeded subset of each class's photos (small test corpora).
+    """
     if data_root is None:
         raise DatasetNotFoundError("dtd_defects needs --data-root: the folder that holds dtd_subset/")
     root = Path(data_root) / "dtd_subset"
@@ -82,6 +86,9 @@ def load_dtd_defects(
     records = []
     for class_name in wanted:
         photos = image_files(root / class_name)
+        if photos_per_class is not None:
+            keep = np.random.default_rng([split_seed, zlib.crc32(f"subset/{class_name}".encode())]).permutation(len(photos))
+            photos = [photos[i] for i in sorted(keep[:photos_per_class])]
         needed = test_good_photos + test_defective_photos + 1
         if len(photos) < needed:
             raise ValueError(

@@ -1,6 +1,16 @@
 """Protocols: pure functions (corpus table, parameters, seed) -> corpus table + manifest."""
 
+from raylab.data.protocols.longtail import LongTailProtocol, LongTailResult, apply_long_tail, protocol_from_name
 from raylab.data.protocols.noise import NoiseProtocol, ProtocolResult, inject_noise
 from raylab.data.protocols.subsample import subsample_corpus
 
-__all__ = ["NoiseProtocol", "ProtocolResult", "inject_noise", "subsample_corpus"]
+__all__ = [
+    "LongTailProtocol",
+    "LongTailResult",
+    "NoiseProtocol",
+    "ProtocolResult",
+    "apply_long_tail",
+    "inject_noise",
+    "protocol_from_name",
+    "subsample_corpus",
+]

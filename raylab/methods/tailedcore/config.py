@@ -1,0 +1,48 @@
+"""Configurations of TailedCore and SoftPatch: the official defaults, and raylab's CPU size.
+
+Defaults are the release's (jungyg/TailedCore ``configs/tailedcore_mvtec.yaml`` and
+``src/sampler.py``): greedy coreset 10% on a 128-d projection, 1-NN, patchwise LOF with
+k = 6 keeping 85%, TailSampler with the 15% trim and the 15% tail share, tail images
+augmented by rotations every 15 degrees x horizontal flip (47 extra views each), maps
+smoothed with a Gaussian of sigma 4. The release's coreset is the exact greedy k-center
+(``GreedyCoresetSampler(brute=True)``: one random first centre), hence ``"exact"`` here;
+the sweep gives its PatchCore baseline the same coreset so the three methods differ only
+in what they put into memory. The features default to raylab's CPU backbone
+(ImageNet EfficientNet-Lite0 stages 2 + 3); ``WIDE_RESNET50_PATCHCORE`` at 224 px is the
+paper's embedder where its weights are available (``configs/tailedcore/full_wrn50.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from raylab.features.backbones import FeatureSpec
+from raylab.methods.tailedcore.lof import PatchLOFConfig
+from raylab.methods.tailedcore.tail_sampler import TailSamplerConfig
+
+
+@dataclass
+class SoftPatchConfig:
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    lof: PatchLOFConfig = field(default_factory=PatchLOFConfig)
+    coreset_ratio: float = 0.1
+    coreset_method: Literal["exact", "approximate"] = "exact"
+    coreset_projection_dim: int | None = 128
+    blur_sigma: float = 4.0
+
+
+@dataclass
+class TailedCoreConfig:
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    tail_sampler: TailSamplerConfig = field(default_factory=TailSamplerConfig)
+    lof: PatchLOFConfig = field(default_factory=PatchLOFConfig)
+    # The global embedding TailSampler reads: the backbone's last stage, average-pooled
+    # (the release taps WideResNet-50's ``avgpool``).
+    embedding_stage: int = 4
+    tail_rotation_step: int = 15  # degrees; 360 / step angles x (1 + hflip) views, minus the identity
+    tail_hflip: bool = True
+    coreset_ratio: float = 0.1  # for both the head and the tail memory
+    coreset_method: Literal["exact", "approximate"] = "exact"
+    coreset_projection_dim: int | None = 128
+    blur_sigma: float = 4.0

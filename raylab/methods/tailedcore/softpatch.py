@@ -1,0 +1,77 @@
+"""SoftPatch (Jiang et al., NeurIPS 2022) as the TailedCore release runs it.
+
+Memory = greedy coreset of the training patches that survive the patchwise LOF filter
+(keep the 85% with the lowest LOF, see :mod:`raylab.methods.tailedcore.lof`); each memory
+patch keeps its LOF value as a soft weight. A test patch scores its squared L2 distance to
+the nearest memory patch times that patch's weight, so matches to somewhat outlying
+memory patches (possible leftover noise, LOF > 1) count as more anomalous. Image score =
+largest patch score; map = upsampled patch grid smoothed with a Gaussian (sigma 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from raylab.memory import MemoryBank, greedy_coreset
+from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
+from raylab.methods.tailedcore.config import SoftPatchConfig
+from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
+
+
+def flat_patches(patches: np.ndarray) -> np.ndarray:
+    patches = np.asarray(patches, dtype=np.float32)
+    return np.ascontiguousarray(patches.reshape(-1, patches.shape[-1]))
+
+
+def coreset_rows(flat: np.ndarray, config, seed: int) -> np.ndarray:
+    """Row indices of the greedy coreset of ``flat`` (sorted), with the method's settings."""
+    selected = greedy_coreset(
+        flat, ratio=config.coreset_ratio, method=config.coreset_method, projection_dim=config.coreset_projection_dim, seed=seed
+    )
+    return np.sort(selected)
+
+
+class SoftPatch:
+    def __init__(self, config: SoftPatchConfig | None = None, seed: int = 0) -> None:
+        self.config = config or SoftPatchConfig()
+        self.seed = seed
+        self.bank: MemoryBank | None = None
+        self.weights: np.ndarray | None = None
+        self.kept: np.ndarray | None = None  # (N, h, w) which training patches passed the filter
+
+    def fit(self, train_patches: np.ndarray) -> SoftPatch:
+        """``train_patches``: (N, h, w, D) patch embeddings of the (possibly noisy) training set."""
+        scores = patchwise_lof_scores(train_patches, self.config.lof, seed=self.seed)
+        self.kept = lof_keep_mask(scores, self.config.lof.keep_fraction)
+        flat = flat_patches(train_patches)[self.kept.reshape(-1)]
+        rows = coreset_rows(flat, self.config, self.seed)
+        self.bank = MemoryBank(flat.shape[1], metric="l2")
+        self.bank.add(flat[rows])
+        self.weights = scores.reshape(-1)[self.kept.reshape(-1)][rows].astype(np.float32)
+        return self
+
+    def patch_scores(self, patches: np.ndarray) -> np.ndarray:
+        if self.bank is None or self.weights is None:
+            raise RuntimeError("SoftPatch.fit must run before scoring")
+        n, h, w, d = patches.shape
+        distances, indices = self.bank.search(np.asarray(patches, dtype=np.float32).reshape(-1, d), k=1)
+        return (distances[:, 0] * self.weights[indices[:, 0]]).reshape(n, h, w)
+
+    def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction:
+        scores = self.patch_scores(patches)
+        maps = patch_scores_to_maps(scores, self.config.features.image_size, self.config.blur_sigma) if with_maps else None
+        return AnomalyPrediction(image_scores=reduce_to_image_scores(scores, "max"), patch_scores=scores, maps=maps)
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.bank is None or self.weights is None:
+            raise RuntimeError("fit before saving")
+        self.bank.save(directory / "memory_bank")
+        np.save(directory / "weights.npy", self.weights)
+        (directory / "softpatch.json").write_text(json.dumps({"config": dataclasses.asdict(self.config), "seed": self.seed}, indent=2, default=str))
+        return directory
