@@ -98,9 +98,10 @@ def evaluate_fitted(detector: AnomalyDetector, split: ClassSplit, features: Feat
 
 
 def mean_over_classes(evaluations: Sequence[ClassEvaluation]) -> dict[str, float]:
-    names = evaluations[0].metrics.keys()
+    """Mean of each metric over the classes that have it (classes without masks have no pixel metrics)."""
+    names = list(dict.fromkeys(name for e in evaluations for name in e.metrics))
     means = {}
     for name in names:
-        values = [e.metrics[name] for e in evaluations if not math.isnan(e.metrics[name])]
+        values = [e.metrics[name] for e in evaluations if not math.isnan(e.metrics.get(name, math.nan))]
         means[name] = float(np.mean(values)) if values else float("nan")
     return means
