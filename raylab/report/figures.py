@@ -1,4 +1,4 @@
-"""Figures logged as MLflow artifacts: anomaly-map overlays and ROC curves."""
+"""Figures logged as MLflow artifacts: anomaly-map overlays, ROC curves, other metric curves."""
 
 from __future__ import annotations
 
@@ -78,6 +78,31 @@ def metric_vs_setting(
     axis.set(xlabel=xlabel, ylabel=ylabel)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def line_figure(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+) -> Path:
+    """Precomputed curves, one line per name (e.g. a CMC curve, or a verification ROC as FAR/TAR)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    for name, (xs, ys) in series.items():
+        axis.plot(xs, ys, marker="o" if len(xs) <= 20 else None, label=name)
+    if logx:
+        axis.set_xscale("log")
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
