@@ -5,6 +5,10 @@
 * One experiment per job (``raylab/<job>``); a sweep is a parent run with nested runs.
 * Params are flattened (``stage1.bootstraps``) so configs of any depth become comparable
   columns; tags say what a run is (method, dataset, noise ratio, seed, commit, version).
+* No run stays RUNNING after its driver died: every run records its driver
+  (``raylab.driver`` = host:pid); starting a top-level run of the same name marks runs of
+  dead drivers on this host (and their nested runs) KILLED, and ``resume=True`` (a
+  restarted sweep) reopens the interrupted parent run so one sweep keeps one parent.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import contextlib
 import dataclasses
 import math
 import os
+import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -98,24 +104,43 @@ def tracked_run(
     params: Any = None,
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
+    resume: bool = False,
 ) -> Iterator[Any]:
     """Start a run (nested under ``parent_run_id`` when given) and always end it.
 
-    A failing body marks the run FAILED instead of leaving it RUNNING in the UI.
+    A failing body marks the run FAILED instead of leaving it RUNNING in the UI. A top-level
+    run first closes orphans of the same name (see :func:`close_orphaned_runs`); with
+    ``resume=True`` it reopens the latest unfinished run of that name instead of creating
+    one (a restarted sweep keeps its parent run, and its finished trials stay nested in it).
     """
     import mlflow
 
     exp = experiment_id(job)
     run_tags_ = run_tags(**(tags or {}))
+    run_tags_[DRIVER_TAG] = driver_id()
     if parent_run_id:
         run_tags_["mlflow.parentRunId"] = parent_run_id
     client = mlflow.MlflowClient()
-    run = client.create_run(exp, run_name=run_name, tags=run_tags_)
+    previous = None
+    if not parent_run_id:
+        close_orphaned_runs(client, exp, run_name)
+        if resume:
+            previous = _latest_unfinished(client, exp, run_name)
+    if previous is not None:
+        run = previous
+        client.update_run(run.info.run_id, status="RUNNING")
+        restarts = int(run.data.tags.get(RESTARTS_TAG, "0")) + 1
+        for key, value in {**run_tags_, RESTARTS_TAG: str(restarts)}.items():
+            client.set_tag(run.info.run_id, key, value)
+    else:
+        run = client.create_run(exp, run_name=run_name, tags=run_tags_)
     status = "FAILED"
     try:
         if params is not None:
-            flat = flatten_params(params)
-            items = list(flat.items())
+            items = list(flatten_params(params).items())
+            if previous is not None:
+                _check_same_params(previous, dict(items))
+                items = [(k, v) for k, v in items if k not in previous.data.params]
             for start in range(0, len(items), 100):
                 client.log_batch(
                     run.info.run_id,
@@ -125,6 +150,97 @@ def tracked_run(
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status=status)
+
+
+DRIVER_TAG = "raylab.driver"
+RESTARTS_TAG = "raylab.restarts"
+
+
+def driver_id() -> str:
+    """``host:pid`` of this process: lets a later run tell whether a RUNNING run is orphaned."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _driver_alive(driver: str | None) -> bool | None:
+    """True/False for a driver on this host; None where it cannot be known (another host)."""
+    if not driver or ":" not in driver:
+        return None
+    host, _, pid = driver.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _runs_named(client: Any, experiment: str, run_name: str, status: str | None = None) -> list[Any]:
+    quote = '"' if "'" in run_name else "'"
+    query = f"attributes.run_name = {quote}{run_name}{quote}" + (f" and attributes.status = '{status}'" if status else "")
+    runs = client.search_runs([experiment], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1000)
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def close_orphaned_runs(client: Any, experiment: str, run_name: str) -> list[str]:
+    """Mark RUNNING top-level runs named ``run_name`` whose driver process is gone KILLED,
+    together with their RUNNING nested runs; returns the ids marked.
+
+    A driver killed hard (SIGKILL, a lost node, ``ray job stop`` after its grace period)
+    cannot end its own runs. A run whose driver is alive is running now and is left alone;
+    runs whose driver lived on another host cannot be checked from here and are left alone
+    with a warning.
+    """
+    closed: list[str] = []
+    for run in _runs_named(client, experiment, run_name, "RUNNING"):
+        alive = _driver_alive(run.data.tags.get(DRIVER_TAG))
+        if alive:
+            continue
+        if alive is None:
+            warnings.warn(
+                f"MLflow run {run_name!r} ({run.info.run_id}) is RUNNING under driver "
+                f"{run.data.tags.get(DRIVER_TAG, 'unknown')}, which cannot be checked from this host",
+                stacklevel=3,
+            )
+            continue
+        closed.extend(_kill_tree(client, experiment, run.info.run_id))
+    return closed
+
+
+def _kill_tree(client: Any, experiment: str, run_id: str) -> list[str]:
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'", max_results=10000
+    )
+    closed = [c for child in children for c in _kill_tree(client, experiment, child.info.run_id)]
+    client.set_terminated(run_id, status="KILLED")
+    return [*closed, run_id]
+
+
+def _latest_unfinished(client: Any, experiment: str, run_name: str) -> Any | None:
+    for run in _runs_named(client, experiment, run_name):
+        if run.info.status in ("FAILED", "KILLED"):
+            # Nested runs an interrupted driver left RUNNING (its own status may be FAILED).
+            for child in client.search_runs(
+                [experiment], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'"
+            ):
+                _kill_tree(client, experiment, child.info.run_id)
+            return run
+        return None
+    return None
+
+
+def _check_same_params(run: Any, params: Mapping[str, str]) -> None:
+    changed = {k: (run.data.params[k], v) for k, v in params.items() if k in run.data.params and run.data.params[k] != v}
+    if changed:
+        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items())[:5])
+        raise ValueError(
+            f"cannot resume MLflow run {run.info.run_name!r} ({run.info.run_id}) with a different configuration "
+            f"({detail}); use a new run name"
+        )
 
 
 @dataclasses.dataclass

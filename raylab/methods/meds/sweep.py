@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from raylab.data.store import cache_root
 
     storage_path = str(cache_root() / "ray_results")
-    with tracked_run(JOB, name, params=config, tags={"dataset": args.dataset, "method": "sweep"}) as parent:
+    experiment = Path(storage_path) / name
+    # A restarted sweep (same name, Tune state on disk) reopens its interrupted parent run.
+    restoring = not args.search and tune.Tuner.can_restore(str(experiment))
+    with tracked_run(JOB, name, params=config, tags={"dataset": args.dataset, "method": "sweep"}, resume=restoring) as parent:
         context = {"tracking_uri": tracking_uri(), "parent_run_id": parent.run_id, "dataset": args.dataset, "name": name, "storage_path": storage_path}
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, corpus=corpus, features=features, config=config, context=context), {"cpu": 0.01}
@@ -219,10 +222,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     )
                     results.extend(r.metrics for r in tuner.fit() if r.metrics and r.metrics.get("stage") == 3)
         else:
-            experiment = Path(storage_path) / name
             tuner = (
                 tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
-                if tune.Tuner.can_restore(str(experiment))
+                if restoring
                 else tune.Tuner(
                     trainable,
                     param_space={"noise_ratio": tune.grid_search(list(ratios)), "seed": tune.grid_search(list(seeds))},

@@ -1,0 +1,226 @@
+"""Jobs on a real cluster: every job's ``--help``; ``ray job submit`` of the MeDS sweep to a
+head started with ``ray start``, tracked on a real ``mlflow server`` and read back through
+its REST API; the HTML comparison report of those runs rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ops_support import ROOT, auth_headers, cli_env, mlflow_server, ray_head
+
+JOBS = sorted((ROOT / "jobs").glob("*.py"))
+STANDARD_OPTIONS = ("--dataset", "--data-root", "--config", "--seeds", "--quick", "--summary-json")
+
+
+def _option_help(text: str) -> dict[str, str]:
+    """``--option`` -> its description, parsed from argparse's help output."""
+    body = text.split("options:", 1)[-1]
+    found: dict[str, str] = {}
+    current = None
+    for line in body.splitlines():
+        match = re.match(r"^\s{2}(-\S+(?:[ ,]+\S+)*?)(?:\s{2,}(.*))?$", line)
+        if match and line.lstrip().startswith("-"):
+            names = re.findall(r"--[\w-]+", match.group(1))
+            current = names[-1] if names else None
+            if current:
+                found[current] = (match.group(2) or "").strip()
+        elif current and line.strip():
+            found[current] = (found[current] + " " + line.strip()).strip()
+        elif not line.strip():
+            current = None
+    return found
+
+
+@pytest.mark.parametrize("script", JOBS, ids=[p.stem for p in JOBS])
+def test_every_job_explains_every_option(script, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    options = _option_help(text)
+    missing = [o for o in STANDARD_OPTIONS if o not in options]
+    assert not missing, f"{script.name} --help lacks {missing}"
+    unexplained = [o for o, description in options.items() if len(description) < 10 and o != "--help"]
+    assert not unexplained, f"{script.name}: options without an explanation: {unexplained}"
+
+
+SMOKE = "configs/meds/smoke.yaml"
+SWEEP = "smoke-restart"
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _submit(head, tracking: str, root: Path, summary: Path) -> str:
+    """``ray job submit --working-dir . -- python jobs/meds_sweep.py --quick ...`` (no wait)."""
+    runtime_env = {
+        "env_vars": {
+            "MLFLOW_TRACKING_URI": tracking,
+            "RAYLAB_CACHE_DIR": str(root / "cache"),
+            "HF_HUB_OFFLINE": "1",
+            "RAYLAB_PROGRESS": "0",
+        }
+    }
+    submission_id = f"raylab-test-{uuid.uuid4().hex[:8]}"
+    submit = subprocess.run(
+        [
+            RAY, "job", "submit", "--address", head.dashboard_url, "--submission-id", submission_id, "--no-wait",
+            "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
+            "python", "jobs/meds_sweep.py", "--quick", "--config", SMOKE, "--noise-ratios", "0,0.2",
+            "--name", SWEEP, "--summary-json", str(summary),
+        ],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    return submission_id
+
+
+def _tune_trials(experiment: Path) -> dict[str, str]:
+    """Trial tag -> status, from the Tune experiment state a restarted sweep restores from."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, json.JSONDecodeError):  # being rewritten right now
+        return {}
+    trials = (json.loads(t[0]) for t in data["trial_data"])
+    return {t["experiment_tag"]: t["status"] for t in trials}
+
+
+@pytest.fixture(scope="module")
+def restarted_sweep(tmp_path_factory):
+    """Submit the quick MeDS sweep (two noise ratios, one trial at a time) to a fresh head that
+    logs to a fresh MLflow server; stop the job with ``ray job stop`` once the first trial
+    has finished; submit the same command again, which must resume and succeed."""
+    from ray.job_submission import JobSubmissionClient
+
+    root = tmp_path_factory.mktemp("submit")
+    summary = root / "summary.json"
+    experiment = root / "cache" / "ray_results" / SWEEP
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    with mlflow_server(root / "mlflow") as tracking, ray_head(num_cpus=2) as head:
+        timings["services_up_s"] = time.monotonic() - started
+        client = JobSubmissionClient(head.dashboard_url, headers=auth_headers())
+        first = _submit(head, tracking, root, summary)
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not client.get_job_status(first).is_terminal():
+            if "TERMINATED" in _tune_trials(experiment).values():
+                break
+            time.sleep(2)
+        first_status_before_stop = client.get_job_status(first).value
+        stop = subprocess.run([RAY, "job", "stop", "--address", head.dashboard_url, first], env=cli_env(), capture_output=True, text=True, timeout=120)
+        stopped_at = time.time()
+        first_status, first_logs = _wait_for_job(client, first, timeout=120)
+        trials_at_stop = _tune_trials(experiment)
+        timings["first_job_s"] = time.monotonic() - started - timings["services_up_s"]
+        second = _submit(head, tracking, root, summary)
+        second_status, second_logs = _wait_for_job(client, second, timeout=900)
+        timings["second_job_s"] = time.monotonic() - started - timings["services_up_s"] - timings["first_job_s"]
+        yield {
+            "tracking": tracking, "summary": summary, "root": root, "timings": timings,
+            "first": {"status": first_status, "before_stop": first_status_before_stop, "logs": first_logs, "stop": stop.stdout + stop.stderr},
+            "trials_at_stop": trials_at_stop, "stopped_at_ms": int(stopped_at * 1000),
+            "second": {"status": second_status, "logs": second_logs},
+        }
+    print(f"submit/stop/resubmit timings: {timings}")
+
+
+def _wait_for_job(client, submission_id: str, timeout: float) -> tuple[str, str]:
+    deadline = time.monotonic() + timeout
+    status = client.get_job_status(submission_id)
+    while not status.is_terminal() and time.monotonic() < deadline:
+        time.sleep(3)
+        status = client.get_job_status(submission_id)
+    if not status.is_terminal():
+        client.stop_job(submission_id)
+    return str(status.value), client.get_job_logs(submission_id)
+
+
+def test_stopped_sweep_resumes_when_submitted_again(restarted_sweep):
+    first, second = restarted_sweep["first"], restarted_sweep["second"]
+    assert first["before_stop"] == "RUNNING", first["logs"][-6000:]
+    assert first["status"] == "STOPPED", first["stop"]
+    # The stop fell between the two trials' ends: one finished, one not.
+    assert sorted(restarted_sweep["trials_at_stop"].values()).count("TERMINATED") == 1, restarted_sweep["trials_at_stop"]
+    assert second["status"] == "SUCCEEDED", second["logs"][-6000:]
+    rows = json.loads(restarted_sweep["summary"].read_text())["rows"]
+    assert {(r["method"], r["noise_ratio"]) for r in rows} == {
+        (m, nr) for m in ("meds", "patchcore", "partial_memory", "distilled") for nr in (0.0, 0.2)
+    }
+    assert all(0.0 <= r["metrics"]["image_auroc"] <= 1.0 for r in rows)
+    # Both attempts connected to the submitted-to cluster rather than starting their own Ray.
+    assert "Started a local Ray instance" not in first["logs"] + second["logs"]
+
+
+def _rest(tracking: str, path: str, payload: dict | None = None) -> dict:
+    import requests
+
+    url = f"{tracking}/api/2.0/mlflow/{path}"
+    response = requests.post(url, json=payload, timeout=30) if payload is not None else requests.get(url, timeout=30)
+    assert response.status_code == 200, (url, response.status_code, response.text[:500])
+    return response.json()
+
+
+def _runs(tracking: str, experiment_name: str) -> list[dict]:
+    experiment = _rest(tracking, f"experiments/get-by-name?experiment_name={experiment_name}")["experiment"]
+    runs, token = [], None
+    while True:
+        page = _rest(tracking, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 500, **({"page_token": token} if token else {})})
+        runs.extend(page.get("runs", []))
+        token = page.get("next_page_token")
+        if not token:
+            return runs
+
+
+def _kv(run: dict, kind: str) -> dict[str, str]:
+    return {item["key"]: item["value"] for item in run["data"].get(kind, [])}
+
+
+def test_mlflow_server_has_one_parent_with_nested_trial_runs(restarted_sweep):
+    """Through the MLflow server's REST API: one parent run for the sweep, resumed once; one
+    finished nested run per method and noise ratio, with params, metrics and artifacts; the
+    trial that finished before the stop was not run again; no run left RUNNING."""
+    import requests
+
+    tracking = restarted_sweep["tracking"]
+    runs = _runs(tracking, "raylab/meds_sweep")
+    assert not [r["info"]["run_name"] for r in runs if r["info"]["status"] == "RUNNING"]
+    parents = [r for r in runs if "mlflow.parentRunId" not in _kv(r, "tags")]
+    assert [p["info"]["run_name"] for p in parents] == [SWEEP]
+    parent = parents[0]
+    assert parent["info"]["status"] == "FINISHED"
+    assert _kv(parent, "tags")["raylab.restarts"] == "1"
+    nested = [r for r in runs if _kv(r, "tags").get("mlflow.parentRunId") == parent["info"]["run_id"]]
+    assert len(nested) == len(runs) - 1
+    finished: dict[tuple[str, str], list[dict]] = {}
+    for run in nested:
+        if run["info"]["status"] == "FINISHED":
+            tags = _kv(run, "tags")
+            finished.setdefault((tags["raylab.method"], tags["raylab.noise_ratio"]), []).append(run)
+    methods = ("meds", "patchcore", "partial_memory", "distilled")
+    assert {k: len(v) for k, v in finished.items()} == {(m, nr): 1 for m in methods for nr in ("0.0", "0.2")}
+    stopped = restarted_sweep["stopped_at_ms"]
+    for (method, ratio), (run,) in finished.items():
+        # noise 0 finished in the first submission and was kept; noise 0.2 ran in the second.
+        assert (int(run["info"]["start_time"]) < stopped) == (ratio == "0.0"), (method, ratio)
+        params, metrics = _kv(run, "params"), _kv(run, "metrics")
+        assert params["noise_ratio"] == ratio and params["seed"] == "0"
+        assert params["config.meds.stage1.bootstraps"] == "2"
+        assert 0.0 <= float(metrics["image_auroc"]) <= 1.0
+        listed = _rest(tracking, f"artifacts/list?run_id={run['info']['run_id']}")
+        assert {"per_class_metrics.csv", "roc_image.png"} <= {f["path"] for f in listed.get("files", [])}
+    run_id = finished[("meds", "0.2")][0]["info"]["run_id"]
+    png = requests.get(f"{tracking}/get-artifact", params={"path": "roc_image.png", "run_uuid": run_id}, timeout=30)
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    parent_files = {f["path"] for f in _rest(tracking, f"artifacts/list?run_id={parent['info']['run_id']}").get("files", [])}
+    assert {"results_table.csv", "image_auroc_vs_noise.png"} <= parent_files
