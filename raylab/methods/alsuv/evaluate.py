@@ -68,8 +68,8 @@ def reference(encoder: FaceEncoder, canvas: np.ndarray, identities: np.ndarray, 
     genuine, impostor = pair_scores(embeddings, identities)
     thresholds = {far_label(far): threshold_at_far(impostor, far) for far in fars}
     thresholds["acc"] = best_accuracy_threshold(genuine, impostor)
-    verification = {f"tar@{key}": float(np.mean(genuine > t)) for key, t in thresholds.items()}
-    verification |= {f"threshold@{key}": t for key, t in thresholds.items()}
+    verification = {f"tar_{key}": float(np.mean(genuine > t)) for key, t in thresholds.items()}
+    verification |= {f"threshold_{key}": t for key, t in thresholds.items()}
     verification |= {"n_genuine": float(genuine.size), "n_impostor": float(impostor.size)}
     return EncoderReference(encoder.name, embeddings, np.asarray(identities), thresholds, verification)
 

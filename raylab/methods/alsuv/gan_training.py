@@ -92,6 +92,11 @@ def _noises(batch: int, dim: int, mixing: float, generator: torch.Generator) -> 
     return z, None
 
 
+def to_grey(images: torch.Tensor) -> torch.Tensor:
+    """RGB -> grey repeated over three channels (the channel mean), for grey face sets."""
+    return images.mean(1, keepdim=True).expand(-1, images.shape[1], -1, -1)
+
+
 def _ema_beta(config: GanTrainConfig, images_seen: int) -> float:
     half_life = config.ema_kimg * 1000
     if config.ema_rampup is not None:
@@ -112,6 +117,7 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
     cfg: GanTrainConfig = loop_config["train"]
     model: GeneratorConfig = loop_config["model"]
     images = torch.from_numpy(np.array(ray.get(loop_config["data"])))
+    colour = to_grey if loop_config.get("grayscale") else (lambda x: x)
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
     generator, discriminator = Generator(model), Discriminator(model)
     g_ema = copy.deepcopy(generator).eval()
@@ -144,7 +150,7 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
         _requires_grad(discriminator, True)
         z, mix = _noises(per_worker, model.style_dim, cfg.mixing, rng)
         with torch.no_grad():
-            fake = generator(z, mix_z=mix)
+            fake = colour(generator(z, mix_z=mix))
         fake_pred, real_pred = discriminator(fake), discriminator(real)
         d_loss = F.softplus(fake_pred).mean() + F.softplus(-real_pred).mean()
         d_optim.zero_grad(set_to_none=True)
@@ -166,7 +172,7 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
         _requires_grad(generator, True)
         _requires_grad(discriminator, False)
         z, mix = _noises(per_worker, model.style_dim, cfg.mixing, rng)
-        g_loss = F.softplus(-discriminator(generator(z, mix_z=mix))).mean()
+        g_loss = F.softplus(-discriminator(colour(generator(z, mix_z=mix)))).mean()
         g_optim.zero_grad(set_to_none=True)
         g_loss.backward()
         _average_gradients(generator, world)
@@ -174,6 +180,7 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
         if cfg.path_length_weight > 0 and iteration % cfg.g_reg_every == 0:
             batch = max(1, per_worker // cfg.path_batch_shrink)
             fake, latents = generator(torch.randn(batch, model.style_dim, generator=rng), return_latents=True)
+            fake = colour(fake)
             noise = torch.randn(fake.shape, generator=rng) / math.sqrt(fake.shape[2] * fake.shape[3])
             (grad,) = torch.autograd.grad((fake * noise).sum(), latents, create_graph=True)
             lengths = grad.square().sum(2).mean(1).sqrt()
@@ -214,9 +221,9 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
             counted = 0
 
 
-def run_name(images: np.ndarray, model: GeneratorConfig, train: GanTrainConfig) -> str:
+def run_name(images: np.ndarray, model: GeneratorConfig, train: GanTrainConfig, grayscale: bool = False) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    settings = {"model": dataclasses.asdict(model), "train": dataclasses.asdict(train)}
+    settings = {"model": dataclasses.asdict(model), "train": dataclasses.asdict(train), "grayscale": grayscale}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return f"alsuv-stylegan2-{model.size}px-{digest.hexdigest()[:12]}"
 
@@ -228,8 +235,14 @@ def train_generator(
     *,
     storage_path: str | None = None,
     mean_latent_samples: int = 10_000,
+    grayscale: bool = False,
 ) -> TrainedGenerator:
-    """Train (or reuse the cached) StyleGAN2 on canvases ``(n, 3, s, s)`` in [-1, 1]."""
+    """Train (or reuse the cached) StyleGAN2 on canvases ``(n, 3, s, s)`` in [-1, 1].
+
+    ``grayscale``: the discriminator sees the generator's output as grey (channel mean), as
+    the attack's renderer then shows it: for grey face sets the generator need not learn
+    to keep three channels equal.
+    """
     import ray
 
     images = np.ascontiguousarray(images, dtype=np.float32)
@@ -237,13 +250,13 @@ def train_generator(
         raise ValueError(f"training images must be (n, 3, {model.size}, {model.size}) canvases, got {images.shape}")
     if len(images) < 2:
         raise ValueError(f"need at least 2 training images, got {len(images)}")
-    spec = TrainSpec(name=run_name(images, model, train), num_workers=train.num_workers, storage_path=storage_path, checkpoints_to_keep=1)
+    spec = TrainSpec(name=run_name(images, model, train, grayscale), num_workers=train.num_workers, storage_path=storage_path, checkpoints_to_keep=1)
     final = Path(spec.resolved_storage()) / spec.name / FINAL_GENERATOR
     if final.is_file():
         generator, latent_avg = load_rosinality(final, model)
         saved = torch.load(final, map_location="cpu", weights_only=True)
         return TrainedGenerator(generator, latent_avg, final, dict(saved.get("metrics", {})))
-    result = fit(gan_train_loop, {"data": ray.put(images), "model": model, "train": train}, dataclasses.replace(spec, cpus_per_worker=0.99))
+    result = fit(gan_train_loop, {"data": ray.put(images), "model": model, "train": train, "grayscale": grayscale}, dataclasses.replace(spec, cpus_per_worker=0.99))
     if result.error is not None:
         raise RuntimeError(f"StyleGAN2 training {spec.name} failed") from result.error
     state = load_result_state(result)

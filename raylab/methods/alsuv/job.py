@@ -104,14 +104,16 @@ def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: 
         run.log_metrics({"generator_loaded": 1.0})
         source = str(path)
     else:
-        trained = train_generator(protocol.train.images, setup.model, setup.train, mean_latent_samples=config.attack.mean_latent_samples)
+        trained = train_generator(
+            protocol.train.images, setup.model, setup.train, mean_latent_samples=config.attack.mean_latent_samples, grayscale=setup.grayscale
+        )
         generator, latent_avg = trained.generator, trained.latent_avg
         run.log_metrics({f"gan/{k}": v for k, v in trained.metrics.items()})
         run.log_artifact(trained.path, "generator")
         source = str(trained.path)
     if latent_avg is None:
         latent_avg = generator.mean_latent(config.attack.mean_latent_samples)
-    renderer = FaceRenderer(generator, latent_avg, truncation=config.attack.truncation, crop=setup.crop)
+    renderer = FaceRenderer(generator, latent_avg, truncation=config.attack.truncation, crop=setup.crop, grayscale=setup.grayscale)
     with tempfile.TemporaryDirectory() as scratch:
         run.log_artifact(generator_samples(renderer, Path(scratch) / "generator_samples.png"))
     run.log_text(f"{source}\n{generator.config}\n", "generator.txt")
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table = table.sort_values(["encoder", "method"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
         text = format_table(table, TABLE_METRICS)
         verification = "; ".join(
-            f"{name}: TAR {ref.verification['tar@far1e-2']:.3f} @ FAR 1e-2, {ref.verification['tar@far1e-3']:.3f} @ 1e-3"
+            f"{name}: TAR {ref.verification['tar_far1e-2']:.3f} @ FAR 1e-2, {ref.verification['tar_far1e-3']:.3f} @ 1e-3"
             for name, ref in references.items()
         )
         header = (

@@ -30,9 +30,9 @@ from raylab.methods.alsuv.stylegan2 import Generator
 
 
 class FaceRenderer(nn.Module):
-    """W+ latent -> face canvas in [-1, 1]: truncation, fixed-noise synthesis, face crop, rescale."""
+    """W+ latent -> face canvas in [-1, 1]: truncation, fixed-noise synthesis, (grey,) face crop, rescale."""
 
-    def __init__(self, generator: Generator, mean_latent: Tensor, *, truncation: float, crop: FaceCropConfig) -> None:
+    def __init__(self, generator: Generator, mean_latent: Tensor, *, truncation: float, crop: FaceCropConfig, grayscale: bool = False) -> None:
         super().__init__()
         self.generator = generator.eval()
         for p in self.generator.parameters():
@@ -40,6 +40,7 @@ class FaceRenderer(nn.Module):
         self.register_buffer("mean_latent", mean_latent.reshape(1, -1).float())
         self.truncation = truncation
         self.crop = crop
+        self.grayscale = grayscale
 
     @property
     def style_dim(self) -> int:
@@ -58,6 +59,8 @@ class FaceRenderer(nn.Module):
     def forward(self, latent: Tensor) -> Tensor:
         latent = self.generator.truncate(latent, self.truncation, self.mean_latent)
         image = self.generator.synthesis(latent, noise_mode="const")
+        if self.grayscale:
+            image = image.mean(1, keepdim=True).expand(-1, 3, -1, -1)
         size = image.shape[-1]
         side = round(size * self.crop.size_fraction)
         centre_y = size // 2 + round(size * self.crop.v_offset_fraction)
