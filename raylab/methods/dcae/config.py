@@ -1,0 +1,195 @@
+"""DCAE configuration: the network, the loss weights, training, selection and the protocol.
+
+DCAE (Park, Jung and Teoh, ICPR 2020) has no public code, so no value below is "official":
+each default is raylab's choice, stated with its reason in :mod:`raylab.methods.dcae` and
+the README. The class defaults are the full size (a GPU run: width 64, latent 64, 200
+epochs, 30 selection trials); :func:`cpu_config` is the size that runs on a 2-core laptop,
+every reduction listed in its docstring. The per-dataset YAMLs in ``configs/dcae/`` start
+from the CPU size; ``configs/dcae/full.yaml`` restores the full one.
+
+Methods are switches on one code path (:data:`METHODS`): what is trained (``TRAINED``) and
+in which space the novelty score is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class NetworkConfig:
+    """Encoder, decoder and discriminators (channels and image size come from the data).
+
+    ``downsamplings`` stride-2 convolutions take an image of side S to S / 2^n (S must be
+    divisible by 2^n: 28 px MNIST allows 2, 32 px CIFAR up to 5). The image discriminator
+    has ``downsamplings + 1`` internal levels (one per stride-2 block);
+    their outputs are the feature maps of the multi-level reconstruction and of the score.
+    """
+
+    width: int = 64
+    latent_dim: int = 64
+    downsamplings: int = 3
+    latent_hidden: int = 512
+    # Weight of each discriminator level in the feature distance; None = all levels, weight 1.
+    feature_level_weights: tuple[float, ...] | None = None
+
+
+@dataclass
+class LossWeights:
+    """The encoder/decoder objective: a weighted sum of four terms (selected per class by Optuna).
+
+    * ``feature``: multi-level reconstruction through the discriminator's internal layers;
+    * ``pixel``: pixel reconstruction (MSE on [-1, 1] images);
+    * ``image_adversarial``: the decoder makes reconstructions and decoded prior samples
+      look real to the image discriminator (every latent point decodes to an in-class image);
+    * ``latent_adversarial``: the encoder makes its codes indistinguishable from the uniform
+      prior on the compact latent cube (no empty region, no collapse).
+    """
+
+    feature: float = 1.0
+    pixel: float = 1.0
+    image_adversarial: float = 0.05
+    latent_adversarial: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    """Adam with beta1 = 0.5 and one constant learning rate for every network (the DCGAN recipe)."""
+
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    num_workers: int = 2
+    # < 1 CPU per worker so that a Train run fits inside a Tune trial that reserves ~0 CPU.
+    cpus_per_worker: float = 0.99
+    checkpoints_to_keep: int = 1
+    torch_threads: int = 1
+    # The image discriminator's fakes: decoded prior draws, and with True also reconstructions.
+    # False: D then learns what in-class images look like rather than what reconstruction
+    # artefacts look like, and its features ranked novelties better on the development digits.
+    reconstructions_as_fakes: bool = False
+
+
+@dataclass
+class SelectionConfig:
+    """Optuna (TPE) over the loss weights, per normal class and seed, on in-class data only.
+
+    ``val_fraction`` of the class's training images are held out; each trial trains DCAE on
+    the rest for ``epochs`` epochs and is scored by the AUROC of its own novelty score
+    between the held-out in-class images and pseudo-novelties made from them (the
+    transforms in ``pseudo_novelties``). No novel-class image is ever seen. The first trial
+    is the default :class:`LossWeights`; the selected weights are then trained on all of the
+    class's training images.
+    """
+
+    enabled: bool = True
+    n_trials: int = 30
+    epochs: int = 50
+    val_fraction: float = 0.2
+    feature_range: tuple[float, float] = (0.1, 10.0)
+    pixel_range: tuple[float, float] = (0.1, 10.0)
+    image_adversarial_range: tuple[float, float] = (0.005, 0.5)
+    latent_adversarial_range: tuple[float, float] = (0.005, 0.5)
+    pseudo_novelties: tuple[str, ...] = ("quadrant_shuffle", "rotate90", "vflip")
+
+
+@dataclass
+class ProtocolConfig:
+    """The one-class protocol: per class, ``train_fraction`` of its images train, the rest test.
+
+    ``color``: "L" (grey, 1 channel) or "RGB". ``resize_to``: None keeps the images' own
+    size, which must then be the same for every image (a mixed-size folder is an error
+    naming two differing files); an int resizes every image to that square side.
+    """
+
+    train_fraction: float = 0.5
+    split_seed: int = 0
+    color: Literal["L", "RGB"] = "L"
+    resize_to: int | None = None
+
+
+@dataclass
+class QuickConfig:
+    """What ``--quick`` keeps: two normal classes, fewer epochs and trials, a test subsample."""
+
+    normal_classes: tuple[int, ...] = (0, 1)
+    epochs: int = 4
+    selection_trials: int = 2
+    selection_epochs: int = 2
+    max_test_images: int = 1000
+
+
+@dataclass
+class DCAESweepConfig:
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    weights: LossWeights = field(default_factory=LossWeights)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    quick: QuickConfig = field(default_factory=QuickConfig)
+    methods: tuple[str, ...] = ("dcae", "ae_pixel", "dcae_pixel_metric", "dcae_no_adv")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # None = every class of the dataset.
+    normal_classes: tuple[int, ...] | None = None
+    score_batch_size: int = 500
+    reconstructions_per_side: int = 6
+
+
+ScoreSpace = Literal["discriminator", "pixel"]
+
+
+@dataclass(frozen=True)
+class TrainedVariant:
+    """What one training run learns. ``image_gan``: train the image discriminator and use
+    its feature maps in the reconstruction loss; ``latent_adversarial``: the encoder plays
+    the latent game against the uniform prior; ``bounded_latent``: codes pass a tanh."""
+
+    bounded_latent: bool
+    image_gan: bool
+    latent_adversarial: bool
+
+
+# The trained models. ``ae`` is the plain autoencoder: unbounded latent, pixel loss only.
+TRAINED: dict[str, TrainedVariant] = {
+    "dcae": TrainedVariant(bounded_latent=True, image_gan=True, latent_adversarial=True),
+    "dcae_no_adv": TrainedVariant(bounded_latent=True, image_gan=True, latent_adversarial=False),
+    "ae": TrainedVariant(bounded_latent=False, image_gan=False, latent_adversarial=False),
+}
+
+# Method name -> (trained model, score space). dcae_pixel_metric reuses DCAE's weights.
+METHODS: dict[str, tuple[str, ScoreSpace]] = {
+    "dcae": ("dcae", "discriminator"),
+    "dcae_pixel_metric": ("dcae", "pixel"),
+    "dcae_no_adv": ("dcae_no_adv", "discriminator"),
+    "ae_pixel": ("ae", "pixel"),
+}
+
+
+def trained_for(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The trained variants the given methods need, in a stable order; unknown names fail."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise KeyError(f"unknown DCAE methods {unknown}; known: {sorted(METHODS)}")
+    needed = {METHODS[m][0] for m in methods}
+    return tuple(name for name in TRAINED if name in needed)
+
+
+def cpu_config() -> DCAESweepConfig:
+    """The laptop size (2 shared cores; ``configs/dcae/mnist.yaml`` spells out the same values).
+
+    Reductions from the full size: width 16 instead of 64, latent 16 instead of 64, two
+    stride-2 stages (28 or 32 px -> 7 or 8), latent discriminator hidden 128 instead of 512;
+    15 epochs instead of 200 with lr 1e-3 instead of 2e-4 and batch 32 instead of 64 (a
+    class has a few hundred images: 15 epochs are only 120-230 steps); one Train worker per
+    trial (two trials run in parallel instead of one trial on two workers, which keeps both
+    cores busy while a trial runs its in-process selection); 4 Optuna trials of 4 epochs
+    instead of 30 of 50.
+    """
+    return DCAESweepConfig(
+        network=NetworkConfig(width=16, latent_dim=16, downsamplings=2, latent_hidden=128),
+        train=TrainConfig(epochs=15, batch_size=32, lr=1e-3, num_workers=1),
+        selection=SelectionConfig(n_trials=4, epochs=4),
+    )
