@@ -308,6 +308,25 @@ def test_synthetic_defect_is_deterministic_and_confined_to_its_mask():
         synthesize_defect(image.astype(np.float32), np.random.default_rng(0))
 
 
+def test_dtd_defects_corpus_keeps_test_pixels_out_of_training(shared_data: Path):
+    import re
+
+    from raylab.data.adapters.longtail_mix import load_dtd_defects
+
+    options = {"classes": ("cracked",), "train_images": 6, "test_good_images": 3, "test_defective_images": 4}
+    table = load_dtd_defects(shared_data, **options)
+    assert table.equals(load_dtd_defects(shared_data, **options))  # seeded: same corpus every time
+    rows = table.to_pylist()
+    assert [(r["split"], r["label"]) for r in rows].count(("train", 0)) == 6
+    assert [(r["split"], r["label"]) for r in rows].count(("test", 1)) == 4
+    spans = {r["sample_id"]: tuple(int(v) for v in re.search(r"y (\d+):(\d+)", r["source"]).groups()) for r in rows}
+    last_train_row = max(spans[r["sample_id"]][1] for r in rows if r["split"] == "train")
+    first_test_row = min(spans[r["sample_id"]][0] for r in rows if r["split"] == "test")
+    assert last_train_row <= first_test_row  # training crops lie above every test crop
+    for row in rows:
+        assert (row["mask"] is not None) == (row["label"] == 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The job, end to end, on 3 real DTD classes with synthetic defects
 
@@ -317,7 +336,7 @@ def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
 
     config = tmp_path / "small.yaml"
     config.write_text(
-        "dataset_options: {classes: [banded, bubbly, cracked], photos_per_class: 10, test_good_photos: 2, test_defective_photos: 3}\n"
+        "dataset_options: {classes: [banded, bumpy, cracked], train_images: 20, test_good_images: 6, test_defective_images: 6}\n"
         "protocols: [step_k1]\nseeds: [0]\nnoise_ratios: [0.1]\n"
         "tailedcore: {tail_rotation_step: 90, coreset_ratio: 0.1}\n"
     )

@@ -7,7 +7,9 @@ fits each method once on identical cached features:
 
 * ``tailedcore``: TailSampler tail memory (+ rotation/flip views) U LOF-filtered head memory;
 * ``softpatch``: LOF-filtered memory with LOF-weighted scores;
-* ``patchcore``: greedy coreset of everything (the foundation's PatchCore, pooled).
+* ``patchcore``: greedy coreset of everything (the foundation's PatchCore, pooled);
+* optionally ``class_patchcore``: PatchCore with one memory per class (a class-aware
+  reference that shows what each class's few images allow without pooling).
 
 Each fitted memory is then evaluated per class on that class's test images (image and
 pixel AUROC, AP, AUPRO), averaged over classes, over the protocol's tail classes
@@ -39,6 +41,7 @@ import pyarrow.compute as pc
 
 from raylab.config import load_config
 from raylab.data import load_corpus
+from raylab.data.images import ImageTransform
 from raylab.data.protocols import apply_long_tail, protocol_from_name, subsample_corpus
 from raylab.features import FeatureSpec, cached_patch_features
 from raylab.features.extract import FeatureSet
@@ -56,6 +59,9 @@ from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
 
 JOB = "tailedcore_sweep"
 METHODS = ("tailedcore", "softpatch", "patchcore")
+# A class-aware reference, not a competitor: PatchCore with one memory per class, fitted on
+# that class's own training images (it reads the class labels the other methods never get).
+REFERENCE_METHODS = ("class_patchcore",)
 METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc", "image_ap", "aupro")
 TABLE_METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc")
 CPU_FEATURES = FeatureSpec(image_size=112)
@@ -100,6 +106,10 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--protocols", default=None, help="comma-separated: step_k1, step_k4, pareto (default: config)")
     parser.add_argument("--noise-ratios", default=None, help="comma-separated noise ratios (default: config, 0.1)")
+    parser.add_argument(
+        "--methods", default=None,
+        help=f"comma-separated, from {', '.join(METHODS + REFERENCE_METHODS)} (default: config, the first three)",
+    )
     parser.add_argument("--name", default=None, help="Tune run name; re-running the same name resumes the sweep")
     return parser
 
@@ -123,12 +133,38 @@ def global_embeddings(corpus: pa.Table, config: TailedCoreSweepConfig) -> Featur
     return FeatureSet(sample_ids=grids.sample_ids, patches=pooled)
 
 
-def filter_removal(kept: np.ndarray, injected: np.ndarray) -> dict[str, float]:
-    """Share of the injected images' patches and of the clean images' patches a filter dropped."""
-    removed = ~kept.reshape(len(kept), -1)
-    out = {"clean_patches_removed": float(removed[~injected].mean()) if (~injected).any() else float("nan")}
-    out["noise_patches_removed"] = float(removed[injected].mean()) if injected.any() else float("nan")
-    return out
+def filter_removal(kept: np.ndarray, injected: np.ndarray, defect_cells: np.ndarray) -> dict[str, float]:
+    """Share of patches a filter dropped: of clean images, of injected images, of their defects.
+
+    ``defect_cells`` (N, h, w) marks the patches of injected images that overlap their
+    defect mask (images without masks, like ELPV's, contribute none).
+    """
+    removed = ~kept
+
+    def share(selector: np.ndarray) -> float:
+        return float(removed[selector].mean()) if selector.any() else float("nan")
+
+    return {
+        "clean_patches_removed": share(np.broadcast_to(~injected[:, None, None], kept.shape)),
+        "noise_patches_removed": share(np.broadcast_to(injected[:, None, None], kept.shape)),
+        "defect_patches_removed": share(defect_cells),
+    }
+
+
+def defect_patch_cells(masks: list[bytes | None], ids: list[str], image_size: int, grid: tuple[int, int]) -> np.ndarray:
+    """(N, h, w): which patch cells of each image overlap its defect mask."""
+    transform = ImageTransform(size=image_size)
+    rows = np.linspace(0, image_size, grid[0] + 1).astype(int)
+    columns = np.linspace(0, image_size, grid[1] + 1).astype(int)
+    cells = np.zeros((len(masks), *grid), dtype=bool)
+    for i, (mask, sample) in enumerate(zip(masks, ids)):
+        if mask is None:
+            continue
+        pixels = transform.mask(mask, sample)
+        for y in range(grid[0]):
+            for x in range(grid[1]):
+                cells[i, y, x] = pixels[rows[y] : rows[y + 1], columns[x] : columns[x + 1]].any()
+    return cells
 
 
 def tail_quality(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -183,6 +219,8 @@ def evaluate_setting(
     injected = np.asarray(train_rows.column("injected_noise").to_pylist(), dtype=bool)
     tail_classes = set(result.tail_classes)
     true_tail = np.array([c in tail_classes for c in train_rows.column("class_name").to_pylist()], dtype=bool)
+    defect_cells = defect_patch_cells(train_rows.column("mask").to_pylist(), train_ids, config.features.image_size, train.shape[1:3])
+    defect_cells &= injected[:, None, None]
     views = RotationFlipViews(corpus, config.features, config.tailedcore.tail_rotation_step, config.tailedcore.tail_hflip)
 
     summary: dict[str, Any] = {}
@@ -195,17 +233,22 @@ def evaluate_setting(
                 train, embeddings.take(train_ids), views=lambda rows: views([train_ids[i] for i in rows])
             )
             diagnostics.update(tail_quality(detector.tail.is_tail, true_tail))
-            diagnostics.update({"tail_max_k": float(detector.tail.max_k), **filter_removal(detector.head_kept, injected)})
+            diagnostics.update({"tail_max_k": float(detector.tail.max_k), **filter_removal(detector.head_kept, injected, defect_cells)})
             diagnostics.update({f"memory_{k}": float(v) for k, v in detector.memory_sizes.items()})
         elif method == "softpatch":
             detector = SoftPatch(config.softpatch, seed=seed).fit(train)
-            diagnostics.update(filter_removal(detector.kept, injected))
+            diagnostics.update(filter_removal(detector.kept, injected, defect_cells))
         elif method == "patchcore":
             detector = PatchCore(config.patchcore, seed=seed).fit(train)
+        elif method == "class_patchcore":
+            detector = None  # one memory per class, fitted below
         else:
-            raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+            raise ValueError(f"unknown method {method!r}; known: {METHODS + REFERENCE_METHODS}")
         diagnostics["fit_seconds"] = time.perf_counter() - start
-        evaluations = [evaluate_fitted(detector, split, features) for split in splits]
+        if detector is None:
+            evaluations = [evaluate_fitted(PatchCore(config.patchcore, seed=seed).fit(features.take(split.train_ids)), split, features) for split in splits]
+        else:
+            evaluations = [evaluate_fitted(detector, split, features) for split in splits]
         diagnostics["total_seconds"] = time.perf_counter() - start
         metrics = class_group_metrics(evaluations, tail_classes)
         tags = {"method": method, "dataset": context["dataset"], "protocol": name, "noise_ratio": noise_ratio, "seed": seed}
@@ -214,8 +257,9 @@ def evaluate_setting(
             log_anomaly_artifacts(run, evaluations, corpus, save_model=False)
             run.log_text(result.classes.to_csv(index=False), "protocol_classes.csv")
             run.log_text(result.manifest.to_csv(index=False), "protocol_manifest.csv")
-            with tempfile.TemporaryDirectory() as scratch:
-                run.log_artifacts(detector.save(Path(scratch) / "model"), "model")
+            if detector is not None:
+                with tempfile.TemporaryDirectory() as scratch:
+                    run.log_artifacts(detector.save(Path(scratch) / "model"), "model")
         summary[f"{method}/metrics"] = metrics
         summary[f"{method}/diagnostics"] = diagnostics
         summary[f"{method}/per_class"] = {e.class_name: e.metrics for e in evaluations}
@@ -242,6 +286,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = parser().parse_args(argv)
     config = _with_features(load_config(TailedCoreSweepConfig, args.config or default_config_file(args.dataset)))
+    if args.methods:
+        config = dataclasses.replace(config, methods=tuple(args.methods.split(",")))
+    unknown = sorted(set(config.methods) - set(METHODS + REFERENCE_METHODS))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {METHODS + REFERENCE_METHODS}")
     protocols = tuple(args.protocols.split(",")) if args.protocols else (config.quick_protocols if args.quick else config.protocols)
     for protocol in protocols:
         protocol_from_name(protocol, 0.0, 0)  # fail on a typo before any work
