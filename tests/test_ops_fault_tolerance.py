@@ -1,0 +1,100 @@
+"""Fault tolerance of Ray Train runs: a worker killed mid-run (SIGKILL, as a lost node or the
+OOM killer would) is restarted by ``FailureConfig(max_failures)``, resumes from the last
+checkpoint, and ends exactly where an uninterrupted run ends.
+
+The loop is MeDS's real stage-2 loop (``distillation_loop``) on two DDP workers, with
+dropout 0: every other source of randomness in it is a function of (seed, epoch, rank), so a
+resumed run must reproduce the uninterrupted run bit for bit (tolerance: exact equality of
+the final weights and losses). Interrupted and restarted sweeps are covered end to end in
+``test_ops_jobs.py`` (``ray job stop`` + resubmission).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ops_support import descendants
+
+EPOCHS = 6
+
+
+def _loop_config() -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "tokens": rng.normal(size=(32, 49, 16)).astype(np.float32),
+        "targets": rng.random((32, 49)).astype(np.float32),
+        "model": {"groups": [[[0, 8]], [[8, 16]]], "in_dim": 16, "hidden_dim": 32, "decoder_blocks": 2, "heads": 2, "dropout": 0.0},
+        "seed": 0,
+        "schedule": {
+            "lr": 2e-3, "final_lr": 2e-4, "warmup_iterations": 10, "weight_decay": 1e-4, "grad_clip": 0.1,
+            "loss_weight": 10.0, "loss": "mse", "batch_size": 8, "epochs": EPOCHS, "iterations": EPOCHS * 40,
+        },
+    }
+
+
+def _checkpoints(storage: Path) -> list[Path]:
+    return sorted(p for p in storage.glob("*/checkpoint_*") if p.is_dir())
+
+
+class WorkerKiller(threading.Thread):
+    """Once the run has written ``after`` checkpoints, SIGKILL one of its Train workers."""
+
+    def __init__(self, storage: Path, after: int) -> None:
+        super().__init__(daemon=True)
+        self.storage, self.after = storage, after
+        self.killed: tuple[int, int, float] | None = None  # (pid, checkpoints written before, time)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            written = len(_checkpoints(self.storage))
+            if written >= self.after:
+                workers = [pid for pid, cmd in descendants(os.getpid()) if cmd.startswith("ray::RayTrainWorker")]
+                if workers:
+                    os.kill(workers[-1], signal.SIGKILL)
+                    self.killed = (workers[-1], written, time.time())
+                    return
+            time.sleep(0.05)
+
+
+def test_killed_train_worker_resumes_from_checkpoint_and_matches(ray_session, tmp_path):
+    from raylab.methods.meds.training import distillation_loop
+    from raylab.train import TrainSpec, fit, load_result_state
+
+    config = _loop_config()
+    reference = fit(distillation_loop, config, TrainSpec("uninterrupted", num_workers=2, storage_path=str(tmp_path / "a"), checkpoints_to_keep=EPOCHS * 2))
+    storage = tmp_path / "b"
+    killer = WorkerKiller(storage, after=2)
+    killer.start()
+    spec = TrainSpec("killed", num_workers=2, max_failures=2, storage_path=str(storage), checkpoints_to_keep=EPOCHS * 2)
+    try:
+        resumed = fit(distillation_loop, config, spec)
+    finally:
+        killer.stop.set()
+    assert killer.killed is not None, "the run ended before a worker could be killed"
+    _, written_before_kill, killed_at = killer.killed
+    assert 2 <= written_before_kill < EPOCHS
+    # The restarted workers went on from the last committed checkpoint: every checkpoint
+    # written after the kill is of a later epoch than the ones before it (at most the epoch
+    # in flight, whose report never completed, is redone), never epoch 0 again.
+    after_kill = [_epoch(c) for c in _checkpoints(storage) if c.stat().st_mtime > killed_at]
+    assert after_kill and min(after_kill) >= written_before_kill - 1, after_kill
+    assert max(after_kill) == EPOCHS - 1
+    final_a, final_b = load_result_state(reference), load_result_state(resumed)
+    assert final_a["epoch"] == final_b["epoch"] == EPOCHS - 1
+    for key, tensor in final_a["model"].items():
+        assert torch.equal(tensor, final_b["model"][key]), key
+    assert reference.metrics["distillation_loss"] == resumed.metrics["distillation_loss"]
+
+
+def _epoch(checkpoint: Path) -> int:
+    from raylab.train.harness import STATE_FILE
+
+    return int(torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)["epoch"])
