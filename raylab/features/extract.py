@@ -7,6 +7,7 @@ actor (one GPU each where there are GPUs) -> gathered on the driver in corpus or
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from raylab.data.images import ImageTransform
 from raylab.data.store import read_dataset, write_shards
 from raylab.features.backbones import FeatureSpec, create_backbone
 from raylab.features.patch_embed import PatchEmbedder
+from raylab.metrics import record_feature_batch
 
 
 @dataclass
@@ -58,14 +60,18 @@ class PatchFeatureExtractor:
         self.backbone = create_backbone(spec.backbone).to(self.device)
         self.embedder = PatchEmbedder(spec.aggregation_kernel, spec.embed_dim)
         self.l2_normalize = spec.l2_normalize
+        self.backbone_name = spec.backbone.name
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
         pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device)
         patches = self.embedder(self.backbone(pixels))
         if self.l2_normalize:
             patches = torch.nn.functional.normalize(patches, dim=-1)
-        return {"sample_id": batch["sample_id"], "patches": patches.float().cpu().numpy()}
+        out = {"sample_id": batch["sample_id"], "patches": patches.float().cpu().numpy()}
+        record_feature_batch(len(out["sample_id"]), time.perf_counter() - started, self.backbone_name)
+        return out
 
 
 def extract_patch_features(

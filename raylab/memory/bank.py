@@ -23,6 +23,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -30,6 +31,8 @@ from typing import Any, Literal, cast
 import faiss
 import numpy as np
 import torch
+
+from raylab.metrics import record_bank_add, record_bank_search
 
 Metric = Literal["l2", "ip"]
 Device = Literal["auto", "cpu", "gpu"]
@@ -171,6 +174,7 @@ class MemoryBank:
         self._index.add(matrix)
         # Own the host copy: the caller's array (or tensor storage) may be reused later.
         self._chunks.append(matrix.copy())
+        record_bank_add(matrix.shape[0], len(self), self.metric, self.device)
 
     def reconstruct(self, indices: ArrayLike | Sequence[int] | int) -> np.ndarray:
         """Stored vectors for the given ids (any shape of ids; a trailing ``dim`` axis is added)."""
@@ -203,9 +207,11 @@ class MemoryBank:
         n = matrix.shape[0]
         distances = np.empty((n, k), dtype=np.float32)
         indices = np.empty((n, k), dtype=np.int64)
+        started = time.perf_counter()
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             self._index.search(matrix[start:stop], k, D=distances[start:stop], I=indices[start:stop])
+        record_bank_search(n, time.perf_counter() - started, self.metric, self.device)
         return distances, indices
 
     def save(self, path: str | Path) -> None:

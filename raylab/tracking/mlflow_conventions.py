@@ -146,7 +146,7 @@ def tracked_run(
                     run.info.run_id,
                     params=[mlflow.entities.Param(k, v) for k, v in items[start : start + 100]],
                 )
-        yield TrackedRun(client, run.info.run_id)
+        yield TrackedRun(client, run.info.run_id, {"job": job.removeprefix("raylab/"), **(tags or {})})
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status=status)
@@ -253,9 +253,16 @@ class TrackedRun:
 
     client: Any
     run_id: str
+    # What the run is (job, method, dataset, noise ratio, seed): the labels its metrics
+    # carry when they are also exported to Prometheus (``raylab.metrics``).
+    labels: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
+
+        from raylab.metrics import record_run_metrics
+
+        record_run_metrics(self.labels, metrics)
 
         now = int(time.time() * 1000)
         entries = [

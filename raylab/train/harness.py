@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from raylab.metrics import record_train_report
+
 STATE_FILE = "state.pt"
 
 
@@ -118,6 +120,8 @@ def report_epoch(metrics: Mapping[str, float], state: Mapping[str, Any] | None =
     import ray.train
 
     context = ray.train.get_context()
+    if context.get_world_rank() == 0:
+        record_train_report(context.get_experiment_name(), metrics)
     if state is None or context.get_world_rank() != 0:
         ray.train.report(dict(metrics))
         return
