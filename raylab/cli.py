@@ -16,8 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("datasets", help="list the registered datasets")
     commands.add_parser("jobs", help="list the runnable jobs")
-    ui = commands.add_parser("ui", help="open the MLflow UI on raylab's tracking store")
+    ui = commands.add_parser("ui", help="open the MLflow UI on raylab's tracking store (bound to 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the UI to the network")
+    report = commands.add_parser("report", help="write a self-contained HTML comparison of a sweep's MLflow runs")
+    report.add_argument("experiment", help="experiment name, e.g. meds_sweep or raylab/meds_sweep")
+    report.add_argument("-o", "--output", default=None, help="HTML file to write (default: report-<experiment>.html)")
+    report.add_argument("--run", default=None, help="parent run name or id of the sweep (default: the latest sweep)")
+    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     run = commands.add_parser("run", help="run a job by name: raylab run meds_sweep --quick")
     run.add_argument("job")
     run.add_argument("args", nargs=argparse.REMAINDER)
@@ -33,7 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "ui":
         from raylab.tracking import tracking_uri
 
-        return subprocess.call(["mlflow", "ui", "--backend-store-uri", tracking_uri(), "--port", str(args.port)])
+        return subprocess.call(ui_command(tracking_uri(), args.port, args.host))
+    elif args.command == "report":
+        from raylab.report.html import write_report
+        from raylab.tracking import tracking_uri
+
+        uri = args.tracking_uri or tracking_uri()
+        output = args.output or f"report-{args.experiment.replace('/', '_')}.html"
+        try:
+            print(write_report(args.experiment, output, parent=args.run, tracking_uri=uri))
+        except LookupError as error:
+            parser.exit(2, f"raylab report: {error}\n")
     elif args.command == "run":
         script = JOBS_DIR / f"{args.job}.py"
         if not script.exists():
@@ -41,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [str(script), *args.args]
         runpy.run_path(str(script), run_name="__main__")
     return 0
+
+
+def ui_command(store: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    """``mlflow ui`` on raylab's store, bound to loopback unless another host is asked for."""
+    beside = Path(sys.executable).parent / "mlflow"
+    mlflow = str(beside) if beside.exists() else "mlflow"
+    return [mlflow, "ui", "--backend-store-uri", store, "--host", host, "--port", str(port)]
 
 
 if __name__ == "__main__":

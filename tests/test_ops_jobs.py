@@ -1,6 +1,7 @@
 """Jobs on a real cluster: every job's ``--help``; ``ray job submit`` of the MeDS sweep to a
-head started with ``ray start``, tracked on a real ``mlflow server`` and read back through
-its REST API; the HTML comparison report of those runs rendered in headless Chromium."""
+head started with ``ray start``, stopped with ``ray job stop`` mid-sweep and submitted again
+(it resumes), tracked on a real ``mlflow server`` and read back through its REST API; the
+HTML comparison report of those runs rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ops_support import ROOT, auth_headers, cli_env, mlflow_server, ray_head
@@ -224,3 +226,56 @@ def test_mlflow_server_has_one_parent_with_nested_trial_runs(restarted_sweep):
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     parent_files = {f["path"] for f in _rest(tracking, f"artifacts/list?run_id={parent['info']['run_id']}").get("files", [])}
     assert {"results_table.csv", "image_auroc_vs_noise.png"} <= parent_files
+
+
+def _chromium() -> str:
+    import os
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        message = "headless Chromium not found (Debian: apt-get install chromium)"
+        if os.environ.get("RAYLAB_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + "; RAYLAB_REQUIRE_BROWSER=1 makes its absence an error")
+        pytest.skip(message)
+    return found
+
+
+# Appended to a copy of the report only: records, after load, the size each image decoded to.
+PROBE = """<script>window.addEventListener('load', () => { for (const img of document.images)
+  img.setAttribute('data-natural', img.naturalWidth + 'x' + img.naturalHeight); });</script>"""
+
+
+def test_report_renders_in_headless_chromium(restarted_sweep, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from raylab.cli import main as raylab
+
+    browser = _chromium()
+    report = tmp_path / "report.html"
+    assert raylab(["report", "meds_sweep", "--tracking-uri", restarted_sweep["tracking"], "-o", str(report)]) == 0
+    text = report.read_text()
+    assert "<script" not in text and "http://" not in text.replace(restarted_sweep["tracking"], "")  # self-contained
+    sections = re.findall(r"<h2>(.*?)</h2>", text)
+    assert sections[:4] == ["Results (mean ± std over seeds)", "Metrics vs noise ratio", "Per class (image_auroc)", "Trials over hyperparameters (image_auroc)"]
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    sizes = [Image.open(io.BytesIO(base64.b64decode(data))).size for data in embedded]
+    assert len(sizes) >= 4  # three plots of this report + the figure the sweep logged
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+    rendered = re.findall(r'data-natural="(\d+)x(\d+)"', dom.stdout)
+    assert [(int(w), int(h)) for w, h in rendered] == sizes, dom.stderr[-2000:]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1600", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True, timeout=180,
+    )
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # plots and tables on the page, not a blank one

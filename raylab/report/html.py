@@ -1,0 +1,239 @@
+"""``raylab report EXPERIMENT``: one self-contained HTML page comparing the runs of a sweep.
+
+Everything is inside the file (plots as base64 PNG, no scripts, no external style sheets),
+so it can be mailed, attached to a ticket or opened offline. Sections, each present when the
+runs carry what it needs:
+
+* results table: mean +- std over seeds per method (and noise ratio);
+* primary metrics vs noise ratio, one line per method;
+* per-class bars (from each run's ``per_class_metrics.csv``);
+* trial scatter: the primary metric against every numeric hyperparameter that varies;
+* anomaly-map overlays of the best run per method, and the figures the parent run logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raylab.report.runs import SweepRuns, download_artifact, load_sweep
+
+# Metrics in the order a reader looks for them; the report shows those present.
+PRIMARY_METRICS = (
+    "image_auroc", "pixel_auroc", "aupro", "auroc", "fpr95", "aupr_in", "aupr_out",
+    "accuracy", "eer", "tar_at_far", "rank1", "attack_success_rate",
+)
+MAX_PER_CLASS_RUNS = 400
+MAX_SCATTER_PARAMS = 6
+IGNORED_PARAMS = ("seed",)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> str:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def primary_metrics(runs: pd.DataFrame, limit: int = 3) -> list[str]:
+    present = [m for m in PRIMARY_METRICS if f"metric.{m}" in runs and runs[f"metric.{m}"].notna().any()]
+    if not present:  # a job with other metric names: the most common ones
+        counts = runs[[c for c in runs.columns if c.startswith("metric.")]].notna().sum().sort_values(ascending=False)
+        present = [c.removeprefix("metric.") for c in counts.index]
+    return present[:limit]
+
+
+def results_table(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    keys = [k for k in ("method", "noise_ratio") if k in runs and runs[k].notna().any()]
+    columns = [f"metric.{m}" for m in metrics]
+    grouped = runs.groupby(keys, dropna=False)[columns]
+    mean, std, count = grouped.mean(), grouped.std(ddof=0), grouped.size()
+    table = pd.DataFrame(index=mean.index)
+    for column, metric in zip(columns, metrics):
+        table[metric] = [
+            "n/a" if pd.isna(m) else f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}" for m, s in zip(mean[column], std[column])
+        ]
+    table["runs"] = count
+    return table.reset_index()
+
+
+def metric_vs_noise(runs: pd.DataFrame, metrics: Sequence[str]) -> str | None:
+    if "noise_ratio" not in runs or runs["noise_ratio"].nunique(dropna=True) < 2:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        column = f"metric.{metric}"
+        for method, group in runs.dropna(subset=[column]).groupby("method"):
+            stats = group.groupby("noise_ratio")[column].agg(["mean", "std"]).sort_index()
+            axis.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=str(method))
+        axis.set_xticks(sorted(runs["noise_ratio"].dropna().unique()))
+        axis.set(xlabel="noise ratio", ylabel=metric.replace("_", " "), title=f"{metric} vs noise ratio")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def per_class_bars(sweep: SweepRuns, metric: str, tracking_uri: str | None) -> str | None:
+    frames = []
+    for row in sweep.runs.head(MAX_PER_CLASS_RUNS).itertuples():
+        if "per_class_metrics.csv" in sweep.artifacts.get(row.run_id, []):
+            table = pd.read_csv(io.BytesIO(download_artifact(row.run_id, "per_class_metrics.csv", tracking_uri=tracking_uri)))
+            if metric in table and "class_name" in table:
+                frames.append(table.assign(method=row.method, noise_ratio=getattr(row, "noise_ratio", None)))
+    if not frames:
+        return None
+    data = pd.concat(frames)
+    ratios = sorted(data["noise_ratio"].dropna().unique())[:4] or [None]
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(ratios), figsize=(max(4.5, 1.2 * data["class_name"].nunique()) * len(ratios) ** 0.7, 3.8), squeeze=False)
+    for axis, ratio in zip(axes[0], ratios):
+        subset = data if ratio is None else data[data["noise_ratio"] == ratio]
+        means = subset.groupby(["class_name", "method"])[metric].mean().unstack("method")
+        classes, methods = list(means.index), list(means.columns)
+        width = 0.8 / max(1, len(methods))
+        for i, method in enumerate(methods):
+            axis.bar(np.arange(len(classes)) + i * width, means[method].to_numpy(), width, label=str(method))
+        axis.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=30, fontsize=7)
+        axis.set(ylabel=metric.replace("_", " "), title=f"per class{'' if ratio is None else f', noise {ratio:g}'}")
+        axis.set_ylim(0, 1.05 if data[metric].max() <= 1 else None)
+        axis.legend(fontsize=6)
+    return _png(figure)
+
+
+def varying_params(runs: pd.DataFrame) -> list[str]:
+    """Numeric parameters that take more than one value over the runs (the swept axes)."""
+    found = []
+    for column in runs.columns:
+        if not column.startswith("param.") or column.removeprefix("param.") in IGNORED_PARAMS:
+            continue
+        present = runs[column].dropna()
+        values = pd.to_numeric(present, errors="coerce")
+        if len(present) >= 2 and values.notna().all() and values.nunique() > 1:
+            found.append(column)
+    # Trial-level params (rho, lr, noise_ratio) before config.* entries that happen to vary.
+    return sorted(found, key=lambda c: (c.startswith("param.config."), c))[:MAX_SCATTER_PARAMS]
+
+
+def trial_scatter(runs: pd.DataFrame, metric: str) -> str | None:
+    params = varying_params(runs)
+    if not params:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(params), figsize=(3.6 * len(params), 3.4), squeeze=False, sharey=True)
+    column = f"metric.{metric}"
+    for axis, param in zip(axes[0], params):
+        for method, group in runs.dropna(subset=[column, param]).groupby("method"):
+            axis.scatter(pd.to_numeric(group[param]), group[column], s=22, alpha=0.8, label=str(method))
+        axis.set(xlabel=param.removeprefix("param."), title=f"{metric} per trial")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    axes[0][-1].legend(fontsize=6)
+    return _png(figure)
+
+
+def overlay_images(sweep: SweepRuns, metric: str, tracking_uri: str | None, per_method: int = 2) -> list[tuple[str, str]]:
+    """The overlays logged by the best run of each method (at the lowest noise ratio)."""
+    column = f"metric.{metric}"
+    images = []
+    if column not in sweep.runs:
+        return images
+    runs = sweep.runs.dropna(subset=[column])
+    if "noise_ratio" in runs and runs["noise_ratio"].notna().any():
+        runs = runs[runs["noise_ratio"] == runs["noise_ratio"].min()]
+    for method, group in runs.groupby("method"):
+        best = group.sort_values(column, ascending=False).iloc[0]
+        paths = [p for p in sweep.artifacts.get(best.run_id, []) if Path(p).name.startswith("overlays") and p.endswith(".png")]
+        for path in sorted(paths)[:per_method]:
+            data = base64.b64encode(download_artifact(best.run_id, path, tracking_uri=tracking_uri)).decode("ascii")
+            images.append((data, f"{method}: {path} (run {best.run_name}, {metric} {best[column]:.3f})"))
+    return images
+
+
+def parent_figures(sweep: SweepRuns, tracking_uri: str | None) -> list[tuple[str, str]]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    figures = []
+    for item in client.list_artifacts(sweep.parent.info.run_id):
+        if item.path.endswith(".png"):
+            data = download_artifact(sweep.parent.info.run_id, item.path, tracking_uri=tracking_uri)
+            figures.append((base64.b64encode(data).decode("ascii"), f"logged by {sweep.parent.info.run_name}: {item.path}"))
+    return figures
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: .85em; } td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
+th { background: #f3f3f3; } figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
+figcaption, .note { color: #666; font-size: .85em; } code { background: #f5f5f5; padding: 0 .2em; }
+"""
+
+
+def render(sweep: SweepRuns, tracking_uri: str | None = None) -> str:
+    runs = sweep.runs
+    if runs.empty:
+        raise LookupError(f"sweep {sweep.parent.info.run_name!r} in {sweep.experiment!r} has no finished nested runs")
+    metrics = primary_metrics(runs)
+    parent = sweep.parent
+    started = dt.datetime.fromtimestamp(parent.info.start_time / 1000).isoformat(timespec="seconds")
+    parts = [
+        f"<h1>{html.escape(sweep.experiment)}: {html.escape(parent.info.run_name)}</h1>",
+        f'<p class="note">parent run <code>{parent.info.run_id}</code> ({parent.info.status}, started {started}), '
+        f"{len(runs)} finished nested runs, methods: {html.escape(', '.join(sorted(map(str, runs['method'].dropna().unique()))))}; "
+        f"tracking URI <code>{html.escape(str(tracking_uri or ''))}</code></p>",
+        "<h2>Results (mean ± std over seeds)</h2>",
+        results_table(runs, metrics).to_html(index=False, escape=True),
+    ]
+    sections = [
+        ("Metrics vs noise ratio", lambda: metric_vs_noise(runs, metrics), "one noise ratio only"),
+        (f"Per class ({metrics[0]})", lambda: per_class_bars(sweep, metrics[0], tracking_uri), "no per_class_metrics.csv artifacts"),
+        (f"Trials over hyperparameters ({metrics[0]})", lambda: trial_scatter(runs, metrics[0]), "no numeric parameter varies"),
+    ]
+    for title, make, missing in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        image = make()
+        parts.append(_img(image, title) if image else f'<p class="note">not shown: {missing}</p>')
+    overlays = overlay_images(sweep, metrics[0], tracking_uri)
+    parts.append("<h2>Anomaly-map overlays (best run per method)</h2>")
+    if overlays:
+        parts.extend(_img(data, caption) for data, caption in overlays)
+    else:
+        parts.append('<p class="note">not shown: the runs logged no overlays</p>')
+    logged = parent_figures(sweep, tracking_uri)
+    if logged:
+        parts.append("<h2>Figures logged by the sweep</h2>")
+        parts.extend(_img(data, caption) for data, caption in logged)
+    title = html.escape(f"raylab report: {sweep.experiment} / {parent.info.run_name}")
+    return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head><body>\n' + "\n".join(parts) + "\n</body></html>\n"
+
+
+def write_report(experiment: str, output: str | Path, *, parent: str | None = None, tracking_uri: str | None = None) -> Path:
+    sweep = load_sweep(experiment, parent=parent, tracking_uri=tracking_uri)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render(sweep, tracking_uri), encoding="utf-8")
+    return output
