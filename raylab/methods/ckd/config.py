@@ -86,6 +86,10 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         if len(self.layers) < 2 or len(self.layers) != len(self.widths):
             raise ValueError(f"need >= 2 stages with one width each, got layers={self.layers} widths={self.widths}")
+        if min(self.widths) < 8:
+            # Measured with torch 2.14 (CPU): oneDNN's strided 1x1 convolution backward
+            # corrupts the heap (the process aborts) when a stage has fewer than 8 channels.
+            raise ValueError(f"stage widths must be >= 8 (torch's CPU convolution backward crashes below), got {self.widths}")
 
 
 @dataclass(frozen=True)
