@@ -48,6 +48,8 @@ from raylab.tracking import tracked_run
 
 JOB = "alsuv_attack"
 TABLE_METRICS = ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1")
+# Printed beside them: the source (white-box) cosine of the chosen outputs to the template.
+PRINTED_METRICS = (*TABLE_METRICS, "source_cosine")
 METRICS_HELP = (
     "type1_far1e-2, type1_far1e-3, type2_far1e-2, type2_far1e-3 (attack success rates at the unseen "
     "encoder's FAR thresholds), type1_acc, type2_acc (best-accuracy threshold), rank1, rank1_type2; "
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         template = embed(source, targets.images, flip=True)  # the leaked source templates
         references = {
             name: reference(encoder, protocol.held_out.images, protocol.held_out.identities, config.evaluation.fars, flip=config.evaluation.flip)
-            for name, encoder in unseen.items()
+            for name, encoder in {**unseen, "source": source, "validation": validation}.items()
         }
         for name, ref in references.items():
             parent.log_metrics({f"verification/{name}/{k}": v for k, v in ref.verification.items()})
@@ -200,10 +202,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as scratch:
                 grid = face_grid(targets.images, {m: np.stack([r["selections"][m].canvas for r in results]) for m in METHODS}, Path(scratch) / f"reconstructions_s{seed}.png")
                 parent.log_artifact(grid)
-        table = aggregate(rows, by=("encoder", "method"), metrics=TABLE_METRICS)
+        table = aggregate(rows, by=("encoder", "method"), metrics=PRINTED_METRICS)
         order = {m: i for i, m in enumerate(METHODS)}
         table = table.sort_values(["encoder", "method"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
-        text = format_table(table, TABLE_METRICS)
+        text = format_table(table, PRINTED_METRICS)
         verification = "; ".join(
             f"{name}: TAR {ref.verification['tar_far1e-2']:.3f} @ FAR 1e-2, {ref.verification['tar_far1e-3']:.3f} @ 1e-3"
             for name, ref in references.items()
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         header = (
             f"ALSUV on {args.dataset}: {len(targets)} targets from {len(set(protocol.held_out.identities.tolist()))} held-out identities, "
             f"N={config.attack.num_searches} searches x {config.attack.iterations} iterations, seeds {list(seeds)}; "
-            f"unseen encoders on held-out pairs: {verification}\nattack success rates (mean ± std over seeds)\n"
+            f"encoders on held-out pairs: {verification}\nattack success rates on the unseen encoders (mean ± std over seeds)\n"
         )
         parent.log_text(header + text + "\n", "results_table.txt")
         parent.log_text(table.to_csv(index=False), "results_table.csv")
