@@ -47,7 +47,19 @@ def job_parser(job: str, description: str, *, default_dataset: str, metrics_help
     parser.add_argument("--seeds", default=None, help="comma-separated protocol seeds, e.g. 0,1,2")
     parser.add_argument("--quick", action="store_true", help="a reduced run that finishes in minutes on a laptop")
     parser.add_argument("--summary-json", default=None, metavar="PATH", help=SUMMARY_HELP)
+    parser.add_argument(
+        "--no-progress", nargs=0, action=_SilenceProgress, default=False,
+        help="no progress bars or per-epoch lines (same as RAYLAB_PROGRESS=0); results and errors are still printed",
+    )
     return parser
+
+
+class _SilenceProgress(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from raylab.progress import silence
+
+        silence()
+        setattr(namespace, self.dest, True)
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...] | None:
@@ -72,9 +84,9 @@ def init_ray(**local_options: Any) -> None:
         # "local", not None: with no address Ray would join a cluster that `ray start` left
         # running on this machine, and the job's resources would depend on what else runs.
         ray.init(address="local", include_dashboard=False, **local_options)
-    from ray.data import DataContext
+    from raylab.progress import configure_ray_data
 
-    DataContext.get_current().enable_progress_bars = False
+    configure_ray_data()
 
 
 def summary_row(method: str, dataset: str, noise_ratio: float | None, seed: int | None, metrics: Mapping[str, float], **extra: Any) -> dict[str, Any]:

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from raylab.memory.bank import as_float32_matrix, nearest_neighbour_distances
+from raylab.progress import bar
 
 CoresetMethod = Literal["exact", "approximate"]
 
@@ -162,22 +163,25 @@ def kcenter_greedy(
     _lower_min_distances(x, sq_norms, min_dist, torch.tensor(selected, device=x.device))
     min_dist[first] = _SELECTED
     batch = _FIRST_BATCH
-    while len(selected) < n_select:
-        size = min(batch, n_select - len(selected))
-        # size + 1 <= n: at least one point is already selected and size <= the unselected.
-        top_values, top_indices = torch.topk(min_dist, size + 1)
-        candidates = top_indices[:size]
-        accepted = _greedy_within_candidates(
-            x[candidates],
-            sq_norms[candidates],
-            top_values[:size].cpu().numpy(),
-            float(top_values[size]),
-        )
-        centres = candidates[torch.as_tensor(accepted, device=x.device)]
-        selected.extend(centres.tolist())
-        _lower_min_distances(x, sq_norms, min_dist, centres)
-        min_dist[centres] = _SELECTED
-        batch = _next_batch_size(batch, size, len(accepted))
+    with bar(n_select, "coreset", "centres") as progress:
+        progress.update(1)
+        while len(selected) < n_select:
+            size = min(batch, n_select - len(selected))
+            # size + 1 <= n: at least one point is already selected and size <= the unselected.
+            top_values, top_indices = torch.topk(min_dist, size + 1)
+            candidates = top_indices[:size]
+            accepted = _greedy_within_candidates(
+                x[candidates],
+                sq_norms[candidates],
+                top_values[:size].cpu().numpy(),
+                float(top_values[size]),
+            )
+            centres = candidates[torch.as_tensor(accepted, device=x.device)]
+            selected.extend(centres.tolist())
+            _lower_min_distances(x, sq_norms, min_dist, centres)
+            min_dist[centres] = _SELECTED
+            batch = _next_batch_size(batch, size, len(accepted))
+            progress.update(len(accepted))
     return np.asarray(selected, dtype=np.int64)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from raylab.metrics import record_train_report
+from raylab.progress import enabled as progress_enabled
 
 STATE_FILE = "state.pt"
 
@@ -122,6 +123,9 @@ def report_epoch(metrics: Mapping[str, float], state: Mapping[str, Any] | None =
     context = ray.train.get_context()
     if context.get_world_rank() == 0:
         record_train_report(context.get_experiment_name(), metrics)
+        if progress_enabled():
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+            print(f"[{context.get_experiment_name()}] {shown}", flush=True)
     if state is None or context.get_world_rank() != 0:
         ray.train.report(dict(metrics))
         return

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from raylab.memory.bank import MemoryBank
+from raylab.progress import bar
 from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
 
 Device = Literal["auto", "cpu", "gpu"]
@@ -248,7 +249,12 @@ def _run_chunks_with_ray(
     # trial's tiny placement group and could never be scheduled.
     task = _remote_chunk().options(num_cpus=1, num_gpus=1 if use_gpus else 0, scheduling_strategy="DEFAULT")
     refs = [task.remote(features_ref, queries_ref, chunk, device, 1) for chunk in chunks]
-    return ray.get(refs)
+    with bar(sum(len(chunk) for chunk in chunks), "partial memories", "bootstraps") as progress:
+        pending, sizes = list(refs), {ref: len(chunk) for ref, chunk in zip(refs, chunks)}
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            progress.update(sum(sizes[ref] for ref in done))
+    return ray.get(refs)  # in chunk order: the sums stay exact and layout-independent
 
 
 def bootstrap_memory_scores(

@@ -39,6 +39,7 @@ from raylab.methods.meds.config import MeDSConfig, cpu_config
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
 from raylab.methods.patchcore import PatchCore, PatchCoreConfig
+from raylab.progress import tune_verbosity
 from raylab.report.figures import metric_vs_setting
 from raylab.report.tables import aggregate, format_table
 from raylab.tracking import tracked_run, tracking_uri
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             search_alg=OptunaSearch(seed=seed),
                             scheduler=ASHAScheduler(time_attr="stage", max_t=3, grace_period=1, reduction_factor=2),
                         ),
-                        run_config=tune.RunConfig(name=f"{name}-search-nr{ratio:g}-s{seed}", storage_path=storage_path),
+                        run_config=tune.RunConfig(name=f"{name}-search-nr{ratio:g}-s{seed}", storage_path=storage_path, verbose=tune_verbosity()),
                     )
                     results.extend(r.metrics for r in tuner.fit() if r.metrics and r.metrics.get("stage") == 3)
         else:
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     trainable,
                     param_space={"noise_ratio": tune.grid_search(list(ratios)), "seed": tune.grid_search(list(seeds))},
                     tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-                    run_config=tune.RunConfig(name=name, storage_path=storage_path),
+                    run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=tune_verbosity()),
                 )
             )
             grid = tuner.fit()

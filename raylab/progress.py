@@ -1,0 +1,51 @@
+"""Progress of long steps, and one switch to silence it.
+
+Shown by default: Ray Data's progress bars (feature extraction), Tune's trial tables
+(sweeps), a line per Ray Train epoch (training), and raylab's own bars for memory building
+(greedy coreset selection, MeDS partial-memory tasks). ``RAYLAB_PROGRESS=0`` (or
+``--no-progress`` on any job) silences all of them, e.g. for CI logs or batch jobs whose
+output is collected; errors and results are still printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+ENV = "RAYLAB_PROGRESS"
+_OFF = ("0", "false", "off", "no")
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in _OFF
+
+
+def silence() -> None:
+    """Turn progress off for this process and the Ray workers it starts afterwards."""
+    os.environ[ENV] = "0"
+
+
+@contextlib.contextmanager
+def bar(total: int, desc: str, unit: str = "it") -> Iterator[Any]:
+    """A tqdm bar (on stderr, refreshed at most every 2 s) that is silent when progress is off."""
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), mininterval=2.0, leave=False)
+    try:
+        yield progress
+    finally:
+        progress.close()
+
+
+def tune_verbosity() -> int:
+    """``tune.RunConfig(verbose=...)``: Tune's status tables, or nothing."""
+    return 1 if enabled() else 0
+
+
+def configure_ray_data() -> None:
+    """Ray Data's own progress bars follow the switch (call after ``ray.init``)."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = enabled()
