@@ -43,6 +43,17 @@ def task_nodes(name_part: str, seen: set[str], expected: int) -> dict[str, str]:
 DASHBOARD = ""
 
 
+def wait_for_cpus(cpus: int, timeout: float = 120.0) -> None:
+    """Until every node's CPUs are free in the scheduler's view: a node that has registered
+    but whose resources have not reached the other raylets yet would get no SPREAD work."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < cpus:
+        time.sleep(0.5)
+    time.sleep(3)  # one more round of the raylets' resource-view exchange
+
+
 def run_once(corpus, label: str, seen: dict[str, set[str]]) -> dict:
     import ray
 
@@ -94,6 +105,7 @@ def main() -> None:
         result = {"images": corpus.num_rows, "one_node": run_once(corpus, "one", seen)}
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
+        wait_for_cpus(4)
         result["two_nodes"] = run_once(corpus, "two", seen)
         print("MULTINODE_RESULT " + json.dumps(result), flush=True)
     finally:

@@ -138,6 +138,9 @@ class RayHead:
     process: subprocess.Popen
     log: Path
 
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        wait_for_http(f"{self.dashboard_url}/api/version", self.process, self.log, timeout)
+
 
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for the ``ray`` CLI: Ray 2.60 token auth needs ``RAY_AUTH_MODE=token``."""
@@ -158,31 +161,41 @@ def auth_headers() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout: float = 180.0) -> Iterator[RayHead]:
-    """``ray start --head --block`` on loopback and free ports; stopped by its own process group."""
-    # A short temp dir: Ray's Unix sockets live below it and socket paths are limited to 107 bytes.
-    temp_dir = Path(tempfile.mkdtemp(prefix="rlh", dir="/tmp"))
-    ports = {
-        name: free_port()
-        for name in (
-            "port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
-        )
-    }
-    command = [
-        str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-        *(f"--{name}={port}" for name, port in ports.items()),
-    ]
-    log = temp_dir / "head.log"
-    with process_group(command, log, env=cli_env(**(env or {}))) as process:
-        dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
-        wait_for_http(f"{dashboard}/api/version", process, log, timeout)
-        yield RayHead(f"127.0.0.1:{ports['port']}", dashboard, process, log)
+def ray_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout: float = 300.0, attempts: int = 2) -> Iterator[RayHead]:
+    """``ray start --head --block`` on loopback and free ports; stopped by its own process group.
+
+    ``ray start`` gives its raylet 30 s to register with the GCS; on a machine loaded far
+    beyond its cores that can pass, and the start is tried again on fresh ports."""
+    for attempt in range(1, attempts + 1):
+        # A short temp dir: Ray's Unix sockets live below it and socket paths are limited to 107 bytes.
+        temp_dir = Path(tempfile.mkdtemp(prefix="rlh", dir="/tmp"))
+        ports = {
+            name: free_port()
+            for name in (
+                "port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+            )
+        }
+        command = [
+            str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            *(f"--{name}={port}" for name, port in ports.items()),
+        ]
+        log = temp_dir / "head.log"
+        with process_group(command, log, env=cli_env(**(env or {}))) as process:
+            head = RayHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}", process, log)
+            try:
+                head.wait_ready(timeout)
+            except RuntimeError:  # `ray start` exited during start-up
+                if attempt == attempts:
+                    raise
+                continue
+            yield head
+            return
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, timeout: float = 120.0) -> Iterator[str]:
+def mlflow_server(root: Path, timeout: float = 300.0) -> Iterator[str]:
     """A real ``mlflow server`` (SQLite store, proxied artifacts) on 127.0.0.1; yields its URL."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()

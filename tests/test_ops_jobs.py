@@ -110,7 +110,7 @@ def restarted_sweep(tmp_path_factory):
     experiment = root / "cache" / "ray_results" / SWEEP
     timings: dict[str, float] = {}
     started = time.monotonic()
-    with mlflow_server(root / "mlflow") as tracking, ray_head(num_cpus=2) as head:
+    with ray_head(num_cpus=2) as head, mlflow_server(root / "mlflow") as tracking:
         timings["services_up_s"] = time.monotonic() - started
         client = JobSubmissionClient(head.dashboard_url, headers=auth_headers())
         first = _submit(head, tracking, root, summary)
