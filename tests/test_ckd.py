@@ -210,8 +210,8 @@ def test_job_end_to_end_on_orl(ray_session, shared_data: Path, tmp_path: Path) -
 
     config = tmp_path / "tiny.yaml"
     config.write_text(
-        "ckd:\n  network: {layers: [1, 1, 1, 1], widths: [8, 8, 16, 16], embedding_dim: 32, face_size: [16, 16], "
-        "periocular_size: [8, 16]}\n  train: {epochs: 1, lr: 0.01, num_workers: 1}\n"
+        "ckd:\n  network: {layers: [1, 1, 1, 1], widths: [16, 16, 32, 32], embedding_dim: 32, face_size: [32, 32], "
+        "periocular_size: [12, 32]}\n  train: {epochs: 1, lr: 0.01, num_workers: 1}\n"
         "protocol: {folds: [1], gallery_draws: 2}\nmethods: [ckd, periocular_only]\nseeds: [0]\n"
     )
     summary = tmp_path / "ckd.json"
