@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 
@@ -94,7 +95,12 @@ def main() -> None:
     global DASHBOARD
 
     corpus = subsample_corpus(load_corpus("elpv"), 90)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1"})
+    # A free dashboard port: Ray's default 8265 may belong to another Ray on this machine.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dashboard_port = probe.getsockname()[1]
+    head = {"num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         context = ray.init(address=cluster.address, log_to_driver=False)
         DASHBOARD = f"http://{context.dashboard_url}"
