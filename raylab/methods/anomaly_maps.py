@@ -60,3 +60,12 @@ class AnomalyPrediction:
     image_scores: np.ndarray
     patch_scores: np.ndarray
     maps: np.ndarray | None = None
+
+
+def max_score_prediction(
+    patch_scores: np.ndarray, image_size: int, blur_sigma: float, with_maps: bool = True
+) -> AnomalyPrediction:
+    """The memory-bank detectors' output (PatchCore, SoftPatch, TailedCore): image score =
+    the largest patch score, map = the upsampled, blurred patch grid."""
+    maps = patch_scores_to_maps(patch_scores, image_size, blur_sigma) if with_maps else None
+    return AnomalyPrediction(image_scores=reduce_to_image_scores(patch_scores, "max"), patch_scores=patch_scores, maps=maps)

@@ -15,7 +15,7 @@ import numpy as np
 
 from raylab.features.backbones import BackboneSpec, FeatureSpec
 from raylab.memory import MemoryBank, greedy_coreset
-from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
+from raylab.methods.anomaly_maps import AnomalyPrediction, max_score_prediction
 from raylab.methods.patchcore.config import PatchCoreConfig
 
 
@@ -48,8 +48,7 @@ class PatchCore:
 
     def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction:
         scores = self.patch_scores(patches)
-        maps = patch_scores_to_maps(scores, self.config.features.image_size, self.config.blur_sigma) if with_maps else None
-        return AnomalyPrediction(image_scores=reduce_to_image_scores(scores, "max"), patch_scores=scores, maps=maps)
+        return max_score_prediction(scores, self.config.features.image_size, self.config.blur_sigma, with_maps)
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from raylab.memory import MemoryBank, greedy_coreset
-from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
+from raylab.methods.anomaly_maps import AnomalyPrediction, max_score_prediction
 from raylab.methods.tailedcore.config import SoftPatchConfig
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
 
@@ -63,8 +63,7 @@ class SoftPatch:
 
     def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction:
         scores = self.patch_scores(patches)
-        maps = patch_scores_to_maps(scores, self.config.features.image_size, self.config.blur_sigma) if with_maps else None
-        return AnomalyPrediction(image_scores=reduce_to_image_scores(scores, "max"), patch_scores=scores, maps=maps)
+        return max_score_prediction(scores, self.config.features.image_size, self.config.blur_sigma, with_maps)
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
