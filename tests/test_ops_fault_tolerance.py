@@ -43,18 +43,30 @@ def _checkpoints(storage: Path) -> list[Path]:
     return sorted(p for p in storage.glob("*/checkpoint_*") if p.is_dir())
 
 
+def _committed(storage: Path) -> int:
+    """Checkpoints the Train controller has registered (its snapshot), not just written:
+    a restart resumes from the latest registered one."""
+    import json
+
+    snapshot = next(storage.glob("*/checkpoint_manager_snapshot.json"), None)
+    try:
+        return len(json.loads(snapshot.read_text())["checkpoint_results"]) if snapshot else 0
+    except (OSError, ValueError, KeyError):  # being rewritten
+        return 0
+
+
 class WorkerKiller(threading.Thread):
-    """Once the run has written ``after`` checkpoints, SIGKILL one of its Train workers."""
+    """Once the run has registered ``after`` checkpoints, SIGKILL one of its Train workers."""
 
     def __init__(self, storage: Path, after: int) -> None:
         super().__init__(daemon=True)
         self.storage, self.after = storage, after
-        self.killed: tuple[int, int, float] | None = None  # (pid, checkpoints written before, time)
+        self.killed: tuple[int, int, float] | None = None  # (pid, checkpoints registered before, time)
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            written = len(_checkpoints(self.storage))
+            written = _committed(self.storage)
             if written >= self.after:
                 workers = [pid for pid, cmd in descendants(os.getpid()) if cmd.startswith("ray::RayTrainWorker")]
                 if workers:
