@@ -45,18 +45,24 @@ class TailedCore:
         self.head_kept: np.ndarray | None = None  # (N, h, w) patches that passed the LOF filter
         self.memory_sizes: dict[str, int] = {}
 
-    def fit(self, train_patches: np.ndarray, embeddings: np.ndarray, views: ViewSource | None = None) -> TailedCore:
+    def fit(
+        self, train_patches: np.ndarray, embeddings: np.ndarray, views: ViewSource | None = None, known_tail: np.ndarray | None = None
+    ) -> TailedCore:
         """Build the pooled memory.
 
         Args:
             train_patches: (N, h, w, D) patch embeddings of all training images, all classes.
             embeddings: (N, E) global embeddings of the same images (TailSampler's input).
             views: augmented-view patches of given images; ``None`` disables augmentation.
+            known_tail: (N,) bool, the true tail images, bypassing TailSampler: an ablation
+                that measures what TailSampler's errors cost, never part of the method.
         """
         train_patches = np.asarray(train_patches)
         if len(train_patches) != len(embeddings):
             raise ValueError(f"{len(train_patches)} patch grids but {len(embeddings)} global embeddings")
         self.tail = TailSampler(self.config.tail_sampler).predict(embeddings)
+        if known_tail is not None:
+            self.tail.is_tail = np.asarray(known_tail, dtype=bool).copy()
         tail_indices = self.tail.tail_indices
 
         scores = patchwise_lof_scores(train_patches, self.config.lof, seed=self.seed)

@@ -9,7 +9,9 @@ fits each method once on identical cached features:
 * ``softpatch``: LOF-filtered memory with LOF-weighted scores;
 * ``patchcore``: greedy coreset of everything (the foundation's PatchCore, pooled);
 * optionally ``class_patchcore``: PatchCore with one memory per class (a class-aware
-  reference that shows what each class's few images allow without pooling).
+  reference that shows what each class's few images allow without pooling), and the
+  TailedCore ablations ``tailedcore_no_views`` (no rotation/flip views) and
+  ``tailedcore_true_tail`` (the protocol's true tail images instead of TailSampler's).
 
 Each fitted memory is then evaluated per class on that class's test images (image and
 pixel AUROC, AP, AUPRO), averaged over classes, over the protocol's tail classes
@@ -61,7 +63,9 @@ JOB = "tailedcore_sweep"
 METHODS = ("tailedcore", "softpatch", "patchcore")
 # A class-aware reference, not a competitor: PatchCore with one memory per class, fitted on
 # that class's own training images (it reads the class labels the other methods never get).
-REFERENCE_METHODS = ("class_patchcore",)
+# Ablations of TailedCore: without its tail views, and with the true tail images in place of
+# TailSampler's prediction (the protocol's truth, which only the platform reads).
+REFERENCE_METHODS = ("class_patchcore", "tailedcore_no_views", "tailedcore_true_tail")
 METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc", "image_ap", "aupro")
 TABLE_METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc")
 CPU_FEATURES = FeatureSpec(image_size=112)
@@ -184,13 +188,11 @@ def run_trial(
     embeddings: FeatureSet,
     config: TailedCoreSweepConfig,
     context: dict[str, Any],
-) -> dict[str, Any]:
-    """The Tune trainable: one setting, reported to Tune."""
+) -> None:
+    """The Tune trainable: one setting, reported to Tune once."""
     from ray import tune
 
-    summary = evaluate_setting(params, corpus, features, embeddings, config, context)
-    tune.report(summary)
-    return summary
+    tune.report(evaluate_setting(params, corpus, features, embeddings, config, context))
 
 
 def evaluate_setting(
@@ -228,9 +230,12 @@ def evaluate_setting(
     for method in config.methods:
         start = time.perf_counter()
         diagnostics: dict[str, float] = {}
-        if method == "tailedcore":
+        if method.startswith("tailedcore"):
             detector = TailedCore(config.tailedcore, seed=seed).fit(
-                train, embeddings.take(train_ids), views=lambda rows: views([train_ids[i] for i in rows])
+                train,
+                embeddings.take(train_ids),
+                views=None if method == "tailedcore_no_views" else (lambda rows: views([train_ids[i] for i in rows])),
+                known_tail=true_tail if method == "tailedcore_true_tail" else None,
             )
             diagnostics.update(tail_quality(detector.tail.is_tail, true_tail))
             diagnostics.update({"tail_max_k": float(detector.tail.max_k), **filter_removal(detector.head_kept, injected, defect_cells)})
