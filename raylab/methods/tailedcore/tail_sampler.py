@@ -138,6 +138,9 @@ def row_thresholds_and_counts(x: torch.Tensor, trim: float, block_size: int) -> 
     return thresholds, counts
 
 
+_VOTE_ROWS = 128
+
+
 def vote_class_sizes(x: torch.Tensor, thresholds: torch.Tensor, counts: torch.Tensor, block_size: int) -> np.ndarray:
     """Step 3's vote: per column j, the mode of c_i over rows i with S_ij >= th_i."""
     n = x.shape[0]
@@ -147,9 +150,10 @@ def vote_class_sizes(x: torch.Tensor, thresholds: torch.Tensor, counts: torch.Te
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
         members = _similarity_rows(x, start, stop) >= thresholds[start:stop, None]
-        rows, columns = torch.nonzero(members, as_tuple=True)
-        keys = columns * width + ranks[start:stop][rows]
-        histogram.index_add_(0, keys, torch.ones_like(keys))
+        for first in range(0, stop - start, _VOTE_ROWS):  # bounds the (row, column) index pairs held at once
+            rows, columns = torch.nonzero(members[first : first + _VOTE_ROWS], as_tuple=True)
+            keys = columns * width + ranks[start + first : stop][rows]
+            histogram.index_add_(0, keys, torch.ones_like(keys))
     modes = histogram.view(n, width).argmax(dim=1)  # first maximum = smallest value on ties
     return values[modes].cpu().numpy().astype(np.int64)
 
