@@ -72,8 +72,9 @@ def resolve_config(args: argparse.Namespace) -> DCAESweepConfig:
     return load_config(DCAESweepConfig, path) if path is not None else cpu_config()
 
 
-def run_trial(params: dict[str, Any], data: DecodedCorpus, config: DCAESweepConfig, context: dict[str, Any]) -> dict[str, Any]:
-    """One (normal class, seed): select, train, score, log; reports every method's AUROC to Tune."""
+def run_trial(params: dict[str, Any], data: DecodedCorpus, config: DCAESweepConfig, context: dict[str, Any]) -> None:
+    """One (normal class, seed): select, train, score, log; reports every method's AUROC to Tune
+    (once: a function trainable's return value would be a second report)."""
     import mlflow
     from ray import tune
 
@@ -130,7 +131,6 @@ def run_trial(params: dict[str, Any], data: DecodedCorpus, config: DCAESweepConf
     report = {f"{m}/auroc": v for m, v in aurocs.items()} | {f"weights/{k}": v for k, v in dataclasses.asdict(weights).items()}
     report |= {"normal_class": normal_class, "seed": seed, "class_name": split.class_name}
     tune.report(report)
-    return report
 
 
 def _log_reconstructions(run, split, models, config: DCAESweepConfig, seed: int, title: str) -> None:

@@ -64,7 +64,7 @@ def _pyplot():
 def bar_chart(table: pd.DataFrame, methods: Sequence[str], path: str | Path, title: str) -> Path:
     """AUROC per normal class (and the mean), one bar per method, error bars = std over seeds."""
     plt = _pyplot()
-    labels = [f"{c}\n{n}" if n else c for c, n in zip(table["normal_class"], table["class_name"])]
+    labels = [f"{c}\n{n}" if n and n != c else c for c, n in zip(table["normal_class"], table["class_name"])]
     positions = np.arange(len(labels))
     width = 0.8 / len(methods)
     figure, axis = plt.subplots(figsize=(max(7.0, 0.9 * len(labels) + 2), 4.2))
