@@ -23,16 +23,18 @@ raylab's choices for what the abstract leaves open, and why:
   needs a prior with the same support; an adversarial match rather than a divergence
   penalty (e.g. MMD) because it needs no kernel bandwidth and shares the GAN machinery.
 * **Multi-level reconstruction (a).** The encoder/decoder loss is ``pixel`` x MSE +
-  ``feature`` x d_D(x, G(E(x))), where d_D sums over every block of D the per-position
-  squared distance of channel-normalised feature maps (LPIPS-style, uniform level weights);
-  + ``image_adversarial`` x (reconstructions and decoded prior draws fool D) +
-  ``latent_adversarial`` x (codes fool D_z). D is trained only as a GAN discriminator (real
-  images vs reconstructions and decoded prior draws), never by the reconstruction term, so
-  it cannot learn to hide reconstruction errors; in the encoder/decoder step both
-  discriminators are frozen functions.
+  ``feature`` x d_D(x, G(E(x))), where d_D sums over every block of D the mean squared
+  difference of the feature maps divided by that level's mean squared activation on
+  in-class images (uniform level weights), + ``image_adversarial`` x (reconstructions and
+  decoded prior draws fool D) + ``latent_adversarial`` x (codes fool D_z). D is trained
+  only as a GAN discriminator (real images vs decoded prior draws;
+  ``reconstructions_as_fakes`` adds the reconstructions as fakes), never by the
+  reconstruction term, so it cannot learn to hide reconstruction errors; in the
+  encoder/decoder step both discriminators are frozen functions.
 * **Score (c).** d_D(x, G(E(x))) with the trained D (eval mode), the same distance as the
-  loss. Channel normalisation keeps the levels comparable and the scale fixed while D's raw
-  activations drift.
+  loss, with the level scales measured once on the training images after training
+  (:meth:`DCAE.calibrate`): dividing by each level's energy keeps the levels comparable,
+  and a fixed scale keeps scores of different queries on one footing.
 * **GAN stabilisers.** Spectral normalisation in D and D_z, the non-saturating logistic
   loss, Adam with beta1 = 0.5, one update of each network per step.
 * **Loss weights.** Unknown in the paper; selected per normal class and seed by Optuna

@@ -9,8 +9,8 @@ and a batch u of draws from the uniform prior on the latent cube [-1, 1]^d:
 3. latent discriminator D_z: real u against fake z (detached);
 4. encoder + decoder: ``pixel`` MSE(x_r, x) + ``feature`` d_D(x, x_r) (the multi-level
    distance on D's internal feature maps, :func:`~raylab.methods.dcae.model.feature_distance`,
-   with D's features of x as a fixed target and their batch energy as the level scales) + ``image_adversarial`` (x_r and x_g fool D) +
-   ``latent_adversarial`` (z fools D_z).
+   with D's features of x as a fixed target and their batch energy as the level scales)
+   + ``image_adversarial`` (x_r and x_g fool D) + ``latent_adversarial`` (z fools D_z).
 
 D is updated only by its own real/fake loss, never by the reconstruction term: a
 discriminator trained to make reconstructions look close would learn to ignore exactly the
