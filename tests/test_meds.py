@@ -141,7 +141,11 @@ def test_meds_never_reads_injected_noise_flags(ray_session, tmp_path):
     for index, table in enumerate((noisy, flipped)):
         split = class_splits(table, image_size=40)[0]
         meds = MeDS(_tiny_config(), seed=0, image_size=40, run_name=f"flags-{index}", storage_path=str(tmp_path))
+        with pytest.raises(RuntimeError, match="distil must run"):
+            meds.select()
         meds.fit(features.take(split.train_ids))
+        distilled_maps, memory_maps = meds.training_maps()
+        assert distilled_maps.shape == memory_maps.shape == (len(split.train_ids), 4, 4)
         outcomes.append((meds.selection_history, meds.predict(features.take(split.test_ids)).image_scores))
     (history_a, scores_a), (history_b, scores_b) = outcomes
     assert all(np.array_equal(a, b) for a, b in zip(history_a, history_b))

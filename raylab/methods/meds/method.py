@@ -7,6 +7,7 @@
 3. progressive selection + fine-tuning with the global hard-mining cosine loss (Ray Train);
 
 and ``predict`` scores test images with the final network (blur sigma 4, top-1% mean).
+``fit`` is ``distil`` (stages 1-2) followed by ``select`` (stage 3).
 ``distilled`` is the stage-2 network as a detector of its own (the "stage 2 alone"
 baseline), and ``selection_history`` the kept mask of every stage-3 epoch.
 """
@@ -78,6 +79,7 @@ class MeDS:
         self.final: ReconstructionDetector | None = None
         self.selection_history: list[np.ndarray] = []
         self.training_metrics: dict[str, list[dict[str, float]]] = {}
+        self._stage2: dict[str, Any] | None = None
 
     def _model_kwargs(self, in_dim: int) -> dict[str, Any]:
         d = self.config.distillation
@@ -108,6 +110,15 @@ class MeDS:
         return load_result_state(result)
 
     def fit(self, train_patches: np.ndarray, class_ids: np.ndarray | None = None) -> MeDS:
+        """All three stages on one (possibly contaminated) training set."""
+        return self.distil(train_patches, class_ids).select()
+
+    def distil(self, train_patches: np.ndarray, class_ids: np.ndarray | None = None) -> MeDS:
+        """Stages 1 and 2: partial-memory maps, then the network trained to reproduce them.
+
+        Afterwards ``distilled`` is usable as a detector on its own; :meth:`select` continues
+        from it (split so that stage 2 can be studied without paying for stage 3).
+        """
         tokens_grid = pool_patch_grid(train_patches, self.config.token_grid)
         n, h, w, d = tokens_grid.shape
         tokens = np.ascontiguousarray(tokens_grid.reshape(n, h * w, d))
@@ -115,31 +126,51 @@ class MeDS:
         stage1 = dataclasses.replace(self.config.stage1, seed=self.seed)
         self.memory_maps = self._per_class_maps(tokens_grid, class_ids, stage1)
         kwargs = self._model_kwargs(d)
-        common = {"tokens": tokens, "model": kwargs, "seed": self.seed}
-        schedule2 = dataclasses.asdict(self.config.distillation)
-        state2 = self._train("distillation", distillation_loop, {**common, "targets": self.memory_maps.reshape(n, h * w).astype(np.float32), "schedule": schedule2})
-        self.distilled = self._detector(kwargs, state2["model"])
+        schedule = dataclasses.asdict(self.config.distillation)
+        targets = self.memory_maps.reshape(n, h * w).astype(np.float32)
+        state = self._train("distillation", distillation_loop, {**self._common(tokens, kwargs), "targets": targets, "schedule": schedule})
+        self.distilled = self._detector(kwargs, state["model"])
+        self._stage2 = {"tokens": tokens, "class_ids": class_ids, "grid": h, "model": kwargs, "state": state["model"]}
+        return self
+
+    def select(self) -> MeDS:
+        """Stage 3: progressive selection and fine-tuning, starting from the distilled network."""
+        if self._stage2 is None:
+            raise RuntimeError("MeDS.distil must run before select")
+        stage2 = self._stage2
         distilled_scores = image_scores_from_tokens(
-            token_maps(self.distilled.network, tokens), h, self.image_size, self.config.blur_sigma, self.config.top_fraction
+            token_maps(self.distilled.network, stage2["tokens"]), stage2["grid"], self.image_size,
+            self.config.blur_sigma, self.config.top_fraction,
         )
-        state3 = self._train(
+        state = self._train(
             "selection",
             selection_loop,
             {
-                **common,
+                **self._common(stage2["tokens"], stage2["model"]),
                 "schedule": dataclasses.asdict(self.config.selection),
-                "class_ids": class_ids,
+                "class_ids": stage2["class_ids"],
                 "distilled_scores": distilled_scores,
-                "initial_state": state2["model"],
-                "grid": h,
+                "initial_state": stage2["state"],
+                "grid": stage2["grid"],
                 "image_size": self.image_size,
                 "blur_sigma": self.config.blur_sigma,
                 "top_fraction": self.config.top_fraction,
             },
         )
-        self.selection_history = list(state3["history"])
-        self.final = self._detector(kwargs, state3["model"])
+        self.selection_history = list(state["history"])
+        self.final = self._detector(stage2["model"], state["model"])
         return self
+
+    def training_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distilled, stage-1) token maps of the training images, each (N, h, w): how faithfully
+        stage 2 reproduced what it was trained on, read without any label."""
+        if self._stage2 is None or self.memory_maps is None:
+            raise RuntimeError("MeDS.distil must run before training_maps")
+        distilled = token_maps(self.distilled.network, self._stage2["tokens"])
+        return distilled.reshape(self.memory_maps.shape), self.memory_maps
+
+    def _common(self, tokens: np.ndarray, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"tokens": tokens, "model": model_kwargs, "seed": self.seed}
 
     @staticmethod
     def _per_class_maps(tokens_grid: np.ndarray, class_ids: np.ndarray, stage1) -> np.ndarray:

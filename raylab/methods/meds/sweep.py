@@ -106,8 +106,10 @@ def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict
     return rows
 
 
-def run_trial(params: dict[str, Any], corpus: pa.Table, features: FeatureSet, config: MeDSSweepConfig, context: dict[str, Any]) -> dict[str, Any]:
-    """One (noise ratio, seed) setting, all methods; reports per-stage metrics to Tune."""
+def run_trial(params: dict[str, Any], corpus: pa.Table, features: FeatureSet, config: MeDSSweepConfig, context: dict[str, Any]) -> None:
+    """One (noise ratio, seed) setting, all methods; reports per-stage metrics to Tune (the
+    last report, stage 3, carries every method's metrics; no return value, which Tune would
+    record as one more report)."""
     import mlflow
     from ray import tune
 
@@ -150,7 +152,6 @@ def run_trial(params: dict[str, Any], corpus: pa.Table, features: FeatureSet, co
         summary.update({f"{method}/{k}": v for k, v in metrics.items()})
     summary["image_auroc"] = summary["meds/image_auroc"]
     tune.report(summary)
-    return summary
 
 
 def _latest_auroc(evaluations: dict[str, list[ClassEvaluation]], method: str) -> float:

@@ -1,0 +1,134 @@
+"""MeDS stage 2: how well does a decoder of a given size reproduce the stage-1 maps?
+
+MeDS's second stage trains a reconstruction network whose anomaly map must reproduce the
+stage-1 partial-memory map of every training image. If the network is too small or trained
+too briefly, the distilled detector (and MeDS, which starts from it) loses what stage 1
+found. This script runs stage 1 once per class and then stage 2 (Ray Train, the sweep's own
+code) for each requested decoder size, on one (noise ratio, seed) setting, and reports:
+
+* ``fidelity_map``: Pearson correlation between the distilled and the stage-1 token maps of
+  the training images (pooled over classes) -- the quantity stage 2 is trained for, read
+  without any label;
+* ``fidelity_image``: Spearman correlation of the two image scores on the training images;
+* ``distill_s``: stage-2 wall time;
+* ``image_auroc`` / ``pixel_auroc``: the distilled detector on the test split, next to the
+  stage-1 detector's (``partial_memory``) -- a diagnostic of where a sweep's accuracy goes,
+  not a way to pick a configuration (it reads test labels).
+
+Sizes are ``WIDTHxBLOCKS@ITERATIONS`` (heads = width / 32, at least 2), e.g. the CPU
+default ``64x2@400``.
+
+Run (magnetic tile, the sweep's CPU configuration otherwise)::
+
+    python benchmarks/meds_distillation_capacity.py --dataset magnetic_tile \\
+        --data-root ../shared/data --noise-ratio 0 --sizes 64x2@400,64x2@2000,128x4@2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+from raylab.config import load_config
+from raylab.data import load_corpus
+from raylab.data.protocols import NoiseProtocol, inject_noise, subsample_corpus
+from raylab.data.store import cache_root
+from raylab.features import cached_patch_features
+from raylab.jobs import init_ray
+from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted, mean_over_classes
+from raylab.methods.meds.method import MeDS
+from raylab.methods.meds.partial_memory import PartialMemoryDetector
+from raylab.methods.meds.sweep import MeDSSweepConfig, default_config_file
+from raylab.methods.meds.training import image_scores_from_tokens
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"128x4@2000"`` -> (width 128, 4 decoder blocks, 2000 iterations)."""
+    try:
+        shape, iterations = text.split("@")
+        width, blocks = shape.split("x")
+        return int(width), int(blocks), int(iterations)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxBLOCKS@ITERATIONS (e.g. 64x2@400)") from error
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ranks = [np.argsort(np.argsort(x)).astype(np.float64) for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="magnetic_tile")
+    parser.add_argument("--data-root")
+    parser.add_argument("--config", help="sweep YAML (default: configs/meds/<dataset>.yaml)")
+    parser.add_argument("--noise-ratio", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes", default="64x2@400,64x2@2000,128x4@2000", help="comma-separated WIDTHxBLOCKS@ITERATIONS")
+    args = parser.parse_args()
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+
+    config = load_config(MeDSSweepConfig, args.config or default_config_file(args.dataset))
+    corpus = load_corpus(args.dataset, args.data_root, **config.dataset_options)
+    if config.images_per_group is not None:
+        corpus = subsample_corpus(corpus, config.images_per_group)
+    init_ray()
+    features = cached_patch_features(corpus, config.features)
+    table = inject_noise(corpus, NoiseProtocol(args.noise_ratio, args.seed, config.keep_injected_in_test)).table
+    splits = class_splits(table, config.features.image_size)
+    image_size, grid = config.features.image_size, config.meds.token_grid
+
+    stage1 = dataclasses.replace(config.meds.stage1, seed=args.seed, pool_grid=grid)
+    reference = [evaluate_fitted(PartialMemoryDetector(stage1, image_size=image_size).fit(features.take(s.train_ids)), s, features) for s in splits]
+    lines = [{"size": "stage 1 (partial_memory)", **_test_metrics(mean_over_classes(reference))}]
+
+    for width, blocks, iterations in sizes:
+        distillation = dataclasses.replace(
+            config.meds.distillation, hidden_dim=width, decoder_blocks=blocks, heads=max(2, width // 32),
+            iterations=iterations, warmup_iterations=max(1, iterations // 100),
+        )
+        meds_config = dataclasses.replace(config.meds, distillation=distillation)
+        tag = f"meds-capacity-{args.dataset}-nr{args.noise_ratio:g}-s{args.seed}-{width}x{blocks}at{iterations}"
+        evaluations, maps, targets, scores, target_scores = [], [], [], [], []
+        start = time.perf_counter()
+        for split in splits:
+            meds = MeDS(meds_config, seed=args.seed, image_size=image_size, run_name=f"{tag}-{split.class_name}",
+                        storage_path=str(cache_root() / "ray_results"))
+            predicted, target = meds.distil(features.take(split.train_ids)).training_maps()
+            maps.append(predicted.ravel())
+            targets.append(target.ravel())
+            for out, token_map in ((scores, predicted), (target_scores, target)):
+                out.append(image_scores_from_tokens(token_map, token_map.shape[1], image_size, meds_config.blur_sigma, meds_config.top_fraction))
+            evaluations.append(evaluate_fitted(meds.distilled, split, features))
+        seconds = time.perf_counter() - start
+        lines.append({
+            "size": f"{width}x{blocks}@{iterations}",
+            "fidelity_map": float(np.corrcoef(np.concatenate(maps), np.concatenate(targets))[0, 1]),
+            "fidelity_image": spearman(np.concatenate(scores), np.concatenate(target_scores)),
+            "distill_s": seconds,
+            **_test_metrics(mean_over_classes(evaluations)),
+        })
+        print(lines[-1], flush=True)
+
+    print(f"\n{args.dataset}, noise ratio {args.noise_ratio:g}, seed {args.seed}")
+    columns = ["size", "fidelity_map", "fidelity_image", "distill_s", "image_auroc", "pixel_auroc"]
+    print(" | ".join(columns))
+    for line in lines:
+        print(" | ".join(_cell(line.get(c)) for c in columns))
+
+
+def _test_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: metrics[k] for k in ("image_auroc", "pixel_auroc") if k in metrics}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    main()
