@@ -74,7 +74,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes", default="64x2@400,64x2@1600,128x2@800", help="comma-separated WIDTHxBLOCKS@ITERATIONS")
     args = parser.parse_args()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    try:
+        sizes = [parse_size(s) for s in args.sizes.split(",")]
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
 
     config = load_config(MeDSSweepConfig, args.config or default_config_file(args.dataset))
     corpus = load_corpus(args.dataset, args.data_root, **config.dataset_options)
