@@ -3,8 +3,9 @@
 MeDS's second stage trains a reconstruction network whose anomaly map must reproduce the
 stage-1 partial-memory map of every training image. If the network is too small or trained
 too briefly, the distilled detector (and MeDS, which starts from it) loses what stage 1
-found. This script runs stage 1 once per class and then stage 2 (Ray Train, the sweep's own
-code) for each requested decoder size, on one (noise ratio, seed) setting, and reports:
+found. For each requested decoder size this script runs stages 1 and 2 per class (Ray Train,
+the sweep's own code; stage 1 is deterministic in the seed, so every size is trained on the
+same maps), on one (noise ratio, seed) setting, and reports:
 
 * ``fidelity_map``: Pearson correlation between the distilled and the stage-1 token maps of
   the training images (pooled over classes) -- the quantity stage 2 is trained for, read

@@ -15,6 +15,7 @@ baseline), and ``selection_history`` the kept mask of every stage-3 epoch.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import json
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,17 @@ class ReconstructionDetector:
         return cls(settings["model"], state, settings["grid"], settings["image_size"], settings["sigma"], settings["top_fraction"])
 
 
+@dataclass(frozen=True)
+class _DistilledStage:
+    """What stage 3 continues from: the class's training tokens and the stage-2 network."""
+
+    tokens: np.ndarray
+    class_ids: np.ndarray
+    grid: int
+    model_kwargs: dict[str, Any]
+    state: dict[str, torch.Tensor]
+
+
 class MeDS:
     def __init__(self, config: MeDSConfig, *, seed: int = 0, image_size: int = 224, run_name: str = "meds", storage_path: str | None = None) -> None:
         self.config, self.seed, self.image_size = config, seed, image_size
@@ -79,7 +91,7 @@ class MeDS:
         self.final: ReconstructionDetector | None = None
         self.selection_history: list[np.ndarray] = []
         self.training_metrics: dict[str, list[dict[str, float]]] = {}
-        self._stage2: dict[str, Any] | None = None
+        self._stage2: _DistilledStage | None = None
 
     def _model_kwargs(self, in_dim: int) -> dict[str, Any]:
         d = self.config.distillation
@@ -130,7 +142,7 @@ class MeDS:
         targets = self.memory_maps.reshape(n, h * w).astype(np.float32)
         state = self._train("distillation", distillation_loop, {**self._common(tokens, kwargs), "targets": targets, "schedule": schedule})
         self.distilled = self._detector(kwargs, state["model"])
-        self._stage2 = {"tokens": tokens, "class_ids": class_ids, "grid": h, "model": kwargs, "state": state["model"]}
+        self._stage2 = _DistilledStage(tokens, class_ids, h, kwargs, state["model"])
         return self
 
     def select(self) -> MeDS:
@@ -139,26 +151,26 @@ class MeDS:
             raise RuntimeError("MeDS.distil must run before select")
         stage2 = self._stage2
         distilled_scores = image_scores_from_tokens(
-            token_maps(self.distilled.network, stage2["tokens"]), stage2["grid"], self.image_size,
+            token_maps(self.distilled.network, stage2.tokens), stage2.grid, self.image_size,
             self.config.blur_sigma, self.config.top_fraction,
         )
         state = self._train(
             "selection",
             selection_loop,
             {
-                **self._common(stage2["tokens"], stage2["model"]),
+                **self._common(stage2.tokens, stage2.model_kwargs),
                 "schedule": dataclasses.asdict(self.config.selection),
-                "class_ids": stage2["class_ids"],
+                "class_ids": stage2.class_ids,
                 "distilled_scores": distilled_scores,
-                "initial_state": stage2["state"],
-                "grid": stage2["grid"],
+                "initial_state": stage2.state,
+                "grid": stage2.grid,
                 "image_size": self.image_size,
                 "blur_sigma": self.config.blur_sigma,
                 "top_fraction": self.config.top_fraction,
             },
         )
         self.selection_history = list(state["history"])
-        self.final = self._detector(stage2["model"], state["model"])
+        self.final = self._detector(stage2.model_kwargs, state["model"])
         return self
 
     def training_maps(self) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +178,7 @@ class MeDS:
         stage 2 reproduced what it was trained on, read without any label."""
         if self._stage2 is None or self.memory_maps is None:
             raise RuntimeError("MeDS.distil must run before training_maps")
-        distilled = token_maps(self.distilled.network, self._stage2["tokens"])
+        distilled = token_maps(self.distilled.network, self._stage2.tokens)
         return distilled.reshape(self.memory_maps.shape), self.memory_maps
 
     def _common(self, tokens: np.ndarray, model_kwargs: dict[str, Any]) -> dict[str, Any]:
