@@ -43,11 +43,11 @@ from raylab.data import load_corpus
 from raylab.data.protocols import NoiseProtocol, inject_noise, subsample_corpus
 from raylab.data.store import cache_root
 from raylab.features import cached_patch_features
-from raylab.jobs import init_ray
+from raylab.experiment.session import init_ray
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted, mean_over_classes
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
-from raylab.methods.meds.sweep import MeDSSweepConfig, default_config_file
+from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.training import image_scores_from_tokens
 
 

@@ -24,10 +24,11 @@ def test_memory_building_shows_a_bar_unless_silenced(monkeypatch, capsys):
 
 
 def test_every_job_flag_silences_progress(monkeypatch):
-    from raylab.jobs import job_parser
+    from raylab.experiment import get_experiment
+    from raylab.experiment.arguments import experiment_parser
 
     monkeypatch.setenv(progress.ENV, "1")
-    parser = job_parser("x", "a job", default_dataset="elpv", metrics_help="m")
+    parser = experiment_parser(get_experiment("meds_sweep"))
     assert parser.parse_args([]).no_progress is False and progress.enabled()
     assert parser.parse_args(["--no-progress"]).no_progress is True
     assert not progress.enabled() and progress.tune_verbosity() == 0

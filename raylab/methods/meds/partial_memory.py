@@ -218,7 +218,7 @@ def _cluster_slots() -> tuple[int, bool]:
     """(parallel task slots, whether they are GPUs) of the connected Ray cluster."""
     import ray
 
-    from raylab.jobs import init_ray
+    from raylab.experiment.session import init_ray
 
     init_ray()
     resources = ray.cluster_resources()
@@ -277,7 +277,7 @@ def bootstrap_memory_scores(
     chunk sums are added in chunk order and are exact (see :func:`_quantise`), so the
     result does not depend on ``num_tasks`` (for ``bootstraps <= 4095``). ``use_ray=False``
     computes all chunks in this process with faiss's default threads. Without a running
-    Ray, ``use_ray`` starts one through :func:`raylab.jobs.init_ray` (``$RAY_ADDRESS`` or local).
+    Ray, ``use_ray`` starts one through :func:`raylab.experiment.session.init_ray` (``$RAY_ADDRESS`` or local).
     """
     memory = np.ascontiguousarray(features, dtype=np.float32)
     if memory.ndim != 3:

@@ -1,0 +1,199 @@
+"""The one runner every job goes through.
+
+parse -> resolve and validate the config -> validate the settings and inputs (all before Ray
+starts, so a bad value fails in seconds) -> start or join Ray -> prepare shared inputs
+(corpus, cached features) -> identity (a hash of config, data fingerprint, settings, search
+budget and raylab's version) -> MLflow parent run (the resolved config logged as
+``config.yaml``) -> executor -> rows -> results table, figures, ``--summary-json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import raylab
+from raylab.config import ConfigError, deep_merge, from_mapping, parse_assignment, read_yaml_mapping, to_plain
+from raylab.experiment.arguments import experiment_parser
+from raylab.experiment.executors import Sweep, run_driver, run_tasks, run_tune
+from raylab.experiment.identity import IdentityConflict, claim, content_hash, flatten
+from raylab.experiment.spec import Experiment, Request, Row, Setting
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Shared inputs of a sweep and the fingerprint of the data they were made from."""
+
+    inputs: Any
+    data_fingerprint: str
+
+
+def packaged_config(folder: str, name: str) -> Path | None:
+    """``configs/<folder>/<name>.yaml`` shipped inside the raylab package, if there is one."""
+    candidate = resources.files("raylab") / "configs" / folder / f"{name}.yaml"
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def config_file(text: str) -> Path:
+    """``--config``: a YAML file, or a packaged config by name (``meds/smoke``)."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    folder, _, name = text.removesuffix(".yaml").rpartition("/")
+    packaged = packaged_config(folder.removeprefix("configs/").removeprefix("raylab/configs/"), name) if folder else None
+    if packaged is not None:
+        return packaged
+    raise ConfigError(f"--config {text}: no such file, and no packaged config of that name (see raylab/configs/)")
+
+
+def resolve_config(experiment: Experiment, args: argparse.Namespace):
+    """Profile <- the dataset's packaged overlay <- ``--config`` <- each ``--set``, typed and checked."""
+    profile = args.profile or ("quick" if args.quick else experiment.default_profile)
+    quick = profile == "quick"
+    base = experiment.profiles[experiment.default_profile if quick else profile]()
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    overlay = config_file(args.config) if args.config else (
+        packaged_config(experiment.config_folder, args.dataset) if experiment.config_folder else None
+    )
+    if overlay is not None:
+        layers.append((f"{overlay}:", read_yaml_mapping(overlay)))
+    assignments: dict[str, Any] = {}
+    for text in args.assignments:
+        assignments = deep_merge(assignments, parse_assignment(text))
+    if assignments:
+        layers.append(("--set:", assignments))
+    config = base
+    for where, values in layers:
+        owned = sorted(set(flatten(values)) & set(experiment.setting_keys))
+        if owned:
+            raise ConfigError(f"{where.rstrip(':')}: {', '.join(owned)} is decided by each setting (use --seeds / --dataset), not by the config")
+        config = from_mapping(type(base), values, where=where, base=config)
+    if experiment.apply_arguments is not None:
+        config = experiment.apply_arguments(config, args)
+    if quick and experiment.quick is not None:
+        config = experiment.quick(config)
+    return config, quick
+
+
+def _settings(axes: Mapping[str, Sequence[Any]]) -> list[Setting]:
+    empty = [axis for axis, values in axes.items() if not len(values)]
+    if empty:
+        raise ConfigError(f"no values for {', '.join(empty)}: the sweep would run nothing")
+    return [Setting(dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
+
+
+def _fail(parser: argparse.ArgumentParser, error: Exception) -> None:
+    parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]:
+    parser = experiment_parser(experiment)
+    args = parser.parse_args(argv)
+    try:
+        config, quick = resolve_config(experiment, args)
+    except (ConfigError, ValueError, TypeError, KeyError) as error:
+        _fail(parser, error)
+    if args.print_config:
+        print(yaml.safe_dump(to_plain(config), sort_keys=False), end="")
+        return {"config": config}
+    request = Request(config=config, dataset=args.dataset, data_root=args.data_root, quick=quick, args=args)
+    try:
+        axes = {axis: tuple(values) for axis, values in experiment.axes(request).items()}
+        settings = _settings(axes)
+        if experiment.check is not None:
+            experiment.check(request)
+    except (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError) as error:
+        _fail(parser, error)
+    search_trials = getattr(args, "search", 0) or 0
+    if search_trials < 0:
+        _fail(parser, ValueError(f"--search {search_trials}: expected a number of trials >= 0"))
+
+    from raylab.data.store import cache_root
+    from raylab.experiment.session import init_ray
+    from raylab.tracking import tracked_run, tracking_uri
+
+    init_ray(verbose=args.verbose)
+    prepared = experiment.prepare(request)
+    if not isinstance(prepared, Prepared):
+        raise TypeError(f"{experiment.name}: prepare must return a Prepared, got {type(prepared).__name__}")
+    identity = {
+        "experiment": experiment.name, "raylab_version": raylab.__version__, "dataset": args.dataset,
+        "data": prepared.data_fingerprint, "profile": "quick" if quick else (args.profile or experiment.default_profile),
+        "config": config, "axes": axes, "search_trials": search_trials,
+    }
+    identity_hash = content_hash(identity)
+    name = args.name or f"{experiment.name}-{args.dataset}{'-quick' if quick else ''}-{identity_hash}"
+    storage_path = str(cache_root() / "ray_results")
+    try:
+        resume = claim(Path(storage_path) / name, identity, name=name)
+    except IdentityConflict as error:
+        _fail(parser, error)
+    parent_params = {"config": config, **{f"axes.{k}": list(v) for k, v in axes.items()}, "search_trials": search_trials}
+    with tracked_run(experiment.name, name, params=parent_params, tags={"dataset": args.dataset, "method": "sweep", "identity": identity_hash}, resume=resume) as parent:
+        parent.log_text(yaml.safe_dump(to_plain(config), sort_keys=False), "config.yaml")
+        context = {
+            "experiment": experiment.name, "dataset": args.dataset, "data_root": args.data_root, "sweep": name,
+            "parent_run_id": parent.run_id, "tracking_uri": tracking_uri(), "storage_path": storage_path, "quick": quick,
+        }
+        sweep = Sweep(
+            experiment=experiment, config=config, inputs=prepared.inputs, settings=settings, axes=tuple(axes), name=name,
+            identity_hash=identity_hash, context=context, storage_path=storage_path, resume=resume, search_trials=search_trials,
+        )
+        rows = _execute(sweep)
+        report = experiment.report(rows, request)
+        parent.log_text(report.text + "\n", "results_table.txt")
+        for file_name, text in report.tables.items():
+            parent.log_text(text, file_name)
+        if report.metrics:
+            parent.log_metrics(dict(report.metrics))
+        if report.figures is not None:
+            with tempfile.TemporaryDirectory() as scratch:
+                for path in report.figures(Path(scratch)):
+                    parent.log_artifact(path)
+    print(report.text, flush=True)
+    row_dicts = [row.to_dict() for row in rows]
+    if args.summary_json:
+        extra = dict(experiment.summary_extra(request, rows)) if experiment.summary_extra else {}
+        write_summary(args.summary_json, experiment.name, row_dicts, sweep=name, axes=list(axes), **extra)
+    return {"rows": row_dicts, "table": report.table, "text": report.text, "name": name, "config": config}
+
+
+def _execute(sweep: Sweep) -> list[Row]:
+    experiment, config = sweep.experiment, sweep.config
+    resources_ = dict(experiment.trial_resources(config))
+    if experiment.executor == "tune":
+        import ray
+
+        concurrent = experiment.max_concurrent(config) or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return run_tune(sweep, resources_, concurrent)
+    if experiment.executor == "tasks":
+        return run_tasks(sweep, resources_)
+    return run_driver(sweep)
+
+
+def write_summary(path: str | Path, job: str, rows: Sequence[Mapping[str, Any]], **extra: Any) -> None:
+    """Write atomically: an interrupted job never leaves a truncated summary behind."""
+    import json
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps({"job": job, "rows": list(rows), **extra}, indent=2, default=str))
+    os.replace(staging, path)
+
+
+def main(experiment_name: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point of ``jobs/<name>.py`` and ``raylab run <name>``."""
+    from raylab.experiment.registry import get_experiment
+
+    return run(get_experiment(experiment_name), sys.argv[1:] if argv is None else argv)

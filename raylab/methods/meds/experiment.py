@@ -1,0 +1,239 @@
+"""``meds_sweep``: MeDS and its baselines over noise ratios and seeds (the flagship experiment).
+
+One trial = one protocol setting (noise ratio, seed). It applies the noise protocol to the
+shared corpus, then for every class fits, on identical cached features:
+
+* ``meds``: the three stages (partial memories -> distillation -> progressive selection);
+* ``distilled``: the stage-2 network alone (no selection);
+* ``partial_memory``: the stage-1 bootstrapped memories alone as the detector;
+* ``patchcore``: the foundation's PatchCore;
+
+and logs one nested MLflow run per method (metrics, per-class table, ROC, overlays, model;
+for MeDS also the per-epoch kept fraction and the filter's precision and recall against the
+injected-noise flags, which only the platform reads). ``--search N`` runs Optuna over
+(rho, B, k, lr) with ASHA over the three stages as a sensitivity study: its objective is
+test AUROC, so never use it to pick a configuration to report. Every search trial trains
+its own networks (its Train runs are named by its sampled parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raylab.config import require
+from raylab.experiment import Experiment, Prepared, Report, Request, Row, SearchSpace, Setting, TrialContext, TrialResult
+from raylab.experiment.arguments import check_ratios, parse_list
+from raylab.features import FeatureSpec
+from raylab.features.extract import FeatureSet
+from raylab.methods.anomaly_benchmark import ClassEvaluation, class_splits, evaluate_fitted, mean_over_classes
+from raylab.methods.meds.config import MeDSConfig, cpu_config
+from raylab.methods.meds.method import MeDS
+from raylab.methods.meds.partial_memory import PartialMemoryDetector
+from raylab.methods.patchcore import PatchCore, PatchCoreConfig
+
+NAME = "meds_sweep"
+METHODS = ("meds", "patchcore", "partial_memory", "distilled")
+METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
+
+
+@dataclass(frozen=True)
+class MeDSSweepConfig:
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    noise_ratios: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
+    seeds: tuple[int, ...] = (0,)
+    keep_injected_in_test: bool = False
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    meds: MeDSConfig = field(default_factory=cpu_config)
+    # PatchCore baseline on the same features; 1% coreset in the CPU size (the PatchCore
+    # paper's own ablation shows 1% within a fraction of a point of 10% on MVTec).
+    patchcore: PatchCoreConfig = field(default_factory=lambda: PatchCoreConfig(coreset_ratio=0.01))
+    methods: tuple[str, ...] = METHODS
+    # Stratified subsample (per class, split and label); None keeps the whole corpus.
+    images_per_group: int | None = None
+    quick_images_per_group: int = 40
+    quick_noise_ratios: tuple[float, ...] = (0.0, 0.2)
+
+    def __post_init__(self) -> None:
+        require(all(0.0 <= r < 1.0 for r in self.noise_ratios + self.quick_noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
+        require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
+        require(self.quick_images_per_group >= 1, "quick_images_per_group", f"must be >= 1, got {self.quick_images_per_group}")
+        require("meds" in self.methods and set(self.methods) <= set(METHODS), "methods", f"must include meds and come from {METHODS}, got {self.methods}")
+        stage1 = self.meds.stage1
+        require(stage1.bootstraps >= 1, "meds.stage1.bootstraps", f"must be >= 1, got {stage1.bootstraps}")
+        require(0.0 < stage1.rho <= 1.0, "meds.stage1.rho", f"must lie in (0, 1], got {stage1.rho}")
+
+
+def full_config() -> MeDSSweepConfig:
+    """The paper's sizes for MeDS itself (its encoder is set by a features overlay, e.g. meds/full_dinov2)."""
+    return MeDSSweepConfig(meds=MeDSConfig(), patchcore=PatchCoreConfig())
+
+
+def quick(config: MeDSSweepConfig) -> MeDSSweepConfig:
+    return dataclasses.replace(config, images_per_group=config.quick_images_per_group, noise_ratios=config.quick_noise_ratios)
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--noise-ratios", default=None, help="comma-separated noise ratios in [0, 1) (default: the config's, 0,0.1,0.2,0.4)")
+
+
+def axes(request: Request[MeDSSweepConfig]) -> dict[str, tuple]:
+    ratios = parse_list(request.args.noise_ratios, float, "--noise-ratios") or request.config.noise_ratios
+    check_ratios(ratios, "--noise-ratios")
+    seeds = parse_list(request.args.seeds, int, "--seeds") or request.config.seeds
+    return {"noise_ratio": ratios, "seed": seeds}
+
+
+@dataclass(frozen=True)
+class SweepInputs:
+    corpus: pa.Table
+    features: FeatureSet
+
+
+def prepare(request: Request[MeDSSweepConfig]) -> Prepared:
+    from raylab.data import load_corpus
+    from raylab.data.protocols import subsample_corpus
+    from raylab.data.store import corpus_fingerprint
+    from raylab.features import cached_patch_features
+
+    config = request.config
+    corpus = load_corpus(request.dataset, request.data_root, **config.dataset_options)
+    if config.images_per_group is not None:
+        corpus = subsample_corpus(corpus, config.images_per_group)
+    return Prepared(SweepInputs(corpus, cached_patch_features(corpus, config.features)), corpus_fingerprint(corpus))
+
+
+def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict[str, float]]:
+    """Per stage-3 epoch: kept fraction, and precision / recall of the removal vs injected noise."""
+    rows = []
+    for keep in history:
+        removed = ~np.asarray(keep, dtype=bool)
+        caught = int((removed & injected).sum())
+        rows.append(
+            {
+                "kept_fraction": float(np.mean(~removed)),
+                "filter_precision": caught / removed.sum() if removed.any() else float("nan"),
+                "filter_recall": caught / injected.sum() if injected.any() else float("nan"),
+            }
+        )
+    return rows
+
+
+SEARCH_KEYS = {"rho": ("stage1", "rho"), "bootstraps": ("stage1", "bootstraps"), "mad_k": ("selection", "mad_k"), "lr": ("distillation", "lr")}
+
+
+def with_search(config: MeDSConfig, sampled: dict[str, Any]) -> MeDSConfig:
+    for key, (section, name) in SEARCH_KEYS.items():
+        if key in sampled:
+            config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: sampled[key]})})
+    return config
+
+
+def search_space() -> dict[str, Any]:
+    from ray import tune
+
+    return {"rho": tune.uniform(0.05, 0.3), "bootstraps": tune.randint(5, 40), "mad_k": tune.uniform(1.0, 5.0), "lr": tune.loguniform(5e-4, 5e-3)}
+
+
+def trial(setting: Setting, inputs: SweepInputs, config: MeDSSweepConfig, context: TrialContext) -> TrialResult:
+    """One (noise ratio, seed) setting, every method; reports stage 1 and 2 on the way (for ASHA)."""
+    from raylab.data.protocols import NoiseProtocol, inject_noise
+    from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
+
+    noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
+    meds_config = with_search(config.meds, dict(setting.search))
+    result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, config.keep_injected_in_test))
+    image_size = config.features.image_size
+    evaluations: dict[str, list[ClassEvaluation]] = {m: [] for m in config.methods}
+    filter_rows: list[list[dict[str, float]]] = []
+    for split in class_splits(result.table, image_size):
+        train = inputs.features.take(split.train_ids)
+        if "patchcore" in config.methods:
+            evaluations["patchcore"].append(evaluate_fitted(PatchCore(config.patchcore, seed=seed).fit(train), split, inputs.features))
+        if "partial_memory" in config.methods:
+            stage1 = dataclasses.replace(meds_config.stage1, seed=seed, pool_grid=meds_config.token_grid)
+            detector = PartialMemoryDetector(stage1, image_size=image_size).fit(train)
+            evaluations["partial_memory"].append(evaluate_fitted(detector, split, inputs.features))
+        context.report({"stage": 1, "image_auroc": _mean_auroc(evaluations.get("partial_memory"))})
+        meds = MeDS(meds_config, seed=seed, image_size=image_size, run_name=context.run_name(split.class_name), storage_path=context.storage_path)
+        meds.fit(train)
+        if "distilled" in config.methods:
+            evaluations["distilled"].append(evaluate_fitted(meds.distilled, split, inputs.features))
+        context.report({"stage": 2, "image_auroc": _mean_auroc(evaluations.get("distilled"))})
+        evaluations["meds"].append(evaluate_fitted(meds, split, inputs.features))
+        filter_rows.append(filter_quality(meds.selection_history, split.train_injected))
+
+    rows = []
+    values = dict(setting.values)
+    for method, class_evaluations in evaluations.items():
+        metrics = mean_over_classes(class_evaluations)
+        tags = {"method": method, **values, "trial": context.trial_id}
+        params = {**values, **setting.search, "config": config}
+        with context.nested_run(f"{method}-{setting.tag()}-{context.trial_id}", params=params, tags=tags) as run:
+            run.log_metrics(metrics)
+            if method == "meds":
+                for epoch, per_class in enumerate(zip(*filter_rows)):
+                    run.log_metrics({k: float(np.nanmean([c[k] for c in per_class])) for k in per_class[0]}, step=epoch)
+            log_anomaly_artifacts(run, class_evaluations, inputs.corpus)
+        extra = {"search": dict(setting.search), "trial": context.trial_id} if setting.search else {}
+        rows.append(Row(method, context.dataset, values, metrics, extra))
+    return TrialResult(rows, objective={"stage": 3, "image_auroc": rows[0].metrics["image_auroc"]})
+
+
+def _mean_auroc(evaluations: list[ClassEvaluation] | None) -> float:
+    return float(np.mean([e.metrics["image_auroc"] for e in evaluations])) if evaluations else float("nan")
+
+
+def report(rows: Sequence[Row], request: Request[MeDSSweepConfig]) -> Report:
+    from raylab.report.figures import metric_vs_setting
+    from raylab.report.tables import aggregate, format_table
+
+    table = aggregate([r.to_dict() for r in rows], ["noise_ratio", "method"], METRICS)
+    text = format_table(table, ["image_auroc", "pixel_auroc", "aupro"])
+
+    def figures(scratch: Path) -> list[Path]:
+        series = {m: (list(g["noise_ratio"]), list(g["image_auroc_mean"]), list(g["image_auroc_std"])) for m, g in table.groupby("method")}
+        return [metric_vs_setting(series, scratch / "image_auroc_vs_noise.png", "noise ratio", "image AUROC")]
+
+    return Report(text, tables={"results_table.csv": table.to_csv(index=False)}, figures=figures, table=table)
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    description="MeDS (bootstrapped partial memories, distillation, progressive selection) against PatchCore, "
+    "stage 1 alone and stage 2 alone, over noise ratios x seeds on Ray Tune, tracked in MLflow "
+    "(a parent run per sweep, nested runs per method and setting).",
+    config_type=MeDSSweepConfig,
+    profiles={"cpu": MeDSSweepConfig, "full": full_config},
+    default_dataset="elpv",
+    metrics_help=", ".join(METRICS) + "; rows carry method in {meds, patchcore, partial_memory, distilled}",
+    axes=axes,
+    prepare=prepare,
+    trial=trial,
+    report=report,
+    executor="tune",
+    config_folder="meds",
+    quick=quick,
+    arguments=arguments,
+    search=SearchSpace(
+        space=search_space, metric="image_auroc", mode="max", time_attr="stage", max_t=3,
+        help="run N Optuna trials over rho, B, k, lr per setting with ASHA over the stages (a sensitivity "
+        "study: the objective is test AUROC, so never report its best trial as a result)",
+    ),
+    setting_keys=("meds.stage1.seed",),
+    trial_resources=lambda config: {"CPU": 0.01},
+    max_concurrent=lambda config: _concurrent_trials(config.meds.train_workers),
+)
+
+
+def _concurrent_trials(train_workers: int) -> int:
+    """As many trials as the cluster has CPUs for their Train workers."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, train_workers))
