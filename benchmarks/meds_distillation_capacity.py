@@ -47,6 +47,7 @@ from raylab.experiment.session import init_ray
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted, mean_over_classes
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
+from raylab.experiment.runner import config_file, packaged_config
 from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.training import image_scores_from_tokens
 
@@ -70,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="magnetic_tile")
     parser.add_argument("--data-root")
-    parser.add_argument("--config", help="sweep YAML (default: configs/meds/<dataset>.yaml)")
+    parser.add_argument("--config", help="sweep YAML, a file or a packaged name such as meds/smoke (default: meds/<dataset>)")
     parser.add_argument("--noise-ratio", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes", default="64x2@400,64x2@1600,128x2@800", help="comma-separated WIDTHxBLOCKS@ITERATIONS")
@@ -80,7 +81,8 @@ def main() -> None:
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
 
-    config = load_config(MeDSSweepConfig, args.config or default_config_file(args.dataset))
+    overlay = config_file(args.config) if args.config else packaged_config("meds", args.dataset)
+    config = load_config(MeDSSweepConfig, overlay)
     corpus = load_corpus(args.dataset, args.data_root, **config.dataset_options)
     if config.images_per_group is not None:
         corpus = subsample_corpus(corpus, config.images_per_group)
