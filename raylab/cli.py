@@ -1,21 +1,18 @@
-"""The ``raylab`` command: list what is registered, open the MLflow UI, run a job by name."""
+"""The ``raylab`` command: list what is registered, open the MLflow UI, run an experiment by name."""
 
 from __future__ import annotations
 
 import argparse
-import runpy
 import subprocess
 import sys
 from pathlib import Path
-
-JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raylab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("datasets", help="list the registered datasets")
-    commands.add_parser("jobs", help="list the runnable jobs")
+    commands.add_parser("jobs", help="list the registered experiments (the jobs `raylab run` and jobs/*.py run)")
     ui = commands.add_parser("ui", help="open the MLflow UI on raylab's tracking store (bound to 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the UI to the network")
@@ -24,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("-o", "--output", default=None, help="HTML file to write (default: report-<experiment>.html)")
     report.add_argument("--run", default=None, help="parent run name or id of the sweep (default: the latest sweep)")
     report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
-    run = commands.add_parser("run", help="run a job by name: raylab run meds_sweep --quick")
-    run.add_argument("job")
+    run = commands.add_parser("run", help="run an experiment by name: raylab run meds_sweep --quick")
+    run.add_argument("job", help="experiment name (see `raylab jobs`)")
     run.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
@@ -35,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(DATASETS.names()))
     elif args.command == "jobs":
-        print("\n".join(sorted(p.stem for p in JOBS_DIR.glob("*.py"))))
+        from raylab.experiment import experiment_names
+
+        print("\n".join(experiment_names()))
     elif args.command == "ui":
         from raylab.tracking import tracking_uri
 
@@ -51,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         except LookupError as error:
             parser.exit(2, f"raylab report: {error}\n")
     elif args.command == "run":
-        script = JOBS_DIR / f"{args.job}.py"
-        if not script.exists():
-            parser.error(f"no job {args.job!r} in {JOBS_DIR}; see `raylab jobs`")
-        sys.argv = [str(script), *args.args]
-        runpy.run_path(str(script), run_name="__main__")
+        from raylab.experiment import experiment_names
+        from raylab.experiment import main as run_experiment
+
+        if args.job not in experiment_names():
+            parser.error(f"no experiment {args.job!r}; known: {', '.join(experiment_names())}")
+        sys.argv = [f"raylab run {args.job}", *args.args]
+        run_experiment(args.job, list(args.args))
     return 0
 
 

@@ -39,6 +39,16 @@ def bar(total: int, desc: str, unit: str = "it") -> Iterator[Any]:
         progress.close()
 
 
+VERBOSE_ENV = "RAYLAB_VERBOSE"
+
+
+def train_log_level() -> str:
+    """Ray Train's console level. Its per-report lines ("Reporting training result ...") and the
+    controller's state-polling warnings are Ray's internals: they stay in Ray Train's own log
+    files (which keep every level) unless ``--verbose`` (``RAYLAB_VERBOSE=1``)."""
+    return "INFO" if os.environ.get(VERBOSE_ENV, "0") == "1" else "ERROR"
+
+
 def tune_verbosity() -> int:
     """``tune.RunConfig(verbose=...)``: Tune's status tables, or nothing."""
     return 1 if enabled() else 0

@@ -121,7 +121,7 @@ def _run_search(sweep: Sweep, trainable, space: Mapping[str, Any], max_concurren
     rows: list[Row] = []
     for setting in sweep.settings:
         seed = int(setting.values.get("seed", 0))
-        scheduler = ASHAScheduler(time_attr=search.time_attr, max_t=search.max_t, grace_period=1, reduction_factor=2) if search.time_attr else None
+        scheduler = ASHAScheduler(time_attr=search.time_attr, max_t=search.max_t, grace_period=search.grace_period, reduction_factor=2) if search.time_attr else None
         tuner = tune.Tuner(
             trainable,
             param_space={**space, **setting.values},

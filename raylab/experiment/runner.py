@@ -72,8 +72,11 @@ def resolve_config(experiment: Experiment, args: argparse.Namespace):
     if assignments:
         layers.append(("--set:", assignments))
     config = base
+    defaults = flatten(base)
     for where, values in layers:
-        owned = sorted(set(flatten(values)) & set(experiment.setting_keys))
+        given = flatten(values)
+        # A value equal to the default is harmless (a printed config carries every key).
+        owned = sorted(k for k in set(given) & set(experiment.setting_keys) if given[k] != defaults.get(k))
         if owned:
             raise ConfigError(f"{where.rstrip(':')}: {', '.join(owned)} is decided by each setting (use --seeds / --dataset), not by the config")
         config = from_mapping(type(base), values, where=where, base=config)
@@ -91,8 +94,37 @@ def _settings(axes: Mapping[str, Sequence[Any]]) -> list[Setting]:
     return [Setting(dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
 
 
+def check_data_root(dataset: str, data_root: str | None) -> None:
+    """A registered dataset whose loader needs a folder gets one that exists (before Ray starts).
+
+    Names that are not registered datasets (benchmarks an experiment assembles itself) are
+    left to the experiment's own ``check``.
+    """
+    import inspect
+
+    import raylab.data.adapters  # noqa: F401  (registers the adapters)
+    from raylab.data import DATASETS
+
+    if dataset not in DATASETS.names():
+        return
+    first = next(iter(inspect.signature(DATASETS.get(dataset)).parameters.values()), None)
+    if data_root is None and first is not None and first.default is inspect.Parameter.empty:
+        raise ValueError(f"--dataset {dataset} reads its files from a folder: pass --data-root (e.g. ../shared/data)")
+    if data_root is not None and not Path(data_root).is_dir():
+        raise FileNotFoundError(f"--data-root {data_root}: no such folder")
+
+
+def require_registered_dataset(request: Request) -> None:
+    """``check`` hook of experiments that read one registered corpus: a misspelt name fails here."""
+    import raylab.data.adapters  # noqa: F401  (registers the adapters)
+    from raylab.data import DATASETS
+
+    DATASETS.get(request.dataset)
+
+
 def _fail(parser: argparse.ArgumentParser, error: Exception) -> None:
-    parser.exit(2, f"{parser.prog}: error: {error}\n")
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError quotes its message
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
 def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]:
@@ -109,6 +141,7 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
     try:
         axes = {axis: tuple(values) for axis, values in experiment.axes(request).items()}
         settings = _settings(axes)
+        check_data_root(args.dataset, args.data_root)
         if experiment.check is not None:
             experiment.check(request)
     except (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError) as error:

@@ -113,6 +113,7 @@ class SearchSpace:
     mode: Literal["max", "min"] = "max"
     time_attr: str | None = None
     max_t: int = 1
+    grace_period: int = 1  # ASHA compares trials from this step on; every trial runs at least this far
     help: str = "run N Optuna trials per setting"
 
 

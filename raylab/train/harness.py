@@ -23,6 +23,7 @@ import torch
 
 from raylab.metrics import record_train_report
 from raylab.progress import enabled as progress_enabled
+from raylab.progress import train_log_level
 
 STATE_FILE = "state.pt"
 
@@ -74,6 +75,7 @@ def fit(
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
             callbacks=callbacks,
+            logging_config=ray.train.LoggingConfig(log_level=train_log_level()),
         ),
         datasets=dict(datasets) if datasets else None,
     )

@@ -11,7 +11,8 @@ shared corpus, then for every class fits, on identical cached features:
 and logs one nested MLflow run per method (metrics, per-class table, ROC, overlays, model;
 for MeDS also the per-epoch kept fraction and the filter's precision and recall against the
 injected-noise flags, which only the platform reads). ``--search N`` runs Optuna over
-(rho, B, k, lr) with ASHA over the three stages as a sensitivity study: its objective is
+(rho, B, k, lr) with ASHA over the three stages (trials compared from stage 2 on, so every
+trial trains its own network) as a sensitivity study: its objective is
 test AUROC, so never use it to pick a configuration to report. Every search trial trains
 its own networks (its Train runs are named by its sampled parameters).
 """
@@ -30,6 +31,7 @@ import pyarrow as pa
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, SearchSpace, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import check_ratios, parse_list
+from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
 from raylab.features.extract import FeatureSet
 from raylab.methods.anomaly_benchmark import ClassEvaluation, class_splits, evaluate_fitted, mean_over_classes
@@ -221,8 +223,9 @@ EXPERIMENT = Experiment(
     config_folder="meds",
     quick=quick,
     arguments=arguments,
+    check=require_registered_dataset,
     search=SearchSpace(
-        space=search_space, metric="image_auroc", mode="max", time_attr="stage", max_t=3,
+        space=search_space, metric="image_auroc", mode="max", time_attr="stage", max_t=3, grace_period=2,
         help="run N Optuna trials over rho, B, k, lr per setting with ASHA over the stages (a sensitivity "
         "study: the objective is test AUROC, so never report its best trial as a result)",
     ),

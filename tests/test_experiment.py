@@ -1,0 +1,215 @@
+"""Contract tests over the experiment registry, and the runner's identity on the MeDS sweep.
+
+Every registered experiment: ``--help`` explains the standard options; a wrong-typed or
+unknown config value, a malformed ``--seeds`` and a missing data folder fail with exit code 2
+before Ray starts, naming the culprit; ``--print-config`` prints YAML that loads back to the
+same config. On the MeDS smoke sweep (real ELPV images, a real local Ray, real MLflow): a
+changed setting is a new sweep with new rows, an unchanged rerun reuses every result, a
+name that holds other inputs is refused, and ``--search 2`` trains each trial's own networks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from raylab.config import ConfigError, from_mapping, load_config, parse_assignment
+from raylab.experiment import experiment_names, get_experiment, run
+from raylab.experiment.identity import IDENTITY_FILE, IdentityConflict, changed_keys, claim, content_hash
+from raylab.tracking import tracking_uri
+
+NAMES = experiment_names()
+STANDARD = ("--dataset", "--data-root", "--profile", "--quick", "--config", "--set", "--print-config", "--seeds", "--name", "--summary-json", "--no-progress", "--verbose")
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if the runner gets as far as starting Ray."""
+    import raylab.experiment.session as session
+
+    def refuse(**_):
+        raise AssertionError("the runner started Ray before rejecting the input")
+
+    monkeypatch.setattr(session, "init_ray", refuse)
+
+
+def _rejected(name: str, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run(get_experiment(name), argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_registry_names_every_job_script():
+    scripts = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "jobs").glob("*.py"))
+    assert NAMES == scripts
+    with pytest.raises(KeyError, match="known: alsuv_attack"):
+        get_experiment("meds")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_lists_the_standard_options(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(get_experiment(name), ["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert [option for option in STANDARD if option not in text] == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_typed_and_unknown_config_values_fail_before_ray(name, no_ray, capsys):
+    err = _rejected(name, ["--set", "seeds=[zero]"], capsys)
+    assert "seeds[0]: expected int, got str 'zero'" in err
+    err = _rejected(name, ["--set", "no_such_key=1"], capsys)
+    assert "unknown keys ['no_such_key']" in err
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_malformed_seeds_fail_before_ray(name, no_ray, capsys):
+    for text in (",,", "0,x", "1,1"):
+        err = _rejected(name, ["--seeds", text], capsys)
+        assert f"--seeds {text!r}" in err
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_printed_config_loads_back_to_the_same_config(name, no_ray, capsys, tmp_path):
+    experiment = get_experiment(name)
+    printed = run(experiment, ["--print-config"])["config"]
+    path = tmp_path / "printed.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert load_config(type(printed), path) == printed
+    assert run(experiment, ["--config", str(path), "--print-config"])["config"] == printed
+    capsys.readouterr()
+
+
+def test_missing_or_wrong_data_root_fails_before_ray(no_ray, capsys, tmp_path):
+    err = _rejected("meds_sweep", ["--dataset", "magnetic_tile"], capsys)
+    assert "--dataset magnetic_tile reads its files from a folder: pass --data-root" in err
+    err = _rejected("meds_sweep", ["--dataset", "magnetic_tile", "--data-root", str(tmp_path / "absent")], capsys)
+    assert f"--data-root {tmp_path / 'absent'}: no such folder" in err
+    err = _rejected("meds_sweep", ["--dataset", "magnetic_tiles"], capsys)
+    assert "unknown dataset 'magnetic_tiles'" in err
+
+
+def test_meds_config_types_and_ranges_are_checked_by_key_path(no_ray, capsys):
+    err = _rejected("meds_sweep", ["--set", "meds.stage1.bootstraps=ten"], capsys)
+    assert "--set: meds.stage1.bootstraps: expected int, got str 'ten'" in err
+    err = _rejected("meds_sweep", ["--set", "noise_ratios=0.2"], capsys)
+    assert "noise_ratios: expected a list of float, got float 0.2" in err
+    err = _rejected("meds_sweep", ["--set", "images_per_group=-1"], capsys)
+    assert "images_per_group: must be >= 1 or null, got -1" in err
+    err = _rejected("meds_sweep", ["--set", "meds.stage1.seed=3"], capsys)
+    assert "meds.stage1.seed is decided by each setting" in err
+    for text in ("0,nan", "0,1.5", "0,,0.2"):
+        assert "--noise-ratios" in _rejected("meds_sweep", ["--noise-ratios", text], capsys)
+    # YAML 1.2 floats: 2e-3 is a number (PyYAML's 1.1 rules would make it a string).
+    config = run(get_experiment("meds_sweep"), ["--set", "meds.distillation.lr=2e-3", "--print-config"])["config"]
+    assert config.meds.distillation.lr == 0.002
+    capsys.readouterr()
+
+
+def test_config_errors_name_file_key_and_value(tmp_path):
+    from raylab.methods.meds.experiment import MeDSSweepConfig
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("meds:\n  stage1: {bootstraps: [\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: not valid YAML"):
+        load_config(MeDSSweepConfig, bad)
+    bad.write_text("keep_injected_in_test: 1\n")
+    with pytest.raises(ConfigError, match=rf"{bad}.keep_injected_in_test: expected bool, got int 1"):
+        load_config(MeDSSweepConfig, bad)
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_assignment("meds.stage1.rho")
+    assert parse_assignment("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
+    with pytest.raises(ConfigError, match=r"x\.noise_ratios\[1\]: expected a number, got NaN"):
+        from_mapping(MeDSSweepConfig, {"noise_ratios": [0.0, float("nan")]}, where="x")
+
+
+def test_identity_claim_binds_a_name_to_its_inputs(tmp_path):
+    first = {"config": {"lr": 0.1, "size": 3}, "axes": {"seed": [0]}}
+    assert content_hash(first) == content_hash({"axes": {"seed": [0.0]}, "config": {"size": 3, "lr": 0.1}})
+    assert content_hash(first) != content_hash({**first, "axes": {"seed": [1]}})
+    assert claim(tmp_path / "sweep", first, name="sweep") is False
+    assert (tmp_path / "sweep" / IDENTITY_FILE).is_file()
+    assert claim(tmp_path / "sweep", first, name="sweep") is True
+    changed = {"config": {"lr": 0.2, "size": 3}, "axes": {"seed": [0]}}
+    assert changed_keys(first, changed) == ["config.lr"]
+    with pytest.raises(IdentityConflict, match=r"changed: config\.lr"):
+        claim(tmp_path / "sweep", changed, name="sweep")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "experiment_state.json").write_text("{}")
+    with pytest.raises(IdentityConflict, match="without an identity record"):
+        claim(tmp_path / "old", first, name="old")
+
+
+SMOKE = ["--quick", "--config", "meds/smoke", "--no-progress"]
+
+
+def _meds(argv: list[str], summary: Path) -> dict:
+    result = run(get_experiment("meds_sweep"), [*SMOKE, *argv, "--summary-json", str(summary)])
+    assert json.loads(summary.read_text())["sweep"] == result["name"]
+    return result
+
+
+def _nested_runs(sweep: str) -> list:
+    client = mlflow.MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name("raylab/meds_sweep")
+    parents = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{sweep}'")
+    ids = {p.info.run_id for p in parents}
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") in ids]
+
+
+@pytest.fixture(scope="module")
+def meds_reruns(ray_session, tmp_path_factory):
+    """The README's stale-result reproduction: noise 0, then noise 0.2, then noise 0 again."""
+    from raylab.data.store import cache_root
+
+    out = tmp_path_factory.mktemp("meds-reruns")
+    first = _meds(["--noise-ratios", "0"], out / "first.json")
+    nested_after_first = len(_nested_runs(first["name"]))
+    changed = _meds(["--noise-ratios", "0.2"], out / "changed.json")
+    train_runs = sorted(p.name for p in (cache_root() / "ray_results").iterdir() if p.name.startswith(first["name"] + "-"))
+    again = _meds(["--noise-ratios", "0"], out / "again.json")
+    return {"first": first, "changed": changed, "again": again, "nested_after_first": nested_after_first, "train_runs": train_runs, "out": out}
+
+
+def test_changed_setting_is_a_new_sweep_with_new_rows(meds_reruns):
+    first, changed = meds_reruns["first"], meds_reruns["changed"]
+    assert first["name"] != changed["name"]
+    assert {r["noise_ratio"] for r in first["rows"]} == {0.0}
+    assert {r["noise_ratio"] for r in changed["rows"]} == {0.2}
+    assert {r["method"] for r in changed["rows"]} == {"meds", "patchcore", "partial_memory", "distilled"}
+    assert all(0.0 <= r["metrics"]["image_auroc"] <= 1.0 for r in first["rows"] + changed["rows"])
+
+
+def test_unchanged_rerun_reuses_every_result(meds_reruns):
+    first, again = meds_reruns["first"], meds_reruns["again"]
+    assert again["name"] == first["name"]
+    assert again["rows"] == first["rows"]
+    # Restored from Tune's state: no trial ran again, so no nested run was logged again.
+    assert len(_nested_runs(first["name"])) == meds_reruns["nested_after_first"] == 4
+    assert meds_reruns["train_runs"] == [f"{first['name']}-{meds_reruns['train_runs'][0].split('-')[-3]}-mono-{stage}" for stage in ("distillation", "selection")]
+
+
+def test_a_name_holding_other_inputs_is_refused(meds_reruns, capsys):
+    err = _rejected("meds_sweep", [*SMOKE, "--noise-ratios", "0.2", "--name", meds_reruns["first"]["name"]], capsys)
+    assert "already holds results of other inputs (changed: axes.noise_ratio)" in err
+
+
+def test_search_trials_train_their_own_networks(ray_session, tmp_path):
+    from raylab.data.store import cache_root
+
+    result = _meds(["--noise-ratios", "0.2", "--search", "2"], tmp_path / "search.json")
+    trials = {r["trial"]: r["search"] for r in result["rows"]}
+    assert len(trials) == 2  # ASHA compares from stage 2 on: both trials reach the end here
+    first, second = trials.values()
+    assert first["lr"] != second["lr"] and set(first) == {"rho", "bootstraps", "mad_k", "lr"}
+    runs = cache_root() / "ray_results"
+    for trial in trials:
+        assert (runs / f"{result['name']}-{trial}-mono-distillation").is_dir()
+    meds = {r["trial"]: r["metrics"]["image_auroc"] for r in result["rows"] if r["method"] == "partial_memory"}
+    assert len(meds) == 2
