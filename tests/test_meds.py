@@ -95,7 +95,7 @@ def test_distillation_resumes_from_its_checkpoint(ray_session, tmp_path):
 
     tokens = _tiny_patches().reshape(12, 16, 8)
     config = _tiny_config()
-    schedule = dataclasses.asdict(dataclasses.replace(config.distillation, epochs=2, iterations=8))
+    schedule = dataclasses.replace(config.distillation, epochs=2, iterations=8)
     loop_config = {
         "tokens": tokens,
         "targets": np.random.default_rng(1).random((12, 16)).astype(np.float32),
@@ -106,7 +106,7 @@ def test_distillation_resumes_from_its_checkpoint(ray_session, tmp_path):
     spec = TrainSpec("resume-test", num_workers=2, storage_path=str(tmp_path))
     first = fit(distillation_loop, loop_config, spec)
     assert list(first.metrics_dataframe["epoch"]) == [0, 1]
-    longer = {**loop_config, "schedule": {**schedule, "epochs": 4, "iterations": 16}}
+    longer = {**loop_config, "schedule": dataclasses.replace(schedule, epochs=4, iterations=16)}
     second = fit(distillation_loop, longer, spec)
     # A resumed run continues after the last checkpoint: it reports epochs 2 and 3 only.
     assert list(second.metrics_dataframe["epoch"]) == [2, 3]

@@ -109,9 +109,11 @@ def test_pooled_maps_come_back_on_the_original_grid() -> None:
 
 
 def test_cpu_config_is_the_documented_reduction() -> None:
-    config = PartialMemoryConfig.for_cpu()
-    assert (config.bootstraps, config.pool_grid) == (20, 14)
-    with pytest.raises(ValueError):
+    from raylab.methods.meds.config import cpu_config
+
+    config = cpu_config()
+    assert (config.stage1.bootstraps, config.stage1.rho, config.token_grid) == (10, 0.1, 14)
+    with pytest.raises(ValueError, match=r"rho: must lie in \(0, 1\]"):
         PartialMemoryConfig(rho=0.0)
 
 

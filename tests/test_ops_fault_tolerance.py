@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ops_support import descendants
+from raylab.methods.meds.config import DistillationConfig
 
 EPOCHS = 6
 
@@ -32,10 +33,10 @@ def _loop_config() -> dict:
         "targets": rng.random((32, 49)).astype(np.float32),
         "model": {"groups": [[[0, 8]], [[8, 16]]], "in_dim": 16, "hidden_dim": 32, "decoder_blocks": 2, "heads": 2, "dropout": 0.0},
         "seed": 0,
-        "schedule": {
-            "lr": 2e-3, "final_lr": 2e-4, "warmup_iterations": 10, "weight_decay": 1e-4, "grad_clip": 0.1,
-            "loss_weight": 10.0, "loss": "mse", "batch_size": 8, "epochs": EPOCHS, "iterations": EPOCHS * 40,
-        },
+        "schedule": DistillationConfig(
+            lr=2e-3, final_lr=2e-4, warmup_iterations=10, weight_decay=1e-4, grad_clip=0.1,
+            loss_weight=10.0, loss="mse", batch_size=8, epochs=EPOCHS, iterations=EPOCHS * 40,
+        ),
     }
 
 

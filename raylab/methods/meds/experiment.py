@@ -67,9 +67,6 @@ class MeDSSweepConfig:
         require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
         require(self.quick_images_per_group >= 1, "quick_images_per_group", f"must be >= 1, got {self.quick_images_per_group}")
         require("meds" in self.methods and set(self.methods) <= set(METHODS), "methods", f"must include meds and come from {METHODS}, got {self.methods}")
-        stage1 = self.meds.stage1
-        require(stage1.bootstraps >= 1, "meds.stage1.bootstraps", f"must be >= 1, got {stage1.bootstraps}")
-        require(0.0 < stage1.rho <= 1.0, "meds.stage1.rho", f"must lie in (0, 1], got {stage1.rho}")
 
 
 def full_config() -> MeDSSweepConfig:

@@ -138,7 +138,7 @@ class MeDS:
         stage1 = dataclasses.replace(self.config.stage1, seed=self.seed)
         self.memory_maps = self._per_class_maps(tokens_grid, class_ids, stage1)
         kwargs = self._model_kwargs(d)
-        schedule = dataclasses.asdict(self.config.distillation)
+        schedule = self.config.distillation
         targets = self.memory_maps.reshape(n, h * w).astype(np.float32)
         state = self._train("distillation", distillation_loop, {**self._common(tokens, kwargs), "targets": targets, "schedule": schedule})
         self.distilled = self._detector(kwargs, state["model"])
@@ -159,7 +159,7 @@ class MeDS:
             selection_loop,
             {
                 **self._common(stage2.tokens, stage2.model_kwargs),
-                "schedule": dataclasses.asdict(self.config.selection),
+                "schedule": self.config.selection,
                 "class_ids": stage2.class_ids,
                 "distilled_scores": distilled_scores,
                 "initial_state": stage2.state,

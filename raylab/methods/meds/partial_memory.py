@@ -30,7 +30,7 @@ the maps are bit-identical for any number of tasks or nodes.
 
 Cost: about ``2 * B * rho * (N * P)**2 * D`` flops, e.g. 8e14 for ``N=666`` images of
 ``P=784`` patches with ``D=152`` and ``B=100`` -- hours on two CPU cores, minutes on a GPU.
-:meth:`PartialMemoryConfig.for_cpu` is the reduced configuration for CPU-only machines.
+The reduced size for CPU-only machines is :func:`raylab.methods.meds.config.cpu_config`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ from typing import Any, Literal
 
 import faiss
 import numpy as np
+
+from raylab.config import require
 import torch
 import torch.nn.functional as F
 
@@ -75,9 +77,10 @@ class PartialMemoryConfig:
     the resulting score maps are bilinearly upsampled back to ``h x w``; ``None`` keeps
     the full grid, as the paper does.
 
-    The cost grows with the square of the patches per image and linearly with B, so
-    :meth:`for_cpu` (B=20, 14x14 pooling of 28x28 grids: 16x fewer patch pairs and 5x fewer
-    bootstraps, 80x less work) is what fits on a 2-core machine; the defaults are for GPUs.
+    The cost grows with the square of the patches per image and linearly with B, so the
+    CPU size (:func:`~raylab.methods.meds.config.cpu_config`: B=10 on 14x14 token grids
+    pooled from 28x28, 16x fewer patch pairs and 10x fewer bootstraps) is what fits on a
+    2-core machine; the defaults are for GPUs.
     """
 
     bootstraps: int = 100
@@ -86,17 +89,9 @@ class PartialMemoryConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.bootstraps, bool) or int(self.bootstraps) != self.bootstraps or self.bootstraps < 1:
-            raise ValueError(f"bootstraps must be a positive integer, got {self.bootstraps!r}")
-        if not 0.0 < float(self.rho) <= 1.0:
-            raise ValueError(f"rho must lie in (0, 1], got {self.rho!r}")
-        if self.pool_grid is not None and (int(self.pool_grid) != self.pool_grid or self.pool_grid < 1):
-            raise ValueError(f"pool_grid must be None or a positive integer, got {self.pool_grid!r}")
-
-    @classmethod
-    def for_cpu(cls, seed: int = 0) -> PartialMemoryConfig:
-        """The CPU configuration: 20 bootstraps on patch grids pooled to 14x14."""
-        return cls(bootstraps=20, rho=0.1, pool_grid=14, seed=seed)
+        require(not isinstance(self.bootstraps, bool) and int(self.bootstraps) == self.bootstraps and self.bootstraps >= 1, "bootstraps", f"must be a positive integer, got {self.bootstraps!r}")
+        require(0.0 < float(self.rho) <= 1.0, "rho", f"must lie in (0, 1], got {self.rho!r}")
+        require(self.pool_grid is None or (int(self.pool_grid) == self.pool_grid and self.pool_grid >= 1), "pool_grid", f"must be null or a positive integer, got {self.pool_grid!r}")
 
 
 # --------------------------------------------------------------------------- bootstrap draws

@@ -72,26 +72,26 @@ def distillation_loop(config: dict[str, Any]) -> None:
     tokens = torch.from_numpy(config["tokens"])
     targets = torch.from_numpy(config["targets"]).float()
     network = build_network(config["model"])
-    optimizer = StableAdamW(network.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"])
+    optimizer = StableAdamW(network.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     start_epoch, _ = resume(network, optimizer)
     network = prepare(network)
-    per_epoch = schedule["iterations"] // schedule["epochs"]
+    per_epoch = schedule.iterations // schedule.epochs
     shard = np.arange(len(tokens))[rank::world]
-    for epoch in range(start_epoch, schedule["epochs"]):
+    for epoch in range(start_epoch, schedule.epochs):
         network.train()
         rng = np.random.default_rng([config["seed"], epoch, rank])
         losses = []
-        for step, batch in enumerate(_batches(shard, rng, schedule["batch_size"], per_epoch)):
+        for step, batch in enumerate(_batches(shard, rng, schedule.batch_size, per_epoch)):
             iteration = epoch * per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = warm_cosine_lr(
-                    iteration, base_lr=schedule["lr"], final_lr=schedule["final_lr"],
-                    warmup=schedule["warmup_iterations"], total=schedule["iterations"],
+                    iteration, base_lr=schedule.lr, final_lr=schedule.final_lr,
+                    warmup=schedule.warmup_iterations, total=schedule.iterations,
                 )
             encoded, decoded = network(tokens[batch])
             predicted = token_distance(encoded, decoded)
-            loss = distillation_loss(predicted, targets[batch], schedule["loss_weight"], schedule["loss"])
-            losses.append(_step(loss, network, optimizer, schedule["grad_clip"]))
+            loss = distillation_loss(predicted, targets[batch], schedule.loss_weight, schedule.loss)
+            losses.append(_step(loss, network, optimizer, schedule.grad_clip))
         report_epoch(
             {"epoch": epoch, "distillation_loss": float(np.mean(losses))},
             {"model": unwrap(network).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
@@ -111,29 +111,29 @@ def selection_loop(config: dict[str, Any]) -> None:
     distilled_scores = np.asarray(config["distilled_scores"])
     network = build_network(config["model"])
     network.load_state_dict(config["initial_state"])
-    optimizer = StableAdamW(network.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"])
+    optimizer = StableAdamW(network.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     start_epoch, state = resume(network, optimizer)
     history = list(state["history"]) if state else []
     ddp_network = prepare(network)
-    total = schedule["iterations"]
-    per_epoch = total // schedule["epochs"]
-    for epoch in range(start_epoch, schedule["epochs"]):
+    total = schedule.iterations
+    per_epoch = total // schedule.epochs
+    for epoch in range(start_epoch, schedule.epochs):
         iteration = epoch * per_epoch
         current = image_scores_from_tokens(
             token_maps(unwrap(ddp_network), config["tokens"]), config["grid"], config["image_size"],
             config["blur_sigma"], config["top_fraction"],
         )
-        keep = select_samples(distilled_scores, current, class_ids, iteration, total, schedule["mad_k"])
+        keep = select_samples(distilled_scores, current, class_ids, iteration, total, schedule.mad_k)
         history.append(keep)
         ddp_network.train()
         shard = np.flatnonzero(keep)[rank::world]
         rng = np.random.default_rng([config["seed"], 10_000 + epoch, rank])
         losses = []
-        for step, batch in enumerate(_batches(shard, rng, schedule["batch_size"], per_epoch)):
-            p = hard_mining_fraction(iteration + step, schedule["hard_mining_p"], schedule["hard_mining_ramp_iterations"])
+        for step, batch in enumerate(_batches(shard, rng, schedule.batch_size, per_epoch)):
+            p = hard_mining_fraction(iteration + step, schedule.hard_mining_p, schedule.hard_mining_ramp_iterations)
             encoded, decoded = ddp_network(tokens[batch])
-            loss = global_cosine_hard_mining(encoded, decoded, p, schedule["hard_mining_factor"])
-            losses.append(_step(loss, ddp_network, optimizer, schedule["grad_clip"]))
+            loss = global_cosine_hard_mining(encoded, decoded, p, schedule.hard_mining_factor)
+            losses.append(_step(loss, ddp_network, optimizer, schedule.grad_clip))
         report_epoch(
             {"epoch": epoch, "kept_fraction": float(keep.mean()), "selection_loss": float(np.mean(losses))},
             {"model": unwrap(ddp_network).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
