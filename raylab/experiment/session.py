@@ -18,10 +18,12 @@ def init_ray(*, verbose: bool = False, **local_options: Any) -> None:
 
     from raylab.progress import VERBOSE_ENV
 
+    # Workers learn --verbose from the job's environment; it is added only when the job's own
+    # runtime env does not already carry it (Ray refuses two values for one variable).
+    runtime_env = {"env_vars": {VERBOSE_ENV: "1"}} if verbose and os.environ.get(VERBOSE_ENV) != "1" else None
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     if not ray.is_initialized():
-        runtime_env = {"env_vars": {VERBOSE_ENV: os.environ.get(VERBOSE_ENV, "0")}}
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
