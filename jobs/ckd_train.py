@@ -2,11 +2,11 @@
 
     python jobs/ckd_train.py --dataset orl --data-root ../shared/data --quick
     python jobs/ckd_train.py --dataset orl --data-root ../shared/data --seeds 0,1,2 --summary-json out/ckd.json
-    python jobs/ckd_train.py --dataset face_folder --data-root /path/to/<identity>/<images> --config configs/ckd/orl.yaml
-    ray job submit --working-dir . -- python jobs/ckd_train.py --config configs/ckd/orl_full.yaml --data-root ...
+    python jobs/ckd_train.py --dataset face_folder --data-root /path/to/<identity>/<images> --config ckd/orl
+    ray job submit --working-dir . -- python jobs/ckd_train.py --config ckd/orl_full --data-root ...
 """
 
-from raylab.methods.ckd.job import main
+from raylab.experiment import main
 
 if __name__ == "__main__":
-    main()
+    main("ckd_train")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -193,20 +194,77 @@ def _write_people(root: Path, counts: dict[str, int]) -> Path:
     return root
 
 
-def test_job_rejects_bad_folders_before_training(tmp_path: Path) -> None:
-    from raylab.methods.ckd.job import main
+def _no_ray(monkeypatch) -> None:
+    def refuse(**kwargs):
+        raise AssertionError("Ray must not start for bad input")
 
+    monkeypatch.setattr("raylab.experiment.session.init_ray", refuse)
+
+
+def _exit_message(argv: list[str], capsys) -> str:
+    """Run the job expecting a usage error (exit code 2); its stderr."""
+    from raylab.experiment import get_experiment, run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(get_experiment("ckd_train"), argv)
+    assert exit_info.value.code == 2, argv
+    return capsys.readouterr().err
+
+
+def test_job_rejects_bad_folders_before_training(tmp_path: Path, capsys, monkeypatch) -> None:
+    _no_ray(monkeypatch)
     root = _write_people(tmp_path / "people", {"ann": 4, "ben": 1, "cat": 4, "dan": 4})
-    with pytest.raises(ValueError, match=r"ben \(1 image\)"):
-        main(["--dataset", "face_folder", "--data-root", str(root)])
+    assert re.search(r"ben \(1 image\)", _exit_message(["--dataset", "face_folder", "--data-root", str(root)], capsys))
     (root / "ben" / "0.png").write_bytes(b"GIF89a truncated")
     Image.fromarray(np.zeros((56, 46), np.uint8)).save(root / "ben" / "1.png")
-    with pytest.raises(Exception, match="ben/0"):
-        main(["--dataset", "face_folder", "--data-root", str(root)])
+    assert "ben/0" in _exit_message(["--dataset", "face_folder", "--data-root", str(root)], capsys)
+
+
+def test_bad_options_fail_before_ray_naming_the_option(capsys, monkeypatch) -> None:
+    _no_ray(monkeypatch)
+    cases = [
+        (["--set", "ckd.train.epochs=notanumber"], "ckd.train.epochs"),
+        (["--set", "ckd.train.lr=0"], "ckd.train.lr"),
+        (["--set", "protocol.folds=[5]"], "protocol.folds"),
+        (["--set", "methods=[ckd, ocgan]"], "ocgan"),
+        (["--set", "seeds=[0]"], None),  # a valid value: only the missing data root below stops it
+        (["--folds", "0,x"], "--folds"),
+        (["--folds", "0,,1"], "--folds"),
+        (["--folds", "4"], "--folds"),
+        (["--methods", "ckd,ocgan"], "--methods"),
+        (["--seeds", "0,0"], "--seeds"),
+    ]
+    for extra, named in cases:
+        message = _exit_message(["--dataset", "face_folder", "--data-root", "/nonexistent/people", *extra], capsys)
+        assert (named or "/nonexistent/people") in message, (extra, message)
+
+
+def test_profiles_and_overlays_keep_the_documented_sizes(capsys) -> None:
+    """``--dataset orl`` resolves to configs/ckd/orl.yaml over the official defaults, as the job
+    always did; ckd/orl_full gives the official sizes over either profile; --quick shrinks."""
+    import dataclasses
+
+    from raylab.config import load_config
+    from raylab.experiment import get_experiment, run
+    from raylab.methods.ckd.config import CKDJobConfig, cpu_config
+
+    def resolved(*argv: str) -> CKDJobConfig:
+        return run(get_experiment("ckd_train"), [*argv, "--print-config"])["config"]
+
+    configs = Path(__file__).resolve().parents[1] / "raylab" / "configs" / "ckd"
+    orl = load_config(CKDJobConfig, configs / "orl.yaml")
+    assert resolved("--dataset", "orl") == orl
+    assert dataclasses.replace(orl, seeds=cpu_config().seeds) == cpu_config()
+    full = resolved("--profile", "full", "--config", "ckd/orl_full")
+    assert full == resolved("--config", "ckd/orl_full") == load_config(CKDJobConfig, configs / "orl_full.yaml")
+    assert full.ckd.network.widths == (64, 128, 256, 512) and full.ckd.train.epochs == 90 and full.protocol.folds == (0, 1, 2, 3)
+    quick = resolved("--dataset", "orl", "--quick")
+    assert quick.ckd.train.epochs == 4 and quick.methods == ("ckd", "periocular_only") and quick.protocol.folds == (0,)
+    assert dataclasses.replace(quick.ckd.train, epochs=30) == orl.ckd.train and quick.ckd.network == orl.ckd.network
 
 
 def test_job_end_to_end_on_orl(ray_session, shared_data: Path, tmp_path: Path) -> None:
-    from raylab.methods.ckd.job import main
+    from raylab.experiment import get_experiment, run
 
     config = tmp_path / "tiny.yaml"
     config.write_text(
@@ -215,8 +273,13 @@ def test_job_end_to_end_on_orl(ray_session, shared_data: Path, tmp_path: Path) -
         "protocol: {folds: [1], gallery_draws: 2}\nmethods: [ckd, periocular_only]\nseeds: [0]\n"
     )
     summary = tmp_path / "ckd.json"
-    out = main(["--dataset", "orl", "--data-root", str(shared_data), "--config", str(config), "--summary-json", str(summary)])
-    rows = json.loads(summary.read_text())["rows"]
+    out = run(get_experiment("ckd_train"), ["--dataset", "orl", "--data-root", str(shared_data), "--config", str(config),
+                                            "--summary-json", str(summary), "--no-progress"])
+    written = json.loads(summary.read_text())
+    rows = written["rows"]
+    assert written["folds"] == [1] and written["table"] == out["text"]
+    assert out["text"].startswith("mean ± std over folds [1] x seeds [0]\n")
+    assert all("noise_ratio" not in r for r in rows)
     assert {(r["method"], r["fold"], r["seed"]) for r in rows} == {("ckd", 1, 0), ("periocular_only", 1, 0)}
     for row in rows:
         metrics = row["metrics"]

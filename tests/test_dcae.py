@@ -282,17 +282,22 @@ def test_selection_never_reads_the_test_split(tmp_path):
 # ---------------------------------------------------------------------------- the job
 
 
-def test_sweep_job_end_to_end(ray_session, tmp_path):
-    import mlflow
-
-    from raylab.methods.dcae.job import main
-
-    root = tmp_path / "digits"
+def _toy_folders(root: Path) -> Path:
+    """The toy corpus as ``class_folders`` (``blob`` = class 0, ``stripes`` = class 1)."""
     toy = toy_corpus(12)
     for image, label, sample in zip(toy.images, toy.labels, toy.sample_ids):
         folder = root / toy.class_names[int(label)]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image[0]).save(folder / f"{sample.split('/')[1]}.png")
+    return root
+
+
+def test_sweep_job_end_to_end(ray_session, tmp_path):
+    import mlflow
+
+    from raylab.experiment import get_experiment, run
+
+    root = _toy_folders(tmp_path / "digits")
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "network: {width: 8, latent_dim: 4, downsamplings: 2, latent_hidden: 16}\n"
@@ -301,14 +306,20 @@ def test_sweep_job_end_to_end(ray_session, tmp_path):
         "reconstructions_per_side: 2\n"
     )
     out = tmp_path / "summary.json"
-    result = main(["--dataset", "class_folders", "--data-root", str(root), "--config", str(config), "--seeds", "0",
-                   "--summary-json", str(out)])
-    rows = json.loads(out.read_text())["rows"]
+    result = run(get_experiment("dcae_sweep"), ["--dataset", "class_folders", "--data-root", str(root), "--config", str(config),
+                                                "--seeds", "0", "--summary-json", str(out), "--no-progress"])
+    summary = json.loads(out.read_text())
+    rows = summary["rows"]
+    assert summary["classes"] == [0, 1] and summary["seeds"] == [0] and summary["selection"] is True
+    assert all("noise_ratio" not in r and r["class_name"] in ("blob", "stripes") and set(r["loss_weights"]) == {
+        "feature", "pixel", "image_adversarial", "latent_adversarial"} for r in rows)
     assert {(r["method"], r["normal_class"], r["seed"]) for r in rows} == {
         (m, c, 0) for m in ("dcae", "ae_pixel", "dcae_pixel_metric", "dcae_no_adv") for c in (0, 1)
     }
     assert all(0.0 <= r["metrics"]["auroc"] <= 1.0 for r in rows)
     assert list(result["table"]["normal_class"]) == ["0", "1", "mean"]
+    assert result["text"].startswith("class_folders: one-class AUROC per normal class (mean ± std over seeds 0)\n")
+    assert "blob" in result["text"] and "n_seeds" in result["text"]
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("raylab/dcae_sweep")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` != ''")
@@ -320,12 +331,67 @@ def test_sweep_job_end_to_end(ray_session, tmp_path):
     assert sorted(r.data.tags["raylab.method"] for r in method_runs) == sorted(METHODS)
 
 
-def test_the_mnist_config_file_is_the_cpu_size():
+def _resolved(*argv: str):
+    from raylab.experiment import get_experiment, run
+
+    return run(get_experiment("dcae_sweep"), [*argv, "--print-config"])["config"]
+
+
+def test_the_mnist_config_file_is_the_cpu_size(capsys):
     from raylab.config import load_config
     from raylab.methods.dcae.config import DCAESweepConfig, cpu_config
 
-    root = Path(__file__).resolve().parents[1]
-    spelled_out = load_config(DCAESweepConfig, root / "configs" / "dcae" / "mnist.yaml")
+    configs = Path(__file__).resolve().parents[1] / "raylab" / "configs" / "dcae"
+    spelled_out = load_config(DCAESweepConfig, configs / "mnist.yaml")
     assert dataclasses.replace(spelled_out, protocol=cpu_config().protocol) == cpu_config()
-    full = load_config(DCAESweepConfig, root / "configs" / "dcae" / "cifar10_full.yaml")
+    full = load_config(DCAESweepConfig, configs / "cifar10_full.yaml")
     assert full.network == NetworkConfig() and full.train.epochs == 200 and full.protocol.color == "RGB"
+    # Through the runner: the dataset's packaged overlay over the cpu profile is the CPU size;
+    # a *_full file gives the full size over either profile.
+    assert _resolved("--dataset", "mnist") == spelled_out
+    assert _resolved("--dataset", "cifar10").network.latent_dim == 32
+    for profile in ("cpu", "full"):
+        assert _resolved("--dataset", "cifar10", "--profile", profile, "--config", "dcae/cifar10_full") == full
+        mnist_full = _resolved("--profile", profile, "--config", "dcae/mnist_full")
+        assert mnist_full == dataclasses.replace(DCAESweepConfig(), network=NetworkConfig(downsamplings=2))
+    assert _resolved("--dataset", "class_folders") == cpu_config()  # no overlay: the cpu profile
+
+
+def test_quick_and_no_selection_are_the_documented_reductions(capsys):
+    """``--quick`` keeps what the job always ran: the first seed, classes 0 and 1, 4 epochs,
+    2 selection trials of 2 epochs, 1000 test images (README numbers stay reproducible)."""
+    config = _resolved("--quick", "--dataset", "mnist")
+    assert config.seeds == (0,) and config.normal_classes == (0, 1) and config.max_test_images == 1000
+    assert config.train.epochs == 4 and (config.selection.n_trials, config.selection.epochs) == (2, 2)
+    assert config.selection.enabled and config.network == _resolved("--dataset", "mnist").network
+    assert not _resolved("--no-selection").selection.enabled
+    assert _resolved().max_test_images is None
+
+
+def test_bad_options_fail_before_ray_naming_the_option(tmp_path, capsys, monkeypatch):
+    from raylab.experiment import get_experiment, run
+
+    def no_ray(**kwargs):
+        raise AssertionError("Ray must not start for a bad option")
+
+    monkeypatch.setattr("raylab.experiment.session.init_ray", no_ray)
+    root = _toy_folders(tmp_path / "digits")
+    base = ["--dataset", "class_folders", "--data-root", str(root)]
+    cases = [
+        (["--set", "train.epochs=notanumber"], "train.epochs"),
+        (["--set", "selection.val_fraction=1.5"], "val_fraction"),
+        (["--set", "methods=[dcae, ocgan]"], "ocgan"),
+        (["--classes", "0,,1"], "--classes"),
+        (["--classes", "0,x"], "--classes"),
+        (["--classes", "0,7"], "[7]"),
+        (["--seeds", "0;1"], "--seeds"),
+        (["--set", "selection.pseudo_novelties=[mixup]"], "mixup"),
+    ]
+    for extra, named in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run(get_experiment("dcae_sweep"), base + extra)
+        assert exit_info.value.code == 2, extra
+        assert named in capsys.readouterr().err, extra
+    with pytest.raises(SystemExit) as exit_info:
+        run(get_experiment("dcae_sweep"), ["--dataset", "class_folders", "--data-root", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "missing" in capsys.readouterr().err

@@ -111,6 +111,18 @@ def test_meds_config_types_and_ranges_are_checked_by_key_path(no_ray, capsys):
     capsys.readouterr()
 
 
+def test_profiles_take_their_own_dataset_overlay(no_ray, capsys):
+    meds = get_experiment("meds_sweep")
+    full = run(meds, ["--profile", "full", "--print-config"])["config"]
+    assert (full.meds.stage1.bootstraps, full.meds.distillation.iterations) == (100, 10_000)  # not elpv.yaml's CPU size
+    cpu = run(meds, ["--print-config"])["config"]
+    assert (cpu.images_per_group, cpu.meds.stage1.bootstraps) == (80, 10)  # raylab/configs/meds/elpv.yaml
+    quick = run(meds, ["--quick", "--print-config"])["config"]
+    assert (quick.images_per_group, quick.noise_ratios) == (40, (0.0, 0.2))
+    assert "--quick and --profile full: choose one" in _rejected("meds_sweep", ["--quick", "--profile", "full"], capsys)
+    capsys.readouterr()
+
+
 def test_config_errors_name_file_key_and_value(tmp_path):
     from raylab.methods.meds.experiment import MeDSSweepConfig
 

@@ -55,15 +55,26 @@ def config_file(text: str) -> Path:
     raise ConfigError(f"--config {text}: no such file, and no packaged config of that name (see raylab/configs/)")
 
 
+def dataset_overlay(experiment: Experiment, dataset: str, profile: str) -> Path | None:
+    """The packaged overlay of a dataset for a profile: ``<dataset>.yaml`` spells out the default
+    (laptop) size, so another profile takes ``<dataset>_<profile>.yaml`` or none at all, never
+    the laptop overlay (``--profile full`` must not silently come back at the CPU size)."""
+    if experiment.config_folder is None:
+        return None
+    if profile in (experiment.default_profile, "quick"):
+        return packaged_config(experiment.config_folder, dataset)
+    return packaged_config(experiment.config_folder, f"{dataset}_{profile}")
+
+
 def resolve_config(experiment: Experiment, args: argparse.Namespace):
     """Profile <- the dataset's packaged overlay <- ``--config`` <- each ``--set``, typed and checked."""
+    if args.quick and args.profile not in (None, "quick"):
+        raise ConfigError(f"--quick and --profile {args.profile}: choose one")
     profile = args.profile or ("quick" if args.quick else experiment.default_profile)
     quick = profile == "quick"
     base = experiment.profiles[experiment.default_profile if quick else profile]()
     layers: list[tuple[str, Mapping[str, Any]]] = []
-    overlay = config_file(args.config) if args.config else (
-        packaged_config(experiment.config_folder, args.dataset) if experiment.config_folder else None
-    )
+    overlay = config_file(args.config) if args.config else dataset_overlay(experiment, args.dataset, profile)
     if overlay is not None:
         layers.append((f"{overlay}:", read_yaml_mapping(overlay)))
     assignments: dict[str, Any] = {}

@@ -15,12 +15,13 @@ Official defaults (jungyg/periocular_CKD ``models/ckdnet.py``, ``helper/loops.py
   scaled to a smaller dataset keeps its shape); best checkpoint by periocular top-1 on
   validation.
 
-``configs/ckd/orl.yaml`` is the CPU-sized variant the ORL job uses by default: inputs at a
-quarter of the official side (face 32x32, periocular 12x32, the same 3:8 band aspect), stage
-widths at a quarter (16-32-64-128, embedding still 512-d), 30 epochs, lr 0.01 (lr 0.1 does
-not train from scratch on ORL's 240 training images: measured, see the README), one fold.
-The class defaults are the full-size official path (``configs/ckd/orl_full.yaml`` applies
-them to ORL with all four folds).
+:func:`cpu_config` (the job's ``cpu`` profile, its default; ``raylab/configs/ckd/orl.yaml``
+spells it out for ORL) is the CPU-sized variant: inputs at a quarter of the official side
+(face 32x32, periocular 12x32, the same 3:8 band aspect), stage widths at a quarter
+(16-32-64-128, embedding still 512-d), 30 epochs, lr 0.01 (lr 0.1 does not train from scratch
+on ORL's 240 training images: measured, see the README), one Train worker, one fold. The
+class defaults are the full-size official path (the ``full`` profile;
+``raylab/configs/ckd/orl_full.yaml`` applies them to ORL with all four folds).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
+
+from raylab.config import require
 
 VariantName = Literal["ckd", "per_modality_bn", "no_sharing", "f2p_only", "periocular_only"]
 
@@ -84,12 +87,16 @@ class NetworkConfig:
     periocular_size: tuple[int, int] = (48, 128)
 
     def __post_init__(self) -> None:
-        if len(self.layers) < 2 or len(self.layers) != len(self.widths):
-            raise ValueError(f"need >= 2 stages with one width each, got layers={self.layers} widths={self.widths}")
-        if min(self.widths) < 8:
-            # Measured with torch 2.14 (CPU): oneDNN's strided 1x1 convolution backward
-            # corrupts the heap (the process aborts) when a stage has fewer than 8 channels.
-            raise ValueError(f"stage widths must be >= 8 (torch's CPU convolution backward crashes below), got {self.widths}")
+        require(len(self.layers) >= 2 and len(self.layers) == len(self.widths), "layers",
+                f"need >= 2 stages with one width each, got layers={self.layers} widths={self.widths}")
+        require(min(self.layers) >= 1, "layers", f"every stage needs >= 1 block, got {self.layers}")
+        # Measured with torch 2.14 (CPU): oneDNN's strided 1x1 convolution backward
+        # corrupts the heap (the process aborts) when a stage has fewer than 8 channels.
+        require(min(self.widths) >= 8, "widths", f"stage widths must be >= 8 (torch's CPU convolution backward crashes below), got {self.widths}")
+        require(self.embedding_dim >= 1 and self.se_reduction >= 1, "embedding_dim",
+                f"embedding_dim and se_reduction must be >= 1, got {self.embedding_dim}, {self.se_reduction}")
+        for key in ("face_size", "periocular_size"):
+            require(min(getattr(self, key)) >= 1, key, f"must be (height, width) >= 1, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -111,8 +118,8 @@ class PairConfig:
     def __post_init__(self) -> None:
         for name in ("face_rows", "band_rows"):
             top, bottom = getattr(self, name)
-            if not 0.0 <= top < bottom <= 1.0:
-                raise ValueError(f"{name} must satisfy 0 <= top < bottom <= 1, got {(top, bottom)}")
+            require(0.0 <= top < bottom <= 1.0, name, f"must satisfy 0 <= top < bottom <= 1, got {(top, bottom)}")
+        require(self.std > 0, "std", f"must be > 0, got {self.std}")
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,18 @@ class TrainConfig:
     cpus_per_worker: float = 0.99
     threads_per_worker: int = 1
     checkpoints_to_keep: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "num_workers", "threads_per_worker", "checkpoints_to_keep"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, "momentum", f"must lie in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(all(0 < f <= 1 for f in self.milestones), "milestones", f"must be fractions of the epochs in (0, 1], got {self.milestones}")
+        require(0 < self.gamma <= 1, "gamma", f"must lie in (0, 1], got {self.gamma}")
+        require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        require(self.tau > 0, "tau", f"must be > 0, got {self.tau}")
+        require(self.cpus_per_worker > 0, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
 
     def milestone_epochs(self) -> tuple[int, ...]:
         return tuple(int(round(f * self.epochs)) for f in self.milestones)
@@ -162,6 +181,13 @@ class ProtocolConfig:
     gallery_draws: int = 10
     max_rank: int = 5
 
+    def __post_init__(self) -> None:
+        require(self.n_folds >= 2, "n_folds", f"must be >= 2 (identity-disjoint folds), got {self.n_folds}")
+        bad = [f for f in self.folds if not 0 <= f < self.n_folds]
+        require(bool(self.folds) and not bad, "folds", f"must be fold indices in [0, {self.n_folds}), got {self.folds}")
+        for key in ("val_per_identity", "gallery_per_identity", "gallery_draws", "max_rank"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class CKDConfig:
@@ -178,6 +204,11 @@ class QuickConfig:
     folds: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = ("ckd", "periocular_only")
 
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(bool(self.folds), "folds", "must list at least one fold")
+        _require_methods(self.methods, "methods")
+
 
 @dataclass(frozen=True)
 class CKDJobConfig:
@@ -191,8 +222,33 @@ class CKDJobConfig:
     quick: QuickConfig = field(default_factory=QuickConfig)
 
     def __post_init__(self) -> None:
-        for name in self.methods:
-            variant(name)
+        _require_methods(self.methods, "methods")
+        require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
+        require(self.max_concurrent >= 1, "max_concurrent", f"must be >= 1, got {self.max_concurrent}")
+        bad = [f for f in self.quick.folds if not 0 <= f < self.protocol.n_folds]
+        require(not bad, "quick.folds", f"must be fold indices in [0, {self.protocol.n_folds}), got {self.quick.folds}")
+
+
+def _require_methods(methods: tuple[str, ...], key: str) -> None:
+    unknown = sorted(set(methods) - set(VARIANTS))
+    require(bool(methods) and not unknown, key, f"unknown {unknown} or none given; known: {sorted(VARIANTS)}")
+
+
+def cpu_config() -> CKDJobConfig:
+    """The ``cpu`` profile (2 shared cores; ``raylab/configs/ckd/orl.yaml`` spells out the same sizes).
+
+    Reductions from the official sizes: inputs at a quarter of the side (face 32x32,
+    periocular 12x32), stage widths at a quarter (16-32-64-128, the 512-d embedding kept), 30
+    epochs instead of 90 (same milestone fractions), lr 0.01 instead of 0.1, one Train worker
+    per trial (two trials side by side), fold 0 only.
+    """
+    return CKDJobConfig(
+        ckd=CKDConfig(
+            network=NetworkConfig(widths=(16, 32, 64, 128), face_size=(32, 32), periocular_size=(12, 32)),
+            train=TrainConfig(epochs=30, lr=0.01, batch_size=16, num_workers=1),
+        ),
+        protocol=ProtocolConfig(folds=(0,)),
+    )
 
 
 def with_epochs(config: CKDConfig, epochs: int) -> CKDConfig:

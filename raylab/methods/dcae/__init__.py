@@ -47,7 +47,8 @@ raylab's choices for what the abstract leaves open, and why:
 
 Modules: ``config`` (typed settings, CPU size), ``model`` (plain torch modules and the
 metric), ``losses``, ``training`` (one step; in-process and Ray Train loops), ``selection``,
-``data`` (the one-class protocol), ``report`` and ``job`` (``jobs/dcae_sweep.py``).
+``data`` (the one-class protocol), ``report`` and ``experiment`` (the ``dcae_sweep`` job,
+``jobs/dcae_sweep.py``).
 """
 
 from raylab.methods.dcae.config import METHODS, TRAINED, DCAESweepConfig, LossWeights, NetworkConfig, TrainConfig, cpu_config

@@ -4,8 +4,10 @@ DCAE (Park, Jung and Teoh, ICPR 2020) has no public code, so no value below is "
 each default is raylab's choice, stated with its reason in :mod:`raylab.methods.dcae` and
 the README. The class defaults are the full size (a GPU run: width 64, latent 64, 200
 epochs, 30 selection trials); :func:`cpu_config` is the size that runs on a 2-core laptop,
-every reduction listed in its docstring. The per-dataset YAMLs in ``configs/dcae/`` start
-from the CPU size; ``configs/dcae/full.yaml`` restores the full one.
+every reduction listed in its docstring. The job's profiles are ``cpu`` (:func:`cpu_config`,
+the default) and ``full`` (the class defaults). The per-dataset YAMLs in ``raylab/configs/dcae/``
+spell out the CPU size; ``mnist_full.yaml`` and ``cifar10_full.yaml`` spell out the full one
+(so either works over any profile).
 
 Methods are switches on one code path (:data:`METHODS`): what is trained (``TRAINED``) and
 in which space the novelty score is measured.
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from raylab.config import require
 
 
 @dataclass
@@ -34,6 +38,12 @@ class NetworkConfig:
     # Weight of each discriminator level in the feature distance; None = all levels, weight 1.
     feature_level_weights: tuple[float, ...] | None = None
 
+    def __post_init__(self) -> None:
+        for key in ("width", "latent_dim", "downsamplings", "latent_hidden"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        weights = self.feature_level_weights
+        require(weights is None or all(w >= 0 for w in weights), "feature_level_weights", f"must be >= 0, got {weights}")
+
 
 @dataclass
 class LossWeights:
@@ -51,6 +61,10 @@ class LossWeights:
     pixel: float = 1.0
     image_adversarial: float = 0.05
     latent_adversarial: float = 0.05
+
+    def __post_init__(self) -> None:
+        for key in ("feature", "pixel", "image_adversarial", "latent_adversarial"):
+            require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass
@@ -70,6 +84,13 @@ class TrainConfig:
     # False: D then learns what in-class images look like rather than what reconstruction
     # artefacts look like, and its features ranked novelties better on the development digits.
     reconstructions_as_fakes: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "num_workers", "checkpoints_to_keep", "torch_threads"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(all(0 <= b < 1 for b in self.betas), "betas", f"must lie in [0, 1), got {self.betas}")
+        require(self.cpus_per_worker > 0, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
 
 
 @dataclass
@@ -94,6 +115,15 @@ class SelectionConfig:
     latent_adversarial_range: tuple[float, float] = (0.005, 0.5)
     pseudo_novelties: tuple[str, ...] = ("quadrant_shuffle", "rotate90", "vflip")
 
+    def __post_init__(self) -> None:
+        require(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must lie in (0, 1), got {self.val_fraction}")
+        for key in ("feature_range", "pixel_range", "image_adversarial_range", "latent_adversarial_range"):
+            low, high = getattr(self, key)
+            require(0 < low <= high, key, f"must be (low, high) with 0 < low <= high (a log-uniform range), got {(low, high)}")
+        require(len(self.pseudo_novelties) >= 1, "pseudo_novelties", "must name at least one transform")
+
 
 @dataclass
 class ProtocolConfig:
@@ -109,16 +139,26 @@ class ProtocolConfig:
     color: Literal["L", "RGB"] = "L"
     resize_to: int | None = None
 
+    def __post_init__(self) -> None:
+        require(0.0 < self.train_fraction < 1.0, "train_fraction", f"must lie in (0, 1), got {self.train_fraction}")
+        require(self.resize_to is None or self.resize_to >= 1, "resize_to", f"must be >= 1 or null, got {self.resize_to}")
+
 
 @dataclass
 class QuickConfig:
-    """What ``--quick`` keeps: two normal classes, fewer epochs and trials, a test subsample."""
+    """What ``--quick`` keeps: the first seed, two normal classes, fewer epochs and trials, a
+    test subsample (the job's ``quick`` hook writes these into the config it runs)."""
 
     normal_classes: tuple[int, ...] = (0, 1)
     epochs: int = 4
     selection_trials: int = 2
     selection_epochs: int = 2
     max_test_images: int = 1000
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "selection_trials", "selection_epochs", "max_test_images"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(len(self.normal_classes) >= 1, "normal_classes", "must list at least one class")
 
 
 @dataclass
@@ -136,6 +176,17 @@ class DCAESweepConfig:
     normal_classes: tuple[int, ...] | None = None
     score_batch_size: int = 500
     reconstructions_per_side: int = 6
+    # A seeded, class-stratified subsample of the test split (``--quick``); None = all of it.
+    max_test_images: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        require(bool(self.methods) and not unknown, "methods", f"unknown {unknown} or none given; known: {sorted(METHODS)}")
+        require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
+        require(self.normal_classes is None or len(self.normal_classes) >= 1, "normal_classes", "must list a class, or be null for all")
+        require(self.score_batch_size >= 1, "score_batch_size", f"must be >= 1, got {self.score_batch_size}")
+        require(self.reconstructions_per_side >= 1, "reconstructions_per_side", f"must be >= 1, got {self.reconstructions_per_side}")
+        require(self.max_test_images is None or self.max_test_images >= 1, "max_test_images", f"must be >= 1 or null, got {self.max_test_images}")
 
 
 ScoreSpace = Literal["discriminator", "pixel"]
@@ -178,7 +229,8 @@ def trained_for(methods: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def cpu_config() -> DCAESweepConfig:
-    """The laptop size (2 shared cores; ``configs/dcae/mnist.yaml`` spells out the same values).
+    """The ``cpu`` profile: the laptop size (2 shared cores; ``raylab/configs/dcae/mnist.yaml``
+    spells out the same values).
 
     Reductions from the full size: width 16 instead of 64, latent 16 instead of 64, two
     stride-2 stages (28 or 32 px -> 7 or 8), latent discriminator hidden 128 instead of 512;
