@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,10 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """``pip wheel`` of the checkout, installed (without dependencies) into a plain folder."""
+    """``pip wheel`` of the checkout (built from a copy: a build writes beside its sources),
+    installed without dependencies into a plain folder."""
     root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    shutil.copytree(ROOT / "raylab", source / "raylab", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(source)],
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = (root / "dist").glob("raylab-*.whl")
