@@ -1,10 +1,11 @@
-"""PatchCore on an anomaly-detection dataset, tracked in MLflow.
+"""PatchCore on an anomaly-detection dataset over noise ratios x seeds, tracked in MLflow.
 
     python jobs/patchcore_eval.py --dataset magnetic_tile --data-root ../shared/data
+    python jobs/patchcore_eval.py --dataset longtail_mix --data-root ../shared/data   # picks up patchcore/longtail_mix
     ray job submit --working-dir . -- python jobs/patchcore_eval.py --quick
 """
 
-from raylab.methods.patchcore.job import main
+from raylab.experiment import main
 
 if __name__ == "__main__":
-    main()
+    main("patchcore_eval")

@@ -10,7 +10,7 @@ import yaml
 
 from raylab.config import deep_merge, load_config
 from raylab.features import BackboneSpec, FeatureSpec
-from raylab.methods.patchcore.job import PatchCoreEvalConfig
+from raylab.methods.patchcore.experiment import PatchCoreEvalConfig
 
 
 @dataclass

@@ -170,6 +170,7 @@ def _nested_runs(sweep: str) -> list:
     client = mlflow.MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("raylab/meds_sweep")
     parents = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{sweep}'")
+    assert len(parents) == 1, "one sweep, one parent run, however often it is run"
     ids = {p.info.run_id for p in parents}
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") in ids]

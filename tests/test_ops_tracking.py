@@ -55,6 +55,10 @@ def test_resume_reopens_the_interrupted_parent(isolated_outputs):
     finished = mlflow.MlflowClient().get_run(parent)
     assert finished.info.status == "FINISHED"
     assert finished.data.tags[RESTARTS_TAG] == "1"
+    # Repeating a finished sweep of the same identity keeps its one parent run too.
+    with tracked_run(job, name, params={"lr": 0.1}, resume=True) as again:
+        assert again.run_id == parent
+    assert mlflow.MlflowClient().get_run(parent).data.tags[RESTARTS_TAG] == "2"
     # A resumed sweep with another configuration is refused, naming the parameter.
     parent2, _ = _orphan(job, "sweep-c", _dead_driver())
     with pytest.raises(ValueError, match="lr: '0.1' -> '0.2'"):

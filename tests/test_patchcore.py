@@ -1,5 +1,6 @@
-"""Tests for PatchCore, the shared anomaly post-processing, the per-setting Ray/MLflow runner
-and the ``patchcore_eval`` job, on a small real magnetic-tile subset.
+"""Tests for PatchCore, the shared anomaly post-processing and the ``patchcore_eval`` job (one
+Ray task per setting, a nested MLflow run each) through the experiment runner, on a small
+real magnetic-tile subset.
 
 Features of the subset (40 images per (split, label) group, 112 px) are extracted once with
 Ray Data into the session's feature cache; the job test asks for the same subset and spec, so
@@ -23,11 +24,10 @@ from raylab.data.protocols import subsample_corpus
 from raylab.eval import anomaly_metrics
 from raylab.features import FeatureSpec, cached_patch_features
 from raylab.methods.anomaly_benchmark import class_splits
-from raylab.methods.anomaly_job import AnomalySetting, run_settings
 from raylab.methods.anomaly_maps import patch_scores_to_maps, reduce_to_image_scores
 from raylab.methods.patchcore import PatchCore, PatchCoreConfig
-from raylab.methods.patchcore.job import make_patchcore
-from raylab.tracking import tracked_run, tracking_uri
+from raylab.experiment import get_experiment, run
+from raylab.tracking import tracking_uri
 
 IMAGE_SIZE = 112
 PER_GROUP = 40
@@ -145,34 +145,34 @@ def test_reduce_to_image_scores_hand_case():
 
 
 # ---------------------------------------------------------------------------------------------
-# settings as Ray tasks, logged to MLflow
+# the job: settings as Ray tasks, logged to MLflow
 
 
-def test_run_settings_logs_nested_run(corpus, features, ray_session, tmp_path):
-    tiny = subsample_corpus(corpus, per_group=10, seed=0)
-    config = PatchCoreConfig(features=SPEC, coreset_ratio=0.05)
-    setting = AnomalySetting("patchcore", "magnetic_tile", noise_ratio=0.1, seed=1)
-    job = "test_patchcore_settings"
-    with tracked_run(job, "parent", params=config, tags={"dataset": "magnetic_tile", "method": "patchcore"}) as parent:
-        (row,) = run_settings(
-            [setting],
-            make_patchcore(config),
-            tiny,
-            features,
-            image_size=IMAGE_SIZE,
-            job=job,
-            tracking_uri=tracking_uri(),
-            parent_run_id=parent.run_id,
-            params=config,
-        )
+def _parent_run(client: mlflow.MlflowClient, name: str):
+    experiment = client.get_experiment_by_name("raylab/patchcore_eval")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+    return parent
+
+
+def test_setting_task_logs_nested_run(shared_data, ray_session, tmp_path):
+    result = run(
+        get_experiment("patchcore_eval"),
+        [
+            "--dataset", "magnetic_tile", "--data-root", str(shared_data), "--quick",
+            "--set", "quick_images_per_group=10", "--set", "quick_coreset_ratio=0.05",
+            "--set", f"patchcore.features.image_size={IMAGE_SIZE}",
+            "--noise-ratios", "0.1", "--seeds", "1",
+        ],
+    )
+    (row,) = result["rows"]
     assert (row["method"], row["dataset"], row["noise_ratio"], row["seed"]) == ("patchcore", "magnetic_tile", 0.1, 1)
     assert set(row["per_class"]) == {"magnetic_tile"}
 
     client = mlflow.MlflowClient(tracking_uri())
-    parent_run = client.get_run(parent.run_id)
+    parent_run = _parent_run(client, result["name"])
     assert parent_run.info.status == "FINISHED"
     children = client.search_runs(
-        [parent_run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'"
+        [parent_run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run.info.run_id}'"
     )
     assert len(children) == 1
     child = children[0]
@@ -182,8 +182,8 @@ def test_run_settings_logs_nested_run(corpus, features, ray_session, tmp_path):
     assert tags["raylab.dataset"] == "magnetic_tile"
     assert tags["raylab.noise_ratio"] == "0.1"
     assert tags["raylab.seed"] == "1"
-    assert child.data.params["features.image_size"] == str(IMAGE_SIZE)
-    assert child.data.params["coreset_ratio"] == "0.05"
+    assert child.data.params["patchcore.features.image_size"] == str(IMAGE_SIZE)
+    assert child.data.params["patchcore.coreset_ratio"] == "0.05"
     for name in ("image_auroc", "image_ap", "pixel_auroc", "aupro"):
         assert child.data.metrics[name] == pytest.approx(row["metrics"][name]), name
         assert 0.0 <= child.data.metrics[name] <= 1.0
@@ -194,6 +194,8 @@ def test_run_settings_logs_nested_run(corpus, features, ray_session, tmp_path):
     model_files = {a.path for a in client.list_artifacts(run_id, "model/magnetic_tile")}
     assert "model/magnetic_tile/patchcore.json" in model_files
 
+    # The job's --quick corpus: the same stratified subsample, 10 per (split, label) group.
+    tiny = subsample_corpus(load_corpus("magnetic_tile", shared_data), per_group=10)
     local = Path(client.download_artifacts(run_id, "", str(tmp_path / "artifacts")))
     per_class = pd.read_csv(local / "per_class_metrics.csv")
     assert per_class["class_name"].tolist() == ["magnetic_tile"]
@@ -206,23 +208,18 @@ def test_run_settings_logs_nested_run(corpus, features, ray_session, tmp_path):
     # The logged model reproduces the logged metric on the setting's test images.
     model = PatchCore.load(local / "model" / "magnetic_tile")
     (view,) = class_splits(inject_noise(tiny, NoiseProtocol(0.1, seed=1)).table, IMAGE_SIZE)
-    scores = model.predict(features.take(view.test_ids), with_maps=False).image_scores
+    scores = model.predict(cached_patch_features(tiny, SPEC).take(view.test_ids), with_maps=False).image_scores
     assert anomaly_metrics(view.test_labels, scores)["image_auroc"] == pytest.approx(row["metrics"]["image_auroc"])
 
 
-# ---------------------------------------------------------------------------------------------
-# the job
-
-
 def test_patchcore_job_summary_contract(shared_data, corpus, features, ray_session, tmp_path):
-    from raylab.methods.patchcore import job
-
     config = tmp_path / "quick.yaml"
     config.write_text(
         yaml.safe_dump({"quick_images_per_group": PER_GROUP, "patchcore": {"features": {"image_size": IMAGE_SIZE}}})
     )
     summary = tmp_path / "out" / "summary.json"
-    result = job.main(
+    result = run(
+        get_experiment("patchcore_eval"),
         [
             "--dataset", "magnetic_tile",
             "--data-root", str(shared_data),
@@ -231,10 +228,11 @@ def test_patchcore_job_summary_contract(shared_data, corpus, features, ray_sessi
             "--seeds", "0",
             "--noise-ratios", "0.05",
             "--summary-json", str(summary),
-        ]
+        ],
     )
     data = json.loads(summary.read_text())
     assert data["job"] == "patchcore_eval"
+    assert data["sweep"] == result["name"] and data["axes"] == ["noise_ratio", "seed"]
     assert len(data["rows"]) == 1
     row = data["rows"][0]
     assert (row["method"], row["dataset"], row["noise_ratio"], row["seed"]) == ("patchcore", "magnetic_tile", 0.05, 0)
@@ -250,4 +248,37 @@ def test_patchcore_job_summary_contract(shared_data, corpus, features, ray_sessi
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.raylab.noise_ratio = '0.05'")
     assert len(runs) == 1 and runs[0].data.params["quick_images_per_group"] == str(PER_GROUP)
     parent_id = runs[0].data.tags["mlflow.parentRunId"]
-    assert {"results_table.txt", "results_table.csv"} <= {a.path for a in client.list_artifacts(parent_id)}
+    assert parent_id == _parent_run(client, result["name"]).info.run_id
+    assert {"results_table.txt", "results_table.csv", "config.yaml"} <= {a.path for a in client.list_artifacts(parent_id)}
+
+
+def test_quick_reductions_are_the_readme_ones(capsys):
+    """--quick: a 60-per-group subsample and a 1% coreset, nothing else changed."""
+    quick = run(get_experiment("patchcore_eval"), ["--quick", "--print-config"])["config"]
+    default = run(get_experiment("patchcore_eval"), ["--print-config"])["config"]
+    capsys.readouterr()
+    assert (default.images_per_group, default.patchcore.coreset_ratio) == (None, 0.1)
+    assert (quick.images_per_group, quick.patchcore.coreset_ratio) == (60, 0.01)
+    assert quick.patchcore.features == default.patchcore.features and quick.noise_ratios == default.noise_ratios
+
+
+def test_bad_values_fail_before_ray_naming_the_key(monkeypatch, capsys):
+    import raylab.experiment.session as session
+
+    def refuse(**_):
+        raise AssertionError("the runner started Ray before rejecting the input")
+
+    monkeypatch.setattr(session, "init_ray", refuse)
+    cases = {
+        ("--set", "patchcore.coreset_ratio=notanumber"): "--set: patchcore.coreset_ratio: expected float, got str 'notanumber'",
+        ("--set", "patchcore.coreset_ratio=0"): "--set: patchcore.coreset_ratio: must lie in (0, 1], got 0.0",
+        ("--set", "quick_images_per_group=0"): "--set: quick_images_per_group: must be >= 1, got 0",
+        ("--noise-ratios", "0,x"): "--noise-ratios '0,x': 'x' is not a valid float",
+        ("--noise-ratios", "0,,0.1"): "--noise-ratios '0,,0.1': expected comma-separated values",
+        ("--noise-ratios", "1.5"): "--noise-ratios: noise ratios must lie in [0, 1), got [1.5]",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            run(get_experiment("patchcore_eval"), list(argv))
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, argv

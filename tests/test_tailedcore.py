@@ -1,5 +1,5 @@
 """Tests for TailedCore, SoftPatch, TailSampler, the patchwise LOF filter, the long-tail
-protocols, the synthetic defects and the ``tailedcore_sweep`` job.
+protocols, the synthetic defects and the ``tailedcore_sweep`` job (through the experiment runner).
 
 TailSampler and LOF run on synthetic data whose truth is known (the numbers each test
 expects are stated beside it); the protocols on a synthetic corpus of tiny images; the
@@ -22,6 +22,7 @@ from raylab.data.protocols import LongTailProtocol, apply_long_tail, protocol_fr
 from raylab.data.protocols.longtail import discrete_pareto_pmf
 from raylab.data.schema import CorpusRecord, records_to_table
 from raylab.data.synthetic_defects import SyntheticDefectConfig, perlin_noise, synthesize_defect
+from raylab.experiment import get_experiment, run
 from raylab.methods.tailedcore import (
     PatchLOFConfig,
     SoftPatch,
@@ -332,8 +333,6 @@ def test_dtd_defects_corpus_keeps_test_pixels_out_of_training(shared_data: Path)
 
 
 def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
-    from raylab.methods.tailedcore.sweep import main
-
     config = tmp_path / "small.yaml"
     config.write_text(
         "dataset_options: {classes: [banded, bumpy, cracked], train_images: 20, test_good_images: 6, test_defective_images: 6}\n"
@@ -341,17 +340,63 @@ def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
         "tailedcore: {tail_rotation_step: 90, coreset_ratio: 0.1}\n"
     )
     out = tmp_path / "summary.json"
-    result = main(["--dataset", "dtd_defects", "--data-root", str(shared_data), "--config", str(config), "--summary-json", str(out), "--name", "tc-test"])
-    rows = json.loads(out.read_text())["rows"]
+    argv = ["--dataset", "dtd_defects", "--data-root", str(shared_data), "--config", str(config), "--summary-json", str(out), "--name", "tc-test"]
+    result = run(get_experiment("tailedcore_sweep"), argv)
+    summary = json.loads(out.read_text())
+    assert summary["job"] == "tailedcore_sweep" and summary["sweep"] == "tc-test"
+    assert summary["axes"] == ["protocol", "noise_ratio", "seed"]
+    rows = summary["rows"]
     assert sorted(r["method"] for r in rows) == ["patchcore", "softpatch", "tailedcore"]
     for row in rows:
         assert row["protocol"] == "step_k1" and row["noise_ratio"] == 0.1 and row["seed"] == 0
         assert {"image_auroc", "pixel_auroc", "tail_image_auroc"} <= set(row["metrics"])
         assert 0.0 <= row["metrics"]["tail_image_auroc"] <= 1.0
         assert len(row["tail_classes"]) == 2  # round(0.6 x 3)
+        assert set(row["per_class"]) == {"banded", "bumpy", "cracked"}
     tailed = next(r for r in rows if r["method"] == "tailedcore")
     assert tailed["diagnostics"]["tail_predicted"] >= 1
     assert "tail_image_auroc" in result["table"].columns.str.replace("_mean", "").tolist()
+    # Every method read the sweep's features.
+    assert result["config"].tailedcore.features == result["config"].softpatch.features == result["config"].features
     runs = mlflow.search_runs(experiment_names=["raylab/tailedcore_sweep"])
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert set(children["tags.raylab.method"]) == {"tailedcore", "softpatch", "patchcore"}
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    assert len(parents) == 1 and set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])
+
+    # A rerun of the same name and inputs restores the finished sweep: same rows, no trial runs again.
+    again = run(get_experiment("tailedcore_sweep"), argv)
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in result["rows"]]
+    runs = mlflow.search_runs(experiment_names=["raylab/tailedcore_sweep"])
+    assert runs["tags.mlflow.parentRunId"].notna().sum() == 3
+
+
+def test_tailedcore_quick_reductions(capsys):
+    """--quick: one protocol and one seed (its smaller longtail_mix corpus is chosen in prepare)."""
+    quick = run(get_experiment("tailedcore_sweep"), ["--quick", "--print-config"])["config"]
+    capsys.readouterr()
+    assert (quick.protocols, quick.seeds, quick.noise_ratios) == (("step_k1",), (0,), (0.1,))
+    assert quick.dataset_options == {"train_per_class": 60, "test_good_per_class": 12, "test_defective_per_class": 20}
+
+
+def test_tailedcore_bad_values_fail_before_ray_naming_the_key(monkeypatch, capsys):
+    import raylab.experiment.session as session
+
+    def refuse(**_):
+        raise AssertionError("the runner started Ray before rejecting the input")
+
+    monkeypatch.setattr(session, "init_ray", refuse)
+    cases = {
+        ("--set", "threads_per_trial=notanumber"): "--set: threads_per_trial: expected int, got str 'notanumber'",
+        ("--set", "tailedcore.lof.keep_fraction=1.5"): "--set: tailedcore.lof.keep_fraction: must lie in (0, 1], got 1.5",
+        ("--set", "protocols=[zipf]"): "--set: protocols: unknown long-tail protocol 'zipf'",
+        ("--protocols", "step_k1,,pareto"): "--protocols 'step_k1,,pareto': expected comma-separated values",
+        ("--protocols", "step_k1,zipf"): "--protocols 'zipf': unknown long-tail protocol 'zipf'",
+        ("--noise-ratios", "0.1,abc"): "--noise-ratios '0.1,abc': 'abc' is not a valid float",
+        ("--methods", "tailedcore,foo"): "--methods 'tailedcore,foo': unknown ['foo']",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            run(get_experiment("tailedcore_sweep"), list(argv))
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, argv

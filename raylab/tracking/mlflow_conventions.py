@@ -8,7 +8,8 @@
 * No run stays RUNNING after its driver died: every run records its driver
   (``raylab.driver`` = host:pid); starting a top-level run of the same name marks runs of
   dead drivers on this host (and their nested runs) KILLED, and ``resume=True`` (a
-  restarted sweep) reopens the interrupted parent run so one sweep keeps one parent.
+  restarted or repeated sweep of the same identity) reopens its parent run, interrupted or
+  finished, so one sweep keeps one parent.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def tracked_run(
 
     A failing body marks the run FAILED instead of leaving it RUNNING in the UI. A top-level
     run first closes orphans of the same name (see :func:`close_orphaned_runs`); with
-    ``resume=True`` it reopens the latest unfinished run of that name instead of creating
+    ``resume=True`` it reopens the latest ended run of that name instead of creating
     one (a restarted sweep keeps its parent run, and its finished trials stay nested in it).
     """
     import mlflow
@@ -125,7 +126,7 @@ def tracked_run(
     if not parent_run_id:
         close_orphaned_runs(client, exp, run_name)
         if resume:
-            previous = _latest_unfinished(client, exp, run_name)
+            previous = _latest_resumable(client, exp, run_name)
     if previous is not None:
         run = previous
         client.update_run(run.info.run_id, status="RUNNING")
@@ -220,8 +221,12 @@ def _kill_tree(client: Any, experiment: str, run_id: str) -> list[str]:
     return [*closed, run_id]
 
 
-def _latest_unfinished(client: Any, experiment: str, run_name: str) -> Any | None:
+def _latest_resumable(client: Any, experiment: str, run_name: str) -> Any | None:
+    """The latest top-level run of that name if it ended (interrupted, or finished: a rerun of a
+    finished sweep with the same identity keeps its one parent and its nested runs)."""
     for run in _runs_named(client, experiment, run_name):
+        if run.info.status == "FINISHED":
+            return run
         if run.info.status in ("FAILED", "KILLED"):
             # Nested runs an interrupted driver left RUNNING (its own status may be FAILED).
             for child in client.search_runs(

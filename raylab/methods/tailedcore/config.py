@@ -9,7 +9,7 @@ smoothed with a Gaussian of sigma 4. The release's coreset is the exact greedy k
 the sweep gives its PatchCore baseline the same coreset so the three methods differ only
 in what they put into memory. The features default to raylab's CPU backbone
 (ImageNet EfficientNet-Lite0 stages 2 + 3); ``WIDE_RESNET50_PATCHCORE`` at 224 px is the
-paper's embedder where its weights are available (``configs/tailedcore/full_wrn50.yaml``).
+paper's embedder where its weights are available (``--profile full`` or ``--config tailedcore/full_wrn50``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from raylab.config import require
 from raylab.features.backbones import FeatureSpec
 from raylab.methods.tailedcore.lof import PatchLOFConfig
 from raylab.methods.tailedcore.tail_sampler import TailSamplerConfig
@@ -30,6 +31,9 @@ class SoftPatchConfig:
     coreset_method: Literal["exact", "approximate"] = "exact"
     coreset_projection_dim: int | None = 128
     blur_sigma: float = 4.0
+
+    def __post_init__(self) -> None:
+        _check_memory(self.coreset_ratio, self.blur_sigma)
 
 
 @dataclass
@@ -46,3 +50,13 @@ class TailedCoreConfig:
     coreset_method: Literal["exact", "approximate"] = "exact"
     coreset_projection_dim: int | None = 128
     blur_sigma: float = 4.0
+
+    def __post_init__(self) -> None:
+        _check_memory(self.coreset_ratio, self.blur_sigma)
+        require(0 < self.tail_rotation_step <= 360, "tail_rotation_step", f"must lie in (0, 360] degrees, got {self.tail_rotation_step}")
+        require(self.embedding_stage >= 0, "embedding_stage", f"must be >= 0, got {self.embedding_stage}")
+
+
+def _check_memory(coreset_ratio: float, blur_sigma: float) -> None:
+    require(0.0 < coreset_ratio <= 1.0, "coreset_ratio", f"must lie in (0, 1], got {coreset_ratio}")
+    require(blur_sigma >= 0.0, "blur_sigma", f"must be >= 0, got {blur_sigma}")

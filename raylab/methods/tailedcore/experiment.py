@@ -1,0 +1,311 @@
+"""``tailedcore_sweep``: TailedCore, SoftPatch and PatchCore over long-tail protocols on Ray Tune.
+
+One Tune trial = one setting (protocol, noise ratio, seed). It applies the long-tail
+protocol (:mod:`raylab.data.protocols.longtail`) to the shared corpus, pools the training
+images of *all* classes (the long-tail setting has no class labels at training time), and
+fits each method once on identical cached features:
+
+* ``tailedcore``: TailSampler tail memory (+ rotation/flip views) U LOF-filtered head memory;
+* ``softpatch``: LOF-filtered memory with LOF-weighted scores;
+* ``patchcore``: greedy coreset of everything (the foundation's PatchCore, pooled);
+* optionally ``class_patchcore``: PatchCore with one memory per class (a class-aware
+  reference that shows what each class's few images allow without pooling), and the
+  TailedCore ablations ``tailedcore_no_views`` (no rotation/flip views) and
+  ``tailedcore_true_tail`` (the protocol's true tail images instead of TailSampler's).
+
+Each fitted memory is then evaluated per class on that class's test images (image and
+pixel AUROC, AP, AUPRO), averaged over classes, over the protocol's tail classes
+(``tail_image_auroc``) and over its head classes (``head_image_auroc``). MLflow gets a
+parent run per sweep and a nested run per (method, setting) with the protocol's class
+manifest, per-class metrics, ROC curves, overlays, the fitted memory and the diagnostics
+only the platform can compute (:mod:`raylab.methods.tailedcore.diagnostics`).
+
+Features are extracted once per corpus (patch grids for the memories, last-stage pooled
+embeddings for TailSampler) and cached; only the tail images' augmented views are
+computed inside trials, and cached per image (:mod:`raylab.methods.tailedcore.views`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raylab.config import require
+from raylab.data.protocols import protocol_from_name
+from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
+from raylab.experiment.arguments import check_ratios, parse_list
+from raylab.experiment.runner import require_registered_dataset
+from raylab.features import FeatureSpec
+from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
+from raylab.features.extract import FeatureSet
+from raylab.methods.patchcore import PatchCoreConfig
+from raylab.methods.tailedcore.config import SoftPatchConfig, TailedCoreConfig
+
+NAME = "tailedcore_sweep"
+METHODS = ("tailedcore", "softpatch", "patchcore")
+# A class-aware reference, not a competitor: PatchCore with one memory per class, fitted on
+# that class's own training images (it reads the class labels the other methods never get).
+# Ablations of TailedCore: without its tail views, and with the true tail images in place of
+# TailSampler's prediction (the protocol's truth, which only the platform reads).
+REFERENCE_METHODS = ("class_patchcore", "tailedcore_no_views", "tailedcore_true_tail")
+KNOWN_METHODS = METHODS + REFERENCE_METHODS
+METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc", "image_ap", "aupro")
+TABLE_METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc")
+CPU_FEATURES = FeatureSpec(image_size=112)
+# The longtail_mix loader's size options; other datasets' loaders take none of them.
+QUICK_OPTIONS_DATASET = "longtail_mix"
+
+
+def cpu_tailedcore() -> TailedCoreConfig:
+    """The CPU size: 112-px EfficientNet-Lite0 features; tail views every 45 degrees x flip."""
+    return TailedCoreConfig(features=CPU_FEATURES, tail_rotation_step=45)
+
+
+@dataclass(frozen=True)
+class TailedCoreSweepConfig:
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    protocols: tuple[str, ...] = ("step_k1", "step_k4", "pareto")
+    noise_ratios: tuple[float, ...] = (0.1,)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    keep_injected_in_test: bool = False
+    # The sweep's features; every method's ``features`` is set to these (identical inputs).
+    features: FeatureSpec = field(default_factory=lambda: CPU_FEATURES)
+    tailedcore: TailedCoreConfig = field(default_factory=cpu_tailedcore)
+    softpatch: SoftPatchConfig = field(default_factory=SoftPatchConfig)
+    # The release's PatchCore baseline: exact greedy coreset 10%, like the other two.
+    patchcore: PatchCoreConfig = field(default_factory=lambda: PatchCoreConfig(coreset_method="exact"))
+    methods: tuple[str, ...] = METHODS
+    max_concurrent_trials: int | None = None  # default: one per CPU / threads_per_trial
+    threads_per_trial: int = 1
+    images_per_group: int | None = None  # stratified subsample (class, split, label); None keeps all
+    # --quick on longtail_mix: these loader options over dataset_options.
+    quick_dataset_options: dict[str, Any] = field(
+        default_factory=lambda: {"train_per_class": 24, "test_good_per_class": 8, "test_defective_per_class": 8}
+    )
+    quick_protocols: tuple[str, ...] = ("step_k1",)
+    quick_seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        require(all(0.0 <= r < 1.0 for r in self.noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
+        for key in ("protocols", "quick_protocols"):
+            for name in getattr(self, key):
+                try:
+                    protocol_from_name(name, 0.0, 0)
+                except ValueError as error:
+                    require(False, key, str(error))
+        require(bool(self.methods) and set(self.methods) <= set(KNOWN_METHODS), "methods", f"must be non-empty and come from {KNOWN_METHODS}, got {self.methods}")
+        require(self.threads_per_trial >= 1, "threads_per_trial", f"must be >= 1, got {self.threads_per_trial}")
+        require(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1, "max_concurrent_trials", f"must be >= 1 or null, got {self.max_concurrent_trials}")
+        require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
+
+
+def full_config() -> TailedCoreSweepConfig:
+    """The paper's size: PatchCore's WideResNet-50 embedder at 224 px, tail views every 15 degrees (needs its weights)."""
+    features = FeatureSpec(backbone=WIDE_RESNET50_PATCHCORE, image_size=224, embed_dim=1024)
+    return TailedCoreSweepConfig(features=features, tailedcore=TailedCoreConfig())
+
+
+def quick(config: TailedCoreSweepConfig) -> TailedCoreSweepConfig:
+    """One protocol, one seed (the corpus reduction is in :func:`corpus_options`: it depends on the dataset)."""
+    return dataclasses.replace(config, protocols=config.quick_protocols, seeds=config.quick_seeds)
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--protocols", default=None, help="comma-separated long-tail protocols: step_k<K> (e.g. step_k1, step_k4) or pareto (default: the config's)")
+    parser.add_argument("--noise-ratios", default=None, help="comma-separated noise ratios in [0, 1) (default: the config's, 0.1)")
+    parser.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(KNOWN_METHODS)} (default: the config's, the first three)")
+
+
+def apply_arguments(config: TailedCoreSweepConfig, args) -> TailedCoreSweepConfig:
+    """``--methods``, then every method reads the sweep's features (identical inputs for the comparison)."""
+    methods = parse_list(args.methods, str, "--methods")
+    if methods is not None:
+        unknown = [m for m in methods if m not in KNOWN_METHODS]
+        if unknown:
+            raise ValueError(f"--methods {args.methods!r}: unknown {unknown}; choose from {', '.join(KNOWN_METHODS)}")
+        config = dataclasses.replace(config, methods=methods)
+    return dataclasses.replace(
+        config,
+        tailedcore=dataclasses.replace(config.tailedcore, features=config.features),
+        softpatch=dataclasses.replace(config.softpatch, features=config.features),
+        patchcore=dataclasses.replace(config.patchcore, features=config.features),
+    )
+
+
+def axes(request: Request[TailedCoreSweepConfig]) -> dict[str, tuple]:
+    protocols = parse_list(request.args.protocols, str, "--protocols") or request.config.protocols
+    for name in protocols:
+        try:
+            protocol_from_name(name, 0.0, 0)
+        except ValueError as error:
+            raise ValueError(f"--protocols {name!r}: {error}") from None
+    ratios = parse_list(request.args.noise_ratios, float, "--noise-ratios") or request.config.noise_ratios
+    check_ratios(ratios, "--noise-ratios")
+    seeds = parse_list(request.args.seeds, int, "--seeds") or request.config.seeds
+    return {"protocol": protocols, "noise_ratio": ratios, "seed": seeds}
+
+
+def corpus_options(request: Request[TailedCoreSweepConfig]) -> dict[str, Any]:
+    config = request.config
+    quick_options = config.quick_dataset_options if request.quick and request.dataset == QUICK_OPTIONS_DATASET else {}
+    return {**config.dataset_options, **quick_options}
+
+
+@dataclass(frozen=True)
+class SweepInputs:
+    corpus: pa.Table
+    features: FeatureSet  # patch grids, for the memories
+    embeddings: FeatureSet  # pooled last-stage embeddings, for TailSampler
+
+
+def global_embeddings(corpus: pa.Table, config: TailedCoreSweepConfig) -> FeatureSet:
+    """TailSampler's input: the backbone's last stage, average-pooled, cached like any features."""
+    from raylab.features import cached_patch_features
+
+    backbone = dataclasses.replace(config.features.backbone, out_indices=(config.tailedcore.embedding_stage,))
+    spec = FeatureSpec(backbone=backbone, image_size=config.features.image_size, aggregation_kernel=1)
+    grids = cached_patch_features(corpus, spec)
+    pooled = np.asarray(grids.patches, dtype=np.float32).mean(axis=(1, 2))
+    return FeatureSet(sample_ids=grids.sample_ids, patches=pooled)
+
+
+def prepare(request: Request[TailedCoreSweepConfig]) -> Prepared:
+    from raylab.data import load_corpus
+    from raylab.data.protocols import subsample_corpus
+    from raylab.data.store import corpus_fingerprint
+    from raylab.features import cached_patch_features
+
+    config = request.config
+    corpus = load_corpus(request.dataset, request.data_root, **corpus_options(request))
+    if config.images_per_group is not None:
+        corpus = subsample_corpus(corpus, config.images_per_group)
+    inputs = SweepInputs(corpus, cached_patch_features(corpus, config.features), global_embeddings(corpus, config))
+    return Prepared(inputs, corpus_fingerprint(corpus))
+
+
+def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, context: TrialContext) -> TrialResult:
+    """One (protocol, noise ratio, seed): fit every method on the pooled training set, evaluate per class."""
+    import faiss
+    import pyarrow.compute as pc
+    import torch
+
+    from raylab.data.protocols import apply_long_tail
+    from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
+    from raylab.methods.patchcore import PatchCore
+    from raylab.methods.tailedcore.diagnostics import class_group_metrics, defect_patch_cells, filter_removal, tail_quality
+    from raylab.methods.tailedcore.model import TailedCore
+    from raylab.methods.tailedcore.softpatch import SoftPatch
+    from raylab.methods.tailedcore.views import RotationFlipViews
+    from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
+
+    torch.set_num_threads(config.threads_per_trial)
+    faiss.omp_set_num_threads(config.threads_per_trial)
+    seed = int(setting["seed"])
+    protocol = protocol_from_name(str(setting["protocol"]), float(setting["noise_ratio"]), seed, keep_injected_in_test=config.keep_injected_in_test)
+    result = apply_long_tail(inputs.corpus, protocol)
+    features = inputs.features
+    splits = class_splits(result.table, config.features.image_size)
+    train_rows = result.table.filter(pc.equal(result.table["split"], "train")).sort_by("sample_id")
+    train_ids = train_rows.column("sample_id").to_pylist()
+    train = features.take(train_ids)
+    injected = np.asarray(train_rows.column("injected_noise").to_pylist(), dtype=bool)
+    tail_classes = set(result.tail_classes)
+    true_tail = np.array([c in tail_classes for c in train_rows.column("class_name").to_pylist()], dtype=bool)
+    defect_cells = defect_patch_cells(train_rows.column("mask").to_pylist(), train_ids, config.features.image_size, train.shape[1:3])
+    defect_cells &= injected[:, None, None]
+    views = RotationFlipViews(inputs.corpus, config.features, config.tailedcore.tail_rotation_step, config.tailedcore.tail_hflip)
+
+    values = dict(setting.values)
+    rows = []
+    for method in config.methods:
+        start = time.perf_counter()
+        diagnostics: dict[str, float] = {}
+        if method.startswith("tailedcore"):
+            detector = TailedCore(config.tailedcore, seed=seed).fit(
+                train,
+                inputs.embeddings.take(train_ids),
+                views=None if method == "tailedcore_no_views" else (lambda indices: views([train_ids[i] for i in indices])),
+                known_tail=true_tail if method == "tailedcore_true_tail" else None,
+            )
+            diagnostics.update(tail_quality(detector.tail.is_tail, true_tail))
+            diagnostics.update({"tail_max_k": float(detector.tail.max_k), **filter_removal(detector.head_kept, injected, defect_cells)})
+            diagnostics.update({f"memory_{k}": float(v) for k, v in detector.memory_sizes.items()})
+        elif method == "softpatch":
+            detector = SoftPatch(config.softpatch, seed=seed).fit(train)
+            diagnostics.update(filter_removal(detector.kept, injected, defect_cells))
+        elif method == "patchcore":
+            detector = PatchCore(config.patchcore, seed=seed).fit(train)
+        else:  # class_patchcore: one memory per class, fitted below
+            detector = None
+        diagnostics["fit_seconds"] = time.perf_counter() - start
+        if detector is None:
+            evaluations = [evaluate_fitted(PatchCore(config.patchcore, seed=seed).fit(features.take(split.train_ids)), split, features) for split in splits]
+        else:
+            evaluations = [evaluate_fitted(detector, split, features) for split in splits]
+        diagnostics["total_seconds"] = time.perf_counter() - start
+        metrics = class_group_metrics(evaluations, tail_classes)
+        tags = {"method": method, **values, "trial": context.trial_id}
+        with context.nested_run(f"{method}-{setting.tag()}-{context.trial_id}", params={**values, "config": config}, tags=tags) as run:
+            run.log_metrics({**metrics, **diagnostics})
+            log_anomaly_artifacts(run, evaluations, inputs.corpus, save_model=False)
+            run.log_text(result.classes.to_csv(index=False), "protocol_classes.csv")
+            run.log_text(result.manifest.to_csv(index=False), "protocol_manifest.csv")
+            if detector is not None:
+                with tempfile.TemporaryDirectory() as scratch:
+                    run.log_artifacts(detector.save(Path(scratch) / "model"), "model")
+        extra = {"tail_classes": sorted(tail_classes), "diagnostics": diagnostics, "per_class": {e.class_name: e.metrics for e in evaluations}}
+        rows.append(Row(method, context.dataset, values, metrics, extra))
+    return TrialResult(rows)
+
+
+def report(rows: Sequence[Row], request: Request[TailedCoreSweepConfig]) -> Report:
+    from raylab.methods.tailedcore.report import auroc_bars
+    from raylab.report.tables import aggregate, format_table
+
+    table = aggregate([r.to_dict() for r in rows], ["protocol", "noise_ratio", "method"], METRICS)
+
+    def figures(scratch: Path) -> list[Path]:
+        return [auroc_bars(table, scratch / "image_auroc_by_protocol.png")]
+
+    return Report(format_table(table, TABLE_METRICS), tables={"results_table.csv": table.to_csv(index=False)}, figures=figures, table=table)
+
+
+def _concurrent_trials(config: TailedCoreSweepConfig) -> int:
+    """As many trials as the cluster has CPUs for their threads, unless the config says."""
+    import ray
+
+    return config.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1)) // config.threads_per_trial)
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    description="TailedCore against SoftPatch and PatchCore on long-tailed, noisy training sets (step and "
+    "pareto protocols) over protocols x noise ratios x seeds on Ray Tune, one memory for all classes, "
+    "evaluated per class; tracked in MLflow (parent run per sweep, nested run per method and setting).",
+    config_type=TailedCoreSweepConfig,
+    profiles={"cpu": TailedCoreSweepConfig, "full": full_config},
+    default_dataset="longtail_mix",
+    metrics_help=", ".join(METRICS) + "; rows carry method in {" + ", ".join(KNOWN_METHODS) + "}, protocol, "
+    "tail_classes, diagnostics and per_class",
+    axes=axes,
+    prepare=prepare,
+    trial=trial,
+    report=report,
+    executor="tune",
+    config_folder="tailedcore",
+    quick=quick,
+    arguments=arguments,
+    check=require_registered_dataset,
+    apply_arguments=apply_arguments,
+    # Trials hold almost no CPU (their LOF tasks take the cluster's); concurrency caps them.
+    trial_resources=lambda config: {"CPU": 0.01},
+    max_concurrent=_concurrent_trials,
+)
