@@ -276,7 +276,8 @@ class _Tripwire(nn.Module):
 
 @pytest.mark.shared_data
 def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session, shared_data, shared_weights, tmp_path, monkeypatch):
-    import raylab.methods.alsuv.job as job
+    import raylab.methods.alsuv.experiment as job
+    from raylab.experiment import get_experiment, run
 
     # Weights made here: a tiny generator checkpoint and tiny encoders (no training in this test).
     torch.manual_seed(0)
@@ -285,7 +286,6 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
         torch.save(_tiny_encoder(seed).backbone.state_dict(), tmp_path / f"{name}.pt")
     encoder = {"kind": "irse", "input_size": [8, 8], "embedding_dim": 8, "layers": [1, 1], "width_multiplier": 0.125}
     config = {
-        "profile": "cpu",
         "data": {"canvas": {"size": 16}},
         "generator": {"checkpoint": str(tmp_path / "g.pt")},
         "encoders": {
@@ -323,13 +323,15 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     monkeypatch.setattr(job, "make_encoder", make)
     monkeypatch.setattr(job, "run_attack", attack)
     out = tmp_path / "out.json"
-    result = job.main([
+    result = run(get_experiment("alsuv_attack"), [
         "--dataset", "orl", "--data-root", str(shared_data), "--weights-root", str(shared_weights),
         "--config", str(path), "--quick", "--seeds", "0,1", "--summary-json", str(out),
     ])
     assert len(wires) == 2 and all(w.calls > 0 for w in wires)  # they did evaluate, outside the attack
     summary = json.loads(out.read_text())
     assert summary["job"] == "alsuv_attack"
+    assert summary["targets"] == 2 and summary["num_searches"] == 4  # the quick section's sizes
+    assert result["config"].data.dataset == "orl" and result["config"].max_targets == 2
     rows = summary["rows"]
     assert {(r["method"], r["encoder"], r["seed"]) for r in rows} == {
         (m, e, s) for m in METHODS for e in ("other", "other_b") for s in (0, 1)
@@ -337,7 +339,26 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     for row in rows:
         for key in ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1"):
             assert 0.0 <= row["metrics"][key] <= 1.0
+        assert "noise_ratio" not in row and row["targets"] == 2 and -1.0 <= row["source_cosine"] <= 1.0
+        assert set(row["verification"]) == {"other", "other_b", "source", "validation"}
     assert "alsuv" in result["table"]["method"].tolist()
+    assert result["text"].startswith("ALSUV on orl: 2 targets from 10 held-out identities, N=4 searches x 2 iterations, seeds [0, 1]")
+
+    # MLflow: the shared models run (logged once, by the first seed's trial), one attack run
+    # per seed and one run per method x seed, all nested under the sweep's parent run.
+    import mlflow
+
+    from raylab.tracking import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name("raylab/alsuv_attack")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.info.run_name == result["name"])
+    children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert children == sorted(["models", "attack-s0", "attack-s1", *(f"{m}-s{s}" for m in METHODS for s in (0, 1))])
+    models = next(r for r in runs if r.info.run_name == "models")
+    assert models.data.metrics["generator_loaded"] == 1.0 and models.data.metrics["data/held_out_identities"] == 10
+    assert {"generator_samples.png", "targets.txt", "generator.txt"} <= {a.path for a in client.list_artifacts(models.info.run_id)}
 
     # The tripwire itself works: an unseen encoder sent to a search task fails the attack.
     import sys
@@ -348,3 +369,26 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     renderer = _tiny_renderer()
     with pytest.raises(Exception, match="called during the attack"):
         run_attack(torch.randn(1, 8), renderer, _Tripwire(_tiny_encoder(4)), _tiny_encoder(2), AttackConfig(num_searches=1, searches_per_task=1, iterations=1, top_k=1), seed=0)
+
+
+def test_bad_inputs_fail_before_ray_naming_the_key(capsys, tmp_path):
+    from raylab.experiment import get_experiment, run
+
+    def refused(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            run(get_experiment("alsuv_attack"), argv)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    assert "attack.iterations: expected int, got str 'notanumber'" in refused(["--print-config", "--set", "attack.iterations=notanumber"])
+    assert "attack.top_k: must be in [1, num_searches=12]" in refused(["--print-config", "--set", "attack.top_k=13"])
+    assert "data.fold: must be in [0, n_folds=4)" in refused(["--print-config", "--set", "data.fold=4"])
+    # --dataset decides the face set: a config that names one is refused, not overwritten.
+    assert "data.dataset is decided by each setting" in refused(["--print-config", "--set", "data.dataset=face_folder"])
+    (tmp_path / "named.yaml").write_text("data: {dataset: face_folder}\n")
+    assert "data.dataset is decided" in refused(["--print-config", "--config", str(tmp_path / "named.yaml")])
+    assert "--seeds '0,a': 'a' is not a valid int" in refused(["--seeds", "0,a"])
+    assert "generator: " in refused(["--data-root", str(tmp_path), "--set", "generator.checkpoint=missing.pt", "--weights-root", str(tmp_path)])
+    full = run(get_experiment("alsuv_attack"), ["--profile", "full", "--config", "alsuv/ffhq256", "--print-config"])["config"]
+    assert full.attack.num_searches == 100 and full.generator.checkpoint == "stylegan2-ffhq-256_550000.pt" and full.data.canvas.size == 112
+    assert run(get_experiment("alsuv_attack"), ["--dataset", "face_folder", "--print-config"])["config"].data.dataset == "face_folder"

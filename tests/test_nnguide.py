@@ -292,26 +292,30 @@ def test_ray_data_extraction_equals_in_process(ray_session, shared_weights, cifa
 # ---------------------------------------------------------------------------- Ray Train and the job
 
 
-def _quick_job_config():
-    from raylab.methods.nnguide.job import parser, resolve_config
+def _job(argv: list[str]) -> dict:
+    from raylab.experiment import get_experiment, run
 
-    return resolve_config(parser().parse_args([]))
+    return run(get_experiment("nnguide_eval"), argv)
+
+
+def _quick_job_config():
+    """The config ``--quick`` resolves to (the quick reductions applied)."""
+    return _job(["--quick", "--print-config"])["config"]
 
 
 def test_ray_train_classifier_two_workers_with_checkpoints(ray_session):
     """Trains exactly what ``--quick`` trains (same data, config, seed), so the job test reuses it."""
-    import dataclasses
-
     from raylab.methods.nnguide.benchmark import build_benchmark
     from raylab.methods.nnguide.classifiers import build_classifier
-    from raylab.methods.nnguide.job import training_data
+    from raylab.methods.nnguide.experiment import training_data
     from raylab.methods.nnguide.train_classifier import FINAL_STATE, train_classifier
 
     config = _quick_job_config()
-    bench = build_benchmark(config.benchmark, None, 0, max_per_role=config.quick.max_test_images_per_role)
+    assert config.max_test_images_per_role == config.quick.max_test_images_per_role
+    bench = build_benchmark(config.benchmark, None, 0, max_per_role=config.max_test_images_per_role)
     pixels, labels = training_data(bench, config)
-    train = dataclasses.replace(config.train, epochs=config.quick.epochs)
-    assert train.num_workers == 2
+    train = config.train
+    assert train.epochs == config.quick.epochs and train.num_workers == 2
     trained = train_classifier(pixels, labels, config.classifier, train, seed=0)
     assert trained.metrics["epoch"] == train.epochs - 1
     run = Path(trained.run_path)
@@ -327,12 +331,11 @@ def test_ray_train_classifier_two_workers_with_checkpoints(ray_session):
 
 
 def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
-    from raylab.methods.nnguide.job import main
-
     summary = tmp_path / "summary.json"
-    main(["--quick", "--summary-json", str(summary)])
+    result = _job(["--quick", "--summary-json", str(summary)])
     data = json.loads(summary.read_text())
-    assert data["job"] == "nnguide_eval"
+    assert data["job"] == "nnguide_eval" and data["classifier"] == "small_cnn" and data["axes"] == ["seed"]
+    assert data["rows"] == json.loads(json.dumps(result["rows"], default=str))
     methods = list(dict.fromkeys(row["method"] for row in data["rows"]))
     assert set(_quick_job_config().detectors) | {"nnguide_tuned"} == set(methods)
     for method in methods:
@@ -340,7 +343,7 @@ def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
         sets = ["digits_6_9", "average"] if method == "nnguide_tuned" else ["digits_6_9", "textures", "average"]
         assert sorted(rows) == sorted(sets)  # the tuned detector is never reported on its validation-OOD set
         for row in rows.values():
-            assert row["dataset"] == "mnist_open_set" and row["noise_ratio"] is None and row["seed"] == 0
+            assert row["dataset"] == "mnist_open_set" and "noise_ratio" not in row and row["seed"] == 0
             assert 0.5 < row["id_accuracy"] <= 1.0
             for key in ("auroc", "fpr95", "aupr_in", "aupr_out"):
                 assert 0.0 <= row["metrics"][key] <= 1.0
@@ -349,6 +352,7 @@ def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
             assert rows["average"]["metrics"][key] == pytest.approx(np.mean(reported))
     tuned = next(row for row in data["rows"] if row["method"] == "nnguide_tuned")
     assert tuned["validation_ood"] == "textures" and tuned["trials"] == _quick_job_config().quick.sweep_samples
+    assert result["text"].startswith("mnist_open_set / small_cnn: ID test accuracy seed 0: ")
 
     import mlflow
 
@@ -359,22 +363,49 @@ def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == 1 + 1 + len(methods)  # parent, classifier, one per detector
+    assert parents[0].info.run_name == result["name"]
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"results_table.txt", "results_table.csv", "auroc_fpr95.png"} <= artifacts
+    assert {"results_table.txt", "results_table.csv", "auroc_fpr95.png", "config.yaml"} <= artifacts
 
 
-def test_cli_picks_the_network_config_and_overrides_weights(shared_weights: Path, tmp_path):
-    from raylab.methods.nnguide.job import parser, resolve_config
+def _refused(capsys, argv: list[str]) -> str:
+    """The runner's exit for a bad input (code 2, before Ray starts); returns its message.
 
+    Config errors are checked with ``--print-config`` (were one missed, nothing would run);
+    settings and input checks come after it, so those calls leave it out.
+    """
+    with pytest.raises(SystemExit) as exit_info:
+        _job(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_picks_the_network_config_and_overrides_weights(shared_weights: Path, tmp_path, capsys):
     weights = shared_weights / "cifar10_resnet20.th"
-    config = resolve_config(parser().parse_args(["--dataset", "cifar10", "--network", "resnet20", "--weights", str(weights)]))
+    config = _job(["--dataset", "cifar10", "--network", "resnet20", "--weights", str(weights), "--print-config"])["config"]
     assert config.benchmark.id_dataset == "cifar10_test" and config.classifier.arch == "resnet20"
     assert config.classifier.weights == str(weights)
-    assert resolve_config(parser().parse_args(["--dataset", "cifar10"])).classifier.arch == "resnet56"
-    with pytest.raises(SystemExit, match="no default config for cifar10"):
-        resolve_config(parser().parse_args(["--dataset", "cifar10", "--network", "resnet18"]))
-    with pytest.raises(SystemExit, match="no such file"):
-        resolve_config(parser().parse_args(["--dataset", "cifar10", "--weights", str(tmp_path / "missing.th")]))
-    mismatch = ["--dataset", "cifar10", "--network", "resnet20", "--config", "configs/nnguide/cifar10_resnet56.yaml"]
-    with pytest.raises(SystemExit, match="classifier.arch is resnet56"):
-        resolve_config(parser().parse_args(mismatch))
+    default = _job(["--dataset", "cifar10", "--print-config"])["config"]
+    assert default.classifier.arch == "resnet56" and default.benchmark.ood_sets.keys() == {"dtd", "tiny_imagenet", "mnist"}
+    # The (dataset, network) config sits under --set, as a dataset overlay does.
+    config = _job(["--dataset", "cifar10", "--set", "classifier.weights=other.th", "--set", "sweep.num_samples=7", "--print-config"])["config"]
+    assert config.classifier.arch == "resnet56" and config.classifier.weights == "other.th" and config.sweep.num_samples == 7
+    assert not _job(["--no-sweep", "--print-config"])["config"].sweep.enabled
+    assert "no default config for cifar10" in _refused(capsys, ["--dataset", "cifar10", "--network", "resnet18", "--print-config"])
+    assert "no such file" in _refused(capsys, ["--dataset", "cifar10", "--weights", str(tmp_path / "missing.th"), "--print-config"])
+    # A packaged config named by its old path still resolves, and contradicts --network here.
+    mismatch = ["--dataset", "cifar10", "--network", "resnet20", "--config", "configs/nnguide/cifar10_resnet56.yaml", "--print-config"]
+    assert "classifier.arch is resnet56" in _refused(capsys, mismatch)
+    same = _job(["--dataset", "cifar10", "--network", "resnet56", "--config", "configs/nnguide/cifar10_resnet56.yaml", "--print-config"])["config"]
+    assert same == default
+    assert "benchmark.id_dataset is cifar10_test" in _refused(capsys, ["--dataset", "mnist_open_set", "--config", "nnguide/cifar10_resnet20", "--print-config"])
+
+
+def test_bad_values_fail_before_ray_naming_the_key(capsys):
+    config_error = ["--print-config", "--set"]
+    assert "sweep.num_samples: expected int, got str 'notanumber'" in _refused(capsys, [*config_error, "sweep.num_samples=notanumber"])
+    assert "sweep.num_samples: must be >= 1" in _refused(capsys, [*config_error, "sweep.num_samples=0"])
+    assert "benchmark.validation_fraction: must be in (0, 1)" in _refused(capsys, [*config_error, "benchmark.validation_fraction=1.5"])
+    assert "--seeds '0,x': 'x' is not a valid int" in _refused(capsys, ["--seeds", "0,x"])
+    assert "--seeds '0,,1'" in _refused(capsys, ["--seeds", "0,,1"])
+    assert "unknown detector kind 'nope'" in _refused(capsys, ["--seeds", "0", "--set", "detectors.x.kind=nope"])

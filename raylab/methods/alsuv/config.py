@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from raylab.config import require
 from raylab.methods.alsuv.stylegan2 import GeneratorConfig
 
 EncoderKind = Literal["irse", "timm", "mobilefacenet"]
@@ -196,8 +197,9 @@ class EncoderSet:
             name: spec if isinstance(spec, EncoderConfig) else from_mapping(EncoderConfig, spec, where=f"encoders.unseen.{name}")
             for name, spec in self.unseen.items()
         }
-        if not unseen:
-            raise ValueError("encoders.unseen is empty: the attack must be judged on at least one unseen encoder")
+        require(bool(unseen), "unseen", "is empty: the attack must be judged on at least one unseen encoder")
+        clash = sorted({"source", "validation"} & set(unseen))
+        require(not clash, "unseen", f"names {clash} clash with the attack's own encoders")
         object.__setattr__(self, "unseen", unseen)
 
 
@@ -219,12 +221,13 @@ class AttackConfig:
     top_k: int = 10
 
     def __post_init__(self) -> None:
-        if self.num_searches < 1 or self.searches_per_task < 1 or self.iterations < 1:
-            raise ValueError("num_searches, searches_per_task and iterations must be >= 1")
-        if not 1 <= self.top_k <= self.num_searches:
-            raise ValueError(f"top_k must be in [1, num_searches={self.num_searches}], got {self.top_k}")
-        if not 0.0 < self.average_fraction <= 1.0:
-            raise ValueError(f"average_fraction must be in (0, 1], got {self.average_fraction}")
+        for key in ("num_searches", "searches_per_task", "iterations", "mean_latent_samples"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(1 <= self.top_k <= self.num_searches, "top_k", f"must be in [1, num_searches={self.num_searches}], got {self.top_k}")
+        require(0.0 < self.average_fraction <= 1.0, "average_fraction", f"must be in (0, 1], got {self.average_fraction}")
+        require(0.0 <= self.lr_decay_at <= 1.0, "lr_decay_at", f"must be in [0, 1], got {self.lr_decay_at}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0.0 <= self.truncation <= 1.0, "truncation", f"must be in [0, 1], got {self.truncation}")
 
     @property
     def averaged_iterates(self) -> int:
@@ -254,6 +257,11 @@ class DataConfig:
     targets_per_identity: int = 1
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
 
+    def __post_init__(self) -> None:
+        require(self.n_folds >= 2, "n_folds", f"must be >= 2 (one fold held out, the others trained on), got {self.n_folds}")
+        require(0 <= self.fold < self.n_folds, "fold", f"must be in [0, n_folds={self.n_folds}), got {self.fold}")
+        require(self.targets_per_identity >= 1, "targets_per_identity", f"must be >= 1, got {self.targets_per_identity}")
+
 
 @dataclass(frozen=True)
 class EvaluationConfig:
@@ -273,6 +281,10 @@ class QuickConfig:
     encoder_epochs: int = 3
     max_targets: int = 3
 
+    def __post_init__(self) -> None:
+        for key in ("num_searches", "searches_per_task", "iterations", "top_k", "gan_iterations", "encoder_epochs", "max_targets"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class AlsuvConfig:
@@ -285,6 +297,11 @@ class AlsuvConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     quick: QuickConfig = field(default_factory=QuickConfig)
     seeds: tuple[int, ...] = (0, 1, 2)
+    # Attack only the first this many targets; None attacks every target (``--quick`` sets it).
+    max_targets: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.max_targets is None or self.max_targets >= 1, "max_targets", f"must be >= 1 or null, got {self.max_targets}")
 
 
 def cpu_generator() -> GeneratorConfig:
@@ -321,4 +338,4 @@ def quick_config(config: AlsuvConfig) -> AlsuvConfig:
         validation=shrink(config.encoders.validation),
         unseen={name: shrink(e) for name, e in config.encoders.unseen.items()},
     )
-    return replace(config, attack=attack, generator=generator, encoders=encoders)
+    return replace(config, attack=attack, generator=generator, encoders=encoders, max_targets=q.max_targets)

@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, SearchSpace, Setting, TrialContext, TrialResult
-from raylab.experiment.arguments import check_ratios, parse_list
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
-from raylab.features.extract import FeatureSet
 from raylab.methods.anomaly_benchmark import ClassEvaluation, class_splits, evaluate_fitted, mean_over_classes
+from raylab.methods.anomaly_experiment import CorpusFeatures, noise_axes, noise_ratio_option, prepare_corpus_features
 from raylab.methods.meds.config import MeDSConfig, cpu_config
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
@@ -78,34 +76,9 @@ def quick(config: MeDSSweepConfig) -> MeDSSweepConfig:
     return dataclasses.replace(config, images_per_group=config.quick_images_per_group, noise_ratios=config.quick_noise_ratios)
 
 
-def arguments(parser) -> None:
-    parser.add_argument("--noise-ratios", default=None, help="comma-separated noise ratios in [0, 1) (default: the config's, 0,0.1,0.2,0.4)")
-
-
-def axes(request: Request[MeDSSweepConfig]) -> dict[str, tuple]:
-    ratios = parse_list(request.args.noise_ratios, float, "--noise-ratios") or request.config.noise_ratios
-    check_ratios(ratios, "--noise-ratios")
-    seeds = parse_list(request.args.seeds, int, "--seeds") or request.config.seeds
-    return {"noise_ratio": ratios, "seed": seeds}
-
-
-@dataclass(frozen=True)
-class SweepInputs:
-    corpus: pa.Table
-    features: FeatureSet
-
-
 def prepare(request: Request[MeDSSweepConfig]) -> Prepared:
-    from raylab.data import load_corpus
-    from raylab.data.protocols import subsample_corpus
-    from raylab.data.store import corpus_fingerprint
-    from raylab.features import cached_patch_features
-
     config = request.config
-    corpus = load_corpus(request.dataset, request.data_root, **config.dataset_options)
-    if config.images_per_group is not None:
-        corpus = subsample_corpus(corpus, config.images_per_group)
-    return Prepared(SweepInputs(corpus, cached_patch_features(corpus, config.features)), corpus_fingerprint(corpus))
+    return prepare_corpus_features(request, config.dataset_options, config.images_per_group, config.features)
 
 
 def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict[str, float]]:
@@ -140,7 +113,7 @@ def search_space() -> dict[str, Any]:
     return {"rho": tune.uniform(0.05, 0.3), "bootstraps": tune.randint(5, 40), "mad_k": tune.uniform(1.0, 5.0), "lr": tune.loguniform(5e-4, 5e-3)}
 
 
-def trial(setting: Setting, inputs: SweepInputs, config: MeDSSweepConfig, context: TrialContext) -> TrialResult:
+def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, context: TrialContext) -> TrialResult:
     """One (noise ratio, seed) setting, every method; reports stage 1 and 2 on the way (for ASHA)."""
     from raylab.data.protocols import NoiseProtocol, inject_noise
     from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
@@ -212,14 +185,14 @@ EXPERIMENT = Experiment(
     profiles={"cpu": MeDSSweepConfig, "full": full_config},
     default_dataset="elpv",
     metrics_help=", ".join(METRICS) + "; rows carry method in {meds, patchcore, partial_memory, distilled}",
-    axes=axes,
+    axes=noise_axes,
     prepare=prepare,
     trial=trial,
     report=report,
     executor="tune",
     config_folder="meds",
     quick=quick,
-    arguments=arguments,
+    arguments=lambda parser: noise_ratio_option(parser, "0,0.1,0.2,0.4"),
     check=require_registered_dataset,
     search=SearchSpace(
         space=search_space, metric="image_auroc", mode="max", time_attr="stage", max_t=3, grace_period=2,

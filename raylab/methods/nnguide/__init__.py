@@ -6,7 +6,8 @@
   classifiers, a small CNN; :mod:`.train_classifier`: training one with Ray Train.
 * :mod:`.features`: features and logits of a corpus, once, with Ray Data (cached).
 * :mod:`.benchmark`: the protocol (roles, the one score negation, metrics);
-  :mod:`.sweep`: Ray Tune + Optuna selection on validation data; :mod:`.job`: the job.
+  :mod:`.sweep`: selection on validation data (the shared Tune + Optuna search);
+  :mod:`.experiment`: the ``nnguide_eval`` job.
 """
 
 from raylab.methods.nnguide.config import (

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from raylab.config import from_mapping
+from raylab.config import from_mapping, require
 
 BaseScore = Literal["energy", "msp", "maxlogit"]
 SignGuard = Literal["monotone", "error", "off"]
@@ -151,6 +151,11 @@ class TrainConfig:
     num_workers: int = 2
     checkpoints_to_keep: int = 2
 
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "num_workers", "checkpoints_to_keep"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+
 
 @dataclass
 class OODSetConfig:
@@ -205,8 +210,7 @@ class BenchmarkConfig:
         self.ood_sets = {name: ood_set(spec, f"ood_sets.{name}") for name, spec in self.ood_sets.items()}
         if self.validation_ood is not None and self.validation_ood not in self.ood_sets:
             raise KeyError(f"validation_ood {self.validation_ood!r} is not one of the OOD sets {sorted(self.ood_sets)}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        require(0.0 < self.validation_fraction < 1.0, "validation_fraction", f"must be in (0, 1), got {self.validation_fraction}")
 
 
 @dataclass
@@ -228,6 +232,14 @@ class SweepConfig:
     base_score: BaseScore = "energy"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for key in ("num_samples", "max_concurrent", "k_max"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        low, high = self.bank_ratio_range
+        require(0.0 < low <= high <= 1.0, "bank_ratio_range", f"must satisfy 0 < low <= high <= 1, got {self.bank_ratio_range}")
+        low, high = self.react_percentile_range
+        require(0.0 < low <= high <= 100.0, "react_percentile_range", f"must satisfy 0 < low <= high <= 100, got {self.react_percentile_range}")
+
 
 @dataclass
 class QuickConfig:
@@ -239,6 +251,10 @@ class QuickConfig:
     epochs: int = 3
     sweep_samples: int = 4
     max_test_images_per_role: int = 300
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "sweep_samples", "max_test_images_per_role"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass
@@ -253,6 +269,16 @@ class NNGuideEvalConfig:
     quick: QuickConfig = field(default_factory=QuickConfig)
     seeds: tuple[int, ...] = (0,)
     extraction_batch_size: int = 128
+    # A seeded subset of each test role (``id_test``, ``ood/*``) of at most this many images;
+    # None uses every image (the protocol). ``--quick`` sets it from ``quick``.
+    max_test_images_per_role: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.extraction_batch_size >= 1, "extraction_batch_size", f"must be >= 1, got {self.extraction_batch_size}")
+        require(
+            self.max_test_images_per_role is None or self.max_test_images_per_role >= 1,
+            "max_test_images_per_role", f"must be >= 1 or null, got {self.max_test_images_per_role}",
+        )
 
     def detector_configs(self) -> dict[str, DetectorConfig]:
         """The typed config of every detector, validated (``kind`` plus that kind's fields)."""

@@ -9,12 +9,15 @@ The search space is define-by-run (an Optuna callable), so it can be conditional
 ratio is drawn first (log-uniform), then ``k`` from ``[1, min(k_max, bank size)]`` (log
 scale), so every trial is a valid detector; ReAct is a yes/no choice and its percentile is
 drawn only when it is on. The first trial is the official default (k = 10, 1% bank, no
-ReAct).
+ReAct). The search itself (Tune trials, the Optuna searcher) is the experiment layer's
+:func:`raylab.experiment.search.optuna_search`; this module supplies the space and the
+validation objective.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,8 @@ from raylab.eval.ood import ood_metrics
 from raylab.methods.nnguide.benchmark import ood_scores
 from raylab.methods.nnguide.config import NNGuideConfig, SweepConfig
 from raylab.methods.nnguide.detectors import LinearHead, ModelOutputs, fit_detector
+
+METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")
 
 
 @dataclass
@@ -52,13 +57,7 @@ def validation_metrics(
 ) -> dict[str, float]:
     detector = fit_detector(config, fit, head)
     metrics = ood_metrics(ood_scores(detector, val_id), ood_scores(detector, val_ood))
-    return {key: metrics[key] for key in ("auroc", "fpr95", "aupr_in", "aupr_out")}
-
-
-def _trainable(params: dict[str, Any], *, fit, val_id, val_ood, head, base_score, seed) -> None:
-    from ray import tune
-
-    tune.report(validation_metrics(trial_config(params, base_score, seed), fit, val_id, val_ood, head))
+    return {key: metrics[key] for key in METRICS}
 
 
 @dataclass(frozen=True)
@@ -85,58 +84,48 @@ def sweep_nnguide(
     head: LinearHead,
     config: SweepConfig,
     *,
+    name: str,
+    storage_path: str,
     num_samples: int | None = None,
     seed: int = 0,
-    name: str = "nnguide-sweep",
-    storage_path: str | None = None,
 ) -> SweepResult:
-    """Run the Tune + Optuna search; returns the best config (selected on validation only)."""
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    from raylab.data.store import cache_root
+    """Search NNGuide's hyperparameters (the shared Tune + Optuna search); the best is selected on validation only."""
+    from raylab.experiment.search import optuna_search
 
     low = config.bank_ratio_range[0]
     if int(np.floor(low * len(fit) + 1e-9)) < 1:
         raise ValueError(f"bank_ratio_range starts at {low}: a bank of zero entries for {len(fit)} fit samples")
     mode = "max" if config.metric == "auroc" else "min"
     default = NNGuideConfig()
-    searcher = OptunaSearch(
-        space=SearchSpace(len(fit), config),
+    objective = functools.partial(_objective, fit=fit, val_id=val_id, val_ood=val_ood, head=head, base_score=config.base_score, seed=seed)
+    outcome = optuna_search(
+        objective,
+        SearchSpace(len(fit), config),
         metric=config.metric,
         mode=mode,
-        points_to_evaluate=[{"bank_ratio": max(default.bank_ratio, low), "k": default.k, "react": False}],
+        num_samples=num_samples or config.num_samples,
         seed=config.seed + seed,
+        name=name,
+        storage_path=storage_path,
+        points_to_evaluate=[{"bank_ratio": max(default.bank_ratio, low), "k": default.k, "react": False}],
+        max_concurrent=config.max_concurrent,
+        reuse_actors=True,
     )
-    trainable = tune.with_parameters(
-        _trainable, fit=fit, val_id=val_id, val_ood=val_ood, head=head, base_score=config.base_score, seed=seed
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=num_samples or config.num_samples,
-            max_concurrent_trials=config.max_concurrent,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path or str(cache_root() / "ray_results"), verbose=0),
-    )
-    grid = tuner.fit()
-    if grid.errors:
-        raise RuntimeError(f"{len(grid.errors)} sweep trials failed; first: {grid.errors[0]!r}")
-    best = grid.get_best_result(metric=config.metric, mode=mode)
     rows = []
-    for result in grid:
-        row = {key: result.config.get(key) for key in ("bank_ratio", "k", "react", "react_percentile")}
-        row.update({key: result.metrics.get(key) for key in ("auroc", "fpr95", "aupr_in", "aupr_out")})
+    for trial in outcome.trials:
+        row = {key: trial.params.get(key) for key in ("bank_ratio", "k", "react", "react_percentile")}
+        row.update({key: trial.metrics.get(key) for key in METRICS})
         rows.append(row)
     trials = pd.DataFrame(rows).sort_values(config.metric, ascending=(mode == "min"), ignore_index=True)
-    chosen = trial_config(best.config, config.base_score, seed)
     return SweepResult(
-        best=chosen,
-        best_metrics={key: float(best.metrics[key]) for key in ("auroc", "fpr95", "aupr_in", "aupr_out")},
+        best=trial_config(outcome.best.params, config.base_score, seed),
+        best_metrics={key: float(outcome.best.metrics[key]) for key in METRICS},
         trials=trials,
     )
+
+
+def _objective(params, *, fit, val_id, val_ood, head, base_score, seed) -> dict[str, float]:
+    return validation_metrics(trial_config(params, base_score, seed), fit, val_id, val_ood, head)
 
 
 def describe(config: NNGuideConfig) -> dict[str, Any]:

@@ -14,16 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
-from raylab.experiment.arguments import check_ratios, parse_list
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
 from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
-from raylab.features.extract import FeatureSet
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_per_class, mean_over_classes
+from raylab.methods.anomaly_experiment import CorpusFeatures, noise_axes, noise_ratio_option, prepare_corpus_features
 from raylab.methods.patchcore.config import PatchCoreConfig
 from raylab.methods.patchcore.model import PatchCore
 
@@ -62,37 +59,12 @@ def quick(config: PatchCoreEvalConfig) -> PatchCoreEvalConfig:
     return dataclasses.replace(config, images_per_group=config.quick_images_per_group, patchcore=patchcore)
 
 
-def arguments(parser) -> None:
-    parser.add_argument("--noise-ratios", default=None, help="comma-separated noise ratios in [0, 1), e.g. 0,0.1 (default: the config's, 0)")
-
-
-def axes(request: Request[PatchCoreEvalConfig]) -> dict[str, tuple]:
-    ratios = parse_list(request.args.noise_ratios, float, "--noise-ratios") or request.config.noise_ratios
-    check_ratios(ratios, "--noise-ratios")
-    seeds = parse_list(request.args.seeds, int, "--seeds") or request.config.seeds
-    return {"noise_ratio": ratios, "seed": seeds}
-
-
-@dataclass(frozen=True)
-class EvalInputs:
-    corpus: pa.Table
-    features: FeatureSet
-
-
 def prepare(request: Request[PatchCoreEvalConfig]) -> Prepared:
-    from raylab.data import load_corpus
-    from raylab.data.protocols import subsample_corpus
-    from raylab.data.store import corpus_fingerprint
-    from raylab.features import cached_patch_features
-
     config = request.config
-    corpus = load_corpus(request.dataset, request.data_root, **config.dataset_options)
-    if config.images_per_group is not None:
-        corpus = subsample_corpus(corpus, config.images_per_group)
-    return Prepared(EvalInputs(corpus, cached_patch_features(corpus, config.patchcore.features)), corpus_fingerprint(corpus))
+    return prepare_corpus_features(request, config.dataset_options, config.images_per_group, config.patchcore.features)
 
 
-def trial(setting: Setting, inputs: EvalInputs, config: PatchCoreEvalConfig, context: TrialContext) -> TrialResult:
+def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig, context: TrialContext) -> TrialResult:
     """Apply the protocol, fit and evaluate one memory per class, log one nested run."""
     from raylab.data.protocols import NoiseProtocol, inject_noise
     from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
@@ -128,13 +100,13 @@ EXPERIMENT = Experiment(
     profiles={"cpu": PatchCoreEvalConfig, "full": full_config},
     default_dataset="elpv",
     metrics_help=", ".join(METRICS) + " (pixel metrics only for datasets with masks)",
-    axes=axes,
+    axes=noise_axes,
     prepare=prepare,
     trial=trial,
     report=report,
     executor="tasks",
     config_folder="patchcore",
     quick=quick,
-    arguments=arguments,
+    arguments=lambda parser: noise_ratio_option(parser, "0"),
     check=require_registered_dataset,
 )

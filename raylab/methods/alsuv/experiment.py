@@ -1,0 +1,314 @@
+"""``alsuv_attack``: ALSUV and its ablations on held-out faces, judged on unseen encoders.
+
+Shared by every seed, made once in ``prepare`` (after Ray starts, before the sweep's MLflow
+parent run exists):
+
+1. the identity-disjoint face protocol (:mod:`.faces`): training identities for the
+   generator and the encoders, held-out identities for targets and thresholds;
+2. the generator: a user's rosinality-layout StyleGAN2 checkpoint, or a StyleGAN2 trained
+   here with Ray Train (cached by a hash of its data and config);
+3. the encoders: source and validation (trained here with margin losses, cached) and the
+   unseen ones (the pretrained MobileFaceNet, raylab-trained others), their thresholds
+   from the held-out pairs, the targets and their leaked source templates.
+
+One trial = one seed, run in the driver: the attack on every target's source template with
+Ray tasks (:mod:`.attack`), then each method's reconstructions embedded by each unseen
+encoder (:mod:`.evaluate`). What ``prepare`` made is logged as the nested ``models`` run by
+the first seed's trial (the parent run exists by then): training metrics, the generator
+file and samples, data counts, the encoders' verification on held-out pairs, the targets.
+
+Summary rows: ``method`` in {alsuv, single_search, no_averaging, best_by_source},
+``encoder`` (each unseen encoder), ``seed``, metrics ``type1_far1e-2``, ``type1_far1e-3``,
+``type2_far1e-2``, ``type2_far1e-3``, ``type1_acc``, ``type2_acc``, ``rank1``,
+``rank1_type2``, ``mean_type1_cosine``; beside them ``source_cosine``, ``targets``,
+``held_out_identities`` and ``verification`` (each encoder's TAR on held-out pairs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
+from raylab.experiment.arguments import parse_list
+from raylab.methods.alsuv.attack import METHODS, run_attack
+from raylab.methods.alsuv.config import AlsuvConfig, cpu_config, quick_config
+from raylab.methods.alsuv.encoder_training import train_encoder
+from raylab.methods.alsuv.encoders import FaceEncoder, make_encoder
+from raylab.methods.alsuv.evaluate import EncoderReference, attack_metrics, embed, reference
+from raylab.methods.alsuv.faces import FaceProtocol, FaceSet, choose_targets, load_protocol
+from raylab.methods.alsuv.gan_training import train_generator
+from raylab.methods.alsuv.report import face_grid, generator_samples
+from raylab.methods.alsuv.search import FaceRenderer
+from raylab.methods.alsuv.stylegan2 import load_rosinality
+
+NAME = "alsuv_attack"
+TABLE_METRICS = ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1")
+# Printed beside them: the source (white-box) cosine of the chosen outputs to the template.
+PRINTED_METRICS = (*TABLE_METRICS, "source_cosine")
+METRICS_HELP = (
+    "type1_far1e-2, type1_far1e-3, type2_far1e-2, type2_far1e-3 (attack success rates at the unseen "
+    "encoder's FAR thresholds), type1_acc, type2_acc (best-accuracy threshold), rank1, rank1_type2; "
+    "rows carry method and encoder"
+)
+
+
+def arguments(parser) -> None:
+    parser.add_argument(
+        "--weights-root", default=None,
+        help="folder holding pretrained weights named in the config (MobileFaceNet, a StyleGAN2 checkpoint); "
+        "relative weight paths are resolved against it",
+    )
+
+
+def apply_arguments(config: AlsuvConfig, args) -> AlsuvConfig:
+    """``--dataset`` names the face set (``data.dataset``, which the config layers may not set)."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=args.dataset))
+
+
+def axes(request: Request[AlsuvConfig]) -> dict[str, tuple]:
+    return {"seed": parse_list(request.args.seeds, int, "--seeds") or request.config.seeds}
+
+
+def _weights_path(name: str, weights_root: str | None) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() or weights_root is None else Path(weights_root) / path
+
+
+def weight_files(config: AlsuvConfig, weights_root: str | None) -> dict[str, Path]:
+    """Every pretrained file the run loads: the generator checkpoint and encoder weights, by role."""
+    files = {}
+    if config.generator.checkpoint is not None:
+        files["generator"] = _weights_path(config.generator.checkpoint, weights_root)
+    specs = {"source": config.encoders.source, "validation": config.encoders.validation, **config.encoders.unseen}
+    files |= {f"encoder/{name}": _weights_path(spec.weights, weights_root) for name, spec in specs.items() if spec.weights is not None}
+    return files
+
+
+def check(request: Request[AlsuvConfig]) -> None:
+    """Every weight file exists, before Ray starts."""
+    missing = [f"{role}: {path}" for role, path in weight_files(request.config, request.args.weights_root).items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"weight files not found (relative names resolve against --weights-root): {'; '.join(missing)}")
+
+
+@dataclass
+class ModelsLog:
+    """What making the models produced for the ``models`` run: metrics and the trained generator's file."""
+
+    metrics: dict[str, float]
+    generator_source: str
+    generator_file: Path | None  # a generator trained here (logged as an artifact)
+
+
+@dataclass
+class AttackInputs:
+    """Everything the seeds share: models, targets, templates, the encoders' thresholds."""
+
+    protocol: FaceProtocol
+    renderer: FaceRenderer
+    source: FaceEncoder
+    validation: FaceEncoder
+    unseen: dict[str, FaceEncoder]
+    targets: FaceSet
+    skipped: list[str]
+    target_rows: list[int]
+    template: np.ndarray
+    references: dict[str, EncoderReference]
+    models_log: ModelsLog
+    first_seed: int
+
+
+def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog) -> FaceRenderer:
+    """The generator (loaded or trained here) wrapped with truncation, fixed noise and the face crop."""
+    setup = config.generator
+    if setup.checkpoint is not None:
+        path = _weights_path(setup.checkpoint, weights_root)
+        generator, latent_avg = load_rosinality(path)
+        log.metrics["generator_loaded"] = 1.0
+        log.generator_source = str(path)
+    else:
+        trained = train_generator(
+            protocol.train.images, setup.model, setup.train, mean_latent_samples=config.attack.mean_latent_samples, grayscale=setup.grayscale
+        )
+        generator, latent_avg = trained.generator, trained.latent_avg
+        log.metrics |= {f"gan/{k}": v for k, v in trained.metrics.items()}
+        log.generator_source, log.generator_file = str(trained.path), trained.path
+    if latent_avg is None:
+        latent_avg = generator.mean_latent(config.attack.mean_latent_samples)
+    return FaceRenderer(generator, latent_avg, truncation=config.attack.truncation, crop=setup.crop, grayscale=setup.grayscale)
+
+
+def prepare_encoders(config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog) -> dict[str, FaceEncoder]:
+    """``source``, ``validation`` and every unseen encoder by name (trained here where needed)."""
+    specs = {"source": config.encoders.source, "validation": config.encoders.validation, **config.encoders.unseen}
+    encoders = {}
+    for name, spec in specs.items():
+        state = None
+        if spec.weights is None and spec.kind != "mobilefacenet":
+            trained = train_encoder(protocol.train.images, protocol.train.identities, spec)
+            state = trained.state_dict
+            log.metrics |= {f"encoder/{name}/{k}": v for k, v in trained.metrics.items()}
+        elif spec.kind != "mobilefacenet":
+            state = torch.load(_weights_path(spec.weights, weights_root), map_location="cpu", weights_only=True)
+        encoders[name] = make_encoder(spec, name=name, state_dict=state, weights_root=weights_root)
+    return encoders
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:20]
+
+
+def prepare(request: Request[AlsuvConfig]) -> Prepared:
+    """Protocol, models (the Train runs keep their own names: a hash of their data and config,
+    so every sweep that trains the same generator or encoder reuses it), targets, templates
+    and thresholds. The fingerprint covers the face corpus and every pretrained file's bytes."""
+    from raylab.data.store import corpus_fingerprint
+    from raylab.experiment.identity import content_hash
+
+    config, weights_root = request.config, request.args.weights_root
+    protocol = load_protocol(config.data, request.data_root)
+    log = ModelsLog({}, "", None)
+    renderer = prepare_renderer(config, protocol, weights_root, log)
+    encoders = prepare_encoders(config, protocol, weights_root, log)
+    source, validation = encoders["source"], encoders["validation"]
+    unseen = {name: encoders[name] for name in config.encoders.unseen}
+    targets, skipped = choose_targets(protocol, config.data.targets_per_identity)
+    if config.max_targets is not None:
+        targets = targets.take(range(min(config.max_targets, len(targets))))
+    target_rows = [int(np.flatnonzero(protocol.held_out.sample_ids == sid)[0]) for sid in targets.sample_ids]
+    references = {
+        name: reference(encoder, protocol.held_out.images, protocol.held_out.identities, config.evaluation.fars, flip=config.evaluation.flip)
+        for name, encoder in {**unseen, "source": source, "validation": validation}.items()
+    }
+    inputs = AttackInputs(
+        protocol, renderer, source, validation, unseen, targets, skipped, target_rows,
+        template=embed(source, targets.images, flip=True),  # the leaked source templates
+        references=references, models_log=log, first_seed=axes(request)["seed"][0],
+    )
+    data = {
+        "corpus": corpus_fingerprint(protocol.corpus),
+        "weights": {role: _file_digest(path) for role, path in weight_files(config, weights_root).items()},
+    }
+    return Prepared(inputs, content_hash(data, 20))
+
+
+def log_models(inputs: AttackInputs, config: AlsuvConfig, context: TrialContext) -> None:
+    """The nested ``models`` run: how the shared models were made and how good the encoders are."""
+    log = inputs.models_log
+    with context.nested_run("models", params=config.generator) as run:
+        run.log_metrics(log.metrics | {f"data/{k}": v for k, v in inputs.protocol.counts().items()})
+        for name, ref in inputs.references.items():
+            run.log_metrics({f"verification/{name}/{k}": v for k, v in ref.verification.items()})
+        if log.generator_file is not None:
+            run.log_artifact(log.generator_file, "generator")
+        with tempfile.TemporaryDirectory() as scratch:
+            run.log_artifact(generator_samples(inputs.renderer, Path(scratch) / "generator_samples.png"))
+        run.log_text(f"{log.generator_source}\n{inputs.renderer.generator.config}\n", "generator.txt")
+        run.log_text("\n".join(inputs.skipped) + "\n", "targets_skipped_by_face_check.txt")
+        run.log_text("\n".join(inputs.targets.sources.tolist()) + "\n", "targets.txt")
+
+
+def evaluate_seed(results: list[dict], references: dict, unseen: dict[str, FaceEncoder], target_rows, config: AlsuvConfig) -> dict:
+    """``{method: {encoder: metrics}}`` for one seed's attack results."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method in METHODS:
+        canvas = np.stack([r["selections"][method].canvas for r in results])
+        out[method] = {}
+        for name, encoder in unseen.items():
+            embeddings = embed(encoder, canvas, flip=config.evaluation.flip)
+            out[method][name] = attack_metrics(references[name], embeddings, target_rows)
+    return out
+
+
+def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: TrialContext) -> TrialResult:
+    """The attack for one seed (Ray tasks), every method judged by every unseen encoder."""
+    seed = int(setting["seed"])
+    if seed == inputs.first_seed:
+        log_models(inputs, config, context)
+    started = time.time()
+    results = run_attack(torch.from_numpy(inputs.template), inputs.renderer, inputs.source, inputs.validation, config.attack, seed=seed)
+    seconds = time.time() - started
+    scores = evaluate_seed(results, inputs.references, inputs.unseen, inputs.target_rows, config)
+    search_stats = {k: float(np.mean([r[k] for r in results])) for k in ("mean_cosine_last", "mean_cosine_averaged", "max_cosine_averaged")}
+    with context.nested_run(f"attack-s{seed}", tags={"seed": seed}) as run:
+        run.log_metrics({f"search/{k}": v for k, v in search_stats.items()} | {"attack_seconds": seconds})
+        with tempfile.TemporaryDirectory() as scratch:
+            outputs = {m: np.stack([r["selections"][m].canvas for r in results]) for m in METHODS}
+            run.log_artifact(face_grid(inputs.targets.images, outputs, Path(scratch) / f"reconstructions_s{seed}.png"))
+    shared = {
+        "targets": len(inputs.targets),
+        "held_out_identities": len(set(inputs.protocol.held_out.identities.tolist())),
+        "verification": {name: {k: ref.verification[k] for k in ("tar_far1e-2", "tar_far1e-3")} for name, ref in inputs.references.items()},
+    }
+    rows = []
+    for method in METHODS:
+        source_cosine = float(np.mean([r["selections"][method].source_cosine for r in results]))
+        with context.nested_run(f"{method}-s{seed}", tags={"method": method, "seed": seed}) as run:
+            run.log_metrics({f"{name}/{k}": v for name, m in scores[method].items() for k, v in m.items()} | {"source_cosine": source_cosine})
+        for name, metrics in scores[method].items():
+            rows.append(Row(method, context.dataset, {"seed": seed}, metrics, {"encoder": name, "source_cosine": source_cosine, **shared}))
+    return TrialResult(rows)
+
+
+def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
+    from raylab.report.tables import aggregate, format_table
+
+    config = request.config
+    dicts = [row.to_dict() for row in rows]
+    table = aggregate(dicts, by=("encoder", "method"), metrics=PRINTED_METRICS)
+    order = {m: i for i, m in enumerate(METHODS)}
+    table = table.sort_values(["encoder", "method"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+    first = dicts[0]
+    seeds = list(dict.fromkeys(r["seed"] for r in dicts))
+    verification = "; ".join(
+        f"{name}: TAR {tars['tar_far1e-2']:.3f} @ FAR 1e-2, {tars['tar_far1e-3']:.3f} @ 1e-3" for name, tars in first["verification"].items()
+    )
+    header = (
+        f"ALSUV on {request.dataset}: {first['targets']} targets from {first['held_out_identities']} held-out identities, "
+        f"N={config.attack.num_searches} searches x {config.attack.iterations} iterations, seeds {seeds}; "
+        f"encoders on held-out pairs: {verification}\nattack success rates on the unseen encoders (mean ± std over seeds)\n"
+    )
+    return Report(header + format_table(table, PRINTED_METRICS), tables={"results_table.csv": table.to_csv(index=False)}, table=table)
+
+
+def summary_extra(request: Request[AlsuvConfig], rows: Sequence[Row]) -> Mapping[str, Any]:
+    return {"targets": rows[0].extra["targets"] if rows else 0, "num_searches": request.config.attack.num_searches}
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    description="ALSUV face reconstruction transfer attack: N parallel latent searches per target (Ray tasks) "
+    "through a StyleGAN2, averaged latents, unsupervised validation with a pseudo target, and the "
+    "single-search / no-averaging / best-by-source ablations, judged on unseen encoders.",
+    config_type=AlsuvConfig,
+    profiles={"cpu": cpu_config, "full": AlsuvConfig},
+    default_dataset="orl",
+    metrics_help=METRICS_HELP,
+    axes=axes,
+    prepare=prepare,
+    trial=trial,
+    report=report,
+    executor="driver",
+    # No dataset overlay: the cpu profile *is* the ORL size (raylab/configs/alsuv/orl.yaml lists
+    # its knobs), and an overlay of CPU sizes under --profile full would mix the two sizes.
+    quick=quick_config,
+    arguments=arguments,
+    apply_arguments=apply_arguments,
+    check=check,
+    setting_keys=("data.dataset",),
+    summary_extra=summary_extra,
+)
