@@ -291,13 +291,13 @@ def test_job_end_to_end_on_orl(ray_session, shared_data: Path, tmp_path: Path) -
 
     client = mlflow.MlflowClient()
     children = [
-        run
-        for run in mlflow.search_runs(search_all_experiments=True, output_format="list")
-        if run.data.tags.get("raylab.dataset") == "orl" and run.data.tags.get("raylab.fold") == "1"
+        logged
+        for logged in mlflow.search_runs(search_all_experiments=True, output_format="list")
+        if logged.data.tags.get("raylab.dataset") == "orl" and logged.data.tags.get("raylab.fold") == "1"
     ]
-    assert {run.data.tags["raylab.method"] for run in children} == {"ckd", "periocular_only"}
-    for run in children:
-        assert run.data.tags.get("mlflow.parentRunId")
-        assert {"figures/cmc.png", "figures/roc.png"} <= {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
-        assert client.list_artifacts(run.info.run_id, "periocular_encoder")
-        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 1
+    assert {child.data.tags["raylab.method"] for child in children} == {"ckd", "periocular_only"}
+    for child in children:
+        assert child.data.tags.get("mlflow.parentRunId")
+        assert {"figures/cmc.png", "figures/roc.png"} <= {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
+        assert client.list_artifacts(child.info.run_id, "periocular_encoder")
+        assert len(client.get_metric_history(child.info.run_id, "train/loss")) == 1

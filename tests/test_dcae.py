@@ -322,7 +322,7 @@ def test_sweep_job_end_to_end(ray_session, tmp_path):
     assert "blob" in result["text"] and "n_seeds" in result["text"]
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("raylab/dcae_sweep")
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` != ''")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
     trial_runs = [r for r in runs if r.info.run_name in ("c0-s0", "c1-s0")]
     assert len(trial_runs) == 2
     artifacts = {a.path for a in client.list_artifacts(trial_runs[0].info.run_id)}

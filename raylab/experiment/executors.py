@@ -64,8 +64,6 @@ def _tune_trainable(params: dict[str, Any], *, trial, inputs, config, axes, sear
 def run_tune(sweep: Sweep, resources: Mapping[str, float], max_concurrent: int) -> list[Row]:
     from ray import tune
 
-    from raylab.progress import tune_verbosity
-
     experiment = sweep.experiment
     search = experiment.search if sweep.search_trials else None
     space = dict(search.space()) if search else {}
