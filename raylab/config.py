@@ -93,14 +93,14 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], *, where: str = "confi
     unknown = sorted(set(values) - names)
     if unknown:
         raise UnknownKeyError(f"{where}: unknown keys {unknown} for {cls.__name__}; known: {sorted(names)}")
-    updates = {name: _convert(hints[name], value, _join(where, name), getattr(base, name)) for name, value in values.items()}
+    updates = {name: _convert(hints[name], value, join_key(where, name), getattr(base, name)) for name, value in values.items()}
     try:
         return dataclasses.replace(base, **updates)
     except ConfigError as error:  # a range check of cls.__post_init__: "key: message"
-        raise type(error)(_join(where, str(error))) from None
+        raise type(error)(join_key(where, str(error))) from None
 
 
-def _join(where: str, key: str) -> str:
+def join_key(where: str, key: str) -> str:
     """``file.yaml`` + ``lr`` -> ``file.yaml.lr``; a layer label ending in ``:`` reads ``--set: lr``."""
     return f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
 

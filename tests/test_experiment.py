@@ -15,10 +15,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from raylab.config import ConfigError, from_mapping, load_config, parse_assignment
 from raylab.experiment import experiment_names, get_experiment, run
 from raylab.experiment.identity import IDENTITY_FILE, IdentityConflict, changed_keys, claim, content_hash
+from raylab.resources import Resources, gpu_profile
 from raylab.tracking import tracking_uri
 
 NAMES = experiment_names()
@@ -77,11 +79,14 @@ def test_malformed_seeds_fail_before_ray(name, no_ray, capsys):
 @pytest.mark.parametrize("name", NAMES)
 def test_printed_config_loads_back_to_the_same_config(name, no_ray, capsys, tmp_path):
     experiment = get_experiment(name)
-    printed = run(experiment, ["--print-config"])["config"]
+    printed = run(experiment, ["--print-config", "--resources", "gpu"])
     path = tmp_path / "printed.yaml"
     path.write_text(capsys.readouterr().out)
-    assert load_config(type(printed), path) == printed
-    assert run(experiment, ["--config", str(path), "--print-config"])["config"] == printed
+    values = yaml.safe_load(path.read_text())
+    assert from_mapping(Resources, values.pop("resources")) == printed["resources"] == gpu_profile()
+    assert from_mapping(type(printed["config"]), values) == printed["config"]
+    again = run(experiment, ["--config", str(path), "--print-config"])
+    assert (again["config"], again["resources"]) == (printed["config"], printed["resources"])
     capsys.readouterr()
 
 

@@ -73,6 +73,13 @@ def experiment_parser(experiment) -> argparse.ArgumentParser:
         "--no-progress", nargs=0, action=_SilenceProgress, default=False,
         help="no progress bars or per-epoch lines (same as RAYLAB_PROGRESS=0); results and errors are still printed",
     )
+    parser.add_argument(
+        "--resources", choices=("auto", "gpu"), default="auto",
+        help="what to ask Ray for: auto = the laptop's CPUs; gpu = one accelerator per Train worker, extraction "
+        "actor and search task, asked for whether or not the cluster has one yet (an autoscaler adds them); "
+        "refine with --set resources.KEY=VALUE (see --print-config)",
+    )
+    parser.add_argument("--accelerator", default="GPU", help="Ray resource name of the accelerator the gpu resources ask for")
     parser.add_argument("--verbose", action="store_true", help="also show Ray's internal warnings and per-report lines (kept in Ray's log files otherwise)")
     if experiment.search is not None:
         parser.add_argument("--search", type=int, default=0, metavar="N", help=experiment.search.help)

@@ -17,6 +17,8 @@ from typing import Any
 
 from raylab.experiment.identity import content_hash
 from raylab.experiment.spec import Experiment, Row, Setting, TrialContext, TrialResult
+from raylab.resources import Resources
+from raylab.resources import use as use_resources
 
 ROWS_KEY = "raylab_rows"
 
@@ -36,6 +38,7 @@ class Sweep:
     storage_path: str
     resume: bool
     search_trials: int = 0
+    resources: Resources = Resources()
 
 
 def trial_context(sweep_context: Mapping[str, Any], identity_hash: str, setting: Setting, executor: str) -> TrialContext:
@@ -53,9 +56,10 @@ def _rows_from_payload(payload: str) -> list[Row]:
     return [Row(**row) for row in json.loads(payload)]
 
 
-def _tune_trainable(params: dict[str, Any], *, trial, inputs, config, axes, search_keys, sweep_context, identity_hash) -> None:
+def _tune_trainable(params: dict[str, Any], *, trial, inputs, config, axes, search_keys, sweep_context, identity_hash, resources) -> None:
     from ray import tune
 
+    use_resources(resources)
     setting = Setting({a: params[a] for a in axes}, {k: params[k] for k in search_keys})
     result = trial(setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tune"))
     tune.report({**result.objective, ROWS_KEY: _rows_payload(result)})
@@ -71,6 +75,7 @@ def run_tune(sweep: Sweep, resources: Mapping[str, float], max_concurrent: int) 
         tune.with_parameters(
             _tune_trainable, trial=experiment.trial, inputs=sweep.inputs, config=sweep.config, axes=tuple(sweep.axes),
             search_keys=tuple(space), sweep_context=dict(sweep.context), identity_hash=sweep.identity_hash,
+            resources=sweep.resources,
         ),
         {k.lower(): v for k, v in resources.items()},
     )
@@ -141,7 +146,8 @@ def _raise_errors(sweep: Sweep, errors: list[Any]) -> None:
         raise RuntimeError(f"{len(errors)} trial(s) of sweep {sweep.name} failed; first: {errors[0]}")
 
 
-def _task(setting: Setting, trial, inputs, config, sweep_context, identity_hash) -> str:
+def _task(setting: Setting, trial, inputs, config, sweep_context, identity_hash, resources) -> str:
+    use_resources(resources)
     return _rows_payload(trial(setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tasks")))
 
 
@@ -150,8 +156,8 @@ def run_tasks(sweep: Sweep, resources: Mapping[str, float]) -> list[Row]:
     import ray
 
     inputs_ref = ray.put(sweep.inputs)
-    task = ray.remote(num_cpus=resources.get("CPU", 1.0), num_gpus=resources.get("GPU", 0.0))(_task)
-    refs = [task.remote(s, sweep.experiment.trial, inputs_ref, sweep.config, dict(sweep.context), sweep.identity_hash) for s in sweep.settings]
+    task = ray.remote(num_cpus=resources.get("CPU", 1.0))(_task)
+    refs = [task.remote(s, sweep.experiment.trial, inputs_ref, sweep.config, dict(sweep.context), sweep.identity_hash, sweep.resources) for s in sweep.settings]
     return [row for payload in ray.get(refs) for row in _rows_from_payload(payload)]
 
 

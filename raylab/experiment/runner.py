@@ -22,11 +22,13 @@ from typing import Any
 import yaml
 
 import raylab
-from raylab.config import ConfigError, deep_merge, from_mapping, parse_assignment, read_yaml_mapping, to_plain
+from raylab.config import ConfigError, join_key, deep_merge, from_mapping, parse_assignment, read_yaml_mapping, to_plain
 from raylab.experiment.arguments import experiment_parser
 from raylab.experiment.executors import Sweep, run_driver, run_tasks, run_tune
 from raylab.experiment.identity import IdentityConflict, claim, content_hash, flatten
 from raylab.experiment.spec import Experiment, Request, Row, Setting
+from raylab.resources import Resources, gpu_profile
+from raylab.resources import use as use_resources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +68,19 @@ def dataset_overlay(experiment: Experiment, dataset: str, profile: str) -> Path 
     return packaged_config(experiment.config_folder, f"{dataset}_{profile}")
 
 
-def resolve_config(experiment: Experiment, args: argparse.Namespace):
-    """Profile <- the dataset's packaged overlay <- ``--config`` <- each ``--set``, typed and checked."""
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    config: Any
+    quick: bool
+    resources: Resources
+
+
+def resolve_config(experiment: Experiment, args: argparse.Namespace) -> Resolved:
+    """Profile <- the dataset's packaged overlay <- ``--config`` <- each ``--set``, typed and checked.
+
+    A ``resources`` section in any layer (``--set resources.max_concurrent_trials=8``) updates
+    the job's :class:`~raylab.resources.Resources`, which starts from ``--resources``.
+    """
     if args.quick and args.profile not in (None, "quick"):
         raise ConfigError(f"--quick and --profile {args.profile}: choose one")
     profile = args.profile or ("quick" if args.quick else experiment.default_profile)
@@ -83,8 +96,12 @@ def resolve_config(experiment: Experiment, args: argparse.Namespace):
     if assignments:
         layers.append(("--set:", assignments))
     config = base
+    resources = gpu_profile(args.accelerator) if args.resources == "gpu" else Resources(accelerator=args.accelerator)
     defaults = flatten(base)
     for where, values in layers:
+        values = dict(values)
+        if "resources" in values:
+            resources = from_mapping(Resources, values.pop("resources"), where=join_key(where, "resources"), base=resources)
         given = flatten(values)
         # A value equal to the default is harmless (a printed config carries every key).
         owned = sorted(k for k in set(given) & set(experiment.setting_keys) if given[k] != defaults.get(k))
@@ -95,7 +112,7 @@ def resolve_config(experiment: Experiment, args: argparse.Namespace):
         config = experiment.apply_arguments(config, args)
     if quick and experiment.quick is not None:
         config = experiment.quick(config)
-    return config, quick
+    return Resolved(config, quick, resources)
 
 
 def _settings(axes: Mapping[str, Sequence[Any]]) -> list[Setting]:
@@ -142,12 +159,13 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
     parser = experiment_parser(experiment)
     args = parser.parse_args(argv)
     try:
-        config, quick = resolve_config(experiment, args)
+        resolved = resolve_config(experiment, args)
     except (ConfigError, ValueError, TypeError, KeyError) as error:
         _fail(parser, error)
+    config, quick, resources = resolved.config, resolved.quick, resolved.resources
     if args.print_config:
-        print(yaml.safe_dump(to_plain(config), sort_keys=False), end="")
-        return {"config": config}
+        print(yaml.safe_dump({**to_plain(config), "resources": to_plain(resources)}, sort_keys=False), end="")
+        return {"config": config, "resources": resources}
     request = Request(config=config, dataset=args.dataset, data_root=args.data_root, quick=quick, args=args)
     try:
         axes = {axis: tuple(values) for axis, values in experiment.axes(request).items()}
@@ -166,6 +184,9 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
     from raylab.tracking import tracked_run, tracking_uri
 
     init_ray(verbose=args.verbose)
+    # Auto sizes become numbers here, in the driver, so every trial process asks for the same.
+    resources = dataclasses.replace(resources, extraction_actors=resources.extraction_pool(), task_slots=resources.parallel_tasks())
+    use_resources(resources)
     prepared = experiment.prepare(request)
     if not isinstance(prepared, Prepared):
         raise TypeError(f"{experiment.name}: prepare must return a Prepared, got {type(prepared).__name__}")
@@ -173,6 +194,8 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         "experiment": experiment.name, "raylab_version": raylab.__version__, "dataset": args.dataset,
         "data": prepared.data_fingerprint, "profile": "quick" if quick else (args.profile or experiment.default_profile),
         "config": config, "axes": axes, "search_trials": search_trials,
+        # Where the numbers are computed can change them (CUDA kernels); how many at once cannot.
+        "accelerator": resources.accelerator if resources.uses_accelerator else None,
     }
     identity_hash = content_hash(identity)
     name = args.name or f"{experiment.name}-{args.dataset}{'-quick' if quick else ''}-{identity_hash}"
@@ -191,6 +214,7 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         sweep = Sweep(
             experiment=experiment, config=config, inputs=prepared.inputs, settings=settings, axes=tuple(axes), name=name,
             identity_hash=identity_hash, context=context, storage_path=storage_path, resume=resume, search_trials=search_trials,
+            resources=resources,
         )
         rows = _execute(sweep)
         report = experiment.report(rows, request)
@@ -212,15 +236,13 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
 
 
 def _execute(sweep: Sweep) -> list[Row]:
-    experiment, config = sweep.experiment, sweep.config
-    resources_ = dict(experiment.trial_resources(config))
+    experiment, config, policy = sweep.experiment, sweep.config, sweep.resources
+    held = dict(experiment.trial_resources(config))
     if experiment.executor == "tune":
-        import ray
-
-        concurrent = experiment.max_concurrent(config) or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        return run_tune(sweep, resources_, concurrent)
+        concurrent = policy.max_concurrent_trials or experiment.max_concurrent(config) or policy.concurrent_trials(experiment.trial_cpus(config))
+        return run_tune(sweep, held, concurrent)
     if experiment.executor == "tasks":
-        return run_tasks(sweep, resources_)
+        return run_tasks(sweep, held)
     return run_driver(sweep)
 
 

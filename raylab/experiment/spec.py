@@ -169,7 +169,10 @@ class Experiment(Generic[C]):
     search: SearchSpace | None = None
     # Config keys the setting decides (a value there would be silently overwritten): refused.
     setting_keys: tuple[str, ...] = ()
-    # CPU (and GPU) each trial's driver and workers hold, and how many trials run at once.
+    # What each trial's own process holds (Tune trial or Ray task); its Train workers ask for theirs.
     trial_resources: Callable[[C], Mapping[str, float]] = lambda config: {"CPU": 1.0}
+    # Concurrent trials: ``resources.max_concurrent_trials``, else a limit the config declares,
+    # else auto: the local CPUs over the CPUs a running trial keeps busy (its Train workers).
     max_concurrent: Callable[[C], int | None] = lambda config: None
+    trial_cpus: Callable[[C], float] = lambda config: 1.0
     summary_extra: Callable[[Request[C], Sequence[Row]], Mapping[str, Any]] | None = None

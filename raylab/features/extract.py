@@ -18,6 +18,8 @@ from raylab.data.images import ImageTransform
 from raylab.data.store import read_dataset, write_shards
 from raylab.features.backbones import FeatureSpec, create_backbone
 from raylab.features.patch_embed import PatchEmbedder
+from raylab.resources import THREADS_PER_ACTOR
+from raylab.resources import current as current_resources
 from raylab.metrics import record_feature_batch
 
 
@@ -48,7 +50,6 @@ class FeatureSet:
         return self.patches[self.rows(sample_ids)]
 
 
-THREADS_PER_ACTOR = 2
 
 
 class PatchFeatureExtractor:
@@ -86,23 +87,18 @@ def extract_patch_features(
 
     shards = write_shards(table)
     transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    if actors is None:
-        # On CPUs, each actor reserves one CPU but runs THREADS_PER_ACTOR torch threads, so
-        # half the cores stay free for the read and decode tasks that feed the actors: a pool
-        # that reserved every CPU would starve its own input and stall.
-        actors = gpus or max(1, cpus // THREADS_PER_ACTOR)
+    resources = current_resources()
+    accelerated = resources.accelerators_per_extraction_actor > 0
     dataset = (
         read_dataset(shards, columns=["sample_id", "image"])
         .map_batches(transform, batch_size=batch_size, batch_format="numpy")
         .map_batches(
             PatchFeatureExtractor,
-            fn_constructor_kwargs={"spec": spec, "threads": 1 if gpus else THREADS_PER_ACTOR},
+            fn_constructor_kwargs={"spec": spec, "threads": 1 if accelerated else THREADS_PER_ACTOR},
             batch_size=batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=1 if gpus else 0,
+            compute=ray.data.ActorPoolStrategy(size=actors or resources.extraction_pool()),
+            **resources.ray_options(resources.accelerators_per_extraction_actor),
         )
     )
     ids, patches = [], []

@@ -32,6 +32,7 @@ from torch import Tensor
 from raylab.methods.alsuv.config import AttackConfig
 from raylab.methods.alsuv.encoders import FaceEncoder
 from raylab.methods.alsuv.search import FaceRenderer, SearchBatch, check_embedding, latent_search
+from raylab.resources import current as current_resources
 
 METHODS = ("alsuv", "single_search", "no_averaging", "best_by_source")
 
@@ -127,8 +128,8 @@ def run_attack(
     for i, embedding in enumerate(targets):
         check_embedding(embedding, source.embedding_dim, name=f"target embedding {i}")
     initial = renderer.initial_latents(config.num_searches, seed)
-    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    search = ray.remote(_search_task).options(num_cpus=task_cpus, num_gpus=1 if use_gpu else 0)
+    resources = current_resources()
+    search = ray.remote(_search_task).options(**resources.ray_options(resources.accelerators_per_task, cpus=task_cpus))
     select = ray.remote(_select_task).options(num_cpus=task_cpus)
     models_ref = ray.put((renderer, source))
     validation_ref = ray.put(validation)

@@ -226,14 +226,6 @@ def summary_extra(request: Request[DCAESweepConfig], rows: Sequence[Row]) -> dic
     return {"classes": classes, "seeds": list(_seeds(request)), "selection": request.config.selection.enabled}
 
 
-def _concurrent_trials(config: DCAESweepConfig) -> int:
-    """As many trials as the cluster has CPUs for their Train workers."""
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 1)
-    return max(1, int(cpus // max(1e-9, config.train.num_workers * config.train.cpus_per_worker)))
-
-
 EXPERIMENT = Experiment(
     name=NAME,
     description="One-class novelty detection: DCAE (compact latent, multi-level reconstruction through a GAN "
@@ -255,6 +247,6 @@ EXPERIMENT = Experiment(
     apply_arguments=apply_arguments,
     check=check,
     trial_resources=lambda config: {"CPU": 0.01},
-    max_concurrent=_concurrent_trials,
+    trial_cpus=lambda config: config.train.num_workers * config.train.cpus_per_worker,
     summary_extra=summary_extra,
 )

@@ -201,12 +201,6 @@ EXPERIMENT = Experiment(
     ),
     setting_keys=("meds.stage1.seed",),
     trial_resources=lambda config: {"CPU": 0.01},
-    max_concurrent=lambda config: _concurrent_trials(config.meds.train_workers),
+    # A trial's Train workers hold about one CPU each (cpus_per_train_worker).
+    trial_cpus=lambda config: config.meds.train_workers,
 )
-
-
-def _concurrent_trials(train_workers: int) -> int:
-    """As many trials as the cluster has CPUs for their Train workers."""
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, train_workers))

@@ -48,6 +48,8 @@ import faiss
 import numpy as np
 
 from raylab.config import require
+from raylab.resources import Resources
+from raylab.resources import current as current_resources
 import torch
 import torch.nn.functional as F
 
@@ -209,18 +211,13 @@ def _remote_chunk() -> Any:
     return _REMOTE_CHUNK
 
 
-def _cluster_slots() -> tuple[int, bool]:
-    """(parallel task slots, whether they are GPUs) of the connected Ray cluster."""
-    import ray
-
+def _task_slots() -> int:
+    """Parallel chunk tasks: the job's resource policy (auto: the local CPUs)."""
     from raylab.experiment.session import init_ray
+    from raylab.resources import current
 
     init_ray()
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if gpus > 0:
-        return gpus, True
-    return max(1, int(resources.get("CPU", 1))), False
+    return current().parallel_tasks()
 
 
 def split_chunks(items: Sequence[Any], num_chunks: int) -> list[list[Any]]:
@@ -234,7 +231,7 @@ def _run_chunks_with_ray(
     queries: np.ndarray | None,
     chunks: list[list[np.ndarray]],
     device: Device,
-    use_gpus: bool,
+    resources: Resources,
 ) -> list[np.ndarray]:
     import ray
 
@@ -242,7 +239,7 @@ def _run_chunks_with_ray(
     queries_ref = None if queries is None else ray.put(queries)
     # "DEFAULT" scheduling: inside a Tune trial, tasks would otherwise be captured by the
     # trial's tiny placement group and could never be scheduled.
-    task = _remote_chunk().options(num_cpus=1, num_gpus=1 if use_gpus else 0, scheduling_strategy="DEFAULT")
+    task = _remote_chunk().options(**resources.ray_options(resources.accelerators_per_task, cpus=1), scheduling_strategy="DEFAULT")
     refs = [task.remote(features_ref, queries_ref, chunk, device, 1) for chunk in chunks]
     with bar(sum(len(chunk) for chunk in chunks), "partial memories", "bootstraps") as progress:
         pending, sizes = list(refs), {ref: len(chunk) for ref, chunk in zip(refs, chunks)}
@@ -268,7 +265,8 @@ def bootstrap_memory_scores(
     them). ``queries``: patches to score, default the training patches themselves (the
     stage-1 memory score maps, ``(N, P)``); any ``(..., D)`` array gives scores of its
     leading shape. With ``use_ray`` the bootstraps are split into ``num_tasks`` chunks
-    (default: the cluster's GPUs, or its CPUs when it has none) computed by Ray tasks;
+    (default: the job's ``resources.task_slots``, auto = the local CPUs) computed by Ray tasks,
+    each asking for ``resources.accelerators_per_task`` accelerators;
     chunk sums are added in chunk order and are exact (see :func:`_quantise`), so the
     result does not depend on ``num_tasks`` (for ``bootstraps <= 4095``). ``use_ray=False``
     computes all chunks in this process with faiss's default threads. Without a running
@@ -282,12 +280,12 @@ def bootstrap_memory_scores(
     if not use_ray:
         chunk_sums = [partial_memory_scores_chunk(memory, draws, device=device, queries=query_set)]
     else:
-        slots, use_gpus = _cluster_slots()
+        slots = _task_slots()
         tasks = slots if num_tasks is None else int(num_tasks)
         if tasks < 1:
             raise ValueError(f"num_tasks must be positive, got {num_tasks}")
         chunks = split_chunks(draws, min(tasks, bootstraps))
-        chunk_sums = _run_chunks_with_ray(memory, query_set, chunks, device, use_gpus)
+        chunk_sums = _run_chunks_with_ray(memory, query_set, chunks, device, current_resources())
     total = np.zeros_like(chunk_sums[0])
     for chunk_sum in chunk_sums:
         total += chunk_sum

@@ -22,12 +22,13 @@ import pyarrow as pa
 import torch
 
 from raylab.data.images import ImageTransform
+from raylab.resources import THREADS_PER_ACTOR
+from raylab.resources import current as current_resources
 from raylab.data.store import cache_root, read_dataset, staged_directory, write_shards
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig
 from raylab.methods.nnguide.detectors import LinearHead, ModelOutputs
 
-THREADS_PER_ACTOR = 2
 CACHE_FORMAT = 1
 
 
@@ -165,21 +166,18 @@ def _extract_with_ray(
     import ray.data
 
     shards = write_shards(table)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    # Each CPU actor reserves one CPU but runs THREADS_PER_ACTOR torch threads, leaving CPUs
-    # for the read/decode tasks that feed it (a pool reserving every CPU would starve itself).
-    actors = actors or gpus or max(1, cpus // THREADS_PER_ACTOR)
+    resources = current_resources()
+    accelerated = resources.accelerators_per_extraction_actor > 0
     dataset = (
         read_dataset(shards, columns=["sample_id", "image"])
         .map_batches(transform_for(config), batch_size=batch_size, batch_format="numpy")
         .map_batches(
             ClassifierActor,
-            fn_constructor_kwargs={"config": config, "state_dict": state_dict, "threads": 1 if gpus else THREADS_PER_ACTOR},
+            fn_constructor_kwargs={"config": config, "state_dict": state_dict, "threads": 1 if accelerated else THREADS_PER_ACTOR},
             batch_size=batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=1 if gpus else 0,
+            compute=ray.data.ActorPoolStrategy(size=actors or resources.extraction_pool()),
+            **resources.ray_options(resources.accelerators_per_extraction_actor),
         )
     )
     ids, features, logits = [], [], []

@@ -83,7 +83,7 @@ class TailedCoreSweepConfig:
     # The release's PatchCore baseline: exact greedy coreset 10%, like the other two.
     patchcore: PatchCoreConfig = field(default_factory=lambda: PatchCoreConfig(coreset_method="exact"))
     methods: tuple[str, ...] = METHODS
-    max_concurrent_trials: int | None = None  # default: one per CPU / threads_per_trial
+    max_concurrent_trials: int | None = None  # default: resources.max_concurrent_trials, else local CPUs / threads_per_trial
     threads_per_trial: int = 1
     images_per_group: int | None = None  # stratified subsample (class, split, label); None keeps all
     # --quick on longtail_mix: these loader options over dataset_options.
@@ -278,13 +278,6 @@ def report(rows: Sequence[Row], request: Request[TailedCoreSweepConfig]) -> Repo
     return Report(format_table(table, TABLE_METRICS), tables={"results_table.csv": table.to_csv(index=False)}, figures=figures, table=table)
 
 
-def _concurrent_trials(config: TailedCoreSweepConfig) -> int:
-    """As many trials as the cluster has CPUs for their threads, unless the config says."""
-    import ray
-
-    return config.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1)) // config.threads_per_trial)
-
-
 EXPERIMENT = Experiment(
     name=NAME,
     description="TailedCore against SoftPatch and PatchCore on long-tailed, noisy training sets (step and "
@@ -307,5 +300,6 @@ EXPERIMENT = Experiment(
     apply_arguments=apply_arguments,
     # Trials hold almost no CPU (their LOF tasks take the cluster's); concurrency caps them.
     trial_resources=lambda config: {"CPU": 0.01},
-    max_concurrent=_concurrent_trials,
+    max_concurrent=lambda config: config.max_concurrent_trials,
+    trial_cpus=lambda config: config.threads_per_trial,
 )

@@ -86,12 +86,9 @@ def patchwise_lof_scores(patches: np.ndarray, config: PatchLOFConfig = PatchLOFC
 
 def _chunks(positions: np.ndarray, tasks: int | None) -> list[np.ndarray]:
     if tasks is None:
-        try:
-            import ray
+        from raylab.resources import current
 
-            tasks = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
-        except ImportError:
-            tasks = 1
+        tasks = current().parallel_tasks()
     tasks = max(1, min(int(tasks), len(positions)))
     return [chunk for chunk in np.array_split(positions, tasks) if len(chunk)]
 

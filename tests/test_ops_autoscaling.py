@@ -1,0 +1,153 @@
+"""Scale from zero on Ray's own autoscaler (the ``fake_multinode`` provider its tests use).
+
+A 0-CPU head with autoscaling, and one worker node type carrying a custom accelerator
+resource (``accel``; this machine has no CUDA) with ``min_workers: 0``. The MeDS smoke sweep
+is submitted with ``--resources gpu --accelerator accel``: it asks for the accelerator
+though the cluster has none when it starts, so the autoscaler launches nodes; two trials run
+at once on two nodes, Train workers and extraction actors sit on accelerator nodes (Ray's
+state API), the rows equal a local CPU run's, and the idle nodes are removed afterwards.
+
+``AutoscalingCluster`` is not used: its base config is not in the wheel and it runs
+``ray stop --force``. The head runs in its own process group, stopped by signalling it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ops_support import BIN, ROOT, cli_env, free_port, process_group, wait_for_http
+
+ACCELERATOR = "accel"
+WORKER_TYPE = "accelerator_node"
+SMOKE = ["--quick", "--config", "meds/smoke", "--noise-ratios", "0,0.2", "--no-progress"]
+
+
+def _cluster_config(gcs_port: int) -> dict:
+    return {
+        "cluster_name": "raylab-autoscaling-test",
+        "max_workers": 2,
+        "idle_timeout_minutes": 0.2,
+        "upscaling_speed": 2.0,
+        "provider": {
+            "type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+            "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{gcs_port}",
+        },
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            # Two trials of the smoke sweep fit one node each: 2 Train workers x (0.99 CPU + 1 accel).
+            WORKER_TYPE: {"resources": {"CPU": 2, ACCELERATOR: 2}, "node_config": {}, "min_workers": 0, "max_workers": 2},
+        },
+        "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+        "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
+
+
+STATE = """
+import json, sys
+from ray.util.state import list_actors, list_nodes
+address = sys.argv[1]
+nodes = [dict(node_id=n.node_id, state=n.state, resources=n.resources_total, is_head=n.is_head_node)
+         for n in list_nodes(address=address, detail=True, limit=1000)]
+actors = [dict(class_name=a.class_name, node_id=a.node_id, start=a.start_time_ms, end=a.end_time_ms, state=a.state)
+          for a in list_actors(address=address, detail=True, limit=10000, raise_on_missing_output=False)]
+print(json.dumps({"nodes": nodes, "actors": actors}))
+"""
+
+
+def _state(dashboard: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", STATE, dashboard], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def scaled_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("autoscaling")
+    temp_dir = Path(tempfile.mkdtemp(prefix="rla", dir="/tmp"))  # short: Ray's socket paths are limited
+    gcs_port, dashboard_port = free_port(), free_port()
+    config = root / "cluster.yaml"
+    config.write_text(yaml.safe_dump(_cluster_config(gcs_port)))
+    command = [
+        str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=0", f"--autoscaling-config={config}",
+        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+        "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]
+    env = cli_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    with process_group(command, root / "head.log", env=env) as head:
+        wait_for_http(f"{dashboard}/api/version", head, root / "head.log", 300)
+        assert [n for n in _state(dashboard)["nodes"] if not n["is_head"]] == []  # from zero
+        summary = root / "summary.json"
+        job_env = cli_env(
+            RAY_ADDRESS=f"127.0.0.1:{gcs_port}", MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlruns.db'}",
+            RAYLAB_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1",
+        )
+        started = time.monotonic()
+        job = subprocess.run(
+            [sys.executable, "jobs/meds_sweep.py", *SMOKE, "--resources", "gpu", "--accelerator", ACCELERATOR,
+             "--set", "resources.max_concurrent_trials=2", "--summary-json", str(summary)],
+            cwd=ROOT, env=job_env, capture_output=True, text=True, timeout=1200,
+        )
+        job_seconds = time.monotonic() - started
+        assert job.returncode == 0, (job.stdout + job.stderr)[-6000:]
+        after_job = _state(dashboard)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            later = _state(dashboard)
+            if all(n["state"] == "DEAD" for n in later["nodes"] if not n["is_head"]):
+                break
+            time.sleep(5)
+        print(f"autoscaling sweep: {job_seconds:.0f} s")
+        yield {"rows": json.loads(summary.read_text())["rows"], "after_job": after_job, "later": later, "log": job.stdout + job.stderr}
+
+
+def _accelerator_nodes(state: dict) -> set[str]:
+    return {n["node_id"] for n in state["nodes"] if not n["is_head"] and n["resources"].get(ACCELERATOR, 0) > 0}
+
+
+def test_nodes_are_launched_for_the_accelerator_asked_for(scaled_sweep):
+    assert len(_accelerator_nodes(scaled_sweep["after_job"])) >= 2
+
+
+def test_trials_ran_at_once_on_two_nodes(scaled_sweep):
+    trials = [a for a in scaled_sweep["after_job"]["actors"] if a["class_name"] == "ImplicitFunc"]
+    assert len(trials) == 2, [a["class_name"] for a in scaled_sweep["after_job"]["actors"]]
+    first, second = trials
+    assert first["start"] < second["end"] and second["start"] < first["end"]  # overlapping lifetimes
+    workers = [a for a in scaled_sweep["after_job"]["actors"] if a["class_name"] == "RayTrainWorker"]
+    assert len({w["node_id"] for w in workers}) >= 2
+
+
+def test_train_workers_and_extraction_actors_sit_on_accelerator_nodes(scaled_sweep):
+    nodes = _accelerator_nodes(scaled_sweep["after_job"])
+    placed = [a for a in scaled_sweep["after_job"]["actors"] if a["class_name"] == "RayTrainWorker" or a["class_name"].startswith("MapWorker")]
+    assert any(a["class_name"].startswith("MapWorker") for a in placed)
+    assert len([a for a in placed if a["class_name"] == "RayTrainWorker"]) == 2 * 2 * 2  # 2 trials x 2 stages x 2 workers
+    assert {a["node_id"] for a in placed} <= nodes
+
+
+def test_idle_nodes_are_removed(scaled_sweep):
+    workers = [n for n in scaled_sweep["later"]["nodes"] if not n["is_head"]]
+    assert workers and all(n["state"] == "DEAD" for n in workers)
+
+
+def test_rows_equal_a_local_run(scaled_sweep, ray_session):
+    from raylab.experiment import get_experiment, run
+
+    local = run(get_experiment("meds_sweep"), SMOKE)["rows"]
+    key = lambda row: (row["method"], row["noise_ratio"], row["seed"])  # noqa: E731
+    assert sorted(map(key, local)) == sorted(map(key, scaled_sweep["rows"]))
+    scaled = {key(r): r["metrics"] for r in scaled_sweep["rows"]}
+    for row in local:
+        assert scaled[key(row)] == pytest.approx(row["metrics"], abs=1e-6), key(row)
