@@ -16,11 +16,16 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser("ui", help="open the MLflow UI on raylab's tracking store (bound to 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the UI to the network")
+    ui.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the store jobs write, see `raylab report --help`)")
     report = commands.add_parser("report", help="write a self-contained HTML comparison of a sweep's MLflow runs")
     report.add_argument("experiment", help="experiment name, e.g. meds_sweep or raylab/meds_sweep")
     report.add_argument("-o", "--output", default=None, help="HTML file to write (default: report-<experiment>.html)")
     report.add_argument("--run", default=None, help="parent run name or id of the sweep (default: the latest sweep)")
-    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    report.add_argument(
+        "--tracking-uri", default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db or $RAYLAB_HOME/mlruns.db, "
+        "else the ~/.raylab/mlruns.db that `ray job submit` jobs write)",
+    )
     run = commands.add_parser("run", help="run an experiment by name: raylab run meds_sweep --quick")
     run.add_argument("job", help="experiment name (see `raylab jobs`)")
     run.add_argument("args", nargs=argparse.REMAINDER)
@@ -36,19 +41,23 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(experiment_names()))
     elif args.command == "ui":
-        from raylab.tracking import tracking_uri
-
-        return subprocess.call(ui_command(tracking_uri(), args.port, args.host))
+        uri = args.tracking_uri or reading_stores()[0]
+        print(f"raylab ui: MLflow store {uri}", file=sys.stderr)
+        return subprocess.call(ui_command(uri, args.port, args.host))
     elif args.command == "report":
         from raylab.report.html import write_report
-        from raylab.tracking import tracking_uri
 
-        uri = args.tracking_uri or tracking_uri()
+        stores = [args.tracking_uri] if args.tracking_uri else reading_stores()
         output = args.output or f"report-{args.experiment.replace('/', '_')}.html"
-        try:
-            print(write_report(args.experiment, output, parent=args.run, tracking_uri=uri))
-        except LookupError as error:
-            parser.exit(2, f"raylab report: {error}\n")
+        errors = []
+        for uri in stores:  # the first store that has the experiment
+            try:
+                print(write_report(args.experiment, output, parent=args.run, tracking_uri=uri))
+                break
+            except LookupError as error:
+                errors.append(str(error))
+        else:
+            parser.exit(2, "".join(f"raylab report: {error}\n" for error in errors))
     elif args.command == "run":
         from raylab.experiment import experiment_names
         from raylab.experiment import main as run_experiment
@@ -58,6 +67,26 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [f"raylab run {args.job}", *args.args]
         run_experiment(args.job, list(args.args))
     return 0
+
+
+def reading_stores() -> list[str]:
+    """The MLflow stores ``raylab ui`` / ``raylab report`` read, best first: the explicit
+    ``$MLFLOW_TRACKING_URI``; else the SQLite store a job started here writes, then the one
+    that ``ray job submit`` jobs write (``~/.raylab``, see :mod:`raylab.storage`); only the
+    existing ones (opening a SQLite URI creates the file), or the first when none exists."""
+    import os
+
+    from raylab.storage import tracking_db_candidates
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return [os.environ["MLFLOW_TRACKING_URI"]]
+    candidates = tracking_db_candidates()
+    existing = [db for db in candidates if db.exists()]
+    ordered = existing or candidates[:1]
+    if len(existing) > 1:
+        print(f"raylab: reading {existing[0]}; runs are also in {', '.join(map(str, existing[1:]))} "
+              "(choose with --tracking-uri sqlite:///PATH)", file=sys.stderr)
+    return [f"sqlite:///{db}" for db in ordered]
 
 
 def ui_command(store: str, port: int, host: str = "127.0.0.1") -> list[str]:

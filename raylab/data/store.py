@@ -24,11 +24,18 @@ DEFAULT_ROWS_PER_SHARD = 256
 
 
 def cache_root() -> Path:
-    """Where raylab writes shards and feature caches: ``$RAYLAB_CACHE_DIR`` or ``./.raylab``.
+    """Where raylab writes shards, feature caches and Tune/Train state: ``$RAYLAB_CACHE_DIR``,
+    else ``./.raylab`` on a laptop, ``$RAYLAB_HOME/cache`` or, under ``ray job submit``,
+    ``~/.raylab/cache`` (never Ray's session folder; see :mod:`raylab.storage`).
 
     Never beside the data: shared data folders are read-only in CI and on clusters.
     """
-    return Path(os.environ.get("RAYLAB_CACHE_DIR", ".raylab")).resolve()
+    explicit = os.environ.get("RAYLAB_CACHE_DIR", "").strip()
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    from raylab.storage import default_root
+
+    return default_root().cache_dir
 
 
 def corpus_fingerprint(table: pa.Table) -> str:

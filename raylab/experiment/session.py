@@ -9,8 +9,28 @@ internal warnings and per-report lines stay in Ray's log files unless ``verbose`
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
+
+
+def quiet_ray_internals() -> None:
+    """Worker setup hook: Ray Train's internal lines stay in Ray's log files unless ``--verbose``.
+
+    Two sources are not covered by Train's own ``LoggingConfig``: the placement-group
+    cleaner's warning each time it polls a state API that a dashboard-less local Ray does not
+    serve, and the per-report "Reporting training result ..." line, whose logger is named by
+    its source file's path rather than under ``ray.train``.
+    """
+    import ray
+
+    from raylab.progress import train_log_level
+
+    level = train_log_level()
+    logging.getLogger("ray.train").setLevel(level)
+    report_logger = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+    logging.getLogger(report_logger).setLevel(level)
+
 
 def init_ray(*, verbose: bool = False, **local_options: Any) -> None:
     """Connect to ``$RAY_ADDRESS`` when set (cluster / ``ray job submit``), else start locally."""
@@ -20,7 +40,9 @@ def init_ray(*, verbose: bool = False, **local_options: Any) -> None:
 
     # Workers learn --verbose from the job's environment; it is added only when the job's own
     # runtime env does not already carry it (Ray refuses two values for one variable).
-    runtime_env = {"env_vars": {VERBOSE_ENV: "1"}} if verbose and os.environ.get(VERBOSE_ENV) != "1" else None
+    runtime_env: dict[str, Any] = {"worker_process_setup_hook": "raylab.experiment.session.quiet_ray_internals"}
+    if verbose and os.environ.get(VERBOSE_ENV) != "1":
+        runtime_env["env_vars"] = {VERBOSE_ENV: "1"}
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     if not ray.is_initialized():
