@@ -168,7 +168,7 @@ def test_checkpoint_then_resume_gives_the_same_next_epoch(ray_session, tmp_path)
     assert [h["epoch"] for h in resumed.history] == [0, 1]
     assert resumed.history[0] == first.history[0]  # epoch 0 came from the checkpoint, not a re-run
 
-    saved = torch.load(Path(storage) / "interrupted" / "final_state_e1.pt", weights_only=False)
+    saved = torch.load(Path(storage) / "interrupted" / "final_state_e1.pt", weights_only=True)
     trainers = make_trainers(variants, TINY, one, 1, 16, seed=1)
     for name, trainer in trainers.items():
         trainer.load_state_dict(saved["variants"][name])

@@ -321,7 +321,7 @@ def test_ray_train_classifier_two_workers_with_checkpoints(ray_session):
     run = Path(trained.run_path)
     checkpoints = sorted(run.glob("checkpoint_*/state.pt"))
     assert 1 <= len(checkpoints) <= train.checkpoints_to_keep
-    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "epoch"} <= set(state)
     assert (run / FINAL_STATE).is_file()
     model = build_classifier(config.classifier, trained.state_dict)

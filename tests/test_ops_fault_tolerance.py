@@ -110,4 +110,4 @@ def test_killed_train_worker_resumes_from_checkpoint_and_matches(ray_session, tm
 def _epoch(checkpoint: Path) -> int:
     from raylab.train.harness import STATE_FILE
 
-    return int(torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)["epoch"])
+    return int(torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)["epoch"])

@@ -1,7 +1,8 @@
 """MLflow conventions every raylab job follows, so runs of all methods compare in one UI.
 
 * Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working
-  directory (artifacts beside it in ``mlartifacts/``), the laptop default.
+  directory (artifacts beside it in ``mlartifacts/``), the laptop default; ``$RAYLAB_HOME``
+  or, under ``ray job submit``, ``~/.raylab`` instead of the cwd (``raylab/storage.py``).
 * One experiment per job (``raylab/<job>``); a sweep is a parent run with nested runs.
 * Params are flattened (``stage1.bootstraps``) so configs of any depth become comparable
   columns; tags say what a run is (method, dataset, noise ratio, seed, commit, version).
@@ -34,7 +35,13 @@ MAX_PARAM_LENGTH = 6000
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlruns.db`` with the root from
+    :func:`raylab.storage.default_root` (the cwd on a laptop, never Ray's session folder)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from raylab.storage import default_root
+
+    return f"sqlite:///{default_root().tracking_db}"
 
 
 def configure() -> str:
@@ -81,13 +88,18 @@ def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """The checkout's commit; else ``RAYLAB_GIT_COMMIT`` (set by the cluster image's build,
+    whose context has no ``.git``); else ``"unknown"``."""
     try:
-        return subprocess.run(
+        commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
             cwd=Path(raylab.__file__).parent, timeout=5,
         ).stdout.strip()
+        if commit:
+            return commit
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        pass
+    return os.environ.get("RAYLAB_GIT_COMMIT", "").strip() or "unknown"
 
 
 def run_tags(**tags: Any) -> dict[str, str]:

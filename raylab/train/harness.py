@@ -8,10 +8,17 @@ checkpoint written by rank 0), and :func:`prepare` for the model. :func:`fit` bu
 spec with the same ``name`` and ``storage_path`` resumes from its latest checkpoint: with Ray
 Train v2 this replaces ``resume_from_checkpoint``, and a worker that dies mid-run is
 restarted from the last checkpoint up to ``max_failures`` times.
+
+Checkpoints and final states are read with ``torch.load(..., weights_only=True)``: a file
+planted in the (shared) storage cannot run code when a job loads it. :func:`save_state`
+writes what that loader accepts (tensors, numbers, strings, and dicts, lists and tuples of
+them); numpy arrays in a state are stored as tensors and come back as numpy arrays from
+:func:`load_state`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -19,13 +26,76 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from raylab.metrics import record_train_report
 from raylab.progress import enabled as progress_enabled
 from raylab.progress import train_log_level
+from raylab.resources import current as current_resources
 
 STATE_FILE = "state.pt"
+_NDARRAY = "__raylab_ndarray__"  # the key of a numpy array stored as a tensor
+
+
+def _encode(value: Any) -> Any:
+    """``value`` with numpy arrays as tagged tensors and numpy scalars as Python numbers.
+
+    Containers are copied only where something inside them changed (a module's state dict
+    keeps its type and ``_metadata``).
+    """
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise TypeError("a checkpointed state cannot hold numpy object arrays")
+        return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(value).copy())}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        encoded = {key: _encode(item) for key, item in value.items()}
+        if all(encoded[key] is value[key] for key in value):
+            return value
+        out = copy.copy(value)
+        out.update(encoded)
+        return out
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        items = [_encode(item) for item in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(items)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _NDARRAY in value and isinstance(value[_NDARRAY], torch.Tensor):
+            return value[_NDARRAY].numpy()
+        decoded = {key: _decode(item) for key, item in value.items()}
+        if all(decoded[key] is value[key] for key in value):
+            return value
+        out = copy.copy(value)
+        out.update(decoded)
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_decode(item) for item in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(items)
+    return value
+
+
+def save_state(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` a state so that :func:`load_state` (``weights_only=True``) can read it."""
+    torch.save(_encode(dict(state)), path)
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A state written by :func:`save_state`, read without unpickling arbitrary objects.
+
+    ``torch.load(..., weights_only=True)`` refuses any pickle that names a class or function
+    outside tensors and plain containers, so a file planted where a checkpoint would be
+    raises ``pickle.UnpicklingError`` instead of running code.
+    """
+    return _decode(torch.load(path, map_location="cpu", weights_only=True))
 
 
 @dataclass(frozen=True)
@@ -56,18 +126,20 @@ def fit(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    use_gpu = spec.use_gpu
-    if use_gpu is None:
-        import ray
-
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= spec.num_workers
+    policy = current_resources()
+    accelerators = policy.accelerators_per_train_worker if spec.use_gpu is None else float(spec.use_gpu)
+    per_worker = {"CPU": spec.cpus_per_worker}
+    if accelerators > 0:
+        per_worker[policy.accelerator] = accelerators
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config=dict(loop_config),
         scaling_config=ray.train.ScalingConfig(
             num_workers=spec.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": spec.cpus_per_worker},
+            # Ray Train's use_gpu also picks the CUDA device and NCCL; another accelerator
+            # resource (a custom one) is only reserved, the loop runs on what torch finds.
+            use_gpu=accelerators > 0 and policy.accelerator == "GPU",
+            resources_per_worker=per_worker,
         ),
         run_config=ray.train.RunConfig(
             name=spec.name,
@@ -101,7 +173,7 @@ def restore_state() -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        return load_state(Path(directory) / STATE_FILE)
 
 
 def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[int, dict[str, Any] | None]:
@@ -132,7 +204,7 @@ def report_epoch(metrics: Mapping[str, float], state: Mapping[str, Any] | None =
         ray.train.report(dict(metrics))
         return
     with tempfile.TemporaryDirectory() as directory:
-        torch.save(dict(state), os.path.join(directory, STATE_FILE))
+        save_state(state, os.path.join(directory, STATE_FILE))
         ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
@@ -141,4 +213,4 @@ def load_result_state(result) -> dict[str, Any]:
     if result.checkpoint is None:
         raise RuntimeError(f"training run {result.path} finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        return load_state(Path(directory) / STATE_FILE)

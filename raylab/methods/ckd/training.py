@@ -46,7 +46,7 @@ from raylab.methods.ckd.config import CKDConfig, Variant
 from raylab.methods.ckd.losses import ckd_loss
 from raylab.methods.ckd.model import CKDNet, build_ckd_net
 from raylab.methods.ckd.pairs import PairSet
-from raylab.train.harness import TrainSpec, fit, load_result_state, prepare, report_epoch, resume, unwrap
+from raylab.train.harness import TrainSpec, fit, load_result_state, load_state, prepare, report_epoch, resume, save_state, unwrap
 
 FINAL_STATE = "final_state.pt"
 LOSS_TERMS = ("loss", "ce_face", "ce_periocular", "kl_f2p", "kl_p2f")
@@ -216,7 +216,7 @@ def train_ckd(
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE
     if final.is_file():
-        return TrainedCKD(**torch.load(final, map_location="cpu", weights_only=False))
+        return TrainedCKD(**load_state(final))
     data = ray.put((fit_pairs.faces, fit_pairs.periocular, fit_pairs.labels, val_pairs.periocular, val_pairs.labels))
     loop_config = {
         "data": data,
@@ -241,6 +241,6 @@ def train_ckd(
     )
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.with_name(f".{final.name}.tmp")
-    torch.save(dataclasses.asdict(trained), staging)
+    save_state(dataclasses.asdict(trained), staging)  # plain data: read back with weights_only=True
     os.replace(staging, final)
     return trained

@@ -323,6 +323,7 @@ def train_variants(
     import ray
 
     from raylab.train import TrainSpec, fit, load_result_state
+    from raylab.train.harness import load_state
 
     check_training_images(images)
     epochs = train.epochs if epochs is None else epochs
@@ -335,7 +336,7 @@ def train_variants(
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE.format(epochs=epochs)
     if final.is_file():
-        state = torch.load(final, map_location="cpu", weights_only=False)
+        state = load_state(final)
         return TrainedModels(_models_from_state(state, variants, network, images), state["history"], str(final.parent))
     loop_config = {
         "images": ray.put(np.ascontiguousarray(images)), "variants": dict(variants), "network": network,
@@ -388,5 +389,7 @@ def reconstruct(model: DCAE, images: np.ndarray) -> np.ndarray:
 def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, staging)
+    from raylab.train.harness import save_state
+
+    save_state(payload, staging)  # read back with weights_only=True
     os.replace(staging, path)

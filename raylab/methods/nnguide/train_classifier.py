@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
-from raylab.train.harness import TrainSpec, fit, load_result_state, prepare, report_epoch, resume, unwrap
+from raylab.train.harness import TrainSpec, fit, load_result_state, load_state, prepare, report_epoch, resume, save_state, unwrap
 
 
 FINAL_STATE = "final_state.pt"
@@ -136,7 +136,7 @@ def train_classifier(
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE
     if final.is_file():
-        saved = torch.load(final, map_location="cpu", weights_only=False)
+        saved = load_state(final)
         return TrainedClassifier(saved["model"], saved["metrics"], str(final.parent))
     loop_config = {"data": ray.put((pixels, labels)), "model": model, "train": train, "seed": seed}
     result = fit(train_loop, loop_config, spec)
@@ -151,5 +151,5 @@ def train_classifier(
 def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, staging)
+    save_state(payload, staging)  # read back with weights_only=True
     os.replace(staging, path)
