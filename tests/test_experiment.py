@@ -116,6 +116,13 @@ def test_meds_config_types_and_ranges_are_checked_by_key_path(no_ray, capsys):
     capsys.readouterr()
 
 
+def test_keys_a_setting_decides_are_refused(no_ray, capsys):
+    assert "meds.stage1.seed is decided by each setting" in _rejected("meds_sweep", ["--set", "meds.stage1.seed=3"], capsys)
+    err = _rejected("nnguide_eval", ["--set", "detectors.knn_k50={kind: knn, bank_seed: 3}"], capsys)
+    assert "detectors.knn_k50.bank_seed is decided by each setting's seed" in err
+    assert "data.dataset is decided by each setting" in _rejected("alsuv_attack", ["--set", "data.dataset=face_folder"], capsys)
+
+
 def test_profiles_take_their_own_dataset_overlay(no_ray, capsys):
     meds = get_experiment("meds_sweep")
     full = run(meds, ["--profile", "full", "--print-config"])["config"]

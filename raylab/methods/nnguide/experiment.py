@@ -131,7 +131,14 @@ def axes(request: Request[NNGuideEvalConfig]) -> dict[str, tuple]:
 
 
 def check(request: Request[NNGuideEvalConfig]) -> None:
-    """Detector specs and the classifier checkpoint, before Ray starts."""
+    """Detector specs and the classifier checkpoint, before Ray starts.
+
+    A detector's ``bank_seed`` is each setting's seed (the bank is resampled per seed), so a
+    value in the config would be silently replaced: it is refused instead.
+    """
+    seeded = sorted(name for name, values in request.config.detectors.items() if "bank_seed" in values)
+    if seeded:
+        raise ConfigError(f"detectors.{seeded[0]}.bank_seed is decided by each setting's seed (use --seeds), not by the config")
     request.config.detector_configs()
     weights = request.config.classifier.weights
     if weights is not None and not Path(weights).is_file():
