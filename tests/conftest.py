@@ -61,3 +61,18 @@ def ray_session():
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def meds_smoke_runs(ray_session, tmp_path_factory):
+    """The stale-result reproduction on the MeDS smoke sweep: noise 0, then 0.2, then 0 again
+    (shared by the identity tests and, as the local reference, the autoscaling test)."""
+    from raylab.data.store import cache_root
+    from support_meds import run_meds_smoke
+
+    out = tmp_path_factory.mktemp("meds-smoke")
+    first = run_meds_smoke(["--noise-ratios", "0"], out / "first.json")
+    changed = run_meds_smoke(["--noise-ratios", "0.2"], out / "changed.json")
+    train_runs = sorted(p.name for p in (cache_root() / "ray_results").iterdir() if p.name.startswith(first["name"] + "-"))
+    again = run_meds_smoke(["--noise-ratios", "0"], out / "again.json")
+    return {"first": first, "changed": changed, "again": again, "train_runs": train_runs}

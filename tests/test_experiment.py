@@ -10,7 +10,6 @@ name that holds other inputs is refused, and ``--search 2`` trains each trial's 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -22,6 +21,7 @@ from raylab.experiment import experiment_names, get_experiment, run
 from raylab.experiment.identity import IDENTITY_FILE, IdentityConflict, changed_keys, claim, content_hash
 from raylab.resources import Resources, gpu_profile
 from raylab.tracking import tracking_uri
+from support_meds import MEDS_SMOKE, run_meds_smoke
 
 NAMES = experiment_names()
 STANDARD = ("--dataset", "--data-root", "--profile", "--quick", "--config", "--set", "--print-config", "--seeds", "--name", "--summary-json", "--no-progress", "--verbose")
@@ -169,15 +169,6 @@ def test_identity_claim_binds_a_name_to_its_inputs(tmp_path):
         claim(tmp_path / "old", first, name="old")
 
 
-SMOKE = ["--quick", "--config", "meds/smoke", "--no-progress"]
-
-
-def _meds(argv: list[str], summary: Path) -> dict:
-    result = run(get_experiment("meds_sweep"), [*SMOKE, *argv, "--summary-json", str(summary)])
-    assert json.loads(summary.read_text())["sweep"] == result["name"]
-    return result
-
-
 def _nested_runs(sweep: str) -> list:
     client = mlflow.MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("raylab/meds_sweep")
@@ -189,17 +180,9 @@ def _nested_runs(sweep: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def meds_reruns(ray_session, tmp_path_factory):
-    """The README's stale-result reproduction: noise 0, then noise 0.2, then noise 0 again."""
-    from raylab.data.store import cache_root
-
-    out = tmp_path_factory.mktemp("meds-reruns")
-    first = _meds(["--noise-ratios", "0"], out / "first.json")
-    nested_after_first = len(_nested_runs(first["name"]))
-    changed = _meds(["--noise-ratios", "0.2"], out / "changed.json")
-    train_runs = sorted(p.name for p in (cache_root() / "ray_results").iterdir() if p.name.startswith(first["name"] + "-"))
-    again = _meds(["--noise-ratios", "0"], out / "again.json")
-    return {"first": first, "changed": changed, "again": again, "nested_after_first": nested_after_first, "train_runs": train_runs, "out": out}
+def meds_reruns(meds_smoke_runs):
+    first = meds_smoke_runs["first"]
+    return {**meds_smoke_runs, "nested_after_first": len(_nested_runs(first["name"]))}
 
 
 def test_changed_setting_is_a_new_sweep_with_new_rows(meds_reruns):
@@ -221,14 +204,14 @@ def test_unchanged_rerun_reuses_every_result(meds_reruns):
 
 
 def test_a_name_holding_other_inputs_is_refused(meds_reruns, capsys):
-    err = _rejected("meds_sweep", [*SMOKE, "--noise-ratios", "0.2", "--name", meds_reruns["first"]["name"]], capsys)
+    err = _rejected("meds_sweep", [*MEDS_SMOKE, "--noise-ratios", "0.2", "--name", meds_reruns["first"]["name"]], capsys)
     assert "already holds results of other inputs (changed: axes.noise_ratio)" in err
 
 
 def test_search_trials_train_their_own_networks(ray_session, tmp_path):
     from raylab.data.store import cache_root
 
-    result = _meds(["--noise-ratios", "0.2", "--search", "2"], tmp_path / "search.json")
+    result = run_meds_smoke(["--noise-ratios", "0.2", "--search", "2"], tmp_path / "search.json")
     trials = {r["trial"]: r["search"] for r in result["rows"]}
     assert len(trials) == 2  # ASHA compares from stage 2 on: both trials reach the end here
     first, second = trials.values()
