@@ -31,7 +31,7 @@ class Sweep:
     config: Any
     inputs: Any
     settings: Sequence[Setting]
-    axes: Sequence[str]
+    axes: Mapping[str, tuple]  # axis -> its values, in the order given
     name: str
     identity_hash: str
     context: Mapping[str, Any]  # TrialContext fields except trial_id and executor
@@ -93,7 +93,7 @@ def _run_grid(sweep: Sweep, trainable, max_concurrent: int) -> list[Row]:
     if sweep.resume and tune.Tuner.can_restore(directory):
         tuner = tune.Tuner.restore(directory, trainable, resume_errored=True)
     else:
-        grid = {axis: tune.grid_search(sorted({s[axis] for s in sweep.settings}, key=_order(sweep, axis))) for axis in sweep.axes}
+        grid = {axis: tune.grid_search(list(values)) for axis, values in sweep.axes.items()}
         tuner = tune.Tuner(
             trainable,
             param_space=grid,
@@ -103,13 +103,6 @@ def _run_grid(sweep: Sweep, trainable, max_concurrent: int) -> list[Row]:
     results = tuner.fit()
     _raise_errors(sweep, [r.error for r in results if r.error])
     return [row for r in results for row in _rows_from_payload(r.metrics[ROWS_KEY])]
-
-
-def _order(sweep: Sweep, axis: str):
-    first_seen = {}
-    for setting in sweep.settings:
-        first_seen.setdefault(setting[axis], len(first_seen))
-    return first_seen.__getitem__
 
 
 def _run_search(sweep: Sweep, trainable, space: Mapping[str, Any], max_concurrent: int) -> list[Row]:

@@ -212,7 +212,7 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
             "parent_run_id": parent.run_id, "tracking_uri": tracking_uri(), "storage_path": storage_path, "quick": quick,
         }
         sweep = Sweep(
-            experiment=experiment, config=config, inputs=prepared.inputs, settings=settings, axes=tuple(axes), name=name,
+            experiment=experiment, config=config, inputs=prepared.inputs, settings=settings, axes=axes, name=name,
             identity_hash=identity_hash, context=context, storage_path=storage_path, resume=resume, search_trials=search_trials,
             resources=resources,
         )
