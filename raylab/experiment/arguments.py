@@ -62,6 +62,17 @@ def experiment_parser(experiment) -> argparse.ArgumentParser:
         help="override one config value (repeatable), e.g. --set meds.stage1.rho=0.2; the value is read as YAML",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit (nothing runs)")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="validate everything, print the plan (settings, trials, resources) and what it will cost (time per "
+        "trial, peak host memory, disk), then exit before Ray starts",
+    )
+    if experiment.smoke:
+        parser.add_argument(
+            "--smoke", action="store_true",
+            help="the smoke budget: the config's architecture unchanged, only its budget keys (iterations, epochs, "
+            "image counts, seeds, ...) shrunk, to prove a full-size config runs end to end before a cluster run",
+        )
     parser.add_argument("--seeds", default=None, help="comma-separated protocol seeds, e.g. 0,1,2 (default: the config's seeds)")
     parser.add_argument(
         "--name", default=None,

@@ -24,6 +24,7 @@ import yaml
 import raylab
 from raylab.config import ConfigError, join_key, deep_merge, from_mapping, parse_assignment, read_yaml_mapping, to_plain
 from raylab.experiment.arguments import experiment_parser
+from raylab.experiment.budget import check_budget_only
 from raylab.experiment.executors import Sweep, run_driver, run_tasks, run_tune
 from raylab.experiment.identity import IdentityConflict, claim, content_hash, flatten
 from raylab.experiment.spec import Experiment, Request, Row, Setting
@@ -83,6 +84,9 @@ def resolve_config(experiment: Experiment, args: argparse.Namespace) -> Resolved
     """
     if args.quick and args.profile not in (None, "quick"):
         raise ConfigError(f"--quick and --profile {args.profile}: choose one")
+    smoke = getattr(args, "smoke", False)
+    if smoke and (args.quick or args.profile == "quick"):
+        raise ConfigError("--smoke and --quick: choose one (--smoke keeps the config's architecture, --quick shrinks it)")
     profile = args.profile or ("quick" if args.quick else experiment.default_profile)
     quick = profile == "quick"
     base = experiment.profiles[experiment.default_profile if quick else profile]()
@@ -90,6 +94,9 @@ def resolve_config(experiment: Experiment, args: argparse.Namespace) -> Resolved
     overlay = config_file(args.config) if args.config else dataset_overlay(experiment, args.dataset, profile)
     if overlay is not None:
         layers.append((f"{overlay}:", read_yaml_mapping(overlay)))
+    if smoke:
+        check_budget_only(experiment.smoke, f"{experiment.name} smoke budget")
+        layers.append(("--smoke:", experiment.smoke))
     assignments: dict[str, Any] = {}
     for text in args.assignments:
         assignments = deep_merge(assignments, parse_assignment(text))
@@ -178,6 +185,10 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
     search_trials = getattr(args, "search", 0) or 0
     if search_trials < 0:
         _fail(parser, ValueError(f"--search {search_trials}: expected a number of trials >= 0"))
+    if args.dry_run:
+        plan = dry_run(experiment, request, settings, resources, search_trials)
+        print(plan["text"], flush=True)
+        return plan
 
     from raylab.data.store import cache_root
     from raylab.experiment.session import init_ray
@@ -233,6 +244,32 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         extra = dict(experiment.summary_extra(request, rows)) if experiment.summary_extra else {}
         write_summary(args.summary_json, experiment.name, row_dicts, sweep=name, axes=list(axes), **extra)
     return {"rows": row_dicts, "table": report.table, "text": report.text, "name": name, "config": config}
+
+
+def dry_run(experiment: Experiment, request: Request, settings: Sequence[Setting], resources: Resources, search_trials: int) -> dict[str, Any]:
+    """The plan and its cost, from the validated config alone: nothing starts, nothing is written."""
+    from raylab.experiment.cost import Estimate, load_measurements, measurement_key
+
+    config, args = request.config, request.args
+    trials = len(settings) * max(search_trials, 1)
+    held = dict(experiment.trial_resources(config))
+    lines = [
+        f"{experiment.name} on {request.dataset}: {len(settings)} settings"
+        + (f" x {search_trials} search trials" if search_trials else "") + f" = {trials} trials ({experiment.executor})",
+        f"  each trial holds {held}; its Train workers / actors ask for theirs: {to_plain(resources)}",
+    ]
+    estimate = None
+    if experiment.cost is not None:
+        key = measurement_key(experiment.name, args.config)
+        if key is not None and getattr(args, "smoke", False):
+            key += "+smoke"
+        measurement = load_measurements().get(key) if key else None
+        estimate = Estimate(trials, experiment.cost(request), measurement)
+        lines.append(f"cost ({'measured: ' + key if measurement else 'modelled only'}):")
+        lines.append(estimate.text())
+    else:
+        lines.append("cost: this experiment has no cost model (it has no paper-size config)")
+    return {"text": "\n".join(lines), "trials": trials, "estimate": estimate.to_dict() if estimate else None, "config": config}
 
 
 def _execute(sweep: Sweep) -> list[Row]:

@@ -32,20 +32,36 @@ def quiet_ray_internals() -> None:
     logging.getLogger(report_logger).setLevel(level)
 
 
+def pinned_storage() -> dict[str, str]:
+    """The cache root and tracking URI, resolved once here in the driver, for every process.
+
+    Left to each process, a relative default resolves against that process's working folder:
+    a Tune trial's is its own trial folder, so caches written inside trials (tail views, weight
+    selections) would land there, shared with no other trial and lost on restart. On a
+    cluster, point ``RAYLAB_CACHE_DIR`` (or ``RAYLAB_HOME``) at storage every node mounts.
+    """
+    from raylab.data.store import cache_root
+    from raylab.tracking import tracking_uri
+
+    return {"RAYLAB_CACHE_DIR": str(cache_root()), "MLFLOW_TRACKING_URI": tracking_uri()}
+
+
 def init_ray(*, verbose: bool = False, **local_options: Any) -> None:
     """Connect to ``$RAY_ADDRESS`` when set (cluster / ``ray job submit``), else start locally."""
     import ray
 
     from raylab.progress import VERBOSE_ENV
 
-    # Workers learn --verbose from the job's environment; it is added only when the job's own
-    # runtime env does not already carry it (Ray refuses two values for one variable).
-    runtime_env: dict[str, Any] = {"worker_process_setup_hook": "raylab.experiment.session.quiet_ray_internals"}
-    if verbose and os.environ.get(VERBOSE_ENV) != "1":
-        runtime_env["env_vars"] = {VERBOSE_ENV: "1"}
-    if verbose:
-        os.environ[VERBOSE_ENV] = "1"
     if not ray.is_initialized():
+        # Workers learn these from the job's environment; each is added only when the job's own
+        # runtime env does not already carry it (Ray refuses two values for one variable).
+        env_vars = {key: value for key, value in pinned_storage().items() if key not in os.environ}
+        if verbose and os.environ.get(VERBOSE_ENV) != "1":
+            env_vars[VERBOSE_ENV] = "1"
+        os.environ.update(env_vars)
+        runtime_env: dict[str, Any] = {"worker_process_setup_hook": "raylab.experiment.session.quiet_ray_internals"}
+        if env_vars:
+            runtime_env["env_vars"] = env_vars
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
@@ -53,4 +69,6 @@ def init_ray(*, verbose: bool = False, **local_options: Any) -> None:
             ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, **local_options)
     from raylab.progress import configure_ray_data
 
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
     configure_ray_data()

@@ -176,3 +176,8 @@ class Experiment(Generic[C]):
     max_concurrent: Callable[[C], int | None] = lambda config: None
     trial_cpus: Callable[[C], float] = lambda config: 1.0
     summary_extra: Callable[[Request[C], Sequence[Row]], Mapping[str, Any]] | None = None
+    # ``--smoke``: the budget this experiment's paper-size configs shrink to (budget keys only,
+    # see :mod:`raylab.experiment.budget`), applied over ``--config`` and under ``--set``.
+    smoke: Mapping[str, Any] = field(default_factory=dict)
+    # ``--dry-run``: the experiment's account of one trial's work (see :mod:`raylab.experiment.cost`).
+    cost: Callable[[Request[C]], Any] | None = None

@@ -7,6 +7,7 @@ actor (one GPU each where there are GPUs) -> gathered on the driver in corpus or
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -73,6 +74,20 @@ class PatchFeatureExtractor:
         out = {"sample_id": batch["sample_id"], "patches": patches.float().cpu().numpy()}
         record_feature_batch(len(out["sample_id"]), time.perf_counter() - started, self.backbone_name)
         return out
+
+
+def feature_shape(spec: FeatureSpec) -> tuple[int, int, int]:
+    """(grid height, grid width, dimension) of one image's patch features under ``spec``.
+
+    Traced on PyTorch's meta device: no weights are read and nothing is computed, so a dry
+    run can size caches and memories of a paper-size backbone in seconds on any machine.
+    """
+    weightless = dataclasses.replace(spec.backbone, weights=None)
+    with torch.device("meta"):
+        maps = create_backbone(weightless)(torch.zeros(1, 3, spec.image_size, spec.image_size))
+        patches = PatchEmbedder(spec.aggregation_kernel, spec.embed_dim)(maps)
+    _, height, width, dim = patches.shape
+    return int(height), int(width), int(dim)
 
 
 def extract_patch_features(

@@ -29,6 +29,7 @@ import numpy as np
 
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, SearchSpace, Setting, TrialContext, TrialResult
+from raylab.experiment.cost import CostModel
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
 from raylab.methods.anomaly_benchmark import ClassEvaluation, class_splits, evaluate_fitted, mean_over_classes
@@ -52,7 +53,8 @@ class MeDSSweepConfig:
     features: FeatureSpec = field(default_factory=FeatureSpec)
     meds: MeDSConfig = field(default_factory=cpu_config)
     # PatchCore baseline on the same features; 1% coreset in the CPU size (the PatchCore
-    # paper's own ablation shows 1% within a fraction of a point of 10% on MVTec).
+    # paper's own ablation shows 1% within a fraction of a point of 10% on MVTec). Its
+    # ``features`` are the sweep's (see ``baseline_patchcore``): left unset, they follow them.
     patchcore: PatchCoreConfig = field(default_factory=lambda: PatchCoreConfig(coreset_ratio=0.01))
     methods: tuple[str, ...] = METHODS
     # Stratified subsample (per class, split and label); None keeps the whole corpus.
@@ -65,6 +67,16 @@ class MeDSSweepConfig:
         require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
         require(self.quick_images_per_group >= 1, "quick_images_per_group", f"must be >= 1, got {self.quick_images_per_group}")
         require("meds" in self.methods and set(self.methods) <= set(METHODS), "methods", f"must include meds and come from {METHODS}, got {self.methods}")
+        # One source of truth for the feature sizes: the baseline scores the sweep's own
+        # cached features, so a second image size or backbone could only disagree with them.
+        require(
+            self.patchcore.features in (self.features, FeatureSpec()), "patchcore.features",
+            "must be left unset: the PatchCore baseline evaluates on the sweep's own features (set features.* instead)",
+        )
+
+    @property
+    def baseline_patchcore(self) -> PatchCoreConfig:
+        return dataclasses.replace(self.patchcore, features=self.features)
 
 
 def full_config() -> MeDSSweepConfig:
@@ -127,7 +139,7 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
     for split in class_splits(result.table, image_size):
         train = inputs.features.take(split.train_ids)
         if "patchcore" in config.methods:
-            evaluations["patchcore"].append(evaluate_fitted(PatchCore(config.patchcore, seed=seed).fit(train), split, inputs.features))
+            evaluations["patchcore"].append(evaluate_fitted(PatchCore(config.baseline_patchcore, seed=seed).fit(train), split, inputs.features))
         if "partial_memory" in config.methods:
             stage1 = dataclasses.replace(meds_config.stage1, seed=seed, pool_grid=meds_config.token_grid)
             detector = PartialMemoryDetector(stage1, image_size=image_size).fit(train)
@@ -156,6 +168,60 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
         extra = {"search": dict(setting.search), "trial": context.trial_id} if setting.search else {}
         rows.append(Row(method, context.dataset, values, metrics, extra))
     return TrialResult(rows, objective={"stage": 3, "image_auroc": rows[0].metrics["image_auroc"]})
+
+
+# --smoke: a paper-size config's architecture unchanged, its budget shrunk to seconds of compute
+# per stage (two images per (class, split, label) group, two bootstraps, two steps per stage).
+SMOKE = {
+    "images_per_group": 2, "noise_ratios": [0.2], "seeds": [0],
+    "meds": {
+        "stage1": {"bootstraps": 2},
+        "distillation": {"iterations": 2, "warmup_iterations": 1, "epochs": 1},
+        "selection": {"iterations": 2, "epochs": 1, "hard_mining_ramp_iterations": 1},
+    },
+}
+
+
+def cost(request: Request[MeDSSweepConfig]) -> CostModel:
+    """A trial's decoder image-steps (stages 2 and 3, every class) and the arrays stage 1 holds.
+
+    Counts the corpus's training images per class (file lists only) and sizes the tokens on
+    the meta device, so it runs in seconds for a paper-size backbone without its weights.
+    """
+    from raylab.data import load_corpus
+    from raylab.data.protocols import subsample_corpus
+    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
+    from raylab.features.extract import feature_shape
+    from raylab.methods.meds.model import ReconstructionScoreNet
+
+    config, meds = request.config, request.config.meds
+    corpus = load_corpus(request.dataset, request.data_root, **config.dataset_options)
+    if config.images_per_group is not None:
+        corpus = subsample_corpus(corpus, config.images_per_group)
+    columns = corpus.select(["class_name", "split"]).to_pylist()
+    train_per_class: dict[str, int] = {}
+    for row in columns:
+        if row["split"] == "train":
+            train_per_class[row["class_name"]] = train_per_class.get(row["class_name"], 0) + 1
+    height, width, dim = feature_shape(config.features)
+    token_bytes = height * width * dim * FLOAT32
+    largest = max(train_per_class.values(), default=0)
+    d = meds.distillation
+    parameters = parameter_count(lambda: ReconstructionScoreNet(
+        meds.groups, dim, d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout))
+    runs_per_class = 2  # distillation and selection, each its own Train run
+    settings = len(config.noise_ratios) * len(config.seeds)
+    checkpoints = parameters * FLOAT32 * ADAM_STATE_COPIES * 2 * runs_per_class * len(train_per_class) * settings
+    return CostModel(
+        work=len(train_per_class) * (d.iterations * d.batch_size + meds.selection.iterations * meds.selection.batch_size),
+        work_unit="decoder image-steps",
+        # The class's training tokens, held by stage 1 and again as the Train workers' dataset.
+        array_bytes=2 * largest * token_bytes,
+        checkpoint_bytes=checkpoints,
+        cache_bytes=corpus.num_rows * token_bytes,
+        notes=(f"{len(train_per_class)} classes, up to {largest} training images each; tokens {height}x{width}x{dim}; "
+               f"decoder {parameters / 1e6:.1f} M parameters, 2 checkpoints kept per Train run",),
+    )
 
 
 def _mean_auroc(evaluations: list[ClassEvaluation] | None) -> float:
@@ -203,4 +269,6 @@ EXPERIMENT = Experiment(
     trial_resources=lambda config: {"CPU": 0.01},
     # A trial's Train workers hold about one CPU each (cpus_per_train_worker).
     trial_cpus=lambda config: config.meds.train_workers,
+    smoke=SMOKE,
+    cost=cost,
 )
