@@ -6,6 +6,7 @@ for, so ``raylab run meds_sweep --help`` does not import torch models of the oth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import import_module
 
 from raylab.experiment.spec import Experiment
@@ -19,6 +20,26 @@ EXPERIMENTS: dict[str, str] = {
     "nnguide_eval": "raylab.methods.nnguide.experiment",
     "ckd_train": "raylab.methods.ckd.experiment",
     "alsuv_attack": "raylab.methods.alsuv.experiment",
+}
+
+
+@dataclass(frozen=True)
+class FullSizeConfig:
+    """A packaged paper-size config and the arguments that select it (the smoke tier, the dry
+    run's measurements and the README's cost table all take them from here)."""
+
+    experiment: str
+    arguments: tuple[str, ...]
+    needs_data_root: bool = False  # its dataset reads a folder (``--data-root``)
+
+
+FULL_SIZE_CONFIGS: dict[str, FullSizeConfig] = {
+    "meds/full_dinov2": FullSizeConfig("meds_sweep", ("--config", "meds/full_dinov2")),
+    "tailedcore/full_wrn50": FullSizeConfig("tailedcore_sweep", ("--config", "tailedcore/full_wrn50"), needs_data_root=True),
+    "ckd/orl_full": FullSizeConfig("ckd_train", ("--config", "ckd/orl_full"), needs_data_root=True),
+    "dcae/mnist_full": FullSizeConfig("dcae_sweep", ("--config", "dcae/mnist_full")),
+    "dcae/cifar10_full": FullSizeConfig("dcae_sweep", ("--dataset", "cifar10", "--config", "dcae/cifar10_full"), needs_data_root=True),
+    "alsuv/ffhq256": FullSizeConfig("alsuv_attack", ("--profile", "full", "--config", "alsuv/ffhq256"), needs_data_root=True),
 }
 
 

@@ -261,8 +261,6 @@ def dry_run(experiment: Experiment, request: Request, settings: Sequence[Setting
     estimate = None
     if experiment.cost is not None:
         key = measurement_key(experiment.name, args.config)
-        if key is not None and getattr(args, "smoke", False):
-            key += "+smoke"
         measurement = load_measurements().get(key) if key else None
         estimate = Estimate(trials, experiment.cost(request), measurement)
         lines.append(f"cost ({'measured: ' + key if measurement else 'modelled only'}):")

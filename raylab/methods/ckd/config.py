@@ -139,10 +139,14 @@ class TrainConfig:
     cpus_per_worker: float = 0.99
     threads_per_worker: int = 1
     checkpoints_to_keep: int = 1
+    # Optimizer steps per epoch; None = every full batch of the fit pairs (the protocol). A
+    # budget key: ``--smoke`` caps it to prove a full-size run end to end in seconds.
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "num_workers", "threads_per_worker", "checkpoints_to_keep"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.steps is None or self.steps >= 1, "steps", f"must be >= 1 or null (every batch), got {self.steps}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0 <= self.momentum < 1, "momentum", f"must lie in [0, 1), got {self.momentum}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")

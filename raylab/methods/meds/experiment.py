@@ -211,7 +211,7 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
         meds.groups, dim, d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout))
     runs_per_class = 2  # distillation and selection, each its own Train run
     settings = len(config.noise_ratios) * len(config.seeds)
-    checkpoints = parameters * FLOAT32 * ADAM_STATE_COPIES * 2 * runs_per_class * len(train_per_class) * settings
+    checkpoints = parameters * FLOAT32 * ADAM_STATE_COPIES * runs_per_class * len(train_per_class) * settings
     return CostModel(
         work=len(train_per_class) * (d.iterations * d.batch_size + meds.selection.iterations * meds.selection.batch_size),
         work_unit="decoder image-steps",
@@ -220,7 +220,7 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
         checkpoint_bytes=checkpoints,
         cache_bytes=corpus.num_rows * token_bytes,
         notes=(f"{len(train_per_class)} classes, up to {largest} training images each; tokens {height}x{width}x{dim}; "
-               f"decoder {parameters / 1e6:.1f} M parameters, 2 checkpoints kept per Train run",),
+               f"decoder {parameters / 1e6:.1f} M parameters, the newest checkpoint kept per Train run",),
     )
 
 

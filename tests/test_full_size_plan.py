@@ -1,0 +1,109 @@
+"""The smoke budget and the dry run, checked without running anything.
+
+The smoke budget must leave every paper-size config's architecture as it is (only budget
+keys shrink), and ``--dry-run`` must say what a full-size run costs, before Ray starts.
+The runs themselves are in ``test_full_size_*.py`` (the ``full_size_smoke`` tier).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from raylab.config import ConfigError
+from raylab.experiment import experiment_names, get_experiment, run
+from raylab.experiment.budget import BUDGET_LEAVES, budget_violations, check_budget_only
+from raylab.experiment.identity import flatten
+from raylab.experiment.registry import FULL_SIZE_CONFIGS
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if the runner gets as far as starting Ray."""
+    import raylab.experiment.session as session
+
+    def refuse(**_):
+        raise AssertionError("the runner started Ray")
+
+    monkeypatch.setattr(session, "init_ray", refuse)
+
+
+def _arguments(entry, shared_data: Path) -> list[str]:
+    return [*entry.arguments, *(["--data-root", str(shared_data)] if entry.needs_data_root else [])]
+
+
+@pytest.mark.parametrize("name", [n for n in experiment_names() if get_experiment(n).smoke])
+def test_every_smoke_budget_touches_budget_keys_only(name):
+    smoke = get_experiment(name).smoke
+    assert budget_violations(smoke) == []
+    assert flatten(smoke), "a smoke budget that shrinks nothing"
+
+
+def test_a_smoke_budget_that_changes_the_architecture_is_refused():
+    with pytest.raises(ConfigError, match=r"features.image_size is not a budget key"):
+        check_budget_only({"images_per_group": 2, "features": {"image_size": 64}}, "test smoke budget")
+    assert {"iterations", "epochs", "seeds"} <= BUDGET_LEAVES
+    assert not {"image_size", "hidden_dim", "backbone", "width"} & BUDGET_LEAVES
+
+
+@pytest.mark.parametrize("key", sorted(FULL_SIZE_CONFIGS))
+def test_smoke_keeps_the_full_size_architecture(key, no_ray, shared_data, capsys):
+    """Resolved with and without --smoke, a full-size config differs in budget keys only."""
+    entry = FULL_SIZE_CONFIGS[key]
+    experiment = get_experiment(entry.experiment)
+    argv = _arguments(entry, shared_data)
+    full = flatten(run(experiment, [*argv, "--print-config"])["config"])
+    smoke = flatten(run(experiment, [*argv, "--smoke", "--print-config"])["config"])
+    changed = sorted(k for k in full.keys() | smoke.keys() if full.get(k) != smoke.get(k))
+    assert changed, f"{key}: --smoke changed nothing"
+    assert [k for k in changed if k.rpartition(".")[2] not in BUDGET_LEAVES] == []
+    capsys.readouterr()
+
+
+def test_smoke_and_quick_are_exclusive(no_ray, capsys):
+    with pytest.raises(SystemExit):
+        run(get_experiment("meds_sweep"), ["--smoke", "--quick"])
+    assert "--smoke and --quick: choose one" in capsys.readouterr().err
+
+
+def test_the_meds_baseline_scores_the_sweeps_own_features(no_ray, capsys):
+    """One source of truth: the full DINOv2 config's PatchCore baseline sizes its maps at 392 px."""
+    meds = get_experiment("meds_sweep")
+    config = run(meds, ["--config", "meds/full_dinov2", "--print-config"])["config"]
+    assert config.baseline_patchcore.features == config.features
+    assert config.baseline_patchcore.features.image_size == 392
+    with pytest.raises(SystemExit):
+        run(meds, ["--set", "patchcore.features.image_size=320", "--print-config"])
+    assert "patchcore.features: must be left unset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", sorted(FULL_SIZE_CONFIGS))
+def test_dry_run_prints_the_plan_and_its_cost_before_ray(key, no_ray, shared_data, capsys):
+    entry = FULL_SIZE_CONFIGS[key]
+    plan = run(get_experiment(entry.experiment), [*_arguments(entry, shared_data), "--dry-run"])
+    text = capsys.readouterr().out
+    assert plan["trials"] >= 1 and f"= {plan['trials']} trials" in text
+    estimate = plan["estimate"]
+    assert estimate is not None, f"{key}: no cost model"
+    assert estimate["work"] > 0 and estimate["checkpoint_gb"] >= 0 and estimate["cache_gb"] >= 0
+    assert "disk, checkpoints" in text and "arrays per trial" in text
+    # Every packaged full-size config has a smoke measurement, so time and memory are estimated.
+    assert estimate["trial_seconds"] is not None and estimate["trial_seconds"] > 0, text
+    assert estimate["peak_host_gb"] is not None and estimate["peak_host_gb"] > 0, text
+
+
+def test_the_cache_root_is_pinned_to_an_absolute_path(tmp_path, monkeypatch):
+    """Resolved once in the driver: a Tune trial's own working folder never becomes the cache."""
+    from raylab.experiment.session import pinned_storage
+
+    monkeypatch.delenv("RAYLAB_CACHE_DIR")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("RAYLAB_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    pinned = pinned_storage()
+    assert Path(pinned["RAYLAB_CACHE_DIR"]).is_absolute()
+    assert Path(pinned["RAYLAB_CACHE_DIR"]).is_relative_to(tmp_path.resolve())
+    assert pinned["MLFLOW_TRACKING_URI"].startswith("sqlite:///" + str(tmp_path.resolve()))
+    assert "RAYLAB_CACHE_DIR" not in os.environ
