@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raylab.artefacts import CorruptArtefactError, discard, remove_stale_staging, verify, write_manifest
 from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
 
 DEFAULT_ROWS_PER_SHARD = 256
@@ -64,14 +65,20 @@ def write_shards(
     table = table.cast(CORPUS_SCHEMA)
     target = Path(directory) if directory else cache_root() / "corpora" / corpus_fingerprint(table)
     if target.exists() and any(target.glob("*.parquet")):
-        if directory is None:
+        if directory is not None:
+            raise FileExistsError(f"{target} already holds shards; choose an empty directory")
+        try:
+            verify(target)
             return target
-        raise FileExistsError(f"{target} already holds shards; choose an empty directory")
+        except CorruptArtefactError as error:
+            discard(target, error)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
         for shard, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
             pq.write_table(table.slice(start, rows_per_shard), staging / f"part-{shard:05d}.parquet")
+        write_manifest(staging)
         if target.exists():
             target.rmdir()
         os.replace(staging, target)
@@ -88,12 +95,16 @@ def staged_directory(target: Path) -> Iterator[Path]:
     """Write a cache entry in a staging folder beside ``target``, then rename it into place.
 
     Readers never see a half-written entry; when a concurrent writer of the same content
-    published first, its entry is kept and this one is dropped.
+    published first, its entry is kept and this one is dropped. The entry's manifest is
+    written last (:mod:`raylab.artefacts`), so a reader can check it; staging folders that
+    writers killed long ago left behind are removed here.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
         yield staging
+        write_manifest(staging)
         try:
             os.replace(staging, target)
         except OSError:

@@ -24,9 +24,10 @@ BUDGET_LEAVES = frozenset({
     "iterations", "warmup_iterations", "hard_mining_ramp_iterations", "epochs", "steps", "kimg",
     "search_iterations", "n_trials",
     # how much data
-    "images_per_group", "targets_per_identity", "identities", "max_images", "tail_images",
+    "images_per_group", "targets_per_identity", "identities", "max_images", "tail_images", "max_test_images",
+    "images_per_identity", "max_targets",
     # how many runs and searches
-    "seeds", "folds", "noise_ratios", "protocols", "classes", "searches", "bootstraps",
+    "seeds", "folds", "noise_ratios", "protocols", "classes", "normal_classes", "searches", "bootstraps", "num_searches",
 })
 
 

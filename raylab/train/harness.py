@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raylab.artefacts import MANIFEST, CorruptArtefactError, verify, write_manifest
 from raylab.metrics import record_train_report
 from raylab.progress import enabled as progress_enabled
 from raylab.progress import train_log_level
@@ -93,9 +96,21 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
 
     ``torch.load(..., weights_only=True)`` refuses any pickle that names a class or function
     outside tensors and plain containers, so a file planted where a checkpoint would be
-    raises ``pickle.UnpicklingError`` instead of running code.
+    raises ``pickle.UnpicklingError`` instead of running code. A checkpoint folder's manifest
+    (written by :func:`report_epoch`) is checked first; any failure names the file.
     """
-    return _decode(torch.load(path, map_location="cpu", weights_only=True))
+    path = Path(path)
+    if (path.parent / MANIFEST).is_file():
+        verify(path.parent, [path.name])
+    try:
+        return _decode(torch.load(path, map_location="cpu", weights_only=True))
+    except pickle.UnpicklingError as error:
+        # A pickle naming code is refused, never skipped: it was planted, not damaged.
+        raise pickle.UnpicklingError(f"{path}: {error}") from error
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:  # truncated or damaged
+        raise CorruptArtefactError(f"{path}: cannot read the saved state ({type(error).__name__}: {error})") from error
 
 
 @dataclass(frozen=True)
@@ -172,8 +187,30 @@ def restore_state() -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as directory:
-        return load_state(Path(directory) / STATE_FILE)
+    try:
+        with checkpoint.as_directory() as directory:
+            return load_state(Path(directory) / STATE_FILE)
+    except CorruptArtefactError as error:
+        return _previous_state(Path(checkpoint.path), error)
+
+
+def _previous_state(corrupt: Path, error: Exception) -> dict[str, Any] | None:
+    """The newest older checkpoint of the run that passes its check, else ``None`` (start over).
+
+    Ray Train names checkpoint folders by time, so their names sort oldest first.
+    """
+    import warnings
+
+    older = sorted((p for p in corrupt.parent.glob("checkpoint_*") if p.is_dir() and p.name < corrupt.name), reverse=True)
+    for candidate in older:
+        try:
+            state = load_state(candidate / STATE_FILE)
+        except (CorruptArtefactError, FileNotFoundError):
+            continue
+        warnings.warn(f"{error}; resuming from the previous checkpoint {candidate}", RuntimeWarning, stacklevel=3)
+        return state
+    warnings.warn(f"{error}; no earlier checkpoint passes its check, so training starts over", RuntimeWarning, stacklevel=3)
+    return None
 
 
 def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[int, dict[str, Any] | None]:
@@ -205,6 +242,7 @@ def report_epoch(metrics: Mapping[str, float], state: Mapping[str, Any] | None =
         return
     with tempfile.TemporaryDirectory() as directory:
         save_state(state, os.path.join(directory, STATE_FILE))
+        write_manifest(Path(directory))
         ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 

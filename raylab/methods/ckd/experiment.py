@@ -33,6 +33,7 @@ import pandas as pd
 
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
+from raylab.experiment.cost import CostModel
 from raylab.experiment.identity import content_hash
 from raylab.methods.ckd.config import VARIANTS, CKDJobConfig, cpu_config, with_epochs
 from raylab.methods.ckd.pairs import FoldRoles
@@ -188,6 +189,52 @@ def report(rows: Sequence[Row], request: Request[CKDJobConfig]) -> Report:
     return Report(text, tables={"results_rows.csv": rows_to_frame(dicts).to_csv(index=False)}, table=table)
 
 
+# --smoke: the official network and input sizes and every method, on fold 0 with one seed,
+# one epoch of two optimizer steps (each Train run still builds, steps, validates, checkpoints,
+# restores its best weights, embeds the unseen identities and exports its encoder).
+SMOKE = {"ckd": {"train": {"epochs": 1, "steps": 2}}, "protocol": {"folds": [0]}, "seeds": [0]}
+
+
+def cost(request: Request[CKDJobConfig]) -> CostModel:
+    """A trial's training image-steps (face and periocular count as one pair), and its disk.
+
+    Parameters are counted on the meta device for the fold's number of training identities
+    (the classifiers' rows). On disk a finished Train run keeps only ``final_state.pt`` (the
+    best weights, see :func:`~raylab.methods.ckd.training.drop_checkpoints`); a running one
+    holds its checkpoint (weights, SGD momentum, best weights) and, while Ray Train rotates
+    it, the previous one, so the peak adds two of those per concurrent trial.
+    """
+    from raylab.experiment.cost import FLOAT32, GB, parameter_count
+    from raylab.methods.ckd.config import variant
+    from raylab.methods.ckd.model import build_ckd_net
+
+    config, train = request.config, request.config.ckd.train
+    roles, _ = fold_roles_of(request, reuse=True)
+    grid = axes(request)
+    methods, folds, seeds = grid["method"], grid["fold"], grid["seed"]
+    largest = max(roles.values(), key=lambda r: len(r.fit))
+    steps = min(len(largest.fit) // train.batch_size, train.steps or len(largest.fit))
+    parameters = {m: parameter_count(lambda m=m: build_ckd_net(config.ckd.network, largest.num_classes, variant(m))) for m in methods}
+    final_bytes = sum(parameters.values()) * FLOAT32 * len(folds) * len(seeds)
+    checkpoint_copies = 3  # last weights, SGD momentum, best weights
+    concurrent = min(config.max_concurrent, len(methods) * len(folds) * len(seeds))
+    in_flight = 2 * checkpoint_copies * max(parameters.values()) * FLOAT32 * concurrent
+    pairs = largest.fit.faces[0].nbytes + largest.fit.periocular[0].nbytes
+    held = len(largest.fit) + len(largest.val) + len(largest.test)
+    return CostModel(
+        work=train.epochs * steps * train.batch_size,
+        work_unit="training pair-steps",
+        # The fold's decoded pairs, in the driver's object store and in every Train worker.
+        array_bytes=(1 + train.num_workers) * held * pairs,
+        checkpoint_bytes=final_bytes + in_flight,
+        cache_bytes=0.0,
+        notes=(f"{len(largest.fit)} fit pairs, {largest.num_classes} training identities; {steps} steps of {train.batch_size} per epoch",
+               "parameters: " + ", ".join(f"{m} {n / 1e6:.1f} M" for m, n in parameters.items()),
+               f"disk: {final_bytes / GB:.1f} GB of finished runs' best weights + {in_flight / GB:.1f} GB of checkpoints "
+               f"in flight ({concurrent} trials at once)"),
+    )
+
+
 def summary_extra(request: Request[CKDJobConfig], rows: Sequence[Row]) -> dict[str, Any]:
     return {"folds": list(axes(request)["fold"]), "table": report(rows, request).text}
 
@@ -214,4 +261,6 @@ EXPERIMENT = Experiment(
     trial_resources=lambda config: {"CPU": 0.01},
     max_concurrent=lambda config: config.max_concurrent,
     summary_extra=summary_extra,
+    smoke=SMOKE,
+    cost=cost,
 )

@@ -40,6 +40,7 @@ import numpy as np
 from raylab.config import ConfigError
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
+from raylab.experiment.cost import CostModel
 from raylab.experiment.identity import content_hash
 from raylab.methods.dcae.config import METHODS, TRAINED, DCAESweepConfig, cpu_config, trained_for
 from raylab.methods.dcae.data import DecodedCorpus
@@ -221,6 +222,60 @@ def report(rows: Sequence[Row], request: Request[DCAESweepConfig]) -> Report:
     )
 
 
+# --smoke: the configured network, image size, methods and selection at one class and one seed,
+# one training epoch, one selection trial of one epoch, and 500 test images (a seeded,
+# class-stratified subsample, so every novel class is still scored).
+SMOKE = {
+    "train": {"epochs": 1}, "selection": {"n_trials": 1, "epochs": 1},
+    "seeds": [0], "normal_classes": [0], "max_test_images": 500,
+}
+
+
+def cost(request: Request[DCAESweepConfig]) -> CostModel:
+    """A trial's variant image-steps (selection trials plus the final training), and its disk.
+
+    Counts the largest class's training images in the decoded corpus (``axes`` has decoded it
+    already) and sizes every trained variant on the meta device. A Train run keeps one
+    checkpoint and ``final_state_e<epochs>.pt``, both with every variant's weights and Adam
+    moments: the checkpoint stays so that a longer run continues the finished one.
+    """
+    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, GB, parameter_count
+    from raylab.methods.dcae.training import build_model
+
+    config = request.config
+    data, _ = decoded_corpus(request, reuse=True)
+    grid = axes(request)
+    classes, seeds = grid["normal_class"], grid["seed"]
+    channels, side = data.images.shape[1], data.images.shape[-1]
+    train_images = max(int(((data.labels == c) & (data.splits == "train")).sum()) for c in classes)
+    variants = trained_for(config.methods)
+    parameters = {v: parameter_count(lambda v=v: build_model(config.network, TRAINED[v], channels, side)) for v in variants}
+    selection = config.selection
+    fit_images = int(train_images * (1 - selection.val_fraction))
+    search_steps = selection.n_trials * selection.epochs * fit_images if selection.enabled else 0
+    work = search_steps + config.train.epochs * train_images * len(variants)
+    image_bytes = channels * side * side
+    test_images = int((data.splits == "test").sum())
+    if config.max_test_images is not None:
+        test_images = min(test_images, config.max_test_images)
+    run_bytes = 2 * ADAM_STATE_COPIES * FLOAT32 * sum(parameters.values())  # the checkpoint and the final state
+    runs = len(classes) * len(seeds)
+    return CostModel(
+        work=work,
+        work_unit="variant image-steps",
+        # The decoded corpus (uint8) in the trial, the class's images as float32 in every Train worker.
+        array_bytes=len(data.images) * image_bytes + config.train.num_workers * train_images * image_bytes * FLOAT32,
+        checkpoint_bytes=runs * run_bytes,
+        cache_bytes=0.0,
+        notes=(f"{len(classes)} classes x {len(seeds)} seeds; up to {train_images} training images per class, "
+               f"{test_images} test images scored per method",
+               f"selection: {selection.n_trials if selection.enabled else 0} trials x {selection.epochs} epochs "
+               f"on {fit_images} images ({search_steps / max(work, 1):.0%} of the work)",
+               "parameters: " + ", ".join(f"{v} {n / 1e6:.2f} M" for v, n in parameters.items())
+               + f"; {run_bytes / GB * 1024:.0f} MB per Train run on disk"),
+    )
+
+
 def summary_extra(request: Request[DCAESweepConfig], rows: Sequence[Row]) -> dict[str, Any]:
     classes = sorted({int(row.setting["normal_class"]) for row in rows})
     return {"classes": classes, "seeds": list(_seeds(request)), "selection": request.config.selection.enabled}
@@ -249,4 +304,6 @@ EXPERIMENT = Experiment(
     trial_resources=lambda config: {"CPU": 0.01},
     trial_cpus=lambda config: config.train.num_workers * config.train.cpus_per_worker,
     summary_extra=summary_extra,
+    smoke=SMOKE,
+    cost=cost,
 )

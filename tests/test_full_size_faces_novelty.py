@@ -1,0 +1,95 @@
+"""The paper-size CKD and DCAE configs, run end to end at their smoke budget on real data.
+
+Each job gets its full-size config, ``--smoke`` and only what a 2-CPU machine needs besides:
+the data folder and smaller CPU requests for its Train workers (the worker count stays that
+of the full config). What this proves is that the official sizes build, train, checkpoint,
+score and log on real images: the summary's metrics are finite and a logged figure is a
+readable image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.full_size_smoke
+
+
+@pytest.fixture(autouse=True)
+def own_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Each job logs to its own MLflow store: its trial runs (``c0-s0``) and nested runs must
+    not show up in the other tests' searches of the session's store, nor theirs in ours."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    yield
+    monkeypatch.undo()
+    from raylab.tracking.mlflow_conventions import configure
+
+    configure()  # the session's store again, for this process's MLflow client
+    assert mlflow.get_tracking_uri() != f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
+def _run(job: str, argv: list[str], summary: Path) -> dict[str, Any]:
+    from raylab.experiment import get_experiment, run
+
+    out = run(get_experiment(job), [*argv, "--smoke", "--summary-json", str(summary), "--no-progress"])
+    written = json.loads(summary.read_text())
+    assert written["rows"], f"{job} wrote no rows"
+    for row in written["rows"]:
+        assert row["metrics"] and all(math.isfinite(value) for value in row["metrics"].values()), row
+    return out
+
+
+def _runs_under(sweep: str) -> list[Any]:
+    """The MLflow runs nested (at any depth) under the parent run named ``sweep``."""
+    import mlflow
+
+    every = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parents = {r.info.run_id for r in every if r.info.run_name == sweep}
+    assert parents, f"no parent run named {sweep}"
+    found: list[Any] = []
+    while parents:
+        children = [r for r in every if r.data.tags.get("mlflow.parentRunId") in parents]
+        found += children
+        parents = {r.info.run_id for r in children}
+    return found
+
+
+def _opens_as_image(run_id: str, artifact: str, scratch: Path) -> None:
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(scratch))
+    with Image.open(local) as image:
+        image.load()
+        assert image.width > 10 and image.height > 10
+
+
+def test_ckd_official_size_smoke(ray_session, shared_data: Path, tmp_path: Path) -> None:
+    """IR-SE ResNet-18 at 128x128 faces and 48x128 bands, two DDP workers per run, all five methods."""
+    out = _run("ckd_train", [
+        "--config", "ckd/orl_full", "--data-root", str(shared_data),
+        "--set", "ckd.train.cpus_per_worker=0.3", "--set", "resources.max_concurrent_trials=3",
+    ], tmp_path / "ckd.json")
+    assert out["config"].ckd.network.widths == (64, 128, 256, 512) and out["config"].ckd.train.num_workers == 2
+    children = _runs_under(out["name"])
+    assert len(children) == 5
+    _opens_as_image(children[0].info.run_id, "figures/cmc.png", tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_dcae_full_size_smoke(ray_session, shared_data: Path, tmp_path: Path, dataset: str) -> None:
+    """Width 64, latent 64, the full discriminators; selection, three trained variants, scoring."""
+    out = _run("dcae_sweep", [
+        "--dataset", dataset, "--config", f"dcae/{dataset}_full", "--data-root", str(shared_data),
+        "--set", "train.cpus_per_worker=0.45",
+    ], tmp_path / "dcae.json")
+    assert out["config"].network.width == 64 and out["config"].train.num_workers == 2
+    trial_runs = [r for r in _runs_under(out["name"]) if r.info.run_name == "c0-s0"]
+    assert len(trial_runs) == 1
+    _opens_as_image(trial_runs[0].info.run_id, "reconstructions.png", tmp_path)
