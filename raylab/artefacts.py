@@ -46,7 +46,9 @@ def _array_header(path: Path) -> dict[str, object] | None:
 
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
-        shape, _, dtype = np.lib.format._read_array_header(handle, version)
+        # The public readers (numpy has no public version-generic one); np.save writes 1.0.
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(handle)
     return {"shape": list(shape), "dtype": str(dtype)}
 
 

@@ -427,7 +427,7 @@ def test_noise_shortage_names_class_and_counts(elpv_corpus):
     capped = inject_noise(elpv_corpus, NoiseProtocol(1.0, on_shortage="cap"))
     mono_injected = [i for i in injected_ids(capped) if i.startswith("elpv/mono/")]
     assert len(mono_injected) == pool
-    with pytest.raises(ValueError, match="noise_ratio must be >= 0"):
+    with pytest.raises(ValueError, match="noise_ratio must be a finite number >= 0"):
         inject_noise(elpv_corpus, NoiseProtocol(-0.1))
 
 

@@ -27,7 +27,7 @@ def decode_image(data: bytes, *, sample: str = "?", mode: str = "RGB") -> Image.
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise CorruptSampleError(f"{sample}: cannot decode image ({error})") from error
     return image.convert(mode)
 

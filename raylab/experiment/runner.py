@@ -193,7 +193,12 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
     from raylab.data.store import cache_root
     from raylab.experiment.session import init_ray
     from raylab.tracking import tracked_run, tracking_uri
+    from raylab.tracking.endpoint import TrackingEndpointError, check_tracking_endpoint
 
+    try:
+        check_tracking_endpoint(tracking_uri())
+    except TrackingEndpointError as error:
+        _fail(parser, error)
     init_ray(verbose=args.verbose)
     # Auto sizes become numbers here, in the driver, so every trial process asks for the same.
     resources = dataclasses.replace(resources, extraction_actors=resources.extraction_pool(), task_slots=resources.parallel_tasks())

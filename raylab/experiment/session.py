@@ -33,7 +33,8 @@ def quiet_ray_internals() -> None:
 
 
 def pinned_storage() -> dict[str, str]:
-    """The cache root and tracking URI, resolved once here in the driver, for every process.
+    """The cache root, tracking URI and MLflow's HTTP bounds, resolved once here in the driver,
+    for every process.
 
     Left to each process, a relative default resolves against that process's working folder:
     a Tune trial's is its own trial folder, so caches written inside trials (tail views, weight
@@ -42,8 +43,9 @@ def pinned_storage() -> dict[str, str]:
     """
     from raylab.data.store import cache_root
     from raylab.tracking import tracking_uri
+    from raylab.tracking.endpoint import http_limits
 
-    return {"RAYLAB_CACHE_DIR": str(cache_root()), "MLFLOW_TRACKING_URI": tracking_uri()}
+    return {"RAYLAB_CACHE_DIR": str(cache_root()), "MLFLOW_TRACKING_URI": tracking_uri(), **http_limits()}
 
 
 def init_ray(*, verbose: bool = False, **local_options: Any) -> None:

@@ -37,6 +37,9 @@ def elpv_package_root() -> Path:
     return Path(elpv_dataset.__file__).parent / "data"
 
 
+MODULE_TYPES = ("mono", "poly")
+
+
 @DATASETS.register("elpv")
 def load_elpv(
     data_root: str | Path | None = None,
@@ -49,9 +52,12 @@ def load_elpv(
     root = Path(data_root) / "elpv" if data_root and (Path(data_root) / "elpv" / "labels.csv").exists() else elpv_package_root()
     labels = np.genfromtxt(root / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "probability", "type"])
     rows = [(str(p), float(q), str(t)) for p, q, t in zip(labels["path"], labels["probability"], labels["type"])]
-    unknown = sorted({t for _, _, t in rows} - {"mono", "poly"})
+    unknown = sorted({t for _, _, t in rows} - set(MODULE_TYPES))
     if unknown:
         raise ValueError(f"{root / 'labels.csv'}: unknown module types {unknown}")
+    asked = sorted(set(classes) - set(MODULE_TYPES))
+    if asked or not classes:
+        raise ValueError(f"elpv classes {list(classes)}: {asked or 'none given'} not known; the classes are {list(MODULE_TYPES)}")
     records = []
     for module_type in classes:
         cells = [(p, q) for p, q, t in rows if t == module_type]

@@ -10,6 +10,7 @@ sample id ``<id>#injected`` (same image, same features; see :func:`base_sample_i
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Literal
@@ -51,8 +52,9 @@ def class_seed(seed: int, class_name: str) -> np.random.Generator:
 
 def inject_noise(table: pa.Table, protocol: NoiseProtocol) -> ProtocolResult:
     """Apply the contamination protocol; every input row is accounted for in the manifest."""
-    if protocol.noise_ratio < 0:
-        raise ValueError(f"noise_ratio must be >= 0, got {protocol.noise_ratio}")
+    if not (isinstance(protocol.noise_ratio, (int, float)) and math.isfinite(protocol.noise_ratio) and protocol.noise_ratio >= 0):
+        # Injected defects per good training image; NaN or infinity would reach int(round(...)).
+        raise ValueError(f"noise_ratio must be a finite number >= 0, got {protocol.noise_ratio}")
     validate_corpus(table)
     frame = table.select(["sample_id", "class_name", "split", "label"]).to_pandas()
     chosen: list[int] = []

@@ -12,6 +12,8 @@ from raylab.data.protocols.noise import class_seed
 
 
 def subsample_corpus(table: pa.Table, per_group: int, seed: int = 0) -> pa.Table:
+    if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
+        raise ValueError(f"images per (class, split, label) group must be an integer >= 1, got {per_group!r}")
     frame = table.select(["sample_id", "class_name", "split", "label"]).to_pandas()
     keep: list[int] = []
     for (class_name, split, label), group in frame.groupby(["class_name", "split", "label"], sort=True):
