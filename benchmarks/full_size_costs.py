@@ -33,7 +33,7 @@ import yaml
 from raylab.experiment import get_experiment, run
 from raylab.experiment.cost import Measurement, measurement_key, measurements_path
 from raylab.experiment.identity import flatten
-from raylab.experiment.registry import FULL_SIZE_CONFIGS
+from raylab.experiment.registry import FULL_SIZE_CONFIGS, full_size_arguments
 from raylab.testing.random_weights import smoke_weight_arguments
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -111,6 +111,7 @@ def estimate_of(experiment_name: str, argv: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default=str(REPOSITORY.parent / "shared" / "data"))
+    parser.add_argument("--weights-root", default=str(REPOSITORY.parent / "shared" / "weights"))
     parser.add_argument("--only", nargs="*", default=None, help="config keys, e.g. meds/full_dinov2")
     parser.add_argument("--write", action="store_true", help="store the measurements in raylab/configs/cost_measurements.yaml")
     args = parser.parse_args()
@@ -122,7 +123,7 @@ def main() -> None:
             entry = FULL_SIZE_CONFIGS[key]
             experiment = get_experiment(entry.experiment)
             weights = smoke_weight_arguments(key, scratch_path / "weights")
-            argv = [*entry.arguments, *(["--data-root", args.data_root] if entry.needs_data_root else []), *weights, "--smoke"]
+            argv = full_size_arguments(key, args.data_root, args.weights_root, weights)
             runs = []
             for label, extra in (("smoke", []), ("doubled", doubled(experiment.smoke))):
                 estimate = estimate_of(entry.experiment, [*argv, *extra])

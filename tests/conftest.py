@@ -49,6 +49,12 @@ def isolated_outputs(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def full_size_weights(tmp_path_factory) -> Path:
+    """One folder for the random-weight files of the paper-size configs (written on first use)."""
+    return tmp_path_factory.mktemp("full-size-weights")
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """The one local Ray cluster of the test session (2 CPUs, like CI). Never `ray stop`."""
     import ray

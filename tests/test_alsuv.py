@@ -285,8 +285,9 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
         torch.save(_tiny_encoder(seed).backbone.state_dict(), tmp_path / f"{name}.pt")
     encoder = {"kind": "irse", "input_size": [8, 8], "embedding_dim": 8, "layers": [1, 1], "width_multiplier": 0.125}
     config = {
-        "data": {"canvas": {"size": 16}},
-        "generator": {"checkpoint": str(tmp_path / "g.pt")},
+        # The config describes the file it loads; its whole 8 px output is the face, on an 8 px canvas.
+        "data": {"canvas": {"size": 8}},
+        "generator": {"checkpoint": str(tmp_path / "g.pt"), "model": dataclasses.asdict(TINY), "crop": {"size_fraction": 1.0, "v_offset_fraction": 0.0}},
         "encoders": {
             "source": {**encoder, "weights": str(tmp_path / "source.pt")},
             "validation": {**encoder, "weights": str(tmp_path / "validation.pt")},

@@ -16,7 +16,8 @@ from raylab.config import ConfigError
 from raylab.experiment import experiment_names, get_experiment, run
 from raylab.experiment.budget import BUDGET_LEAVES, budget_violations, check_budget_only
 from raylab.experiment.identity import flatten
-from raylab.experiment.registry import FULL_SIZE_CONFIGS
+from raylab.experiment.registry import FULL_SIZE_CONFIGS, full_size_arguments
+from raylab.testing.random_weights import smoke_weight_arguments
 
 
 @pytest.fixture
@@ -30,8 +31,11 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(session, "init_ray", refuse)
 
 
-def _arguments(entry, shared_data: Path) -> list[str]:
-    return [*entry.arguments, *(["--data-root", str(shared_data)] if entry.needs_data_root else [])]
+def _arguments(key: str, shared_data: Path, weights: Path) -> list[str]:
+    """The config's full-size command line (no ``--smoke``) with random weights where it loads files."""
+    argv = full_size_arguments(key, str(shared_data), str(shared_data.parent / "weights"), smoke_weight_arguments(key, weights))
+    argv.remove("--smoke")
+    return argv
 
 
 @pytest.mark.parametrize("name", [n for n in experiment_names() if get_experiment(n).smoke])
@@ -49,11 +53,10 @@ def test_a_smoke_budget_that_changes_the_architecture_is_refused():
 
 
 @pytest.mark.parametrize("key", sorted(FULL_SIZE_CONFIGS))
-def test_smoke_keeps_the_full_size_architecture(key, no_ray, shared_data, capsys):
+def test_smoke_keeps_the_full_size_architecture(key, no_ray, shared_data, full_size_weights, capsys):
     """Resolved with and without --smoke, a full-size config differs in budget keys only."""
-    entry = FULL_SIZE_CONFIGS[key]
-    experiment = get_experiment(entry.experiment)
-    argv = _arguments(entry, shared_data)
+    experiment = get_experiment(FULL_SIZE_CONFIGS[key].experiment)
+    argv = _arguments(key, shared_data, full_size_weights)
     full = flatten(run(experiment, [*argv, "--print-config"])["config"])
     smoke = flatten(run(experiment, [*argv, "--smoke", "--print-config"])["config"])
     changed = sorted(k for k in full.keys() | smoke.keys() if full.get(k) != smoke.get(k))
@@ -80,9 +83,8 @@ def test_the_meds_baseline_scores_the_sweeps_own_features(no_ray, capsys):
 
 
 @pytest.mark.parametrize("key", sorted(FULL_SIZE_CONFIGS))
-def test_dry_run_prints_the_plan_and_its_cost_before_ray(key, no_ray, shared_data, capsys):
-    entry = FULL_SIZE_CONFIGS[key]
-    plan = run(get_experiment(entry.experiment), [*_arguments(entry, shared_data), "--dry-run"])
+def test_dry_run_prints_the_plan_and_its_cost_before_ray(key, no_ray, shared_data, full_size_weights, capsys):
+    plan = run(get_experiment(FULL_SIZE_CONFIGS[key].experiment), [*_arguments(key, shared_data, full_size_weights), "--dry-run"])
     text = capsys.readouterr().out
     assert plan["trials"] >= 1 and f"= {plan['trials']} trials" in text
     estimate = plan["estimate"]

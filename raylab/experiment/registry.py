@@ -31,16 +31,40 @@ class FullSizeConfig:
     experiment: str
     arguments: tuple[str, ...]
     needs_data_root: bool = False  # its dataset reads a folder (``--data-root``)
+    needs_weights_root: bool = False  # it loads pretrained files by name (``--weights-root``)
+    # How its work is packed on a 2-CPU machine: CPUs per Train worker, trials or searches at
+    # once. Never architecture: the same workers run, each asking for less of a small machine.
+    small_machine: tuple[str, ...] = ()
 
 
 FULL_SIZE_CONFIGS: dict[str, FullSizeConfig] = {
-    "meds/full_dinov2": FullSizeConfig("meds_sweep", ("--config", "meds/full_dinov2")),
-    "tailedcore/full_wrn50": FullSizeConfig("tailedcore_sweep", ("--config", "tailedcore/full_wrn50"), needs_data_root=True),
-    "ckd/orl_full": FullSizeConfig("ckd_train", ("--config", "ckd/orl_full"), needs_data_root=True),
-    "dcae/mnist_full": FullSizeConfig("dcae_sweep", ("--config", "dcae/mnist_full")),
-    "dcae/cifar10_full": FullSizeConfig("dcae_sweep", ("--dataset", "cifar10", "--config", "dcae/cifar10_full"), needs_data_root=True),
-    "alsuv/ffhq256": FullSizeConfig("alsuv_attack", ("--profile", "full", "--config", "alsuv/ffhq256"), needs_data_root=True),
+    "meds/full_dinov2": FullSizeConfig(
+        "meds_sweep", ("--config", "meds/full_dinov2"), small_machine=("--set", "meds.cpus_per_train_worker=0.4")),
+    "tailedcore/full_wrn50": FullSizeConfig(
+        "tailedcore_sweep", ("--config", "tailedcore/full_wrn50"), needs_data_root=True, small_machine=("--set", "threads_per_trial=2")),
+    "ckd/orl_full": FullSizeConfig(
+        "ckd_train", ("--config", "ckd/orl_full"), needs_data_root=True,
+        small_machine=("--set", "ckd.train.cpus_per_worker=0.3", "--set", "resources.max_concurrent_trials=3")),
+    "dcae/mnist_full": FullSizeConfig(
+        "dcae_sweep", ("--config", "dcae/mnist_full"), small_machine=("--set", "train.cpus_per_worker=0.45")),
+    "dcae/cifar10_full": FullSizeConfig(
+        "dcae_sweep", ("--dataset", "cifar10", "--config", "dcae/cifar10_full"), needs_data_root=True,
+        small_machine=("--set", "train.cpus_per_worker=0.45")),
+    "alsuv/ffhq256": FullSizeConfig(
+        "alsuv_attack", ("--profile", "full", "--config", "alsuv/ffhq256"), needs_data_root=True, needs_weights_root=True,
+        # Searches are independent: two tasks of five give the results of one task of ten.
+        small_machine=("--set", "attack.searches_per_task=5")),
 }
+
+
+def full_size_arguments(key: str, data_root: str, weights_root: str, weight_arguments: list[str]) -> list[str]:
+    """The complete command line of a full-size config's smoke run on a small machine."""
+    entry = FULL_SIZE_CONFIGS[key]
+    return [
+        *entry.arguments, "--smoke", *entry.small_machine, *weight_arguments,
+        *(["--data-root", data_root] if entry.needs_data_root else []),
+        *(["--weights-root", weights_root] if entry.needs_weights_root else []),
+    ]
 
 
 def experiment_names() -> list[str]:

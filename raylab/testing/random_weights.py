@@ -52,6 +52,30 @@ def smoke_weight_arguments(config: str, folder: Path) -> list[str]:
         if not path.is_file():
             torchvision_pth("wide_resnet50_2", path)
         return ["--set", f"features.backbone.weights={path}"]
+    if config == "alsuv/ffhq256":
+        path = folder / "stylegan2-ffhq-256_550000.pt"
+        if not path.is_file():
+            stylegan2_rosinality(path)
+        return ["--set", f"generator.checkpoint={path}"]
     if config in ("ckd/orl_full", "dcae/mnist_full", "dcae/cifar10_full"):
         return []  # trained from scratch: no weight file to stand in for
     raise KeyError(f"no random-weight recipe for {config!r}")
+
+
+def stylegan2_rosinality(path: Path, *, size: int = 256, channel_multiplier: int = 2, seed: int = 0) -> Path:
+    """A StyleGAN2 generator checkpoint in the rosinality/stylegan2-pytorch training layout.
+
+    What that port's ``train.py`` saves and ALSUV's FFHQ-256 file is: the EMA generator's state
+    dict under ``g_ema`` and the training ``args`` as an ``argparse.Namespace`` (no
+    ``latent_avg``, so the loader's mean-latent fallback runs too). Defaults: FFHQ-256 config-f.
+    The discriminator and optimiser states of a training file are left out: no loader reads them.
+    """
+    import argparse
+
+    from raylab.methods.alsuv.stylegan2 import Generator, GeneratorConfig
+
+    torch.manual_seed(seed)
+    generator = Generator(GeneratorConfig(size=size, channel_multiplier=channel_multiplier))
+    args = argparse.Namespace(size=size, latent=generator.style_dim, n_mlp=generator.config.n_mlp, channel_multiplier=channel_multiplier)
+    torch.save({"g_ema": generator.state_dict(), "args": args}, path)
+    return path

@@ -7,7 +7,15 @@ latent over the last 70 iterates, truncation 0.8 towards the mean latent (fixed 
 and the unsupervised validation of the top 10 by a held-out validation encoder. The
 generator default is StyleGAN2 FFHQ-256 config-f loaded from a user's rosinality-layout
 checkpoint (``generator.checkpoint``), cropped to its 192 px face region 10 px below the
-centre; the searches run ten to a task (the official ``mini_batch``).
+centre and resized to the canvas; the searches run ten to a task (the official ``mini_batch``).
+The canvas and encoder defaults are the laptop's (32 px); ``configs/alsuv/ffhq256.yaml``
+puts the paper's sizes over them: a 112 px canvas, an IR-SE-50 source, an IR-SE-18
+validation encoder and an unseen ResNet-50 trained here, the pretrained MobileFaceNet loaded.
+
+Sizes have one source of truth, :attr:`AlsuvConfig.face_size` (the canvas): real faces are
+decoded to it, generated face crops are resized (down) to it, the evaluation and the figures
+expect it; :class:`AlsuvConfig` refuses, naming the keys, a generator whose face crop cannot
+meet the canvas.
 
 :func:`cpu_config` is the size that runs on a 2-core laptop, where no FFHQ weights exist,
 every reduction stated:
@@ -45,8 +53,10 @@ class CanvasConfig:
     """Every face, real or generated, lives on one square RGB canvas in [-1, 1].
 
     Real images are centre-cropped to a square (ORL's 92 x 112 -> the central 92 x 92) and
-    resized to ``size`` (grey images are repeated over three channels); the generator is
-    trained on exactly these canvases, so its whole output is comparable to a real face.
+    resized to ``size`` (grey images are repeated over three channels). Generated faces are
+    brought to the same size (:attr:`AlsuvConfig.face_size`): a generator trained here is
+    trained on exactly these canvases, and a loaded one's face crop is resized down to them,
+    so a reconstruction and its target always have the same pixels per face.
     """
 
     size: int = 32
@@ -108,6 +118,11 @@ class GeneratorSetup:
     crop: FaceCropConfig = field(default_factory=FaceCropConfig)
     train: GanTrainConfig = field(default_factory=GanTrainConfig)
 
+    @property
+    def face_side(self) -> int:
+        """Side in generator pixels of the face crop (FFHQ-256: 192), before it meets the canvas."""
+        return round(self.model.size * self.crop.size_fraction)
+
 
 @dataclass(frozen=True)
 class EncoderTrainConfig:
@@ -120,6 +135,13 @@ class EncoderTrainConfig:
     weight_decay: float = 5e-4
     pad: int = 2
     num_workers: int = 1
+    # Optimiser steps per epoch at most; None takes every full batch of the training faces.
+    # A budget knob (``--smoke`` sets it): it says how much work runs, not what is learnt.
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.steps is None or self.steps >= 1, "steps", f"must be >= 1 or null, got {self.steps}")
 
 
 @dataclass(frozen=True)
@@ -184,11 +206,17 @@ class EncoderSet:
     """The source (white-box, searches), validation (selection) and unseen (evaluation) encoders.
 
     A YAML ``unseen`` mapping replaces the default set (name -> encoder fields).
+
+    ``epochs`` and ``steps`` cap the training of *every* encoder trained here (epochs, and
+    optimiser steps per epoch; ``None``: each encoder's own ``train`` section). They are budget
+    knobs in one place because a budget overlay cannot name the unseen encoders of every config.
     """
 
     source: EncoderConfig = field(default_factory=default_source)
     validation: EncoderConfig = field(default_factory=default_validation)
     unseen: dict[str, EncoderConfig] = field(default_factory=default_unseen)
+    epochs: int | None = None
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         from raylab.config import from_mapping
@@ -200,7 +228,19 @@ class EncoderSet:
         require(bool(unseen), "unseen", "is empty: the attack must be judged on at least one unseen encoder")
         clash = sorted({"source", "validation"} & set(unseen))
         require(not clash, "unseen", f"names {clash} clash with the attack's own encoders")
+        require(self.epochs is None or self.epochs >= 1, "epochs", f"must be >= 1 or null, got {self.epochs}")
+        require(self.steps is None or self.steps >= 1, "steps", f"must be >= 1 or null, got {self.steps}")
         object.__setattr__(self, "unseen", unseen)
+
+    def by_role(self) -> dict[str, EncoderConfig]:
+        """``source``, ``validation`` and the unseen encoders by name, each with the set's caps applied."""
+        return {name: self._capped(spec) for name, spec in {"source": self.source, "validation": self.validation, **self.unseen}.items()}
+
+    def _capped(self, spec: EncoderConfig) -> EncoderConfig:
+        train = spec.train
+        epochs = train.epochs if self.epochs is None else min(train.epochs, self.epochs)
+        steps = train.steps if self.steps is None else min(train.steps or self.steps, self.steps)
+        return replace(spec, train=replace(train, epochs=epochs, steps=steps))
 
 
 @dataclass(frozen=True)
@@ -247,7 +287,9 @@ class DataConfig:
     The generator and every raylab-trained encoder see only the other folds' identities;
     the attack targets ``targets_per_identity`` images of each held-out identity (the first
     ones, in file order, in which the face check finds a face), and the verification
-    thresholds come from all pairs of held-out images.
+    thresholds come from all pairs of held-out images. ``images_per_identity`` keeps only
+    the first that many images of every identity (all of them when ``None``): a budget knob
+    that shrinks training, thresholds and evaluation together without changing who is held out.
     """
 
     dataset: str = "orl"
@@ -255,12 +297,18 @@ class DataConfig:
     fold: int = 0
     split_seed: int = 0
     targets_per_identity: int = 1
+    images_per_identity: int | None = None
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
 
     def __post_init__(self) -> None:
         require(self.n_folds >= 2, "n_folds", f"must be >= 2 (one fold held out, the others trained on), got {self.n_folds}")
         require(0 <= self.fold < self.n_folds, "fold", f"must be in [0, n_folds={self.n_folds}), got {self.fold}")
         require(self.targets_per_identity >= 1, "targets_per_identity", f"must be >= 1, got {self.targets_per_identity}")
+        require(
+            self.images_per_identity is None or self.images_per_identity >= max(2, self.targets_per_identity), "images_per_identity",
+            f"must be null or >= max(2, targets_per_identity={self.targets_per_identity}) (genuine pairs need two images), "
+            f"got {self.images_per_identity}",
+        )
 
 
 @dataclass(frozen=True)
@@ -302,6 +350,44 @@ class AlsuvConfig:
 
     def __post_init__(self) -> None:
         require(self.max_targets is None or self.max_targets >= 1, "max_targets", f"must be >= 1 or null, got {self.max_targets}")
+        self._check_face_sizes()
+
+    @property
+    def face_size(self) -> int:
+        """The side every face is compared at: real canvases, generated faces, the report's cells.
+
+        The one source of truth for ALSUV's sizes. The renderer brings each generated face
+        crop to it, the evaluation checks reconstructions against it, the report draws every
+        cell at it; encoders then resize it to their own inputs.
+        """
+        return self.data.canvas.size
+
+    def _check_face_sizes(self) -> None:
+        """Reject a canvas and a generator that cannot meet (checked before Ray starts).
+
+        A generator trained here learns whole canvases, so its output must be the canvas and
+        all of it the face. A loaded generator's face crop is resized *down* to the canvas;
+        a crop smaller than the canvas would be blown up, leaving reconstructions blurrier
+        than the real faces they are compared with, which is a mistyped size, not a choice.
+        """
+        setup, canvas = self.generator, self.data.canvas.size
+        if setup.checkpoint is None:
+            require(
+                setup.model.size == canvas, "generator.model.size",
+                f"is {setup.model.size} but data.canvas.size is {canvas}: a generator trained here learns the canvases, so they must agree",
+            )
+            require(
+                (setup.crop.size_fraction, setup.crop.v_offset_fraction) == (1.0, 0.0), "generator.crop",
+                f"must be {{size_fraction: 1.0, v_offset_fraction: 0.0}} for a generator trained here (its whole output is a "
+                f"canvas face), got {setup.crop}",
+            )
+        else:
+            require(
+                setup.face_side >= canvas, "data.canvas.size",
+                f"is {canvas} but the generator's face crop is only {setup.face_side} px (generator.model.size "
+                f"{setup.model.size} x generator.crop.size_fraction {setup.crop.size_fraction:g}): generated faces are "
+                f"resized down to the canvas, never up; use a canvas of at most {setup.face_side}",
+            )
 
 
 def cpu_generator() -> GeneratorConfig:
@@ -333,7 +419,8 @@ def quick_config(config: AlsuvConfig) -> AlsuvConfig:
     def shrink(encoder: EncoderConfig) -> EncoderConfig:
         return replace(encoder, train=replace(encoder.train, epochs=min(encoder.train.epochs, q.encoder_epochs)))
 
-    encoders = EncoderSet(
+    encoders = replace(
+        config.encoders,
         source=shrink(config.encoders.source),
         validation=shrink(config.encoders.validation),
         unseen={name: shrink(e) for name, e in config.encoders.unseen.items()},

@@ -119,6 +119,8 @@ def encoder_train_loop(loop_config: dict[str, Any]) -> None:
         generator = torch.Generator().manual_seed(config.seed * 10_000 + epoch)
         order = torch.randperm(len(images), generator=generator)[rank::world]
         steps = max(1, len(images) // (per_worker * world))  # full batches only (BatchNorm1d needs > 1)
+        if train.steps is not None:
+            steps = min(steps, train.steps)
         total, correct, seen = 0.0, 0, 0
         for step in range(steps):
             rows = order[step * per_worker : (step + 1) * per_worker]

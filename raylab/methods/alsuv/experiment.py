@@ -40,6 +40,7 @@ import torch
 
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
+from raylab.experiment.cost import CostModel
 from raylab.methods.alsuv.attack import METHODS, run_attack
 from raylab.methods.alsuv.config import AlsuvConfig, cpu_config, quick_config
 from raylab.methods.alsuv.encoder_training import train_encoder
@@ -49,7 +50,7 @@ from raylab.methods.alsuv.faces import FaceProtocol, FaceSet, choose_targets, lo
 from raylab.methods.alsuv.gan_training import train_generator
 from raylab.methods.alsuv.report import face_grid, generator_samples
 from raylab.methods.alsuv.search import FaceRenderer
-from raylab.methods.alsuv.stylegan2 import load_rosinality
+from raylab.methods.alsuv.stylegan2 import checkpoint_config, load_rosinality
 
 NAME = "alsuv_attack"
 TABLE_METRICS = ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1")
@@ -89,16 +90,32 @@ def weight_files(config: AlsuvConfig, weights_root: str | None) -> dict[str, Pat
     files = {}
     if config.generator.checkpoint is not None:
         files["generator"] = _weights_path(config.generator.checkpoint, weights_root)
-    specs = {"source": config.encoders.source, "validation": config.encoders.validation, **config.encoders.unseen}
-    files |= {f"encoder/{name}": _weights_path(spec.weights, weights_root) for name, spec in specs.items() if spec.weights is not None}
+    files |= {
+        f"encoder/{name}": _weights_path(spec.weights, weights_root) for name, spec in config.encoders.by_role().items() if spec.weights is not None
+    }
     return files
 
 
 def check(request: Request[AlsuvConfig]) -> None:
-    """Every weight file exists, before Ray starts."""
-    missing = [f"{role}: {path}" for role, path in weight_files(request.config, request.args.weights_root).items() if not path.is_file()]
+    """Every weight file exists, and a generator checkpoint is the generator the config describes, before Ray starts.
+
+    The config's ``generator.model`` is what its sizes are validated against (face crop vs
+    canvas) and what ``--dry-run`` costs, so a checkpoint of another architecture (a 512 px
+    file under a 256 px config) is refused here, from the file's tensor shapes alone.
+    """
+    config = request.config
+    files = weight_files(config, request.args.weights_root)
+    missing = [f"{role}: {path}" for role, path in files.items() if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"weight files not found (relative names resolve against --weights-root): {'; '.join(missing)}")
+    if "generator" in files:
+        found = checkpoint_config(files["generator"])
+        if found.architecture() != config.generator.model.architecture():
+            size, style_dim, n_mlp, widths = found.architecture()
+            raise ValueError(
+                f"generator.model: {files['generator']} holds a {size} px generator (style_dim {style_dim}, n_mlp {n_mlp}, "
+                f"widths {list(widths)} from 4 px up) but the config describes {config.generator.model}; set generator.model to the file's"
+            )
 
 
 @dataclass
@@ -145,14 +162,15 @@ def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: 
         log.generator_source, log.generator_file = str(trained.path), trained.path
     if latent_avg is None:
         latent_avg = generator.mean_latent(config.attack.mean_latent_samples)
-    return FaceRenderer(generator, latent_avg, truncation=config.attack.truncation, crop=setup.crop, grayscale=setup.grayscale)
+    return FaceRenderer(
+        generator, latent_avg, truncation=config.attack.truncation, crop=setup.crop, grayscale=setup.grayscale, size=config.face_size
+    )
 
 
 def prepare_encoders(config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog) -> dict[str, FaceEncoder]:
     """``source``, ``validation`` and every unseen encoder by name (trained here where needed)."""
-    specs = {"source": config.encoders.source, "validation": config.encoders.validation, **config.encoders.unseen}
     encoders = {}
-    for name, spec in specs.items():
+    for name, spec in config.encoders.by_role().items():
         state = None
         if spec.weights is None and spec.kind != "mobilefacenet":
             trained = train_encoder(protocol.train.images, protocol.train.identities, spec)
@@ -225,8 +243,11 @@ def log_models(inputs: AttackInputs, config: AlsuvConfig, context: TrialContext)
 def evaluate_seed(results: list[dict], references: dict, unseen: dict[str, FaceEncoder], target_rows, config: AlsuvConfig) -> dict:
     """``{method: {encoder: metrics}}`` for one seed's attack results."""
     out: dict[str, dict[str, dict[str, float]]] = {}
+    expected = (3, config.face_size, config.face_size)
     for method in METHODS:
         canvas = np.stack([r["selections"][method].canvas for r in results])
+        if canvas.shape[1:] != expected:
+            raise ValueError(f"{method}: reconstructions are {canvas.shape[1:]}, the targets' canvas is {expected}")
         out[method] = {}
         for name, encoder in unseen.items():
             embeddings = embed(encoder, canvas, flip=config.evaluation.flip)
@@ -248,7 +269,7 @@ def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: 
         run.log_metrics({f"search/{k}": v for k, v in search_stats.items()} | {"attack_seconds": seconds})
         with tempfile.TemporaryDirectory() as scratch:
             outputs = {m: np.stack([r["selections"][m].canvas for r in results]) for m in METHODS}
-            run.log_artifact(face_grid(inputs.targets.images, outputs, Path(scratch) / f"reconstructions_s{seed}.png"))
+            run.log_artifact(face_grid(inputs.targets.images, outputs, Path(scratch) / f"reconstructions_s{seed}.png", size=config.face_size))
     shared = {
         "targets": len(inputs.targets),
         "held_out_identities": len(set(inputs.protocol.held_out.identities.tolist())),
@@ -289,6 +310,75 @@ def summary_extra(request: Request[AlsuvConfig], rows: Sequence[Row]) -> Mapping
     return {"targets": rows[0].extra["targets"] if rows else 0, "num_searches": request.config.attack.num_searches}
 
 
+# --smoke: a paper-size config's networks and sizes unchanged, its work shrunk to one target,
+# one seed and ten one-iteration searches (ten: the paper's top-10 validation needs as many
+# candidates), four faces per person, and one optimiser step of one epoch per encoder trained here.
+SMOKE = {
+    "seeds": [0],
+    "max_targets": 1,
+    "data": {"images_per_identity": 4, "targets_per_identity": 1},
+    "attack": {"num_searches": 10, "iterations": 1},
+    "generator": {"train": {"iterations": 2}},
+    "encoders": {"epochs": 1, "steps": 1},
+}
+
+
+def cost(request: Request[AlsuvConfig]) -> CostModel:
+    """One seed's generator syntheses (every search's steps and final renders) and what stays on disk.
+
+    Counts the face set's identities from its file list and sizes the networks on the meta
+    device, so it answers in seconds for FFHQ-256 without its checkpoint or a GPU.
+    """
+    from raylab.data import load_corpus
+    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
+    from raylab.methods.alsuv.encoders import build_backbone
+    from raylab.methods.alsuv.stylegan2 import Discriminator, Generator
+
+    config, data = request.config, request.config.data
+    corpus = load_corpus(data.dataset, request.data_root, n_folds=data.n_folds, fold=data.fold, split_seed=data.split_seed)
+    rows = corpus.select(["class_name", "split"]).to_pylist()
+    per_identity: dict[tuple[str, str], int] = {}
+    for row in rows:
+        key = (row["class_name"], row["split"])
+        per_identity[key] = min(per_identity.get(key, 0) + 1, data.images_per_identity or len(rows))
+    images = sum(per_identity.values())
+    held_out = sum(1 for _, split in per_identity if split == "test")
+    targets = held_out * data.targets_per_identity
+    targets = min(targets, config.max_targets) if config.max_targets is not None else targets
+    attack = config.attack
+    renders = 1 if attack.averaged_iterates == 1 else 2
+    work = targets * attack.num_searches * (attack.iterations + renders)
+
+    face = 3 * config.face_size**2 * FLOAT32
+    # All canvases stay in memory; each target's searches come back with two canvases each.
+    array_bytes = images * face + targets * attack.num_searches * 2 * face
+    trained = {name: spec for name, spec in config.encoders.by_role().items() if spec.weights is None and spec.kind != "mobilefacenet"}
+    loaded = sorted(set(config.encoders.by_role()) - set(trained))
+    # A Train run keeps its last checkpoint (weights and SGD momentum) and raylab a final backbone state.
+    sgd_copies = 2
+    checkpoints = sum(parameter_count(lambda spec=spec: build_backbone(spec)) * FLOAT32 * (sgd_copies + 1) for spec in trained.values())
+    model = config.generator.model
+    if config.generator.checkpoint is None:
+        g, d = parameter_count(lambda: Generator(model)), parameter_count(lambda: Discriminator(model))
+        checkpoints += (g * (ADAM_STATE_COPIES + 1) + d * ADAM_STATE_COPIES) * FLOAT32  # G, its EMA copy, D, both optimisers
+        generator = f"a {model.size} px StyleGAN2 trained here for {config.generator.train.iterations} steps"
+    else:
+        generator = f"{config.generator.checkpoint} loaded ({model.size} px, face crop {config.generator.face_side} px -> {config.face_size} px canvas)"
+    return CostModel(
+        work=work,
+        work_unit="generator syntheses",
+        array_bytes=array_bytes,
+        checkpoint_bytes=checkpoints,
+        cache_bytes=0.0,
+        notes=(
+            f"{targets} targets x {attack.num_searches} searches x ({attack.iterations} steps + {renders} render"
+            f"{'s' if renders > 1 else ''}); {images} faces of {len(per_identity)} identities",
+            f"generator: {generator}",
+            f"encoders trained here (once, shared by the seeds): {', '.join(trained) or 'none'}; loaded: {', '.join(loaded) or 'none'}",
+        ),
+    )
+
+
 EXPERIMENT = Experiment(
     name=NAME,
     description="ALSUV face reconstruction transfer attack: N parallel latent searches per target (Ray tasks) "
@@ -311,4 +401,6 @@ EXPERIMENT = Experiment(
     check=check,
     setting_keys=("data.dataset",),
     summary_extra=summary_extra,
+    smoke=SMOKE,
+    cost=cost,
 )

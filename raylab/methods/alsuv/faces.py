@@ -132,9 +132,26 @@ class FaceProtocol:
         }
 
 
+def first_per_identity(identities: list[str], count: int) -> list[int]:
+    """Rows of the first ``count`` images of every identity, in corpus order.
+
+    Cutting per identity (not overall) keeps every identity and the fold split, so a
+    smaller budget changes how many faces each person has, never who is held out.
+    """
+    seen: dict[str, int] = {}
+    rows = []
+    for row, identity in enumerate(identities):
+        if seen.get(identity, 0) < count:
+            seen[identity] = seen.get(identity, 0) + 1
+            rows.append(row)
+    return rows
+
+
 def load_protocol(config: DataConfig, data_root: str | Path | None) -> FaceProtocol:
     """The dataset's identity-disjoint split (fold ``config.fold`` held out), on the canvas."""
     corpus = load_corpus(config.dataset, data_root, n_folds=config.n_folds, fold=config.fold, split_seed=config.split_seed)
+    if config.images_per_identity is not None:
+        corpus = corpus.take(first_per_identity(corpus.column("class_name").to_pylist(), config.images_per_identity))
     ids = np.asarray(corpus.column("sample_id").to_pylist())
     sources = np.asarray(corpus.column("source").to_pylist())
     identities = np.asarray(corpus.column("class_name").to_pylist())

@@ -7,7 +7,10 @@ keeps two results per search: the last iterate and the *averaged latent*, the me
 last 70% of the iterates (the latent after each optimiser step), Sec. 3.2 of the paper.
 The generator's forward is the official one: truncation 0.8 towards the mean latent
 applied to the optimised W+ at every step, the fixed noise inputs, the face crop and a
-per-image rescaling to [-1, 1].
+per-image rescaling to [-1, 1]; the crop is then resized (antialiased, differentiable) to
+the canvas size (:attr:`~raylab.methods.alsuv.config.AlsuvConfig.face_size`), so every
+reconstruction has the pixels of the real faces it is compared with (the official code
+leaves the 192 px crop to each encoder's own resize, which this amounts to).
 
 The searches of a batch share nothing but the weights: the loss is a sum of per-search
 terms, every operation is per image (encoders in eval mode), and the per-image min / max
@@ -30,10 +33,21 @@ from raylab.methods.alsuv.stylegan2 import Generator
 
 
 class FaceRenderer(nn.Module):
-    """W+ latent -> face canvas in [-1, 1]: truncation, fixed-noise synthesis, (grey,) face crop, rescale."""
+    """W+ latent -> face canvas in [-1, 1]: truncation, fixed-noise synthesis, (grey,) face crop, resize, rescale.
 
-    def __init__(self, generator: Generator, mean_latent: Tensor, *, truncation: float, crop: FaceCropConfig, grayscale: bool = False) -> None:
+    ``size``: the side of the canvas the face crop is brought to; ``None`` keeps the crop's own
+    size (for a generator whose whole output already is the canvas).
+    """
+
+    def __init__(
+        self, generator: Generator, mean_latent: Tensor, *, truncation: float, crop: FaceCropConfig, grayscale: bool = False,
+        size: int | None = None,
+    ) -> None:
         super().__init__()
+        side = round(generator.config.size * crop.size_fraction)
+        if size is not None and size > side:
+            raise ValueError(f"a {side} px face crop of the {generator.config.size} px generator cannot fill a {size} px canvas")
+        self.size = size or side
         self.generator = generator.eval()
         for p in self.generator.parameters():
             p.requires_grad_(False)
@@ -67,6 +81,8 @@ class FaceRenderer(nn.Module):
         top = min(max(centre_y - side // 2, 0), size - side)
         left = (size - side) // 2
         image = image[:, :, top : top + side, left : left + side]
+        if side != self.size:
+            image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         low = image.amin(dim=(1, 2, 3), keepdim=True)
         high = image.amax(dim=(1, 2, 3), keepdim=True)
         return 2 * (image - low) / (high - low).clamp_min(1e-8) - 1
@@ -147,9 +163,13 @@ def latent_search(
     last = latent.detach()
     averaged = running / kept
     with torch.no_grad():
-        canvas_last, canvas_averaged = renderer(last), renderer(averaged)
+        canvas_last = renderer(last)
         cosine_last = source_cosine(source, canvas_last, target, config.flip)
-        cosine_averaged = source_cosine(source, canvas_averaged, target, config.flip)
+        if kept == 1:  # the average of the last iterate alone is that iterate: skip a second render
+            canvas_averaged, cosine_averaged = canvas_last, cosine_last
+        else:
+            canvas_averaged = renderer(averaged)
+            cosine_averaged = source_cosine(source, canvas_averaged, target, config.flip)
     return SearchBatch(
         last, averaged, canvas_last, canvas_averaged, cosine_last, cosine_averaged,
         torch.stack(history) if history is not None else None,

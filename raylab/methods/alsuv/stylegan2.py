@@ -91,6 +91,15 @@ class GeneratorConfig:
     def channels(self, resolution: int) -> int:
         return min(self.channel_max, self.channel_base * self.channel_multiplier // resolution)
 
+    def architecture(self) -> tuple[int, int, int, tuple[int, ...]]:
+        """``(size, style_dim, n_mlp, widths from 4 px up)``: what a checkpoint's shapes fix.
+
+        Two configs with equal architectures build generators with identical tensor shapes,
+        even when they spell the width table differently (base x multiplier).
+        """
+        widths = tuple(self.channels(2**k) for k in range(2, self.log_size + 1))
+        return self.size, self.style_dim, self.n_mlp, widths
+
 
 # ------------------------------------------------------------------------ primitives
 
@@ -498,19 +507,34 @@ def infer_config(state: Mapping[str, Tensor], *, source: str = "checkpoint") -> 
     return config
 
 
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with only tensors, containers and the ``argparse.Namespace`` training args."""
+def load_checkpoint_file(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load`` with only tensors, containers and the ``argparse.Namespace`` training args.
+
+    ``mmap``: map the tensors instead of reading them (for a look at the shapes of a large
+    file); a legacy-format file that cannot be mapped is read as usual.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"generator checkpoint {path} does not exist")
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError:
+                if not mmap:
+                    raise
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
             raise ValueError(f"{path}: not a readable torch checkpoint ({error})") from error
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
     return dict(checkpoint)
+
+
+def checkpoint_config(path: str | Path) -> GeneratorConfig:
+    """The architecture of a rosinality-layout file, from its tensor shapes (mapped, not read)."""
+    state, _ = generator_state(load_checkpoint_file(path, mmap=True), source=str(path))
+    return infer_config(state, source=str(path))
 
 
 def load_rosinality(path: str | Path, config: GeneratorConfig | None = None) -> tuple[Generator, Tensor | None]:
