@@ -76,6 +76,39 @@ def test_hub_weights_offline_fail_fast(monkeypatch):
         create_backbone(BackboneSpec(name="wide_resnet50_2", weights="hub"))
 
 
+def test_patchcore_wide_resnet50_is_torchvisions_and_its_pth_loads_strictly(tmp_path):
+    """PatchCore's WideResNet-50 is torchvision's ImageNet file (timm's ``tv_in1k`` tag), and a
+    ``.pth`` in torchvision's own format loads into it through ``create_backbone`` unchanged."""
+    from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
+    from raylab.testing.random_weights import torchvision_pth
+
+    assert WIDE_RESNET50_PATCHCORE.name == "wide_resnet50_2.tv_in1k"
+    path = torchvision_pth("wide_resnet50_2", tmp_path / "wide_resnet50_2.pth", seed=3)
+    source = torch.load(path, weights_only=True)
+    model = create_backbone(dataclasses.replace(WIDE_RESNET50_PATCHCORE, weights=str(path)))
+    state = model.state_dict()
+    # Every tensor the feature extractor keeps is the file's, under the same name.
+    assert set(state) <= set(source) and "layer3.5.conv3.weight" in state
+    for key, value in state.items():
+        assert torch.equal(value, source[key]), key
+    outputs = model(torch.zeros(1, 3, 224, 224))
+    assert [tuple(o.shape) for o in outputs] == [(1, 512, 28, 28), (1, 1024, 14, 14)]
+
+
+def test_vit_weight_file_at_the_hub_size_loads_at_another_input_size(tmp_path):
+    """A DINOv2 file as the hub ships it (position embeddings for 518 px) loads into the
+    392-px model MeDS builds: timm's own filter resamples them, as ``weights="hub"`` does."""
+    from raylab.testing.random_weights import timm_safetensors
+
+    name = "vit_small_patch14_reg4_dinov2.lvd142m"
+    path = timm_safetensors(name, tmp_path / "hub_size.safetensors")  # the hub's 518 px shape
+    spec = BackboneSpec(name=name, weights=str(path), out_indices=(11,), img_size=392)
+    model = create_backbone(spec)
+    source = load_state_dict_file(path)
+    assert torch.equal(model.state_dict()["model.blocks.11.mlp.fc2.weight"], source["blocks.11.mlp.fc2.weight"])
+    assert source["pos_embed"].shape[1] == 37 * 37 and model.state_dict()["model.pos_embed"].shape[1] == 28 * 28
+
+
 def test_missing_weight_file_is_named(tmp_path):
     missing = tmp_path / "nowhere" / "lite0.pth"
     with pytest.raises(FileNotFoundError, match=str(missing)):
@@ -161,7 +194,7 @@ def test_feature_cache_reuses_entry_and_keys_by_spec(extracted):
     assert not isinstance(first.patches, np.memmap)  # the first call extracted
     entries = list(root.iterdir())
     assert [p.name for p in entries] == [feature_key(table, SPEC)]
-    assert sorted(p.name for p in entries[0].iterdir()) == ["patches.npy", "sample_ids.npy", "spec.json"]
+    assert sorted(p.name for p in entries[0].iterdir()) == ["manifest.json", "patches.npy", "sample_ids.npy", "spec.json"]
     stamp = (entries[0] / "patches.npy").stat().st_mtime_ns
 
     second = cached_patch_features(table, SPEC, root=root)
@@ -175,3 +208,37 @@ def test_feature_cache_reuses_entry_and_keys_by_spec(extracted):
     assert feature_key(table.slice(0, 8), SPEC) != feature_key(table, SPEC)  # another corpus
     assert feature_key(table, dataclasses.replace(SPEC, backbone=BackboneSpec(weights=None))) != feature_key(table, SPEC)
     assert feature_key(table, FeatureSpec(image_size=112)) == feature_key(table, SPEC)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1000])
+
+
+def _flip_one_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (_truncate, "patches.npy: "),
+        (_flip_one_bit, "patches.npy: checksum differs"),
+        (lambda path: (path.parent / "manifest.json").unlink(), "manifest.json: missing"),
+    ],
+    ids=["truncated", "flipped-bit", "no-manifest"],
+)
+def test_a_damaged_feature_cache_entry_is_named_discarded_and_rebuilt(extracted, tmp_path, damage, named):
+    """A damaged entry is never read: the warning names the file, the entry is extracted again."""
+    table, _, first = extracted
+    root = tmp_path / "cache"
+    small = table.slice(0, 4)
+    clean = cached_patch_features(small, SPEC, root=root)
+    entry = root / feature_key(small, SPEC)
+    damage(entry / "patches.npy")
+    with pytest.warns(RuntimeWarning, match=named):
+        rebuilt = cached_patch_features(small, SPEC, root=root)
+    np.testing.assert_allclose(rebuilt.patches, clean.patches, rtol=1e-5, atol=1e-5)
+    again = cached_patch_features(small, SPEC, root=root)  # the rebuilt entry passes its check
+    assert isinstance(again.patches, np.memmap)

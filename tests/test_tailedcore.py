@@ -35,7 +35,9 @@ from raylab.methods.tailedcore import (
     patchwise_lof_scores,
 )
 from raylab.methods.tailedcore.tail_sampler import elbow_value, largest_k_within_share, partition_class_sizes
-from raylab.methods.tailedcore.views import rotation_flip_views
+from raylab.methods.tailedcore.model import tail_coreset
+from raylab.methods.tailedcore.softpatch import coreset_rows, flat_patches
+from raylab.methods.tailedcore.views import rotation_flip_views, views_per_image
 
 # ---------------------------------------------------------------------------------------------
 # TailSampler
@@ -181,12 +183,12 @@ def test_softpatch_and_tailedcore_memories():
 
     def views(rows):
         calls.append(list(rows))
-        return np.repeat(patches[rows], 2, axis=0)  # two "views" per tail image
+        return (np.repeat(patches[[row]], 2, axis=0) for row in rows)  # two "views" per tail image, image by image
 
     config = TailedCoreConfig(lof=PatchLOFConfig(tasks=1), coreset_ratio=0.5)
     model = TailedCore(config, seed=0).fit(patches, embeddings, views=views)
     tail = np.flatnonzero(model.tail.is_tail)
-    assert calls == [tail.tolist()]
+    assert calls == [tail.tolist()]  # 16 dims, below the 128-d projection: selected in memory, one read
     sizes = model.memory_sizes
     assert sizes["tail_candidates"] == len(tail) * 3 * 16  # original + 2 views, 4x4 patches each
     assert len(model.bank) == sizes["head"] + sizes["tail"]
@@ -199,6 +201,26 @@ def test_softpatch_and_tailedcore_memories():
         TailedCore(config).fit(patches[:1], embeddings[:1])
 
 
+def test_streamed_tail_coreset_is_the_coreset_of_the_concatenation():
+    """Projecting the tail candidates chunk by chunk selects what the in-memory coreset selects
+    on all of them at once, and hands back exactly those rows."""
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(3, 4, 4, 256)).astype(np.float32)
+    per_image_views = [rng.normal(size=(5, 4, 4, 256)).astype(np.float32) for _ in images]
+
+    def chunks():
+        yield images
+        yield from per_image_views
+
+    config = TailedCoreConfig(coreset_ratio=0.2)
+    selected, count = tail_coreset(chunks, config, seed=7, view_chunks=3)
+    everything = np.concatenate([flat_patches(images), *(flat_patches(v) for v in per_image_views)])
+    assert count == len(everything) == 3 * 6 * 16
+    np.testing.assert_array_equal(selected, everything[coreset_rows(everything, config, 7)])
+    with pytest.raises(RuntimeError, match="view chunks"):
+        tail_coreset(chunks, config, seed=7, view_chunks=2)
+
+
 def test_rotation_flip_views_are_the_release_set():
     image = np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32)
     import torch
@@ -206,7 +228,8 @@ def test_rotation_flip_views_are_the_release_set():
     views = rotation_flip_views(torch.from_numpy(image), 15, True)
     assert views.shape == (47, 3, 16, 16)  # 24 angles x 2 flips - identity
     np.testing.assert_allclose(views[0].numpy(), image[:, :, ::-1])  # (0 deg, flipped) comes first
-    assert rotation_flip_views(torch.from_numpy(image), 90, False).shape[0] == 3
+    assert rotation_flip_views(torch.from_numpy(image), 90, False).shape[0] == 3 == views_per_image(90, False)
+    assert views_per_image(15, True) == 47
 
 
 # ---------------------------------------------------------------------------------------------

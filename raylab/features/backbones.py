@@ -60,10 +60,16 @@ class BackboneSpec:
         return digest.hexdigest()[:16]
 
 
-# PatchCore's official recipe; usable where the WideResNet-50 ImageNet weights are on disk
-# (``weights=PATH``) or the hub is reachable (``weights="hub"``).
+# PatchCore's official recipe (and TailedCore's): torchvision's ImageNet WideResNet-50-2,
+# ``torchvision.models.wide_resnet50_2(pretrained=True)``, i.e. ``IMAGENET1K_V1``
+# (wide_resnet50_2-95faca4d.pth). timm's bare ``wide_resnet50_2`` tag would fetch timm's own
+# retraining (``racm_in1k``), different weights; ``.tv_in1k`` is timm's copy of torchvision's
+# file, same tensors under the same names. ``weights="hub"`` downloads it; a local copy of
+# torchvision's ``.pth`` loads strictly too (``weights=PATH``), which is how clusters without
+# internet run.
+WIDE_RESNET50_TORCHVISION = "wide_resnet50_2.tv_in1k"
 WIDE_RESNET50_PATCHCORE = BackboneSpec(
-    name="wide_resnet50_2", weights="hub", out_indices=(2, 3), mean=IMAGENET_MEAN, std=IMAGENET_STD
+    name=WIDE_RESNET50_TORCHVISION, weights="hub", out_indices=(2, 3), mean=IMAGENET_MEAN, std=IMAGENET_STD
 )
 
 
@@ -131,11 +137,7 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
     full = timm.create_model(spec.name, pretrained=pretrained, **spec.timm_kwargs())
     path = resolve_weights_path(spec.weights)
     if path is not None:
-        state = load_state_dict_file(path)
-        try:
-            full.load_state_dict(state, strict=True)
-        except RuntimeError:
-            full.load_state_dict(map_in_order(state, full), strict=True)
+        full = _load_weight_file(spec, full, path)
     model = timm.create_model(
         spec.name, pretrained=False, features_only=True, out_indices=spec.out_indices, **spec.timm_kwargs()
     )
@@ -143,6 +145,35 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()
+
+
+def _load_weight_file(spec: BackboneSpec, full: nn.Module, path: Path) -> nn.Module:
+    """``full`` with the file's weights, read strictly, trying three readings in turn.
+
+    1. the file as it is (a timm or torchvision state dict of this very model);
+    2. through timm's own pretrained-weight filter for the family, as ``weights="hub"``
+       would: it resamples a ViT's position embeddings to ``img_size`` (DINOv2's files are
+       for 518 px, MeDS runs 392) and renames an original release's keys (e.g. DINOv2's
+       ``register_tokens``), so the hub's file, downloaded by hand, loads the same offline;
+    3. in order, for another implementation of the same architecture (the PyPI
+       EfficientNet-Lite0 file).
+    """
+    import timm
+
+    state = load_state_dict_file(path)
+    try:
+        full.load_state_dict(state, strict=True)
+        return full
+    except RuntimeError:
+        pass
+    try:
+        return timm.create_model(
+            spec.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **spec.timm_kwargs()
+        )
+    except (RuntimeError, KeyError, ValueError):
+        pass
+    full.load_state_dict(map_in_order(state, full), strict=True)
+    return full
 
 
 def _feature_wrapper_state(wrapper: nn.Module, full_state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

@@ -57,6 +57,14 @@ def _batches(indices: np.ndarray, rng: np.random.Generator, batch_size: int, cou
         yield rng.choice(indices, size=min(batch_size, len(indices)), replace=len(indices) < batch_size)
 
 
+def _shard(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This worker's samples: every ``world``-th one, or all of them when there are fewer
+    samples than workers (a class with a handful of training images, or a selection epoch
+    that kept only a few). An empty shard would give empty batches and a NaN loss, which
+    DDP's all-reduce would spread to every worker's weights."""
+    return indices[rank::world] if len(indices) >= world else indices
+
+
 def _step(loss: torch.Tensor, network: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -76,7 +84,7 @@ def distillation_loop(config: dict[str, Any]) -> None:
     start_epoch, _ = resume(network, optimizer)
     network = prepare(network)
     per_epoch = schedule.iterations // schedule.epochs
-    shard = np.arange(len(tokens))[rank::world]
+    shard = _shard(np.arange(len(tokens)), rank, world)
     for epoch in range(start_epoch, schedule.epochs):
         network.train()
         rng = np.random.default_rng([config["seed"], epoch, rank])
@@ -126,7 +134,7 @@ def selection_loop(config: dict[str, Any]) -> None:
         keep = select_samples(distilled_scores, current, class_ids, iteration, total, schedule.mad_k)
         history.append(keep)
         ddp_network.train()
-        shard = np.flatnonzero(keep)[rank::world]
+        shard = _shard(np.flatnonzero(keep), rank, world)
         rng = np.random.default_rng([config["seed"], 10_000 + epoch, rank])
         losses = []
         for step, batch in enumerate(_batches(shard, rng, schedule.batch_size, per_epoch)):

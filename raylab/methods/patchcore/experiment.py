@@ -48,7 +48,8 @@ class PatchCoreEvalConfig:
 
 
 def full_config() -> PatchCoreEvalConfig:
-    """The paper's embedder: WideResNet-50 layers 2 + 3, 3x3 neighbourhood, 1024 dims, 224 px (needs its weights)."""
+    """The paper's embedder: torchvision's ImageNet WideResNet-50-2 (timm ``wide_resnet50_2.tv_in1k``)
+    layers 2 + 3, 3x3 neighbourhood, 1024 dims, 224 px (needs its weights: the hub or a local ``.pth``)."""
     features = FeatureSpec(backbone=WIDE_RESNET50_PATCHCORE, image_size=224, embed_dim=1024)
     return PatchCoreEvalConfig(patchcore=PatchCoreConfig(features=features))
 

@@ -42,6 +42,7 @@ from raylab.config import require
 from raylab.data.protocols import protocol_from_name
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import check_ratios, parse_list
+from raylab.experiment.cost import CostModel
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
 from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
@@ -266,6 +267,84 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     return TrialResult(rows)
 
 
+# --smoke: a paper-size config's architecture unchanged (backbone, 224 px, 15-degree views,
+# coresets, LOF), its budget shrunk to one step_k1 trial on two images per (class, split,
+# label) group: on longtail_mix 78 images, 18 of them training images.
+SMOKE = {"protocols": ["step_k1"], "seeds": [0], "images_per_group": 2}
+
+
+def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
+    """The largest trial's greedy-coreset work and the arrays TailedCore holds at its peak.
+
+    Applies every protocol and seed to the corpus (file lists and counts only), sizes the
+    patch grids on the meta device, and takes the protocol's true tail images as the tail
+    TailSampler finds (its prediction needs the features; at the paper's sizes it is close).
+    """
+    import pyarrow.compute as pc
+
+    from raylab.data import load_corpus
+    from raylab.data.protocols import apply_long_tail, subsample_corpus
+    from raylab.experiment.cost import FLOAT32
+    from raylab.features.extract import feature_shape
+    from raylab.methods.tailedcore.views import views_per_image
+
+    config, tailed = request.config, request.config.tailedcore
+    corpus = load_corpus(request.dataset, request.data_root, **corpus_options(request))
+    if config.images_per_group is not None:
+        corpus = subsample_corpus(corpus, config.images_per_group)
+    settings = [(p, r, s) for p in (parse_list(request.args.protocols, str, "--protocols") or config.protocols)
+                for r in (parse_list(request.args.noise_ratios, float, "--noise-ratios") or config.noise_ratios)
+                for s in (parse_list(request.args.seeds, int, "--seeds") or config.seeds)]
+    trials, tail_images = [], set()
+    for protocol, ratio, seed in settings:
+        result = apply_long_tail(corpus, protocol_from_name(protocol, ratio, seed, keep_injected_in_test=config.keep_injected_in_test))
+        train = result.table.filter(pc.equal(result.table["split"], "train")).select(["sample_id", "class_name"]).to_pylist()
+        tail = [row["sample_id"] for row in train if row["class_name"] in set(result.tail_classes)]
+        tail_images.update(tail)
+        trials.append((len(train), len(tail)))
+    height, width, dim = feature_shape(config.features)
+    patches, grid_bytes = height * width, height * width * dim * FLOAT32
+    views = views_per_image(tailed.tail_rotation_step, tailed.tail_hflip) if "tailedcore" in config.methods else 0
+    projected = min(dim, tailed.coreset_projection_dim or dim)
+    keep = tailed.lof.keep_fraction
+
+    def coreset_work(candidates: float, ratio: float) -> float:
+        return candidates * max(1.0, candidates * ratio)  # k-center: every selection rescans the candidates
+
+    def trial_work(train: int, tail: int) -> float:
+        tail_candidates = tail * (1 + views) * patches
+        return (coreset_work(tail_candidates, tailed.coreset_ratio) + coreset_work(train * patches * keep, tailed.coreset_ratio)
+                + coreset_work(train * patches * keep, config.softpatch.coreset_ratio)
+                + coreset_work(train * patches, config.patchcore.coreset_ratio))
+
+    def trial_arrays(train: int, tail: int) -> float:
+        # The training grids; the tail candidates' projection (the 1024-d candidates stream
+        # from the view cache, one image at a time, see tail_coreset) with one image's views
+        # beside it; the head candidates' flat copy is freed before the tail pass.
+        tail_pass = tail * (1 + views) * patches * projected * FLOAT32 + views * grid_bytes
+        head_pass = train * keep * grid_bytes * (1 + projected / dim)
+        # The memory: tail and head coresets, then their concatenation and faiss's copy.
+        memory = (tail * (1 + views) + train * keep) * tailed.coreset_ratio * grid_bytes
+        return train * grid_bytes + max(tail_pass, head_pass) + 3 * memory
+
+    largest = max(trials, key=lambda t: trial_arrays(*t))
+    memories = sum(  # saved per trial: TailedCore's, SoftPatch's and PatchCore's banks
+        (tail * (1 + views) + 2 * train * keep + train) * tailed.coreset_ratio * grid_bytes for train, tail in trials
+    )
+    return CostModel(
+        work=max(trial_work(*t) for t in trials),
+        work_unit="coreset distance evaluations",
+        array_bytes=trial_arrays(*largest),
+        checkpoint_bytes=memories,
+        cache_bytes=corpus.num_rows * grid_bytes + len(tail_images) * views * grid_bytes,
+        notes=(
+            f"{len(trials)} trials; the largest: {largest[0]} training images, {largest[1]} tail images x {views} views; "
+            f"patch grid {height}x{width}x{dim}; coresets select in {projected} dims",
+            "the corpus's patch grids are shared by every trial (Ray object store), counted under caches, not per trial",
+        ),
+    )
+
+
 def report(rows: Sequence[Row], request: Request[TailedCoreSweepConfig]) -> Report:
     from raylab.methods.tailedcore.report import auroc_bars
     from raylab.report.tables import aggregate, format_table
@@ -302,4 +381,6 @@ EXPERIMENT = Experiment(
     trial_resources=lambda config: {"CPU": 0.01},
     max_concurrent=lambda config: config.max_concurrent_trials,
     trial_cpus=lambda config: config.threads_per_trial,
+    smoke=SMOKE,
+    cost=cost,
 )

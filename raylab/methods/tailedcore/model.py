@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,8 +34,13 @@ from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
 from raylab.methods.tailedcore.softpatch import coreset_rows, flat_patches
 from raylab.methods.tailedcore.tail_sampler import TailPrediction, TailSampler
 
-# Given training-image indices, the patch grids of their augmented views: (V, h, w, D).
-ViewSource = Callable[[np.ndarray], np.ndarray]
+if TYPE_CHECKING:
+    import torch
+
+# Given training-image indices, each image's augmented-view patch grids, (V, h, w, D), in
+# order, one image at a time. Read twice (to project, then to gather the selected rows), so
+# it must give the same arrays both times (RotationFlipViews reads them from its cache).
+ViewSource = Callable[[np.ndarray], Iterable[np.ndarray]]
 
 
 class TailedCore:
@@ -69,18 +76,23 @@ class TailedCore:
         self.head_kept = lof_keep_mask(scores, self.config.lof.keep_fraction)
         head = flat_patches(train_patches)[self.head_kept.reshape(-1)]
         head_memory = head[coreset_rows(head, self.config, self.seed)]
+        self.memory_sizes = {"head_candidates": len(head), "head": len(head_memory), "tail_images": len(tail_indices)}
+        del head  # the head candidates are the largest array here after the training patches
 
         parts = [head_memory]
-        self.memory_sizes = {"head_candidates": len(head), "head": len(head_memory), "tail_images": len(tail_indices)}
         if len(tail_indices):
-            tail = [flat_patches(train_patches[tail_indices])]
-            if views is not None:
-                tail.append(flat_patches(views(tail_indices)))
-            tail_flat = np.concatenate(tail)
-            tail_memory = tail_flat[coreset_rows(tail_flat, self.config, self.seed)]
+
+            def tail_chunks() -> Iterator[np.ndarray]:
+                yield train_patches[tail_indices]
+                if views is not None:
+                    yield from views(tail_indices)
+
+            view_chunks = 0 if views is None else len(tail_indices)
+            tail_memory, candidates = tail_coreset(tail_chunks, self.config, self.seed, view_chunks)
             parts.insert(0, tail_memory)
-            self.memory_sizes.update({"tail_candidates": len(tail_flat), "tail": len(tail_memory)})
+            self.memory_sizes.update({"tail_candidates": candidates, "tail": len(tail_memory)})
         memory = np.concatenate(parts)
+        del parts
         self.bank = MemoryBank(memory.shape[1], metric="l2")
         self.bank.add(memory)
         return self
@@ -113,3 +125,85 @@ class TailedCore:
         }
         (directory / "tailedcore.json").write_text(json.dumps(summary, indent=2, default=str))
         return directory
+
+
+def tail_coreset(
+    chunks: Callable[[], Iterable[np.ndarray]], config: TailedCoreConfig, seed: int, view_chunks: int = 0
+) -> tuple[np.ndarray, int]:
+    """The greedy coreset of the tail candidates, read as a stream of patch-grid chunks.
+
+    ``chunks()`` yields ``(m, h, w, D)`` arrays: the tail images, then ``view_chunks`` of
+    equal size (one per image, its views); it is called twice. The paper-size tail
+    candidates are ~9 GB (60 tail images x 48 grids x 784 patches x 1024 dims), and the
+    exact greedy coreset only ever reads their 128-d random projection (1.1 GB). So the first pass projects each chunk as it arrives into a
+    preallocated array, the selection runs on that, and the second pass copies out just
+    the selected rows: the full candidates are never in memory at once. The projection
+    matrix and the first centre come from the same seeded draws, in the same order, as
+    :func:`raylab.memory.coreset.greedy_coreset`, so the selection is the one it makes on
+    the concatenated candidates (up to float rounding of the chunked matrix product).
+
+    Without a projection, or with the approximate coreset, the candidates are selected in
+    memory by ``greedy_coreset`` itself (those variants read more than the projection).
+
+    Returns ``(selected rows (k, D) float32, number of candidates)``.
+    """
+    import torch
+
+    from raylab.memory.coreset import kcenter_greedy
+
+    dim = config.coreset_projection_dim
+    first_chunk = next(iter(chunks()))
+    full_dim = first_chunk.shape[-1]
+    if config.coreset_method != "exact" or dim is None or dim >= full_dim:
+        flat = np.concatenate([flat_patches(chunk) for chunk in chunks()])
+        return flat[coreset_rows(flat, config, seed)], len(flat)
+
+    rng = np.random.default_rng(seed)
+    matrix = torch.as_tensor(rng.standard_normal((full_dim, dim)) / math.sqrt(dim), dtype=torch.float32)
+    projected = _project_chunks(chunks(), matrix, view_chunks)
+    count = len(projected)
+    projected.sub_(projected.mean(dim=0, dtype=torch.float64).to(projected.dtype))  # centring: see greedy_coreset
+    rows = np.sort(kcenter_greedy(projected, max(1, int(count * config.coreset_ratio)), int(rng.integers(count))))
+    del projected
+
+    selected = np.empty((len(rows), full_dim), dtype=np.float32)
+    offset, filled = 0, 0
+    for chunk in chunks():
+        flat = np.asarray(chunk, dtype=np.float32).reshape(-1, full_dim)
+        start, stop = np.searchsorted(rows, [offset, offset + len(flat)])
+        selected[filled : filled + stop - start] = flat[rows[start:stop] - offset]
+        filled += stop - start
+        offset += len(flat)
+    if offset != count:
+        raise RuntimeError(f"the tail candidates changed between reads: {count} rows, then {offset}")
+    return selected, count
+
+
+def _project_chunks(chunks: Iterable[np.ndarray], matrix: torch.Tensor, view_chunks: int) -> torch.Tensor:
+    """``concatenate(chunks) @ matrix`` without the concatenation, into one preallocated array.
+
+    The first chunk is the tail images themselves; the ``view_chunks`` that follow are one
+    image's views each, all of one size, so the first of them sizes the whole array.
+    """
+    import torch
+
+    iterator = iter(chunks)
+    first = torch.from_numpy(flat_patches(next(iterator))) @ matrix
+    if view_chunks == 0:
+        return first
+    out: torch.Tensor | None = None
+    position, seen = len(first), 0
+    for chunk in iterator:
+        # One image's views, copied out of the (read-only) cache map: 154 MB at the paper's size.
+        flat = torch.from_numpy(np.array(chunk, dtype=np.float32).reshape(-1, matrix.shape[0]))
+        if out is None:
+            out = torch.empty((len(first) + view_chunks * len(flat), matrix.shape[1]), dtype=torch.float32)
+            out[: len(first)] = first
+            del first
+        if position + len(flat) > len(out):
+            raise RuntimeError(f"expected {view_chunks} view chunks of {len(flat)} rows each, got more rows")
+        torch.matmul(flat, matrix, out=out[position : position + len(flat)])
+        position, seen = position + len(flat), seen + 1
+    if out is None or seen != view_chunks or position != len(out):
+        raise RuntimeError(f"expected {view_chunks} view chunks of equal size, got {seen}")
+    return out

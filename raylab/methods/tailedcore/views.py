@@ -11,6 +11,12 @@ cannot be extracted up front with the corpus's features; :class:`RotationFlipVie
 extracts them on demand, in the trial, with the same backbone and patch embedder as the
 cached features, and caches each image's views on disk (keyed by the feature spec, the
 weights' content, the views and the image bytes), so re-runs and other seeds reuse them.
+
+Memory: at the paper's size one image's 47 views are 47 x 28 x 28 x 1024 float32 (154 MB),
+and a pareto trial has about 60 tail images (9 GB of view features). Nothing here holds
+more than one image's views: :class:`RotationFlipViews` yields them image by image, as
+read-only memory maps of the cache files, and TailedCore's tail memory consumes them as a
+stream (:func:`raylab.methods.tailedcore.model.tail_coreset`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +38,11 @@ from raylab.data.protocols.noise import base_sample_id
 from raylab.data.store import cache_root
 from raylab.features.backbones import FeatureSpec, create_backbone
 from raylab.features.patch_embed import PatchEmbedder
+
+
+def views_per_image(rotation_step: int, hflip: bool) -> int:
+    """How many augmented views each tail image gets: every (angle, flip) but the identity."""
+    return len(range(0, 360, rotation_step)) * (2 if hflip else 1) - 1
 
 
 def rotation_flip_views(pixels: torch.Tensor, rotation_step: int, hflip: bool) -> torch.Tensor:
@@ -57,7 +69,7 @@ def rotation_flip_views(pixels: torch.Tensor, rotation_step: int, hflip: bool) -
 
 
 class RotationFlipViews:
-    """``views(sample_ids) -> (V * n, h, w, D)`` patch grids, extracted lazily and cached."""
+    """``views(sample_ids)`` yields each image's ``(V, h, w, D)`` patch grids, extracted lazily and cached."""
 
     def __init__(self, corpus: pa.Table, spec: FeatureSpec, rotation_step: int = 15, hflip: bool = True, batch_size: int = 16) -> None:
         self.corpus = corpus
@@ -70,25 +82,28 @@ class RotationFlipViews:
         key = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:24]
         self.directory = cache_root() / "view_features" / key
 
-    def __call__(self, sample_ids) -> np.ndarray:
-        return np.concatenate([self.of_sample(s) for s in sample_ids])
+    def __call__(self, sample_ids: Sequence[str]) -> Iterator[np.ndarray]:
+        """One image at a time, so a caller never holds more than one image's views at once."""
+        for sample_id in sample_ids:
+            yield self.of_sample(sample_id)
 
     def of_sample(self, sample_id: str) -> np.ndarray:
+        """The image's views, float32, as a read-only memory map of its cache file."""
         base = base_sample_id(sample_id)
         rows = self.corpus.filter(pc.equal(self.corpus["sample_id"], base))
         if rows.num_rows != 1:
             raise KeyError(f"sample {base!r} is not in the corpus the views were asked of")
         image = rows.column("image")[0].as_py()
         target = self.directory / f"{hashlib.sha256(image).hexdigest()[:32]}.npy"
-        if target.exists():
-            return np.load(target)
-        features = self._extract(image, base)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with open(staging, "wb") as handle:  # written whole, then renamed: readers never see half a file
-            np.save(handle, features)
-        os.replace(staging, target)
-        return features
+        if not target.exists():
+            features = self._extract(image, base)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            with open(staging, "wb") as handle:  # written whole, then renamed: readers never see half a file
+                np.save(handle, features)
+            os.replace(staging, target)
+            del features
+        return np.load(target, mmap_mode="r")
 
     @torch.inference_mode()
     def _extract(self, image: bytes, sample: str) -> np.ndarray:
@@ -97,10 +112,13 @@ class RotationFlipViews:
         backbone, embedder = self._model
         transform = ImageTransform(size=self.spec.image_size, mean=self.spec.backbone.mean, std=self.spec.backbone.std)
         views = rotation_flip_views(torch.from_numpy(transform.image(image, sample)), self.rotation_step, self.hflip)
-        out = []
+        out: np.ndarray | None = None  # filled batch by batch: never a list of batches plus their concatenation
         for start in range(0, len(views), self.batch_size):
             patches = embedder(backbone(views[start : start + self.batch_size]))
             if self.spec.l2_normalize:
                 patches = torch.nn.functional.normalize(patches, dim=-1)
-            out.append(patches.float().numpy())
-        return np.concatenate(out)
+            if out is None:
+                out = np.empty((len(views), *patches.shape[1:]), dtype=np.float32)
+            out[start : start + len(patches)] = patches.float().numpy()
+        assert out is not None  # rotation_flip_views never returns an empty batch
+        return out
