@@ -86,16 +86,43 @@ def gpu_profile(accelerator: str = "GPU", workers: int = 1) -> Resources:
     )
 
 
+def _started_here():
+    """The head node of the Ray this process started, or ``None`` (not started, or joined)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None) if ray.is_initialized() else None
+    return node if node is not None and node.head else None
+
+
 def local_cpus() -> int:
     """CPUs of the Ray this process started (what ``ray.init`` was given), 1 when joined to a cluster."""
     import ray
 
     if not ray.is_initialized():
         return os.cpu_count() or 1
-    node = getattr(ray._private.worker, "_global_node", None)
-    if node is None or not node.head:
+    node = _started_here()
+    if node is None:
         return 1
     return int(node._ray_params.num_cpus or os.cpu_count() or 1)
+
+
+def extraction_cpus() -> float:
+    """CPUs each feature-extraction actor and decode task asks for.
+
+    One each, except on a one-CPU Ray this process started: there an actor holding the only
+    CPU would wait forever for the decode tasks that feed it, so both ask for half.
+    """
+    return 0.5 if _started_here() is not None and local_cpus() < 2 else 1.0
+
+
+def local_shortfall(cpus_at_once: float) -> str | None:
+    """Why a trial needing ``cpus_at_once`` CPUs together could never start on the local Ray, or ``None``.
+
+    Only for a Ray this process started: a cluster's autoscaler adds nodes for what is asked.
+    """
+    if _started_here() is None or cpus_at_once <= local_cpus() + 1e-9:
+        return None
+    return f"it asks for {cpus_at_once:g} CPUs at once but the local Ray has {local_cpus()}, so it would wait forever"
 
 
 _CURRENT = Resources()

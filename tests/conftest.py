@@ -48,6 +48,17 @@ def isolated_outputs(tmp_path_factory: pytest.TempPathFactory):
             os.environ[key] = value
 
 
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if the runner gets as far as starting Ray (for checks that must come first)."""
+    import raylab.experiment.session as session
+
+    def refuse(**_):
+        raise AssertionError("the runner started Ray before rejecting the input")
+
+    monkeypatch.setattr(session, "init_ray", refuse)
+
+
 @pytest.fixture(scope="session")
 def full_size_weights(tmp_path_factory) -> Path:
     """One folder for the random-weight files of the paper-size configs (written on first use)."""

@@ -92,17 +92,6 @@ YAML_CASES = {
 }
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fails the case if the runner gets as far as starting Ray."""
-    import raylab.experiment.session as session
-
-    def refuse(**_):
-        raise AssertionError("the runner started Ray before rejecting the input")
-
-    monkeypatch.setattr(session, "init_ray", refuse)
-
-
 def _written() -> dict[str, str]:
     """Every file of the session's cache and MLflow store, with its content hash."""
     roots = [Path(os.environ["RAYLAB_CACHE_DIR"]), Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))]
@@ -140,6 +129,12 @@ def test_config_file(case, no_ray, capsys, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     _job_fails("meds_sweep", ["--config", str(path)], fragments, capsys)
+
+
+def test_noise_ratio_beyond_the_defects_a_class_has(no_ray, capsys, shared_data):
+    """0.9 x 666 good tiles would need 599 defective ones: refused before Ray, not in a trial after extraction."""
+    argv = ["--dataset", "magnetic_tile", "--data-root", str(shared_data), "--noise-ratios", "0.1,0.9"]
+    _job_fails("patchcore_eval", argv, ("class 'magnetic_tile': noise ratio 0.9 asks for", "only 392 exist", "lower --noise-ratios"), capsys)
 
 
 # --- the tracking endpoint --------------------------------------------------------------

@@ -27,17 +27,6 @@ NAMES = experiment_names()
 STANDARD = ("--dataset", "--data-root", "--profile", "--quick", "--config", "--set", "--print-config", "--seeds", "--name", "--summary-json", "--no-progress", "--verbose")
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fails the test if the runner gets as far as starting Ray."""
-    import raylab.experiment.session as session
-
-    def refuse(**_):
-        raise AssertionError("the runner started Ray before rejecting the input")
-
-    monkeypatch.setattr(session, "init_ray", refuse)
-
-
 def _rejected(name: str, argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         run(get_experiment(name), argv)

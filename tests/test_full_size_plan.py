@@ -20,17 +20,6 @@ from raylab.experiment.registry import FULL_SIZE_CONFIGS, full_size_arguments
 from raylab.testing.random_weights import smoke_weight_arguments
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fails the test if the runner gets as far as starting Ray."""
-    import raylab.experiment.session as session
-
-    def refuse(**_):
-        raise AssertionError("the runner started Ray")
-
-    monkeypatch.setattr(session, "init_ray", refuse)
-
-
 def _arguments(key: str, shared_data: Path, weights: Path) -> list[str]:
     """The config's full-size command line (no ``--smoke``) with random weights where it loads files."""
     argv = full_size_arguments(key, str(shared_data), str(shared_data.parent / "weights"), smoke_weight_arguments(key, weights))

@@ -303,3 +303,19 @@ def test_coreset_validation_messages() -> None:
     with pytest.raises(ValueError, match="projection_dim must be"):
         greedy_coreset(data, ratio=0.1, projection_dim=0)
     assert len(greedy_coreset(data, ratio=0.001)) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped-bit"])
+def test_a_damaged_bank_file_is_named_not_loaded(tmp_path: Path, damage: str) -> None:
+    from raylab.artefacts import CorruptArtefactError
+
+    path = tmp_path / "bank.rlmb"
+    filled_bank(random_data(200, 16, seed=14)).save(path)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x10  # inside the serialised index
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtefactError, match=f"{path}: "):
+        MemoryBank.load(path)

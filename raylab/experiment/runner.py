@@ -28,7 +28,7 @@ from raylab.experiment.budget import check_budget_only
 from raylab.experiment.executors import Sweep, run_driver, run_tasks, run_tune
 from raylab.experiment.identity import IdentityConflict, claim, content_hash, flatten
 from raylab.experiment.spec import Experiment, Request, Row, Setting
-from raylab.resources import Resources, gpu_profile
+from raylab.resources import Resources, gpu_profile, local_shortfall
 from raylab.resources import use as use_resources
 
 
@@ -200,6 +200,11 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
     except TrackingEndpointError as error:
         _fail(parser, error)
     init_ray(verbose=args.verbose)
+    shortfall = local_shortfall(experiment.trial_cpus(config))
+    if shortfall:
+        _fail(parser, ValueError(
+            f"{experiment.name}: one trial cannot run here: {shortfall}; lower its Train workers or CPUs per worker "
+            "(see --print-config), or submit it to a cluster"))
     # Auto sizes become numbers here, in the driver, so every trial process asks for the same.
     resources = dataclasses.replace(resources, extraction_actors=resources.extraction_pool(), task_slots=resources.parallel_tasks())
     use_resources(resources)

@@ -19,11 +19,13 @@ and on the CPU otherwise; results are the same either way.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -32,6 +34,7 @@ import faiss
 import numpy as np
 import torch
 
+from raylab.artefacts import CorruptArtefactError
 from raylab.metrics import record_bank_add, record_bank_search
 
 Metric = Literal["l2", "ip"]
@@ -225,29 +228,35 @@ class MemoryBank:
         """
         target = Path(path)
         cpu_index = self._index if self._device == "cpu" else faiss.index_gpu_to_cpu(self._index)
+        index_bytes = faiss.serialize_index(cpu_index)
         header = {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
             "dim": self._dim,
             "metric": self._metric,
             "count": len(self),
+            # Checked on load: a flipped bit in the index would otherwise load and search quietly.
+            "sha256": hashlib.sha256(index_bytes.tobytes()).hexdigest(),
         }
         payload = io.BytesIO()
-        np.savez(
-            payload,
-            header=np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
-            index=faiss.serialize_index(cpu_index),
-        )
+        np.savez(payload, header=np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8), index=index_bytes)
         _atomic_write_bytes(target, payload.getbuffer())
 
     @classmethod
     def load(cls, path: str | Path, device: Device = "auto") -> MemoryBank:
         """Read a bank written by :meth:`save`; its searches return exactly what the saved one did."""
-        with np.load(Path(path), allow_pickle=False) as archive:
-            if "header" not in archive or "index" not in archive:
-                raise ValueError(f"{path} is not a raylab memory bank file (missing header or index)")
-            header = json.loads(archive["header"].tobytes().decode("utf-8"))
-            index_bytes = archive["index"]
+        try:
+            with np.load(Path(path), allow_pickle=False) as archive:
+                if "header" not in archive or "index" not in archive:
+                    raise ValueError(f"{path} is not a raylab memory bank file (missing header or index)")
+                header = json.loads(archive["header"].tobytes().decode("utf-8"))
+                index_bytes = archive["index"]
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CorruptArtefactError(f"{path}: cannot read the memory bank ({type(error).__name__}: {error})") from error
+        if "sha256" in header and hashlib.sha256(index_bytes.tobytes()).hexdigest() != header["sha256"]:
+            raise CorruptArtefactError(f"{path}: the memory bank's index differs from its checksum (the file changed after it was written)")
         if header.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a raylab memory bank file (format {header.get('format')!r})")
         if header.get("version") != _FORMAT_VERSION:

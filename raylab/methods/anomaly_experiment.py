@@ -8,8 +8,9 @@ the sweep's identity takes the corpus's content fingerprint.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
@@ -39,13 +40,37 @@ class CorpusFeatures:
     features: FeatureSet
 
 
-def prepare_corpus_features(request: Request, dataset_options: dict[str, Any], images_per_group: int | None, spec: FeatureSpec) -> Prepared:
+@functools.lru_cache(maxsize=1)
+def _corpus(dataset: str, data_root: str | None, options: str, images_per_group: int | None) -> pa.Table:
+    """The (subsampled) corpus, loaded once per process: the check before Ray and ``prepare``
+    after it read the same files (a table is immutable, so sharing it is safe)."""
     from raylab.data import load_corpus
     from raylab.data.protocols import subsample_corpus
+
+    corpus = load_corpus(dataset, data_root, **json.loads(options))
+    return corpus if images_per_group is None else subsample_corpus(corpus, images_per_group)
+
+
+def corpus_of(request: Request) -> pa.Table:
+    config = request.config
+    return _corpus(request.dataset, request.data_root, json.dumps(config.dataset_options, sort_keys=True), config.images_per_group)
+
+
+def check_noise_supply(request: Request) -> None:
+    """``check`` hook: the dataset exists and each noise ratio finds its defective images in every
+    class, found in seconds before Ray starts instead of in a trial after extraction."""
+    from raylab.data.protocols.noise import noise_shortages
+    from raylab.experiment.runner import require_registered_dataset
+
+    require_registered_dataset(request)
+    shortages = noise_shortages(corpus_of(request), noise_axes(request)["noise_ratio"])
+    if shortages:
+        raise ValueError(f"{request.dataset}: {'; '.join(shortages)} (lower --noise-ratios)")
+
+
+def prepare_corpus_features(request: Request, spec: FeatureSpec) -> Prepared:
     from raylab.data.store import corpus_fingerprint
     from raylab.features import cached_patch_features
 
-    corpus = load_corpus(request.dataset, request.data_root, **dataset_options)
-    if images_per_group is not None:
-        corpus = subsample_corpus(corpus, images_per_group)
+    corpus = corpus_of(request)
     return Prepared(CorpusFeatures(corpus, cached_patch_features(corpus, spec)), corpus_fingerprint(corpus))

@@ -189,9 +189,43 @@ def restore_state() -> dict[str, Any] | None:
         return None
     try:
         with checkpoint.as_directory() as directory:
-            return load_state(Path(directory) / STATE_FILE)
+            state = load_state(Path(directory) / STATE_FILE)
     except CorruptArtefactError as error:
-        return _previous_state(Path(checkpoint.path), error)
+        state = _previous_state(Path(checkpoint.path), error)
+    if state is not None and RNG_STATES in state:
+        _set_rng_state(state[RNG_STATES][ray.train.get_context().get_world_rank()])
+    return state
+
+
+# Every worker's random generators at the end of an epoch, in the checkpoint: dropout draws
+# from torch's global generator, so a worker restarted from epoch k's checkpoint must continue
+# that stream, not restart it, to end where an uninterrupted run ends.
+RNG_STATES = "rng_states"
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _all_rng_states() -> list[dict[str, torch.Tensor]]:
+    """Each rank's generator states, in rank order (a collective: every worker calls it)."""
+    import torch.distributed as dist
+
+    mine = _rng_state()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [mine]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
 
 
 def _previous_state(corrupt: Path, error: Exception) -> dict[str, Any] | None:
@@ -225,13 +259,17 @@ def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = Non
 
 
 def report_epoch(metrics: Mapping[str, float], state: Mapping[str, Any] | None = None) -> None:
-    """Report metrics; with ``state``, rank 0 also saves it as this epoch's checkpoint.
+    """Report metrics; with ``state``, rank 0 also saves it as this epoch's checkpoint, with
+    every worker's random generator states (restored by :func:`restore_state`).
 
-    Every worker must call this each epoch (Ray Train's report is a collective step).
+    Every worker must call this each epoch, all with a state or all without (Ray Train's
+    report and the gathering of generator states are collective steps).
     """
     import ray.train
 
     context = ray.train.get_context()
+    if state is not None:
+        state = {**state, RNG_STATES: _all_rng_states()}
     if context.get_world_rank() == 0:
         record_train_report(context.get_experiment_name(), metrics)
         if progress_enabled():

@@ -58,18 +58,10 @@ def inject_noise(table: pa.Table, protocol: NoiseProtocol) -> ProtocolResult:
     validate_corpus(table)
     frame = table.select(["sample_id", "class_name", "split", "label"]).to_pandas()
     chosen: list[int] = []
-    for class_name in sorted(frame["class_name"].unique()):
-        in_class = frame["class_name"] == class_name
-        n_good = int(((frame["split"] == "train") & (frame["label"] == 0) & in_class).sum())
-        wanted = int(round(protocol.noise_ratio * n_good))
-        pool = frame.index[in_class & (frame["split"] == "test") & (frame["label"] == 1)].to_numpy()
-        pool = pool[np.argsort(frame.loc[pool, "sample_id"].to_numpy())]
+    for class_name, n_good, wanted, pool in _supply(frame, protocol.noise_ratio):
         if wanted > len(pool):
             if protocol.on_shortage == "error":
-                raise ValueError(
-                    f"class {class_name!r}: noise ratio {protocol.noise_ratio} asks for {wanted} defective "
-                    f"images ({protocol.noise_ratio} x {n_good} good) but only {len(pool)} exist in its test split"
-                )
+                raise ValueError(_shortage(class_name, protocol.noise_ratio, n_good, wanted, len(pool)))
             wanted = len(pool)
         chosen.extend(class_seed(protocol.seed, class_name).choice(pool, size=wanted, replace=False).tolist())
 
@@ -89,6 +81,33 @@ def inject_noise(table: pa.Table, protocol: NoiseProtocol) -> ProtocolResult:
         result = pa.concat_tables([table.filter(pc.invert(mask)), _as_injected(table.filter(mask))])
     validate_corpus(result)
     return ProtocolResult(result, before_after(table, result))
+
+
+def _supply(frame: pd.DataFrame, noise_ratio: float):
+    """Per class: (name, good training images, defective images wanted, the test pool to draw from)."""
+    for class_name in sorted(frame["class_name"].unique()):
+        in_class = frame["class_name"] == class_name
+        n_good = int(((frame["split"] == "train") & (frame["label"] == 0) & in_class).sum())
+        pool = frame.index[in_class & (frame["split"] == "test") & (frame["label"] == 1)].to_numpy()
+        yield class_name, n_good, int(round(noise_ratio * n_good)), pool[np.argsort(frame.loc[pool, "sample_id"].to_numpy())]
+
+
+def _shortage(class_name: str, noise_ratio: float, n_good: int, wanted: int, available: int) -> str:
+    return (
+        f"class {class_name!r}: noise ratio {noise_ratio} asks for {wanted} defective "
+        f"images ({noise_ratio} x {n_good} good) but only {available} exist in its test split"
+    )
+
+
+def noise_shortages(table: pa.Table, noise_ratios) -> list[str]:
+    """What :func:`inject_noise` would refuse, for every ratio at once (checked before any compute)."""
+    frame = table.select(["sample_id", "class_name", "split", "label"]).to_pandas()
+    return [
+        _shortage(class_name, ratio, n_good, wanted, len(pool))
+        for ratio in noise_ratios
+        for class_name, n_good, wanted, pool in _supply(frame, ratio)
+        if wanted > len(pool)
+    ]
 
 
 def _as_injected(rows: pa.Table) -> pa.Table:

@@ -260,6 +260,7 @@ EXPERIMENT = Experiment(
     check=check,
     trial_resources=lambda config: {"CPU": 0.01},
     max_concurrent=lambda config: config.max_concurrent,
+    trial_cpus=lambda config: config.ckd.train.num_workers * config.ckd.train.cpus_per_worker,
     summary_extra=summary_extra,
     smoke=SMOKE,
     cost=cost,

@@ -30,10 +30,9 @@ import numpy as np
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, SearchSpace, Setting, TrialContext, TrialResult
 from raylab.experiment.cost import CostModel
-from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
 from raylab.methods.anomaly_benchmark import ClassEvaluation, class_splits, evaluate_fitted, mean_over_classes
-from raylab.methods.anomaly_experiment import CorpusFeatures, noise_axes, noise_ratio_option, prepare_corpus_features
+from raylab.methods.anomaly_experiment import CorpusFeatures, check_noise_supply, noise_axes, noise_ratio_option, prepare_corpus_features
 from raylab.methods.meds.config import MeDSConfig, cpu_config
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
@@ -90,7 +89,7 @@ def quick(config: MeDSSweepConfig) -> MeDSSweepConfig:
 
 def prepare(request: Request[MeDSSweepConfig]) -> Prepared:
     config = request.config
-    return prepare_corpus_features(request, config.dataset_options, config.images_per_group, config.features)
+    return prepare_corpus_features(request, config.features)
 
 
 def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict[str, float]]:
@@ -188,16 +187,13 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     Counts the corpus's training images per class (file lists only) and sizes the tokens on
     the meta device, so it runs in seconds for a paper-size backbone without its weights.
     """
-    from raylab.data import load_corpus
-    from raylab.data.protocols import subsample_corpus
     from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
     from raylab.features.extract import feature_shape
+    from raylab.methods.anomaly_experiment import corpus_of
     from raylab.methods.meds.model import ReconstructionScoreNet
 
     config, meds = request.config, request.config.meds
-    corpus = load_corpus(request.dataset, request.data_root, **config.dataset_options)
-    if config.images_per_group is not None:
-        corpus = subsample_corpus(corpus, config.images_per_group)
+    corpus = corpus_of(request)
     columns = corpus.select(["class_name", "split"]).to_pylist()
     train_per_class: dict[str, int] = {}
     for row in columns:
@@ -259,7 +255,7 @@ EXPERIMENT = Experiment(
     config_folder="meds",
     quick=quick,
     arguments=lambda parser: noise_ratio_option(parser, "0,0.1,0.2,0.4"),
-    check=require_registered_dataset,
+    check=check_noise_supply,
     search=SearchSpace(
         space=search_space, metric="image_auroc", mode="max", time_attr="stage", max_t=3, grace_period=2,
         help="run N Optuna trials over rho, B, k, lr per setting with ASHA over the stages (a sensitivity "
@@ -267,8 +263,8 @@ EXPERIMENT = Experiment(
     ),
     setting_keys=("meds.stage1.seed",),
     trial_resources=lambda config: {"CPU": 0.01},
-    # A trial's Train workers hold about one CPU each (cpus_per_train_worker).
-    trial_cpus=lambda config: config.meds.train_workers,
+    # What a trial's Train workers hold together (one Train run at a time).
+    trial_cpus=lambda config: config.meds.train_workers * config.meds.cpus_per_train_worker,
     smoke=SMOKE,
     cost=cost,
 )

@@ -16,11 +16,10 @@ from typing import Any
 
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
-from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
 from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_per_class, mean_over_classes
-from raylab.methods.anomaly_experiment import CorpusFeatures, noise_axes, noise_ratio_option, prepare_corpus_features
+from raylab.methods.anomaly_experiment import CorpusFeatures, check_noise_supply, noise_axes, noise_ratio_option, prepare_corpus_features
 from raylab.methods.patchcore.config import PatchCoreConfig
 from raylab.methods.patchcore.model import PatchCore
 
@@ -62,7 +61,7 @@ def quick(config: PatchCoreEvalConfig) -> PatchCoreEvalConfig:
 
 def prepare(request: Request[PatchCoreEvalConfig]) -> Prepared:
     config = request.config
-    return prepare_corpus_features(request, config.dataset_options, config.images_per_group, config.patchcore.features)
+    return prepare_corpus_features(request, config.patchcore.features)
 
 
 def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig, context: TrialContext) -> TrialResult:
@@ -109,5 +108,5 @@ EXPERIMENT = Experiment(
     config_folder="patchcore",
     quick=quick,
     arguments=lambda parser: noise_ratio_option(parser, "0"),
-    check=require_registered_dataset,
+    check=check_noise_supply,
 )
