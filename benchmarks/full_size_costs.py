@@ -96,10 +96,13 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, int]:
 
 
 def doubled(smoke: dict) -> list[str]:
-    """``--set`` assignments that double every step key of a smoke budget."""
+    """``--set`` assignments that double every step key of a smoke budget, or, for a budget
+    without steps (TailedCore's work grows with the images), its images per group."""
+    flat = {key: value for key, value in flatten(smoke).items() if isinstance(value, int) and not isinstance(value, bool)}
+    leaves = DOUBLED_LEAVES if any(key.rpartition(".")[2] in DOUBLED_LEAVES for key in flat) else ("images_per_group",)
     assignments = []
-    for key, value in flatten(smoke).items():
-        if key.rpartition(".")[2] in DOUBLED_LEAVES and isinstance(value, int):
+    for key, value in flat.items():
+        if key.rpartition(".")[2] in leaves:
             assignments += ["--set", f"{key}={2 * value}"]
     return assignments
 

@@ -107,10 +107,10 @@ def local_cpus() -> int:
 
 
 def extraction_cpus() -> float:
-    """CPUs each feature-extraction actor and decode task asks for.
+    """CPUs each feature-extraction actor, read task and decode task asks for.
 
     One each, except on a one-CPU Ray this process started: there an actor holding the only
-    CPU would wait forever for the decode tasks that feed it, so both ask for half.
+    CPU would wait forever for the read and decode tasks that feed it, so all ask for half.
     """
     return 0.5 if _started_here() is not None and local_cpus() < 2 else 1.0
 

@@ -80,9 +80,13 @@ def test_dry_run_prints_the_plan_and_its_cost_before_ray(key, no_ray, shared_dat
     assert estimate is not None, f"{key}: no cost model"
     assert estimate["work"] > 0 and estimate["checkpoint_gb"] >= 0 and estimate["cache_gb"] >= 0
     assert "disk, checkpoints" in text and "arrays per trial" in text
-    # Every packaged full-size config has a smoke measurement, so time and memory are estimated.
-    assert estimate["trial_seconds"] is not None and estimate["trial_seconds"] > 0, text
+    # Where the config has a smoke measurement, memory is estimated, and time wherever the
+    # measurement separated seconds per unit of work; otherwise the plan says what is missing.
+    if estimate["device"] is None:
+        assert "no smoke measurement of this config" in text
+        return
     assert estimate["peak_host_gb"] is not None and estimate["peak_host_gb"] > 0, text
+    assert (estimate["trial_seconds"] or 0) > 0 or "time per trial:      not estimated" in text, text
 
 
 def test_the_cache_root_is_pinned_to_an_absolute_path(tmp_path, monkeypatch):

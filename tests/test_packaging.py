@@ -31,6 +31,7 @@ def installed(tmp_path_factory) -> Path:
     (wheel,) = (root / "dist").glob("raylab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "raylab/configs/meds/elpv.yaml" in names and "raylab/configs/meds/smoke.yaml" in names
+    assert "raylab/configs/cost_measurements.yaml" in names  # what --dry-run scales
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(root / "site"), str(wheel)],
         check=True, capture_output=True, timeout=300,

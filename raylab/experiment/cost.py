@@ -62,6 +62,8 @@ class Estimate:
         if self.measurement is None:
             return None
         measured = self.measurement
+        if measured.seconds_per_work <= 0 and self.model.work > measured.work:
+            return None  # the measurement's two runs did not separate a slope: no honest extrapolation
         return measured.trial_seconds + measured.seconds_per_work * (self.model.work - measured.work)
 
     @property
@@ -74,6 +76,9 @@ class Estimate:
         model, lines = self.model, []
         if self.measurement is None:
             lines.append("  time, host memory: no smoke measurement of this config (benchmarks/full_size_costs.py makes one)")
+        elif self.trial_seconds is None:
+            lines.append("  time per trial:      not estimated (the smoke measurement has no slope for this work unit)")
+            lines.append(f"  peak host memory:    {self.peak_host_bytes / GB:.1f} GB per trial")
         else:
             seconds = self.trial_seconds
             lines.append(f"  time per trial:      {_duration(seconds)} on {self.measurement.device} "

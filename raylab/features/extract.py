@@ -106,7 +106,7 @@ def extract_patch_features(
     accelerated = resources.accelerators_per_extraction_actor > 0
     cpus = extraction_cpus()
     dataset = (
-        read_dataset(shards, columns=["sample_id", "image"])
+        read_dataset(shards, columns=["sample_id", "image"], num_cpus=cpus)
         .map_batches(transform, batch_size=batch_size, batch_format="numpy", num_cpus=cpus)
         .map_batches(
             PatchFeatureExtractor,
