@@ -151,6 +151,7 @@ def main() -> None:
         path.write_text(
             "# Smoke-budget measurements of the paper-size configs, scaled by --dry-run.\n"
             "# Written by: python benchmarks/full_size_costs.py --data-root ../shared/data --write\n"
+            f"# Measured {time.strftime('%Y-%m-%d')} on {device}; note the machine's load beside the numbers you report.\n"
             + yaml.safe_dump({**(existing or {}), **measurements}, sort_keys=True)
         )
         print(f"wrote {path}")
