@@ -126,4 +126,4 @@ def read_dataset(directory: str | Path, columns: list[str] | None = None, *, num
     """Read shards as a Ray Dataset (one read task per shard, spread over the cluster)."""
     import ray.data
 
-    return ray.data.read_parquet(str(directory), columns=columns, schema=CORPUS_SCHEMA, ray_remote_args={"num_cpus": num_cpus})
+    return ray.data.read_parquet(str(directory), columns=columns, schema=CORPUS_SCHEMA, num_cpus=num_cpus)
