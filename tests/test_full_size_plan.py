@@ -91,13 +91,13 @@ def test_dry_run_prints_the_plan_and_its_cost_before_ray(key, no_ray, shared_dat
 
 def test_the_cache_root_is_pinned_to_an_absolute_path(tmp_path, monkeypatch):
     """Resolved once in the driver: a Tune trial's own working folder never becomes the cache."""
-    from raylab.experiment.session import pinned_storage
+    from raylab.experiment.session import pinned_environment
 
     monkeypatch.delenv("RAYLAB_CACHE_DIR")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.delenv("RAYLAB_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
-    pinned = pinned_storage()
+    pinned = pinned_environment()
     assert Path(pinned["RAYLAB_CACHE_DIR"]).is_absolute()
     assert Path(pinned["RAYLAB_CACHE_DIR"]).is_relative_to(tmp_path.resolve())
     assert pinned["MLFLOW_TRACKING_URI"].startswith("sqlite:///" + str(tmp_path.resolve()))

@@ -32,7 +32,7 @@ def quiet_ray_internals() -> None:
     logging.getLogger(report_logger).setLevel(level)
 
 
-def pinned_storage() -> dict[str, str]:
+def pinned_environment() -> dict[str, str]:
     """The cache root, tracking URI and MLflow's HTTP bounds, resolved once here in the driver,
     for every process.
 
@@ -57,7 +57,7 @@ def init_ray(*, verbose: bool = False, **local_options: Any) -> None:
     if not ray.is_initialized():
         # Workers learn these from the job's environment; each is added only when the job's own
         # runtime env does not already carry it (Ray refuses two values for one variable).
-        env_vars = {key: value for key, value in pinned_storage().items() if key not in os.environ}
+        env_vars = {key: value for key, value in pinned_environment().items() if key not in os.environ}
         if verbose and os.environ.get(VERBOSE_ENV) != "1":
             env_vars[VERBOSE_ENV] = "1"
         os.environ.update(env_vars)
