@@ -106,13 +106,14 @@ def local_cpus() -> int:
     return int(node._ray_params.num_cpus or os.cpu_count() or 1)
 
 
-def extraction_cpus() -> float:
-    """CPUs each feature-extraction actor, read task and decode task asks for.
+def extraction_actor_cpus() -> float:
+    """CPUs each feature-extraction actor reserves.
 
-    One each, except on a one-CPU Ray this process started: there an actor holding the only
-    CPU would wait forever for the read and decode tasks that feed it, so all ask for half.
+    One, except on a one-CPU Ray this process started: there Ray Data's file listing, read
+    and decode tasks each need the whole CPU, so an actor holding any of it would wait
+    forever for the batches they feed it. The actor then reserves nothing and shares the CPU.
     """
-    return 0.5 if _started_here() is not None and local_cpus() < 2 else 1.0
+    return 0.0 if _started_here() is not None and local_cpus() < 2 else 1.0
 
 
 def local_shortfall(cpus_at_once: float) -> str | None:

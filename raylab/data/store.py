@@ -122,8 +122,8 @@ def read_table(directory: str | Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, schema=CORPUS_SCHEMA) for f in files])
 
 
-def read_dataset(directory: str | Path, columns: list[str] | None = None, *, num_cpus: float = 1.0):
+def read_dataset(directory: str | Path, columns: list[str] | None = None):
     """Read shards as a Ray Dataset (one read task per shard, spread over the cluster)."""
     import ray.data
 
-    return ray.data.read_parquet(str(directory), columns=columns, schema=CORPUS_SCHEMA, num_cpus=num_cpus)
+    return ray.data.read_parquet(str(directory), columns=columns, schema=CORPUS_SCHEMA)

@@ -19,7 +19,7 @@ from raylab.data.images import ImageTransform
 from raylab.data.store import read_dataset, write_shards
 from raylab.features.backbones import FeatureSpec, create_backbone
 from raylab.features.patch_embed import PatchEmbedder
-from raylab.resources import THREADS_PER_ACTOR, extraction_cpus
+from raylab.resources import THREADS_PER_ACTOR, extraction_actor_cpus
 from raylab.resources import current as current_resources
 from raylab.metrics import record_feature_batch
 
@@ -104,17 +104,16 @@ def extract_patch_features(
     transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
     resources = current_resources()
     accelerated = resources.accelerators_per_extraction_actor > 0
-    cpus = extraction_cpus()
     dataset = (
-        read_dataset(shards, columns=["sample_id", "image"], num_cpus=cpus)
-        .map_batches(transform, batch_size=batch_size, batch_format="numpy", num_cpus=cpus)
+        read_dataset(shards, columns=["sample_id", "image"])
+        .map_batches(transform, batch_size=batch_size, batch_format="numpy")
         .map_batches(
             PatchFeatureExtractor,
             fn_constructor_kwargs={"spec": spec, "threads": 1 if accelerated else THREADS_PER_ACTOR},
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors or resources.extraction_pool()),
-            **resources.ray_options(resources.accelerators_per_extraction_actor, cpus=cpus),
+            **resources.ray_options(resources.accelerators_per_extraction_actor, cpus=extraction_actor_cpus()),
         )
     )
     ids, patches = [], []
