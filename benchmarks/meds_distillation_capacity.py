@@ -42,7 +42,7 @@ from raylab.config import load_config
 from raylab.data import load_corpus
 from raylab.data.protocols import NoiseProtocol, inject_noise, subsample_corpus
 from raylab.data.store import cache_root
-from raylab.features import cached_patch_features
+from raylab.features.cache import cached_patch_features
 from raylab.experiment.session import init_ray
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted, mean_over_classes
 from raylab.methods.meds.method import MeDS

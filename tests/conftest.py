@@ -93,3 +93,40 @@ def meds_smoke_runs(ray_session, tmp_path_factory):
     train_runs = sorted(p.name for p in (cache_root() / "ray_results").iterdir() if p.name.startswith(first["name"] + "-"))
     again = run_meds_smoke(["--noise-ratios", "0"], out / "again.json")
     return {"first": first, "changed": changed, "again": again, "train_runs": train_runs}
+
+
+# --- test tiers -------------------------------------------------------------------------
+# unit: functions and classes on real data and the session's Ray; e2e: whole jobs on real
+# data; ops: clusters, servers, job submission, faults and browsers started by the test;
+# full_size_smoke: the paper-size configs (deselected by default, run by .ci/run after).
+TIERS = ("unit", "e2e", "ops", "full_size_smoke")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: in more than one tier ({', '.join(tiers)})")
+        if not tiers:
+            item.add_marker(pytest.mark.unit)
+
+
+def _tier(report) -> str:
+    return next((tier for tier in TIERS if tier in report.keywords), "unit")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Wall time per tier (setup, call and teardown of each test), so CI shows where it goes."""
+    seconds: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                tier = _tier(report)
+                seconds[tier] = seconds.get(tier, 0.0) + report.duration
+                counts[tier] = counts.get(tier, 0) + (report.when == "call")
+    if seconds:
+        terminalreporter.section("time per tier")
+        for tier in TIERS:
+            if tier in seconds:
+                terminalreporter.write_line(f"{tier:>16}: {seconds[tier] / 60:6.1f} min over {counts[tier]} tests")

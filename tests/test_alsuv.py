@@ -273,9 +273,12 @@ class _Tripwire(nn.Module):
         return self.inner(canvas, flip=flip)
 
 
+@pytest.mark.e2e
 @pytest.mark.shared_data
 def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session, shared_data, shared_weights, tmp_path, monkeypatch):
-    import raylab.methods.alsuv.experiment as job
+    # The job imports these inside its functions (its --help stays torch-free): patch them at home.
+    import raylab.methods.alsuv.attack as attack_module
+    import raylab.methods.alsuv.encoders as encoders_module
     from raylab.experiment import get_experiment, run
 
     # Weights made here: a tiny generator checkpoint and tiny encoders (no training in this test).
@@ -301,7 +304,7 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
 
     path.write_text(yaml.safe_dump(config))
     wires: list[_Tripwire] = []
-    real_make = job.make_encoder
+    real_make = encoders_module.make_encoder
 
     def make(spec, *, name, state_dict=None, weights_root=None):
         built = real_make(spec, name=name, state_dict=state_dict, weights_root=weights_root)
@@ -311,7 +314,7 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
             return wire
         return built
 
-    real_attack = job.run_attack
+    real_attack = attack_module.run_attack
 
     def attack(*args, **kwargs):
         _Tripwire.attacking = True
@@ -320,8 +323,8 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
         finally:
             _Tripwire.attacking = False
 
-    monkeypatch.setattr(job, "make_encoder", make)
-    monkeypatch.setattr(job, "run_attack", attack)
+    monkeypatch.setattr(encoders_module, "make_encoder", make)
+    monkeypatch.setattr(attack_module, "run_attack", attack)
     out = tmp_path / "out.json"
     result = run(get_experiment("alsuv_attack"), [
         "--dataset", "orl", "--data-root", str(shared_data), "--weights-root", str(shared_weights),

@@ -263,6 +263,7 @@ def test_profiles_and_overlays_keep_the_documented_sizes(capsys) -> None:
     assert dataclasses.replace(quick.ckd.train, epochs=30) == orl.ckd.train and quick.ckd.network == orl.ckd.network
 
 
+@pytest.mark.e2e
 def test_job_end_to_end_on_orl(ray_session, shared_data: Path, tmp_path: Path) -> None:
     from raylab.experiment import get_experiment, run
 

@@ -292,6 +292,7 @@ def _toy_folders(root: Path) -> Path:
     return root
 
 
+@pytest.mark.e2e
 def test_sweep_job_end_to_end(ray_session, tmp_path):
     import mlflow
 

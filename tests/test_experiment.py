@@ -174,6 +174,7 @@ def meds_reruns(meds_smoke_runs):
     return {**meds_smoke_runs, "nested_after_first": len(_nested_runs(first["name"]))}
 
 
+@pytest.mark.e2e
 def test_changed_setting_is_a_new_sweep_with_new_rows(meds_reruns):
     first, changed = meds_reruns["first"], meds_reruns["changed"]
     assert first["name"] != changed["name"]
@@ -183,6 +184,7 @@ def test_changed_setting_is_a_new_sweep_with_new_rows(meds_reruns):
     assert all(0.0 <= r["metrics"]["image_auroc"] <= 1.0 for r in first["rows"] + changed["rows"])
 
 
+@pytest.mark.e2e
 def test_unchanged_rerun_reuses_every_result(meds_reruns):
     first, again = meds_reruns["first"], meds_reruns["again"]
     assert again["name"] == first["name"]
@@ -192,11 +194,13 @@ def test_unchanged_rerun_reuses_every_result(meds_reruns):
     assert meds_reruns["train_runs"] == [f"{first['name']}-{meds_reruns['train_runs'][0].split('-')[-3]}-mono-{stage}" for stage in ("distillation", "selection")]
 
 
+@pytest.mark.e2e
 def test_a_name_holding_other_inputs_is_refused(meds_reruns, capsys):
     err = _rejected("meds_sweep", [*MEDS_SMOKE, "--noise-ratios", "0.2", "--name", meds_reruns["first"]["name"]], capsys)
     assert "already holds results of other inputs (changed: axes.noise_ratio)" in err
 
 
+@pytest.mark.e2e
 def test_search_trials_train_their_own_networks(ray_session, tmp_path):
     from raylab.data.store import cache_root
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from raylab.methods.anomaly_maps import AnomalyPrediction
-from raylab.methods.meds import (
+from raylab.methods.meds.partial_memory import (
     PartialMemoryConfig,
     PartialMemoryDetector,
     bootstrap_draws,
     bootstrap_memory_scores,
+    l2_normalise,
     memory_score_maps,
     partial_memory_scores_chunk,
 )
-from raylab.methods.meds.partial_memory import l2_normalise
 
 
 def _random_features(n: int, p: int, d: int, seed: int = 0) -> np.ndarray:

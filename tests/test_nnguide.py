@@ -330,6 +330,7 @@ def test_ray_train_classifier_two_workers_with_checkpoints(ray_session):
     assert np.mean(predictions == labels[:300]) > 0.6  # well above chance (1/6) after a few epochs
 
 
+@pytest.mark.e2e
 def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
     summary = tmp_path / "summary.json"
     result = _job(["--quick", "--summary-json", str(summary)])

@@ -26,6 +26,8 @@ import yaml
 from ops_support import BIN, ROOT, cli_env, free_port, process_group, wait_for_http
 from support_meds import MEDS_SMOKE
 
+pytestmark = pytest.mark.ops
+
 ACCELERATOR = "accel"
 WORKER_TYPE = "accelerator_node"
 SMOKE = [*MEDS_SMOKE, "--noise-ratios", "0,0.2"]

@@ -14,8 +14,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ops_support import ROOT
+
+pytestmark = pytest.mark.ops
 
 
 def test_two_nodes_share_the_work_and_match_one_node(tmp_path, shared_data):

@@ -20,10 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from ops_support import descendants
 from raylab.methods.meds.config import DistillationConfig
+
+pytestmark = pytest.mark.ops
 
 EPOCHS = 6
 DROPOUT = 0.2  # MeDS's default (DistillationConfig.dropout)

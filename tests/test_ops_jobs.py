@@ -19,6 +19,8 @@ import pytest
 
 from ops_support import ROOT, auth_headers, cli_env, mlflow_server, ray_head
 
+pytestmark = pytest.mark.ops
+
 JOBS = sorted((ROOT / "jobs").glob("*.py"))
 STANDARD_OPTIONS = ("--dataset", "--data-root", "--config", "--seeds", "--quick", "--summary-json")
 

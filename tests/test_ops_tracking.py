@@ -16,6 +16,8 @@ import pytest
 from raylab.tracking import tracked_run
 from raylab.tracking.mlflow_conventions import DRIVER_TAG, RESTARTS_TAG, close_orphaned_runs, experiment_id
 
+pytestmark = pytest.mark.ops
+
 
 def _dead_driver() -> str:
     process = subprocess.Popen(["true"])

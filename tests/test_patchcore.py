@@ -22,10 +22,12 @@ import yaml
 from raylab.data import NoiseProtocol, inject_noise, load_corpus
 from raylab.data.protocols import subsample_corpus
 from raylab.eval import anomaly_metrics
-from raylab.features import FeatureSpec, cached_patch_features
+from raylab.features import FeatureSpec
+from raylab.features.cache import cached_patch_features
 from raylab.methods.anomaly_benchmark import class_splits
 from raylab.methods.anomaly_maps import patch_scores_to_maps, reduce_to_image_scores
-from raylab.methods.patchcore import PatchCore, PatchCoreConfig
+from raylab.methods.patchcore import PatchCoreConfig
+from raylab.methods.patchcore.model import PatchCore
 from raylab.experiment import get_experiment, run
 from raylab.tracking import tracking_uri
 
@@ -154,6 +156,7 @@ def _parent_run(client: mlflow.MlflowClient, name: str):
     return parent
 
 
+@pytest.mark.e2e
 def test_setting_task_logs_nested_run(shared_data, ray_session, tmp_path):
     result = run(
         get_experiment("patchcore_eval"),
@@ -212,6 +215,7 @@ def test_setting_task_logs_nested_run(shared_data, ray_session, tmp_path):
     assert anomaly_metrics(view.test_labels, scores)["image_auroc"] == pytest.approx(row["metrics"]["image_auroc"])
 
 
+@pytest.mark.e2e
 def test_patchcore_job_summary_contract(shared_data, corpus, features, ray_session, tmp_path):
     config = tmp_path / "quick.yaml"
     config.write_text(

@@ -23,20 +23,11 @@ from raylab.data.protocols.longtail import discrete_pareto_pmf
 from raylab.data.schema import CorpusRecord, records_to_table
 from raylab.data.synthetic_defects import SyntheticDefectConfig, perlin_noise, synthesize_defect
 from raylab.experiment import get_experiment, run
-from raylab.methods.tailedcore import (
-    PatchLOFConfig,
-    SoftPatch,
-    SoftPatchConfig,
-    TailedCore,
-    TailedCoreConfig,
-    TailSampler,
-    TailSamplerConfig,
-    lof_keep_mask,
-    patchwise_lof_scores,
-)
-from raylab.methods.tailedcore.tail_sampler import elbow_value, largest_k_within_share, partition_class_sizes
-from raylab.methods.tailedcore.model import tail_coreset
-from raylab.methods.tailedcore.softpatch import coreset_rows, flat_patches
+from raylab.methods.tailedcore import PatchLOFConfig, SoftPatchConfig, TailedCoreConfig, TailSamplerConfig
+from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
+from raylab.methods.tailedcore.tail_sampler import TailSampler, elbow_value, largest_k_within_share, partition_class_sizes
+from raylab.methods.tailedcore.model import TailedCore, tail_coreset
+from raylab.methods.tailedcore.softpatch import SoftPatch, coreset_rows, flat_patches
 from raylab.methods.tailedcore.views import rotation_flip_views, views_per_image
 
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +346,7 @@ def test_dtd_defects_corpus_keeps_test_pixels_out_of_training(shared_data: Path)
 # The job, end to end, on 3 real DTD classes with synthetic defects
 
 
+@pytest.mark.e2e
 def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
     config = tmp_path / "small.yaml"
     config.write_text(

@@ -91,6 +91,11 @@ def experiment_parser(experiment) -> argparse.ArgumentParser:
         "refine with --set resources.KEY=VALUE (see --print-config)",
     )
     parser.add_argument("--accelerator", default="GPU", help="Ray resource name of the accelerator the gpu resources ask for")
+    parser.add_argument(
+        "--profile-time", action="store_true",
+        help="print where the job's wall time went (Ray start, inputs, extraction, each Train stage and its start-up, "
+        "evaluation, MLflow); the table is logged to the sweep's MLflow run as time_profile.txt either way",
+    )
     parser.add_argument("--verbose", action="store_true", help="also show Ray's internal warnings and per-report lines (kept in Ray's log files otherwise)")
     if experiment.search is not None:
         parser.add_argument("--search", type=int, default=0, metavar="N", help=experiment.search.help)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,8 +20,11 @@ from raylab.experiment.identity import content_hash
 from raylab.experiment.spec import Experiment, Row, Setting, TrialContext, TrialResult
 from raylab.resources import Resources
 from raylab.resources import use as use_resources
+from raylab.timing import drain, phase, record
 
 ROWS_KEY = "raylab_rows"
+PHASES_KEY = "raylab_phases"
+TRIAL_PHASE = "trial, in all (the phases below are parts of it)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +60,30 @@ def _rows_from_payload(payload: str) -> list[Row]:
     return [Row(**row) for row in json.loads(payload)]
 
 
+def _phases_payload() -> str:
+    """The phases this trial's process timed, with when it finished (see :func:`_gather_phases`)."""
+    return json.dumps({"finished": time.time(), "phases": drain()})
+
+
+def _gather_phases(payload: str | None, since: float) -> None:
+    """Count a trial's phases in the driver's profile, unless a resumed sweep restored the trial
+    from an earlier run (it cost nothing now)."""
+    if payload:
+        timed = json.loads(payload)
+        if timed["finished"] >= since:
+            for name, seconds in timed["phases"]:
+                record(name, seconds)
+
+
 def _tune_trainable(params: dict[str, Any], *, trial, inputs, config, axes, search_keys, sweep_context, identity_hash, resources) -> None:
     from ray import tune
 
     use_resources(resources)
+    drain()  # a reused worker process may hold an earlier trial's phases
     setting = Setting({a: params[a] for a in axes}, {k: params[k] for k in search_keys})
-    result = trial(setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tune"))
-    tune.report({**result.objective, ROWS_KEY: _rows_payload(result)})
+    with phase(TRIAL_PHASE):
+        result = trial(setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tune"))
+    tune.report({**result.objective, ROWS_KEY: _rows_payload(result), PHASES_KEY: _phases_payload()})
 
 
 def run_tune(sweep: Sweep, resources: Mapping[str, float], max_concurrent: int) -> list[Row]:
@@ -100,8 +121,11 @@ def _run_grid(sweep: Sweep, trainable, max_concurrent: int) -> list[Row]:
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage_path, verbose=tune_verbosity()),
         )
+    started = time.time()
     results = tuner.fit()
     _raise_errors(sweep, [r.error for r in results if r.error])
+    for r in results:
+        _gather_phases(r.metrics.get(PHASES_KEY), started)
     return [row for r in results for row in _rows_from_payload(r.metrics[ROWS_KEY])]
 
 
@@ -127,8 +151,11 @@ def _run_search(sweep: Sweep, trainable, space: Mapping[str, Any], max_concurren
             ),
             run_config=tune.RunConfig(name=f"{sweep.name}-search-{setting.tag()}", storage_path=sweep.storage_path, verbose=tune_verbosity()),
         )
+        started = time.time()
         results = tuner.fit()
         _raise_errors(sweep, [r.error for r in results if r.error])
+        for r in results:
+            _gather_phases((r.metrics or {}).get(PHASES_KEY), started)
         # Trials ASHA stopped early never reached their final report: they have no rows.
         rows += [row for r in results if r.metrics and ROWS_KEY in r.metrics for row in _rows_from_payload(r.metrics[ROWS_KEY])]
     return rows
@@ -139,9 +166,12 @@ def _raise_errors(sweep: Sweep, errors: list[Any]) -> None:
         raise RuntimeError(f"{len(errors)} trial(s) of sweep {sweep.name} failed; first: {errors[0]}")
 
 
-def _task(setting: Setting, trial, inputs, config, sweep_context, identity_hash, resources) -> str:
+def _task(setting: Setting, trial, inputs, config, sweep_context, identity_hash, resources) -> tuple[str, str]:
     use_resources(resources)
-    return _rows_payload(trial(setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tasks")))
+    drain()  # a reused worker process may hold an earlier task's phases
+    with phase(TRIAL_PHASE):
+        result = trial(setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tasks"))
+    return _rows_payload(result), _phases_payload()
 
 
 def run_tasks(sweep: Sweep, resources: Mapping[str, float]) -> list[Row]:
@@ -151,7 +181,11 @@ def run_tasks(sweep: Sweep, resources: Mapping[str, float]) -> list[Row]:
     inputs_ref = ray.put(sweep.inputs)
     task = ray.remote(num_cpus=resources.get("CPU", 1.0))(_task)
     refs = [task.remote(s, sweep.experiment.trial, inputs_ref, sweep.config, dict(sweep.context), sweep.identity_hash, sweep.resources) for s in sweep.settings]
-    return [row for payload in ray.get(refs) for row in _rows_from_payload(payload)]
+    rows: list[Row] = []
+    for payload, phases in ray.get(refs):
+        rows += _rows_from_payload(payload)
+        _gather_phases(phases, since=0.0)
+    return rows
 
 
 def run_driver(sweep: Sweep) -> list[Row]:
@@ -159,5 +193,6 @@ def run_driver(sweep: Sweep) -> list[Row]:
     rows: list[Row] = []
     for setting in sweep.settings:
         context = trial_context(sweep.context, sweep.identity_hash, setting, "driver")
-        rows += list(sweep.experiment.trial(setting, sweep.inputs, sweep.config, context).rows)
+        with phase(TRIAL_PHASE):
+            rows += list(sweep.experiment.trial(setting, sweep.inputs, sweep.config, context).rows)
     return rows

@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,7 @@ from raylab.experiment.identity import IdentityConflict, claim, content_hash, fl
 from raylab.experiment.spec import Experiment, Request, Row, Setting
 from raylab.resources import Resources, gpu_profile, local_shortfall
 from raylab.resources import use as use_resources
+from raylab.timing import drain, phase, profile_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +165,8 @@ def _fail(parser: argparse.ArgumentParser, error: Exception) -> None:
 
 
 def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]:
+    started = time.perf_counter()
+    drain()  # phases of an earlier job in this process (tests, notebooks) are not this one's
     parser = experiment_parser(experiment)
     args = parser.parse_args(argv)
     try:
@@ -199,7 +203,8 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         check_tracking_endpoint(tracking_uri())
     except TrackingEndpointError as error:
         _fail(parser, error)
-    init_ray(verbose=args.verbose)
+    with phase("Ray start (or join)"):
+        init_ray(verbose=args.verbose)
     shortfall = local_shortfall(experiment.trial_cpus(config))
     if shortfall:
         _fail(parser, ValueError(
@@ -208,7 +213,8 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
     # Auto sizes become numbers here, in the driver, so every trial process asks for the same.
     resources = dataclasses.replace(resources, extraction_actors=resources.extraction_pool(), task_slots=resources.parallel_tasks())
     use_resources(resources)
-    prepared = experiment.prepare(request)
+    with phase("shared inputs: corpus, shards, features"):
+        prepared = experiment.prepare(request)
     if not isinstance(prepared, Prepared):
         raise TypeError(f"{experiment.name}: prepare must return a Prepared, got {type(prepared).__name__}")
     identity = {
@@ -237,23 +243,35 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
             identity_hash=identity_hash, context=context, storage_path=storage_path, resume=resume, search_trials=search_trials,
             resources=resources,
         )
-        rows = _execute(sweep)
-        report = experiment.report(rows, request)
-        parent.log_text(report.text + "\n", "results_table.txt")
-        for file_name, text in report.tables.items():
-            parent.log_text(text, file_name)
-        if report.metrics:
-            parent.log_metrics(dict(report.metrics))
-        if report.figures is not None:
-            with tempfile.TemporaryDirectory() as scratch:
-                for path in report.figures(Path(scratch)):
-                    parent.log_artifact(path)
+        with phase("trials, wall time"):
+            rows = _execute(sweep)
+        with phase("report, figures and their MLflow logging"):
+            report = _report(experiment, rows, request, parent)
+        profile = profile_table(drain(), time.perf_counter() - started)
+        parent.log_text(profile + "\n", "time_profile.txt")
     print(report.text, flush=True)
+    if args.profile_time:
+        print(f"\nwhere the time went ({experiment.name}):\n{profile}", flush=True)
     row_dicts = [row.to_dict() for row in rows]
     if args.summary_json:
         extra = dict(experiment.summary_extra(request, rows)) if experiment.summary_extra else {}
         write_summary(args.summary_json, experiment.name, row_dicts, sweep=name, axes=list(axes), **extra)
     return {"rows": row_dicts, "table": report.table, "text": report.text, "name": name, "config": config}
+
+
+def _report(experiment: Experiment, rows: Sequence[Row], request: Request, parent) -> Any:
+    """The experiment's tables and figures, logged to the sweep's MLflow run."""
+    report = experiment.report(rows, request)
+    parent.log_text(report.text + "\n", "results_table.txt")
+    for file_name, text in report.tables.items():
+        parent.log_text(text, file_name)
+    if report.metrics:
+        parent.log_metrics(dict(report.metrics))
+    if report.figures is not None:
+        with tempfile.TemporaryDirectory() as scratch:
+            for path in report.figures(Path(scratch)):
+                parent.log_artifact(path)
+    return report
 
 
 def dry_run(experiment: Experiment, request: Request, settings: Sequence[Setting], resources: Resources, search_trials: int) -> dict[str, Any]:

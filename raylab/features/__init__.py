@@ -1,18 +1,12 @@
-"""Backbones, patch embeddings, Ray Data extraction and the feature cache."""
+"""Backbones, patch embeddings, Ray Data extraction and the feature cache.
 
-from raylab.features.backbones import BackboneSpec, FeatureSpec, create_backbone
-from raylab.features.cache import cached_patch_features, feature_key
-from raylab.features.extract import FeatureSet, PatchFeatureExtractor, extract_patch_features
-from raylab.features.patch_embed import PatchEmbedder
+The package exports only the torch-free specs (:mod:`.spec`), so typed configs and job
+command lines import it cheaply; the rest is imported from its module:
+:mod:`.backbones` (``create_backbone``), :mod:`.patch_embed` (``PatchEmbedder``),
+:mod:`.extract` (``FeatureSet``, ``PatchFeatureExtractor``, ``extract_patch_features``) and
+:mod:`.cache` (``cached_patch_features``, ``feature_key``).
+"""
 
-__all__ = [
-    "BackboneSpec",
-    "FeatureSet",
-    "FeatureSpec",
-    "PatchEmbedder",
-    "PatchFeatureExtractor",
-    "cached_patch_features",
-    "create_backbone",
-    "extract_patch_features",
-    "feature_key",
-]
+from raylab.features.spec import BackboneSpec, FeatureSpec
+
+__all__ = ["BackboneSpec", "FeatureSpec"]

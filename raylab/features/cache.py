@@ -22,6 +22,7 @@ from raylab.artefacts import CorruptArtefactError, discard, verify
 from raylab.data.store import cache_root, corpus_fingerprint, staged_directory
 from raylab.features.backbones import FeatureSpec
 from raylab.features.extract import FeatureSet, extract_patch_features
+from raylab.timing import phase
 
 
 def feature_key(table: pa.Table, spec: FeatureSpec) -> str:
@@ -48,7 +49,8 @@ def cached_patch_features(
             )
         except (CorruptArtefactError, ValueError, OSError) as error:
             discard(directory, error)
-    features = extract_patch_features(table, spec, **extract_options)
+    with phase("feature extraction (Ray Data)"):
+        features = extract_patch_features(table, spec, **extract_options)
     require_finite(features.patches, features.sample_ids, spec.backbone.name)
     with staged_directory(directory) as staging:
         np.save(staging / "sample_ids.npy", features.sample_ids.astype(str))

@@ -22,6 +22,7 @@ from raylab.data.images import ImageTransform
 from raylab.eval import anomaly_metrics
 from raylab.features.extract import FeatureSet
 from raylab.methods.anomaly_maps import AnomalyPrediction
+from raylab.timing import phase
 
 
 class AnomalyDetector(Protocol):
@@ -92,8 +93,9 @@ def evaluate_per_class(
 
 def evaluate_fitted(detector: AnomalyDetector, split: ClassSplit, features: FeatureSet) -> ClassEvaluation:
     """Score one class's test images with a fitted detector and compute its metrics."""
-    prediction = detector.predict(features.take(split.test_ids), with_maps=split.test_masks is not None)
-    metrics = anomaly_metrics(split.test_labels, prediction.image_scores, split.test_masks, prediction.maps)
+    with phase("evaluation: scoring test images and metrics"):
+        prediction = detector.predict(features.take(split.test_ids), with_maps=split.test_masks is not None)
+        metrics = anomaly_metrics(split.test_labels, prediction.image_scores, split.test_masks, prediction.maps)
     return ClassEvaluation(split.class_name, metrics, split.test_ids, split.test_labels, prediction, split.test_masks, detector)
 
 

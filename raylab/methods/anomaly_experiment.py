@@ -11,13 +11,18 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from raylab.experiment import Prepared, Request
 from raylab.experiment.arguments import check_ratios, parse_list
 from raylab.features import FeatureSpec
-from raylab.features.extract import FeatureSet
+
+# pyarrow and the feature extraction (torch) are imported where they are used, so the jobs'
+# --help and config validation answer in well under a second.
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from raylab.features.extract import FeatureSet
 
 
 def noise_ratio_option(parser, default: str) -> None:
@@ -70,7 +75,7 @@ def check_noise_supply(request: Request) -> None:
 
 def prepare_corpus_features(request: Request, spec: FeatureSpec) -> Prepared:
     from raylab.data.store import corpus_fingerprint
-    from raylab.features import cached_patch_features
+    from raylab.features.cache import cached_patch_features
 
     corpus = corpus_of(request)
     return Prepared(CorpusFeatures(corpus, cached_patch_features(corpus, spec)), corpus_fingerprint(corpus))

@@ -22,6 +22,7 @@ import copy
 import os
 import pickle
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,8 +37,13 @@ from raylab.metrics import record_train_report
 from raylab.progress import enabled as progress_enabled
 from raylab.progress import train_log_level
 from raylab.resources import current as current_resources
+from raylab.timing import record as record_phase
 
 STATE_FILE = "state.pt"
+# Seconds since this worker's loop began, added to every report: the driver splits a run's
+# wall time into the loop and Ray Train's own start-up and teardown (``--profile-time``).
+LOOP_SECONDS = "loop_seconds"
+_loop_started: float | None = None
 _NDARRAY = "__raylab_ndarray__"  # the key of a numpy array stored as a tensor
 
 
@@ -122,6 +128,7 @@ class TrainSpec:
     max_failures: int = 0
     storage_path: str | None = None
     checkpoints_to_keep: int = 2
+    stage: str = "train"  # what the run is, in the job's time profile (``distillation``)
 
     def resolved_storage(self) -> str:
         from raylab.data.store import cache_root
@@ -147,7 +154,7 @@ def fit(
     if accelerators > 0:
         per_worker[policy.accelerator] = accelerators
     trainer = TorchTrainer(
-        train_loop_per_worker=train_loop,
+        train_loop_per_worker=_timed(train_loop),
         train_loop_config=dict(loop_config),
         scaling_config=ray.train.ScalingConfig(
             num_workers=spec.num_workers,
@@ -166,7 +173,28 @@ def fit(
         ),
         datasets=dict(datasets) if datasets else None,
     )
-    return trainer.fit()
+    started = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - started
+    loop = min(float((result.metrics or {}).get(LOOP_SECONDS, 0.0)), wall)
+    record_phase(f"Ray Train loop: {spec.stage}", loop)
+    record_phase("Ray Train start-up and teardown", wall - loop)
+    return result
+
+
+def _timed(train_loop: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def timed_loop(config: dict[str, Any]) -> None:
+        _start_loop_clock()
+        train_loop(config)
+
+    return timed_loop
+
+
+def _start_loop_clock() -> None:
+    # A module-level function: the closure above travels by value (with a copy of the globals
+    # it names), this one by reference, so the clock is set where report_epoch reads it.
+    global _loop_started
+    _loop_started = time.perf_counter()
 
 
 def prepare(model: torch.nn.Module) -> torch.nn.Module:
@@ -268,6 +296,8 @@ def report_epoch(metrics: Mapping[str, float], state: Mapping[str, Any] | None =
     import ray.train
 
     context = ray.train.get_context()
+    if _loop_started is not None:
+        metrics = {**metrics, LOOP_SECONDS: time.perf_counter() - _loop_started}
     if state is not None:
         state = {**state, RNG_STATES: _all_rng_states()}
     if context.get_world_rank() == 0:

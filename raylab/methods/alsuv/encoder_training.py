@@ -164,7 +164,10 @@ def train_encoder(canvas: np.ndarray, identities: np.ndarray, config: EncoderCon
         raise ValueError("a margin loss needs at least 2 identities")
     pixels = np.ascontiguousarray(resize_for(config, np.asarray(canvas, dtype=np.float32)))
     labels = labels.astype(np.int64)
-    spec = TrainSpec(name=run_name(pixels, labels, config), num_workers=config.train.num_workers, storage_path=storage_path, checkpoints_to_keep=1, cpus_per_worker=0.99)
+    spec = TrainSpec(
+        name=run_name(pixels, labels, config), num_workers=config.train.num_workers, storage_path=storage_path,
+        checkpoints_to_keep=1, cpus_per_worker=0.99, stage="face encoder",
+    )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE
     if final.is_file():
         saved = torch.load(final, map_location="cpu", weights_only=True)

@@ -24,6 +24,8 @@ Summary rows: ``method`` in {alsuv, single_search, no_averaging, best_by_source}
 ``held_out_identities`` and ``verification`` (each encoder's TAR on held-out pairs).
 """
 
+# Heavy imports (numpy, torch, the generator, encoders and faces) are deferred into the
+# functions that use them, so the job's --help and config validation answer in well under a second.
 from __future__ import annotations
 
 import dataclasses
@@ -33,24 +35,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
-from raylab.methods.alsuv.attack import METHODS, run_attack
 from raylab.methods.alsuv.config import AlsuvConfig, cpu_config, quick_config
-from raylab.methods.alsuv.encoder_training import train_encoder
-from raylab.methods.alsuv.encoders import FaceEncoder, make_encoder
-from raylab.methods.alsuv.evaluate import EncoderReference, attack_metrics, embed, reference
-from raylab.methods.alsuv.faces import FaceProtocol, FaceSet, choose_targets, load_protocol
-from raylab.methods.alsuv.gan_training import train_generator
-from raylab.methods.alsuv.report import face_grid, generator_samples
-from raylab.methods.alsuv.search import FaceRenderer
-from raylab.methods.alsuv.stylegan2 import checkpoint_config, load_rosinality
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from raylab.methods.alsuv.encoders import FaceEncoder
+    from raylab.methods.alsuv.evaluate import EncoderReference
+    from raylab.methods.alsuv.faces import FaceProtocol, FaceSet
+    from raylab.methods.alsuv.search import FaceRenderer
 
 NAME = "alsuv_attack"
 TABLE_METRICS = ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1")
@@ -109,6 +107,8 @@ def check(request: Request[AlsuvConfig]) -> None:
     if missing:
         raise FileNotFoundError(f"weight files not found (relative names resolve against --weights-root): {'; '.join(missing)}")
     if "generator" in files:
+        from raylab.methods.alsuv.stylegan2 import checkpoint_config
+
         found = checkpoint_config(files["generator"])
         if found.architecture() != config.generator.model.architecture():
             size, style_dim, n_mlp, widths = found.architecture()
@@ -147,6 +147,10 @@ class AttackInputs:
 
 def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog) -> FaceRenderer:
     """The generator (loaded or trained here) wrapped with truncation, fixed noise and the face crop."""
+    from raylab.methods.alsuv.gan_training import train_generator
+    from raylab.methods.alsuv.search import FaceRenderer
+    from raylab.methods.alsuv.stylegan2 import load_rosinality
+
     setup = config.generator
     if setup.checkpoint is not None:
         path = _weights_path(setup.checkpoint, weights_root)
@@ -169,6 +173,11 @@ def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: 
 
 def prepare_encoders(config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog) -> dict[str, FaceEncoder]:
     """``source``, ``validation`` and every unseen encoder by name (trained here where needed)."""
+    import torch
+
+    from raylab.methods.alsuv.encoder_training import train_encoder
+    from raylab.methods.alsuv.encoders import make_encoder
+
     encoders = {}
     for name, spec in config.encoders.by_role().items():
         state = None
@@ -194,8 +203,12 @@ def prepare(request: Request[AlsuvConfig]) -> Prepared:
     """Protocol, models (the Train runs keep their own names: a hash of their data and config,
     so every sweep that trains the same generator or encoder reuses it), targets, templates
     and thresholds. The fingerprint covers the face corpus and every pretrained file's bytes."""
+    import numpy as np
+
     from raylab.data.store import corpus_fingerprint
     from raylab.experiment.identity import content_hash
+    from raylab.methods.alsuv.evaluate import embed, reference
+    from raylab.methods.alsuv.faces import choose_targets, load_protocol
 
     config, weights_root = request.config, request.args.weights_root
     protocol = load_protocol(config.data, request.data_root)
@@ -226,6 +239,8 @@ def prepare(request: Request[AlsuvConfig]) -> Prepared:
 
 def log_models(inputs: AttackInputs, config: AlsuvConfig, context: TrialContext) -> None:
     """The nested ``models`` run: how the shared models were made and how good the encoders are."""
+    from raylab.methods.alsuv.report import generator_samples
+
     log = inputs.models_log
     with context.nested_run("models", params=config.generator) as run:
         run.log_metrics(log.metrics | {f"data/{k}": v for k, v in inputs.protocol.counts().items()})
@@ -242,6 +257,11 @@ def log_models(inputs: AttackInputs, config: AlsuvConfig, context: TrialContext)
 
 def evaluate_seed(results: list[dict], references: dict, unseen: dict[str, FaceEncoder], target_rows, config: AlsuvConfig) -> dict:
     """``{method: {encoder: metrics}}`` for one seed's attack results."""
+    import numpy as np
+
+    from raylab.methods.alsuv.attack import METHODS
+    from raylab.methods.alsuv.evaluate import attack_metrics, embed
+
     out: dict[str, dict[str, dict[str, float]]] = {}
     expected = (3, config.face_size, config.face_size)
     for method in METHODS:
@@ -257,6 +277,12 @@ def evaluate_seed(results: list[dict], references: dict, unseen: dict[str, FaceE
 
 def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: TrialContext) -> TrialResult:
     """The attack for one seed (Ray tasks), every method judged by every unseen encoder."""
+    import numpy as np
+    import torch
+
+    from raylab.methods.alsuv.attack import METHODS, run_attack
+    from raylab.methods.alsuv.report import face_grid
+
     seed = int(setting["seed"])
     if seed == inputs.first_seed:
         log_models(inputs, config, context)
@@ -286,6 +312,7 @@ def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: 
 
 
 def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
+    from raylab.methods.alsuv.attack import METHODS
     from raylab.report.tables import aggregate, format_table
 
     config = request.config

@@ -250,7 +250,10 @@ def train_generator(
         raise ValueError(f"training images must be (n, 3, {model.size}, {model.size}) canvases, got {images.shape}")
     if len(images) < 2:
         raise ValueError(f"need at least 2 training images, got {len(images)}")
-    spec = TrainSpec(name=run_name(images, model, train, grayscale), num_workers=train.num_workers, storage_path=storage_path, checkpoints_to_keep=1)
+    spec = TrainSpec(
+        name=run_name(images, model, train, grayscale), num_workers=train.num_workers, storage_path=storage_path,
+        checkpoints_to_keep=1, stage="StyleGAN2 generator",
+    )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_GENERATOR
     if final.is_file():
         generator, latent_avg = load_rosinality(final, model)

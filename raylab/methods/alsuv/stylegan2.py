@@ -43,7 +43,6 @@ import math
 import pickle
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,54 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raylab.methods.alsuv.config import GeneratorConfig  # defined there: typed configs import it without torch
+
 NoiseMode = Literal["const", "random", "none"]
 BLUR_KERNEL = (1, 3, 3, 1)
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    """Shape of a StyleGAN2 generator; defaults are FFHQ-256 config-f as ALSUV uses it."""
-
-    size: int = 256
-    style_dim: int = 512
-    n_mlp: int = 8
-    channel_multiplier: int = 2
-    channel_base: int = 16384
-    channel_max: int = 512
-    lr_mlp: float = 0.01
-
-    def __post_init__(self) -> None:
-        log = math.log2(self.size)
-        if self.size < 4 or log != int(log):
-            raise ValueError(f"generator size must be a power of two >= 4, got {self.size}")
-
-    @property
-    def log_size(self) -> int:
-        return int(math.log2(self.size))
-
-    @property
-    def n_latent(self) -> int:
-        """Number of ``w`` vectors in W+ (one per synthesis layer input)."""
-        return self.log_size * 2 - 2
-
-    @property
-    def num_layers(self) -> int:
-        """Number of styled convolutions, hence of noise inputs."""
-        return (self.log_size - 2) * 2 + 1
-
-    def channels(self, resolution: int) -> int:
-        return min(self.channel_max, self.channel_base * self.channel_multiplier // resolution)
-
-    def architecture(self) -> tuple[int, int, int, tuple[int, ...]]:
-        """``(size, style_dim, n_mlp, widths from 4 px up)``: what a checkpoint's shapes fix.
-
-        Two configs with equal architectures build generators with identical tensor shapes,
-        even when they spell the width table differently (base x multiplier).
-        """
-        widths = tuple(self.channels(2**k) for k in range(2, self.log_size + 1))
-        return self.size, self.style_dim, self.n_mlp, widths
 
 
 # ------------------------------------------------------------------------ primitives

@@ -22,21 +22,25 @@ Summary rows: ``method`` in {ckd, periocular_only, per_modality_bn, no_sharing, 
 ``tar_at_far1e-2``, ``tar_at_far1e-1``, ``best_epoch``, ``best_val_accuracy``.
 """
 
+# Heavy imports (pandas, the pair protocol, torch models) are deferred into the functions that
+# use them, so the job's --help and config validation answer in well under a second.
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
 from raylab.experiment.identity import content_hash
 from raylab.methods.ckd.config import VARIANTS, CKDJobConfig, cpu_config, with_epochs
-from raylab.methods.ckd.pairs import FoldRoles
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from raylab.methods.ckd.pairs import FoldRoles
 
 NAME = "ckd_train"
 METRICS = ("rank1", "eer", "tar_at_far1e-2", "tar_at_far1e-3", "rank5")
@@ -155,6 +159,8 @@ def trial(setting: Setting, inputs: CKDInputs, config: CKDJobConfig, context: Tr
 
 def paired_differences(rows: list[dict[str, Any]], baseline: str = BASELINE) -> pd.DataFrame:
     """Per method: mean ± std over (fold, seed) of ``metric(method) - metric(baseline)``."""
+    import pandas as pd
+
     from raylab.report.tables import rows_to_frame
 
     frame = rows_to_frame(rows)

@@ -216,6 +216,7 @@ def train_ckd(
         cpus_per_worker=ckd.train.cpus_per_worker,
         storage_path=storage_path,
         checkpoints_to_keep=ckd.train.checkpoints_to_keep,
+        stage="CKD network",
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE
     if final.is_file():

@@ -48,14 +48,14 @@ raylab's choices for what the abstract leaves open, and why:
 Modules: ``config`` (typed settings, CPU size), ``model`` (plain torch modules and the
 metric), ``losses``, ``training`` (one step; in-process and Ray Train loops), ``selection``,
 ``data`` (the one-class protocol), ``report`` and ``experiment`` (the ``dcae_sweep`` job,
-``jobs/dcae_sweep.py``).
+``jobs/dcae_sweep.py``). The package exports the typed config only, so the job's command
+line does not load torch; the network and metric are :class:`.model.DCAE` and
+:func:`.model.feature_distance`.
 """
 
 from raylab.methods.dcae.config import METHODS, TRAINED, DCAESweepConfig, LossWeights, NetworkConfig, TrainConfig, cpu_config
-from raylab.methods.dcae.model import DCAE, feature_distance
 
 __all__ = [
-    "DCAE",
     "DCAESweepConfig",
     "LossWeights",
     "METHODS",
@@ -63,5 +63,4 @@ __all__ = [
     "TRAINED",
     "TrainConfig",
     "cpu_config",
-    "feature_distance",
 ]

@@ -26,6 +26,8 @@ rest of the grid, so ``--seeds 0`` then ``--seeds 0,1,2``, or ``--no-selection``
 selection kept the default weights, reuse finished trainings, and a longer run continues one.
 """
 
+# Heavy imports (numpy, the decoded data, torch models) are deferred into the functions that
+# use them, so the job's --help and config validation answer in well under a second.
 from __future__ import annotations
 
 import dataclasses
@@ -33,9 +35,7 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from raylab.config import ConfigError
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
@@ -43,7 +43,9 @@ from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
 from raylab.experiment.identity import content_hash
 from raylab.methods.dcae.config import METHODS, TRAINED, DCAESweepConfig, cpu_config, trained_for
-from raylab.methods.dcae.data import DecodedCorpus
+
+if TYPE_CHECKING:
+    from raylab.methods.dcae.data import DecodedCorpus
 
 NAME = "dcae_sweep"
 METRICS_HELP = (
@@ -186,6 +188,8 @@ def trial(setting: Setting, data: DecodedCorpus, config: DCAESweepConfig, contex
 
 def _log_reconstructions(run, split, models, config: DCAESweepConfig, seed: int, title: str) -> None:
     """Seeded picks of normal and novel test images with every model's reconstruction (PNG + npz)."""
+    import numpy as np
+
     from raylab.methods.dcae.report import reconstruction_grid
     from raylab.methods.dcae.training import reconstruct
 

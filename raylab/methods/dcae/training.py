@@ -333,6 +333,7 @@ def train_variants(
         cpus_per_worker=train.cpus_per_worker,
         storage_path=storage_path,
         checkpoints_to_keep=train.checkpoints_to_keep,
+        stage="DCAE and its variants",
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE.format(epochs=epochs)
     if final.is_file():

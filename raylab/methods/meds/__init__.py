@@ -1,19 +1,6 @@
-"""MeDS: Memory-Distilled Selection."""
+"""MeDS: Memory-Distilled Selection.
 
-from raylab.methods.meds.partial_memory import (
-    PartialMemoryConfig,
-    PartialMemoryDetector,
-    bootstrap_draws,
-    bootstrap_memory_scores,
-    memory_score_maps,
-    partial_memory_scores_chunk,
-)
-
-__all__ = [
-    "PartialMemoryConfig",
-    "PartialMemoryDetector",
-    "bootstrap_draws",
-    "bootstrap_memory_scores",
-    "memory_score_maps",
-    "partial_memory_scores_chunk",
-]
+Modules: ``config`` (typed settings), ``partial_memory`` (stage 1), ``model``, ``training``,
+``selection`` and ``method`` (stages 2 and 3), ``experiment`` (the ``meds_sweep`` job). The
+package imports none of them, so ``jobs/meds_sweep.py --help`` does not load torch.
+"""

@@ -17,7 +17,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raylab.methods.meds.partial_memory import PartialMemoryConfig
+from raylab.config import require
+
+
+@dataclass
+class PartialMemoryConfig:
+    """Stage-1 settings.
+
+    ``bootstraps`` (B) and ``rho`` (fraction of images per partial memory) default to the
+    paper's values. ``pool_grid`` average-pools each image's ``h x w`` patch grid to
+    ``pool_grid x pool_grid`` before stage 1 (the pooled features are re-normalised) and
+    the resulting score maps are bilinearly upsampled back to ``h x w``; ``None`` keeps
+    the full grid, as the paper does.
+
+    The cost grows with the square of the patches per image and linearly with B, so the
+    CPU size (:func:`~raylab.methods.meds.config.cpu_config`: B=10 on 14x14 token grids
+    pooled from 28x28, 16x fewer patch pairs and 10x fewer bootstraps) is what fits on a
+    2-core machine; the defaults are for GPUs.
+    """
+
+    bootstraps: int = 100
+    rho: float = 0.1
+    pool_grid: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(not isinstance(self.bootstraps, bool) and int(self.bootstraps) == self.bootstraps and self.bootstraps >= 1, "bootstraps", f"must be a positive integer, got {self.bootstraps!r}")
+        require(0.0 < float(self.rho) <= 1.0, "rho", f"must lie in (0, 1], got {self.rho!r}")
+        require(self.pool_grid is None or (int(self.pool_grid) == self.pool_grid and self.pool_grid >= 1), "pool_grid", f"must be null or a positive integer, got {self.pool_grid!r}")
 
 
 @dataclass

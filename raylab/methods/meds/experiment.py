@@ -17,26 +17,28 @@ test AUROC, so never use it to pick a configuration to report. Every search tria
 its own networks (its Train runs are named by its sampled parameters).
 """
 
+# Heavy imports (numpy, torch models, the evaluation) are deferred into the functions that use
+# them, so the job's --help and config validation answer in well under a second.
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, SearchSpace, Setting, TrialContext, TrialResult
 from raylab.experiment.cost import CostModel
 from raylab.features import FeatureSpec
-from raylab.methods.anomaly_benchmark import ClassEvaluation, class_splits, evaluate_fitted, mean_over_classes
 from raylab.methods.anomaly_experiment import CorpusFeatures, check_noise_supply, noise_axes, noise_ratio_option, prepare_corpus_features
 from raylab.methods.meds.config import MeDSConfig, cpu_config
-from raylab.methods.meds.method import MeDS
-from raylab.methods.meds.partial_memory import PartialMemoryDetector
-from raylab.methods.patchcore import PatchCore, PatchCoreConfig
+from raylab.methods.patchcore import PatchCoreConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from raylab.methods.anomaly_benchmark import ClassEvaluation
 
 NAME = "meds_sweep"
 METHODS = ("meds", "patchcore", "partial_memory", "distilled")
@@ -94,6 +96,8 @@ def prepare(request: Request[MeDSSweepConfig]) -> Prepared:
 
 def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict[str, float]]:
     """Per stage-3 epoch: kept fraction, and precision / recall of the removal vs injected noise."""
+    import numpy as np
+
     rows = []
     for keep in history:
         removed = ~np.asarray(keep, dtype=bool)
@@ -126,7 +130,14 @@ def search_space() -> dict[str, Any]:
 
 def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, context: TrialContext) -> TrialResult:
     """One (noise ratio, seed) setting, every method; reports stage 1 and 2 on the way (for ASHA)."""
+    import numpy as np
+
     from raylab.data.protocols import NoiseProtocol, inject_noise
+    from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted, mean_over_classes
+    from raylab.methods.meds.method import MeDS
+    from raylab.methods.meds.partial_memory import PartialMemoryDetector
+    from raylab.methods.patchcore.model import PatchCore
+    from raylab.timing import phase
     from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
@@ -138,10 +149,13 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
     for split in class_splits(result.table, image_size):
         train = inputs.features.take(split.train_ids)
         if "patchcore" in config.methods:
-            evaluations["patchcore"].append(evaluate_fitted(PatchCore(config.baseline_patchcore, seed=seed).fit(train), split, inputs.features))
+            with phase("PatchCore baseline: fit"):
+                patchcore = PatchCore(config.baseline_patchcore, seed=seed).fit(train)
+            evaluations["patchcore"].append(evaluate_fitted(patchcore, split, inputs.features))
         if "partial_memory" in config.methods:
             stage1 = dataclasses.replace(meds_config.stage1, seed=seed, pool_grid=meds_config.token_grid)
-            detector = PartialMemoryDetector(stage1, image_size=image_size).fit(train)
+            with phase("partial-memory detector (stage 1 alone): fit"):
+                detector = PartialMemoryDetector(stage1, image_size=image_size).fit(train)
             evaluations["partial_memory"].append(evaluate_fitted(detector, split, inputs.features))
         context.report({"stage": 1, "image_auroc": _mean_auroc(evaluations.get("partial_memory"))})
         meds = MeDS(meds_config, seed=seed, image_size=image_size, run_name=context.run_name(split.class_name), storage_path=context.storage_path)
@@ -158,7 +172,9 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
         metrics = mean_over_classes(class_evaluations)
         tags = {"method": method, **values, "trial": context.trial_id}
         params = {**values, **setting.search, "config": config}
-        with context.nested_run(f"{method}-{setting.tag()}-{context.trial_id}", params=params, tags=tags) as run:
+        with phase("MLflow: per-method runs and artefacts"), context.nested_run(
+            f"{method}-{setting.tag()}-{context.trial_id}", params=params, tags=tags
+        ) as run:
             run.log_metrics(metrics)
             if method == "meds":
                 for epoch, per_class in enumerate(zip(*filter_rows)):
@@ -221,6 +237,8 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
 
 
 def _mean_auroc(evaluations: list[ClassEvaluation] | None) -> float:
+    import numpy as np
+
     return float(np.mean([e.metrics["image_auroc"] for e in evaluations])) if evaluations else float("nan")
 
 

@@ -28,6 +28,7 @@ from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps,
 from raylab.methods.meds.config import MeDSConfig
 from raylab.methods.meds.partial_memory import memory_score_maps
 from raylab.methods.meds.training import build_network, distillation_loop, image_scores_from_tokens, selection_loop, token_maps
+from raylab.timing import phase
 from raylab.train import TrainSpec, fit, load_result_state
 
 
@@ -118,6 +119,7 @@ class MeDS:
             # Resuming needs only the newest; an older one is 3x the decoder's size (weights and
             # Adam moments), about 0.8 GB per run at the paper's size.
             checkpoints_to_keep=1,
+            stage=stage,
         )
         result = fit(loop, loop_config, spec)
         history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
@@ -139,7 +141,8 @@ class MeDS:
         tokens = np.ascontiguousarray(tokens_grid.reshape(n, h * w, d))
         class_ids = np.zeros(n, dtype=np.int64) if class_ids is None else np.asarray(class_ids)
         stage1 = dataclasses.replace(self.config.stage1, seed=self.seed)
-        self.memory_maps = self._per_class_maps(tokens_grid, class_ids, stage1)
+        with phase("MeDS stage 1: partial memories"):
+            self.memory_maps = self._per_class_maps(tokens_grid, class_ids, stage1)
         kwargs = self._model_kwargs(d)
         schedule = self.config.distillation
         targets = self.memory_maps.reshape(n, h * w).astype(np.float32)

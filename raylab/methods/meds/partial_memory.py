@@ -40,14 +40,12 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import faiss
 import numpy as np
 
-from raylab.config import require
 from raylab.resources import Resources
 from raylab.resources import current as current_resources
 import torch
@@ -56,6 +54,7 @@ import torch.nn.functional as F
 from raylab.memory.bank import MemoryBank
 from raylab.progress import bar
 from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
+from raylab.methods.meds.config import PartialMemoryConfig  # defined there: typed configs import it without torch
 
 Device = Literal["auto", "cpu", "gpu"]
 
@@ -64,36 +63,6 @@ Device = Literal["auto", "cpu", "gpu"]
 _QUANTUM_EXPONENT = 40
 _EXACT_SUM_MAX_BOOTSTRAPS = 4095
 _NORM_EPS = 1e-12
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class PartialMemoryConfig:
-    """Stage-1 settings.
-
-    ``bootstraps`` (B) and ``rho`` (fraction of images per partial memory) default to the
-    paper's values. ``pool_grid`` average-pools each image's ``h x w`` patch grid to
-    ``pool_grid x pool_grid`` before stage 1 (the pooled features are re-normalised) and
-    the resulting score maps are bilinearly upsampled back to ``h x w``; ``None`` keeps
-    the full grid, as the paper does.
-
-    The cost grows with the square of the patches per image and linearly with B, so the
-    CPU size (:func:`~raylab.methods.meds.config.cpu_config`: B=10 on 14x14 token grids
-    pooled from 28x28, 16x fewer patch pairs and 10x fewer bootstraps) is what fits on a
-    2-core machine; the defaults are for GPUs.
-    """
-
-    bootstraps: int = 100
-    rho: float = 0.1
-    pool_grid: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require(not isinstance(self.bootstraps, bool) and int(self.bootstraps) == self.bootstraps and self.bootstraps >= 1, "bootstraps", f"must be a positive integer, got {self.bootstraps!r}")
-        require(0.0 < float(self.rho) <= 1.0, "rho", f"must lie in (0, 1], got {self.rho!r}")
-        require(self.pool_grid is None or (int(self.pool_grid) == self.pool_grid and self.pool_grid >= 1), "pool_grid", f"must be null or a positive integer, got {self.pool_grid!r}")
 
 
 # --------------------------------------------------------------------------- bootstrap draws

@@ -8,6 +8,8 @@
 * :mod:`.benchmark`: the protocol (roles, the one score negation, metrics);
   :mod:`.sweep`: selection on validation data (the shared Tune + Optuna search);
   :mod:`.experiment`: the ``nnguide_eval`` job.
+
+The package exports the typed configs only (importable without torch).
 """
 
 from raylab.methods.nnguide.config import (
@@ -18,17 +20,12 @@ from raylab.methods.nnguide.config import (
     NNGuideConfig,
     NNGuideEvalConfig,
 )
-from raylab.methods.nnguide.detectors import FittedDetector, LinearHead, ModelOutputs, fit_detector
 
 __all__ = [
     "EnergyConfig",
-    "FittedDetector",
     "KNNConfig",
-    "LinearHead",
     "MSPConfig",
     "MaxLogitConfig",
-    "ModelOutputs",
     "NNGuideConfig",
     "NNGuideEvalConfig",
-    "fit_detector",
 ]

@@ -18,6 +18,8 @@ overlay (between the profile and ``--set``). A config whose ID dataset or archit
 contradicts ``--dataset`` / ``--network`` is an error, never a silent choice of one.
 """
 
+# Heavy imports (numpy, the benchmark, detectors, classifiers, torch) are deferred into the
+# functions that use them, so the job's --help and config validation answer in well under a second.
 from __future__ import annotations
 
 import dataclasses
@@ -25,21 +27,19 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from raylab.config import ConfigError, from_mapping, parse_assignment, read_yaml_mapping
-from raylab.eval.ood import ood_metrics
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
-from raylab.methods.nnguide.benchmark import AVERAGE, Benchmark, accuracy, build_benchmark, evaluate_detector, flat_metrics
 from raylab.methods.nnguide.config import NNGuideEvalConfig, with_seed
-from raylab.methods.nnguide.detectors import ModelOutputs, NNGuideDetector, fit_detector
-from raylab.methods.nnguide.features import OutputSet, extract_outputs, transform_for
-from raylab.methods.nnguide.report import bar_chart, detector_table, format_detector_table
-from raylab.methods.nnguide.sweep import describe, sweep_nnguide
-from raylab.methods.nnguide.train_classifier import train_classifier
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from raylab.methods.nnguide.benchmark import Benchmark
+    from raylab.methods.nnguide.detectors import ModelOutputs, NNGuideDetector
+    from raylab.methods.nnguide.features import OutputSet
 
 NAME = "nnguide_eval"
 CONFIG_FOLDER = "nnguide"
@@ -164,6 +164,7 @@ def prepare(request: Request[NNGuideEvalConfig]) -> Prepared:
     """Every seed's benchmark; the fingerprint covers its images and the classifier checkpoint's bytes."""
     from raylab.data.store import corpus_fingerprint
     from raylab.experiment.identity import content_hash
+    from raylab.methods.nnguide.benchmark import build_benchmark
 
     config = request.config
     benchmarks = {
@@ -179,6 +180,10 @@ def prepare(request: Request[NNGuideEvalConfig]) -> Prepared:
 
 def training_data(bench: Benchmark, config: NNGuideEvalConfig) -> tuple[np.ndarray, np.ndarray]:
     """The ``id_fit`` images, decoded by the extraction transform, and their class indices."""
+    import numpy as np
+
+    from raylab.methods.nnguide.features import transform_for
+
     transform = transform_for(config.classifier)
     images = dict(zip(bench.corpus.column("sample_id").to_pylist(), bench.corpus.column("image").to_pylist()))
     pixels = np.stack([transform.image(images[sid], sid) for sid in bench.roles["id_fit"].tolist()])
@@ -192,6 +197,8 @@ def classifier_state(bench: Benchmark, config: NNGuideEvalConfig, seed: int, run
     the training images, labels, model, training config and seed: a classifier is reused by
     every sweep that trains the same one (the detectors and the search do not retrain it).
     """
+    from raylab.methods.nnguide.train_classifier import train_classifier
+
     if config.classifier.weights is not None:
         return None
     pixels, labels = training_data(bench, config)
@@ -207,6 +214,10 @@ def nnguide_diagnostics(detector: NNGuideDetector, id_test: ModelOutputs, ood: d
     ``auroc_base/<set>``: the base score alone. NNGuide helps where the guidance separates
     sets the base score confuses.
     """
+    import numpy as np
+
+    from raylab.eval.ood import ood_metrics
+
     parts = {"id_test": detector.components(id_test)} | {name: detector.components(o) for name, o in ood.items()}
     values: dict[str, float] = {"bank_offset": detector.offset, "bank_negative": float(detector.negative_bank)}
     for name, part in parts.items():
@@ -226,6 +237,10 @@ def _set_rows(method: str, dataset: str, seed: int, per_set: Mapping[str, Mappin
 
 def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, context: TrialContext) -> TrialResult:
     """Every detector (and the hyperparameter selection) for one protocol seed."""
+    from raylab.methods.nnguide.benchmark import accuracy, evaluate_detector, flat_metrics
+    from raylab.methods.nnguide.detectors import NNGuideDetector, fit_detector
+    from raylab.methods.nnguide.features import extract_outputs
+
     seed = int(setting["seed"])
     bench = inputs.benchmarks[seed]
     arch = config.classifier.arch
@@ -256,6 +271,10 @@ def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, conte
 
 def tuned_rows(config: NNGuideEvalConfig, bench: Benchmark, outputs: OutputSet, seed: int, context: TrialContext, tags, extra) -> list[Row]:
     """Select on (id_val, validation-OOD), refit on id_train, report on id_test vs the other OOD sets."""
+    from raylab.methods.nnguide.benchmark import evaluate_detector, flat_metrics
+    from raylab.methods.nnguide.detectors import fit_detector
+    from raylab.methods.nnguide.sweep import describe, sweep_nnguide
+
     validation = bench.validation_ood
     result = sweep_nnguide(
         outputs.take(bench.roles["id_fit"]),
@@ -282,6 +301,9 @@ def tuned_rows(config: NNGuideEvalConfig, bench: Benchmark, outputs: OutputSet, 
 
 
 def report(rows: Sequence[Row], request: Request[NNGuideEvalConfig]) -> Report:
+    from raylab.methods.nnguide.benchmark import AVERAGE
+    from raylab.methods.nnguide.report import bar_chart, detector_table, format_detector_table
+
     config = request.config
     dicts = [row.to_dict() for row in rows]
     ood_names = list(config.benchmark.ood_sets)

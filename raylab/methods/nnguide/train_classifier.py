@@ -133,6 +133,7 @@ def train_classifier(
         num_workers=train.num_workers,
         storage_path=storage_path,
         checkpoints_to_keep=train.checkpoints_to_keep,
+        stage="in-distribution classifier",
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE
     if final.is_file():

@@ -1,4 +1,6 @@
-from raylab.methods.patchcore.config import PatchCoreConfig
-from raylab.methods.patchcore.model import PatchCore
+"""PatchCore. The package exports the typed config (importable without torch); the method is
+:class:`raylab.methods.patchcore.model.PatchCore`."""
 
-__all__ = ["PatchCore", "PatchCoreConfig"]
+from raylab.methods.patchcore.config import PatchCoreConfig
+
+__all__ = ["PatchCoreConfig"]

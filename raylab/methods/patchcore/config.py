@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raylab.config import require
-from raylab.features.backbones import FeatureSpec
+from raylab.features.spec import FeatureSpec
 
 
 @dataclass

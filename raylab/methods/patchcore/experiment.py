@@ -7,6 +7,8 @@ overlays, fitted models and the protocol's manifest). The tasks only read the sh
 (object-store) corpus and features, so they spread over a cluster unchanged.
 """
 
+# Heavy imports (torch models, the evaluation) are deferred into the functions that use them,
+# so the job's --help and config validation answer in well under a second.
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +19,8 @@ from typing import Any
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.features import FeatureSpec
-from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
-from raylab.methods.anomaly_benchmark import class_splits, evaluate_per_class, mean_over_classes
 from raylab.methods.anomaly_experiment import CorpusFeatures, check_noise_supply, noise_axes, noise_ratio_option, prepare_corpus_features
 from raylab.methods.patchcore.config import PatchCoreConfig
-from raylab.methods.patchcore.model import PatchCore
 
 NAME = "patchcore_eval"
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
@@ -49,6 +48,8 @@ class PatchCoreEvalConfig:
 def full_config() -> PatchCoreEvalConfig:
     """The paper's embedder: torchvision's ImageNet WideResNet-50-2 (timm ``wide_resnet50_2.tv_in1k``)
     layers 2 + 3, 3x3 neighbourhood, 1024 dims, 224 px (needs its weights: the hub or a local ``.pth``)."""
+    from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
+
     features = FeatureSpec(backbone=WIDE_RESNET50_PATCHCORE, image_size=224, embed_dim=1024)
     return PatchCoreEvalConfig(patchcore=PatchCoreConfig(features=features))
 
@@ -67,6 +68,8 @@ def prepare(request: Request[PatchCoreEvalConfig]) -> Prepared:
 def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig, context: TrialContext) -> TrialResult:
     """Apply the protocol, fit and evaluate one memory per class, log one nested run."""
     from raylab.data.protocols import NoiseProtocol, inject_noise
+    from raylab.methods.anomaly_benchmark import class_splits, evaluate_per_class, mean_over_classes
+    from raylab.methods.patchcore.model import PatchCore
     from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])

@@ -18,9 +18,33 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raylab.config import require
-from raylab.features.backbones import FeatureSpec
-from raylab.methods.tailedcore.lof import PatchLOFConfig
-from raylab.methods.tailedcore.tail_sampler import TailSamplerConfig
+from raylab.features.spec import FeatureSpec
+
+
+@dataclass(frozen=True)
+class PatchLOFConfig:
+    n_neighbors: int = 6
+    keep_fraction: float = 0.85
+    projection_dim: int | None = 128
+    tasks: int | None = None  # Ray tasks over position chunks; None: one per CPU when Ray runs, else local
+
+    def __post_init__(self) -> None:
+        require(self.n_neighbors >= 1, "n_neighbors", f"must be >= 1, got {self.n_neighbors}")
+        require(0.0 < self.keep_fraction <= 1.0, "keep_fraction", f"must lie in (0, 1], got {self.keep_fraction}")
+        require(self.tasks is None or self.tasks >= 1, "tasks", f"must be >= 1 or null, got {self.tasks}")
+
+
+@dataclass(frozen=True)
+class TailSamplerConfig:
+    trim: float = 0.15  # share of the above-half-angle similarities trimmed from below
+    tail_share: float = 0.15  # max_K: tail classes together hold at most this share of samples
+    block_size: int = 1024
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.trim < 1.0, "trim", f"must lie in [0, 1), got {self.trim}")
+        require(0.0 < self.tail_share <= 1.0, "tail_share", f"must lie in (0, 1], got {self.tail_share}")
+        require(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
 
 
 @dataclass

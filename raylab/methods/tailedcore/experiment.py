@@ -25,6 +25,8 @@ embeddings for TailSampler) and cached; only the tail images' augmented views ar
 computed inside trials, and cached per image (:mod:`raylab.methods.tailedcore.views`).
 """
 
+# Heavy imports (numpy, pyarrow, the data protocols, torch models) are deferred into the
+# functions that use them, so the job's --help and config validation answer in well under a second.
 from __future__ import annotations
 
 import dataclasses
@@ -33,22 +35,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from raylab.config import require
-from raylab.data.protocols import protocol_from_name
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import check_ratios, parse_list
 from raylab.experiment.cost import CostModel
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
-from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
-from raylab.features.extract import FeatureSet
 from raylab.methods.patchcore import PatchCoreConfig
 from raylab.methods.tailedcore.config import SoftPatchConfig, TailedCoreConfig
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from raylab.features.extract import FeatureSet
 
 NAME = "tailedcore_sweep"
 METHODS = ("tailedcore", "softpatch", "patchcore")
@@ -95,6 +96,8 @@ class TailedCoreSweepConfig:
     quick_seeds: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
+        from raylab.data.protocols import protocol_from_name
+
         require(all(0.0 <= r < 1.0 for r in self.noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
         for key in ("protocols", "quick_protocols"):
             for name in getattr(self, key):
@@ -110,6 +113,8 @@ class TailedCoreSweepConfig:
 
 def full_config() -> TailedCoreSweepConfig:
     """The paper's size: PatchCore's WideResNet-50 embedder at 224 px, tail views every 15 degrees (needs its weights)."""
+    from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
+
     features = FeatureSpec(backbone=WIDE_RESNET50_PATCHCORE, image_size=224, embed_dim=1024)
     return TailedCoreSweepConfig(features=features, tailedcore=TailedCoreConfig())
 
@@ -142,6 +147,8 @@ def apply_arguments(config: TailedCoreSweepConfig, args) -> TailedCoreSweepConfi
 
 
 def axes(request: Request[TailedCoreSweepConfig]) -> dict[str, tuple]:
+    from raylab.data.protocols import protocol_from_name
+
     protocols = parse_list(request.args.protocols, str, "--protocols") or request.config.protocols
     for name in protocols:
         try:
@@ -169,7 +176,10 @@ class SweepInputs:
 
 def global_embeddings(corpus: pa.Table, config: TailedCoreSweepConfig) -> FeatureSet:
     """TailSampler's input: the backbone's last stage, average-pooled, cached like any features."""
-    from raylab.features import cached_patch_features
+    import numpy as np
+
+    from raylab.features.cache import cached_patch_features
+    from raylab.features.extract import FeatureSet
 
     backbone = dataclasses.replace(config.features.backbone, out_indices=(config.tailedcore.embedding_stage,))
     spec = FeatureSpec(backbone=backbone, image_size=config.features.image_size, aggregation_kernel=1)
@@ -182,7 +192,7 @@ def prepare(request: Request[TailedCoreSweepConfig]) -> Prepared:
     from raylab.data import load_corpus
     from raylab.data.protocols import subsample_corpus
     from raylab.data.store import corpus_fingerprint
-    from raylab.features import cached_patch_features
+    from raylab.features.cache import cached_patch_features
 
     config = request.config
     corpus = load_corpus(request.dataset, request.data_root, **corpus_options(request))
@@ -195,12 +205,13 @@ def prepare(request: Request[TailedCoreSweepConfig]) -> Prepared:
 def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, context: TrialContext) -> TrialResult:
     """One (protocol, noise ratio, seed): fit every method on the pooled training set, evaluate per class."""
     import faiss
+    import numpy as np
     import pyarrow.compute as pc
     import torch
 
-    from raylab.data.protocols import apply_long_tail
+    from raylab.data.protocols import apply_long_tail, protocol_from_name
     from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
-    from raylab.methods.patchcore import PatchCore
+    from raylab.methods.patchcore.model import PatchCore
     from raylab.methods.tailedcore.diagnostics import class_group_metrics, defect_patch_cells, filter_removal, tail_quality
     from raylab.methods.tailedcore.model import TailedCore
     from raylab.methods.tailedcore.softpatch import SoftPatch
@@ -283,7 +294,7 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     import pyarrow.compute as pc
 
     from raylab.data import load_corpus
-    from raylab.data.protocols import apply_long_tail, subsample_corpus
+    from raylab.data.protocols import apply_long_tail, protocol_from_name, subsample_corpus
     from raylab.experiment.cost import FLOAT32
     from raylab.features.extract import feature_shape
     from raylab.methods.tailedcore.views import views_per_image

@@ -18,26 +18,11 @@ than two images have no neighbours to compare with and are an error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from raylab.config import require
 from raylab.memory import random_projection
-
-
-@dataclass(frozen=True)
-class PatchLOFConfig:
-    n_neighbors: int = 6
-    keep_fraction: float = 0.85
-    projection_dim: int | None = 128
-    tasks: int | None = None  # Ray tasks over position chunks; None: one per CPU when Ray runs, else local
-
-    def __post_init__(self) -> None:
-        require(self.n_neighbors >= 1, "n_neighbors", f"must be >= 1, got {self.n_neighbors}")
-        require(0.0 < self.keep_fraction <= 1.0, "keep_fraction", f"must lie in (0, 1], got {self.keep_fraction}")
-        require(self.tasks is None or self.tasks >= 1, "tasks", f"must be >= 1 or null, got {self.tasks}")
+from raylab.methods.tailedcore.config import PatchLOFConfig  # defined there: typed configs import it without torch
 
 
 def project_patches(patches: np.ndarray, projection_dim: int | None, seed: int) -> np.ndarray:

@@ -47,20 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raylab.config import require
-
-
-@dataclass(frozen=True)
-class TailSamplerConfig:
-    trim: float = 0.15  # share of the above-half-angle similarities trimmed from below
-    tail_share: float = 0.15  # max_K: tail classes together hold at most this share of samples
-    block_size: int = 1024
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        require(0.0 <= self.trim < 1.0, "trim", f"must lie in [0, 1), got {self.trim}")
-        require(0.0 < self.tail_share <= 1.0, "tail_share", f"must lie in (0, 1], got {self.tail_share}")
-        require(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
+from raylab.methods.tailedcore.config import TailSamplerConfig  # defined there: typed configs import it without torch
 
 
 @dataclass
