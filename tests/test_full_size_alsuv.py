@@ -25,6 +25,7 @@ def _artifact(client, run_id: str, name: str, folder: Path) -> Path:
 
 
 @pytest.mark.full_size_smoke
+@pytest.mark.timeout(1800)
 @pytest.mark.shared_data
 def test_ffhq256_smoke_reaches_a_summary_with_one_face_size(ray_session, shared_data, shared_weights, tmp_path):
     import mlflow

@@ -22,7 +22,7 @@ import pytest
 from raylab.experiment import get_experiment, run
 from raylab.testing.random_weights import smoke_weight_arguments
 
-pytestmark = pytest.mark.full_size_smoke
+pytestmark = [pytest.mark.full_size_smoke, pytest.mark.timeout(1800)]  # paper-size runs: minutes each on 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.full_size_smoke
+pytestmark = [pytest.mark.full_size_smoke, pytest.mark.timeout(1800)]  # paper-size runs: minutes each on 2 cores
 
 
 @pytest.fixture(autouse=True)
