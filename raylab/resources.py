@@ -25,7 +25,9 @@ from typing import Any
 
 from raylab.config import require
 
-# Torch threads per CPU extraction actor (each actor reserves one CPU, see features/extract.py).
+# Torch threads per CPU extraction actor where this process cannot see the nodes' CPUs (joined
+# to a cluster); on a Ray it started, see extraction_threads (each reserves one CPU, see
+# features/extract.py).
 THREADS_PER_ACTOR = 2
 
 
@@ -104,6 +106,23 @@ def local_cpus() -> int:
     if node is None:
         return 1
     return int(node._ray_params.num_cpus or os.cpu_count() or 1)
+
+
+def started_local_ray() -> bool:
+    """Whether this process started the Ray it is connected to (a local, fixed-size Ray)."""
+    return _started_here() is not None
+
+
+def extraction_threads(workers: int) -> int:
+    """Torch threads of each of ``workers`` CPU feature extractors: the CPUs each effectively has.
+
+    On a Ray this process started, its CPUs shared out (2 CPUs, 1 worker: 2 threads; 16 CPUs,
+    the default 8 workers: 2 each; 16 CPUs, 16 workers: 1). Joined to a cluster, whose
+    nodes this process cannot see, ``THREADS_PER_ACTOR``.
+    """
+    if not started_local_ray():
+        return THREADS_PER_ACTOR
+    return max(1, local_cpus() // max(workers, 1))
 
 
 def extraction_actor_cpus() -> float:

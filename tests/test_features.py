@@ -222,3 +222,102 @@ def test_a_damaged_feature_cache_entry_is_named_discarded_and_rebuilt(extracted,
     np.testing.assert_allclose(rebuilt.patches, clean.patches, rtol=1e-5, atol=1e-5)
     again = cached_patch_features(small, SPEC, root=root)  # the rebuilt entry passes its check
     assert isinstance(again.patches, np.memmap)
+
+
+# ---------------------------------------------------------------------------------------------
+# how the pipeline runs: uint8 hand-off, extraction plans, warm workers, every path's features
+
+
+def test_uint8_hand_off_normalises_to_the_same_pixels(tiles):
+    """Decode tasks hand over resized uint8 pixels; normalising them in NumPy or in torch (the
+    extractor, on its device) gives ``ImageTransform.image``'s float pixels bit for bit."""
+    from raylab.data.images import normalise_tensor
+
+    ids = tiles.column("sample_id").to_pylist()[:8]
+    images = tiles.column("image").to_pylist()[:8]
+    for transform in (ImageTransform(size=112), ImageTransform(size=112, mean=(0.5,) * 3, std=(0.5,) * 3)):
+        pixels = transform.resized_batch(images, ids)
+        assert pixels.dtype == np.uint8 and pixels.shape == (8, 112, 112, 3)
+        expected = np.stack([transform.image(b, i) for b, i in zip(images, ids)])
+        np.testing.assert_array_equal(transform.normalise(pixels), expected)
+        in_torch = normalise_tensor(torch.from_numpy(pixels), transform.mean, transform.std)
+        assert in_torch.is_contiguous()  # NCHW, as the NumPy path hands the network
+        np.testing.assert_array_equal(in_torch.numpy(), expected)
+
+
+def test_extractor_takes_encoded_images_uint8_or_float_pixels_alike(tiles):
+    from raylab.features.extract import PatchFeatureExtractor
+
+    threads = torch.get_num_threads()
+    extractor = PatchFeatureExtractor(SPEC, threads=threads)
+    ids = np.asarray(tiles.column("sample_id").to_pylist()[:6])
+    images = np.asarray(tiles.column("image").to_pylist()[:6], dtype=object)
+    transform = extractor.transform
+    from_bytes = extractor({"sample_id": ids, "image": images})
+    uint8 = transform.resized_batch(images, ids)
+    uint8.flags.writeable = False  # as it comes out of the object store
+    from_uint8 = extractor({"sample_id": ids, "pixels": uint8})
+    from_float = extractor({"sample_id": ids, "pixels": np.stack([transform.image(b, i) for b, i in zip(images, ids)])})
+    assert from_bytes["patches"].shape == (6, 14, 14, 152)
+    for out in (from_uint8, from_float):
+        assert out["sample_id"].tolist() == ids.tolist()
+        np.testing.assert_array_equal(out["patches"], from_bytes["patches"])
+
+
+def test_warm_extractor_is_kept_per_process_one_backbone_at_a_time(tiles, monkeypatch):
+    """CPU extraction tasks reuse their worker's backbone; another spec replaces it; a task
+    leaves the worker's torch threads as it found them."""
+    from raylab.features import extract
+
+    monkeypatch.setattr(extract, "_WARM", {})
+    first = extract.warm_extractor(SPEC, threads=1)
+    assert extract.warm_extractor(SPEC, threads=1) is first
+    other = extract.warm_extractor(dataclasses.replace(SPEC, image_size=64), threads=1)
+    assert other is not first and list(extract._WARM.values()) == [other]
+
+    before = torch.get_num_threads()
+    task = extract.PatchFeatureExtractorTask(SPEC, threads=1)
+    ids = np.asarray(tiles.column("sample_id").to_pylist()[:2])
+    out = task({"sample_id": ids, "image": np.asarray(tiles.column("image").to_pylist()[:2], dtype=object)})
+    assert out["patches"].shape == (2, 14, 14, 152)
+    assert torch.get_num_threads() == before
+    assert list(extract._WARM) and next(iter(extract._WARM.values())).transform.size == 112
+
+
+def test_extraction_plan_follows_the_resources(ray_session):
+    from raylab.features.extract import ExtractionPlan, plan_extraction
+    from raylab.resources import Resources, current, gpu_profile, use
+
+    previous = current()
+    try:
+        use(Resources())
+        # The session's 2-CPU local Ray: one extractor with a thread per CPU, on warm task
+        # workers, fed from memory, decoding its own images.
+        assert plan_extraction(corpus_bytes=10**6) == ExtractionPlan(
+            workers=1, warm_tasks=True, decode_in_tasks=False, in_memory=True, threads=2, cpus=1.0
+        )
+        assert plan_extraction(actors=2, corpus_bytes=10**6).threads == 1
+        assert not plan_extraction(corpus_bytes=10**15).in_memory  # too big for the object store: shards
+        assert plan_extraction(decode="tasks", source="shards").decode_in_tasks
+        use(gpu_profile())
+        gpu = plan_extraction(corpus_bytes=10**6)
+        assert (gpu.warm_tasks, gpu.decode_in_tasks, gpu.threads) == (False, True, 1)
+        with pytest.raises(ValueError, match="decode must be one of"):
+            plan_extraction(decode="gpu")
+    finally:
+        use(previous)
+
+
+def test_actor_pool_path_with_uint8_hand_off_gives_the_direct_features(tiles, ray_session, monkeypatch):
+    """The default path (warm CPU tasks, in-memory blocks, fused decode) is checked above; this
+    is the actor pool a cluster or GPUs use, reading Parquet shards, fed uint8 pixels through
+    the object store by decode tasks as on GPUs (forced here: the local Ray looks joined)."""
+    from raylab.features import extract
+
+    monkeypatch.setattr(extract, "started_local_ray", lambda: False)
+    assert not extract.plan_extraction(decode="tasks").warm_tasks
+    table = tiles.take(np.random.default_rng(1).permutation(tiles.num_rows)[:12])
+    features = extract.extract_patch_features(table, SPEC, batch_size=4, decode="tasks")
+    ids, expected = direct_features(table, SPEC)
+    assert features.sample_ids.tolist() == ids
+    np.testing.assert_allclose(features.patches, expected, rtol=1e-4, atol=1e-4)

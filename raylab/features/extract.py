@@ -1,8 +1,43 @@
 """Batched feature extraction over a corpus as a Ray Data pipeline.
 
-``read_parquet`` (one task per shard) -> ``map_batches(ImageTransform)`` (decode + resize, in
-parallel tasks) -> ``map_batches(PatchFeatureExtractor)`` on an actor pool, one backbone per
-actor (one GPU each where there are GPUs) -> gathered on the driver in corpus order.
+Blocks of the corpus's encoded images -> decode + resize -> :class:`PatchFeatureExtractor`
+(one backbone per extractor) -> gathered on the driver in sample-id order. How it runs is
+chosen per case by :func:`plan_extraction`, from what ``benchmarks/extraction.py`` measured
+against a plain single-process loop (at 640 magnetic tiles, EfficientNet-Lite0 at 224 px on
+2 cores, the old fixed layout ran at 0.4x that loop, mostly in start-up, not compute):
+
+* **CPU extractors on a Ray this process started** (a laptop, a single machine): Ray tasks,
+  not actors. Ray keeps a task's worker process for the job's later tasks, and each worker
+  keeps the last backbone it built (:func:`warm_extractor`, one per process), so only the
+  first extraction of a session pays for importing torch and timm and building the network
+  (5-10 s on 2 busy cores); an actor pays it on every call, since its process dies with it.
+  The extractor decodes its own images (fused): decode tasks would only compete with its
+  torch threads for the same cores (OpenMP's threads wait for each other at every operator)
+  and send pixels through the object store for nothing.
+* **Blocks from memory** on such a Ray, when the images take at most ``IN_MEMORY_SHARE`` of
+  the object store: the driver already holds the table, and putting slices of it skips
+  Parquet's file listing and read tasks (about 2 s a call, whatever the corpus size).
+  Larger corpora, and every cluster, read the content-addressed Parquet shards (written once
+  per corpus), re-cut into blocks of a few batches so that every extractor gets work.
+* **Joined to a cluster, or with accelerators**: an actor pool, as before; on a cluster the
+  workers are shared and nodes come and go, so nothing is kept warm in them. With
+  accelerators (``resources.accelerators_per_extraction_actor > 0``), one per actor and
+  ``decode="auto"`` decodes in CPU tasks running in parallel on the nodes' CPUs, so the GPU
+  never waits for PIL; the actor runs one torch thread.
+* **Hand-off**: decode tasks give the extractors resized **uint8** pixels (N, H, W, 3), a
+  quarter of the bytes of normalised float32 (and a quarter of the host-to-device copy); the
+  extractor normalises them in torch (:func:`~raylab.data.images.normalise_tensor`, on its
+  device), which on a CPU equals ``ImageTransform.image`` bit for bit.
+* **Threads**: a CPU extractor runs as many torch threads as the CPUs it effectively has
+  (:func:`~raylab.resources.extraction_threads`: 2 CPUs, 1 extractor: 2; 16 CPUs, the
+  default 8: 2 each), and reserves :func:`~raylab.resources.extraction_actor_cpus` (one
+  CPU; none on a one-CPU Ray, where nothing else could then run).
+* **Gathering**: each returned block is copied once into a preallocated array at its rows in
+  sorted sample-id order (no list + concatenate + reorder: the features are the largest
+  array of the job, 0.5 MB per image at 224 px).
+
+With more cores, the default pool is half the CPUs with 2 threads each, and the corpus is
+cut into at least two blocks per extractor so that all of them work.
 """
 
 from __future__ import annotations
@@ -15,13 +50,17 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raylab.data.images import ImageTransform
+from raylab.data.images import ImageTransform, normalise_tensor
+from raylab.data.schema import validate_corpus
 from raylab.data.store import read_dataset, write_shards
-from raylab.features.backbones import FeatureSpec, create_backbone
+from raylab.features.backbones import FeatureSpec, create_backbone, resolve_weights_path
 from raylab.features.patch_embed import PatchEmbedder
-from raylab.resources import THREADS_PER_ACTOR, extraction_actor_cpus
+from raylab.resources import extraction_actor_cpus, extraction_threads, started_local_ray
 from raylab.resources import current as current_resources
 from raylab.metrics import record_feature_batch
+
+DECODE_CHOICES = ("auto", "actor", "tasks")
+SOURCE_CHOICES = ("auto", "memory", "shards")
 
 
 @dataclass
@@ -51,29 +90,147 @@ class FeatureSet:
         return self.patches[self.rows(sample_ids)]
 
 
+@dataclass(frozen=True)
+class ResizeImages:
+    """``map_batches`` decode task: encoded images -> resized uint8 pixels (N, H, W, 3)."""
+
+    transform: ImageTransform
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = batch["sample_id"]
+        return {"sample_id": np.asarray(ids), "pixels": self.transform.resized_batch(batch["image"], ids)}
 
 
 class PatchFeatureExtractor:
-    """A Ray Data actor holding one frozen backbone and the patch embedder."""
+    """One frozen backbone and the patch embedder: the actor of the actor-pool path, and what a
+    warm CPU task's worker keeps (:func:`warm_extractor`).
+
+    Takes a batch of encoded ``image`` bytes (it decodes them itself), or of ``pixels``:
+    uint8 (N, H, W, 3) resized images (it normalises them, on its device), or float32
+    (N, 3, H, W) already normalised.
+    """
 
     def __init__(self, spec: FeatureSpec, threads: int = 1) -> None:
         torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.backbone = create_backbone(spec.backbone).to(self.device)
         self.embedder = PatchEmbedder(spec.aggregation_kernel, spec.embed_dim)
+        self.transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
         self.l2_normalize = spec.l2_normalize
         self.backbone_name = spec.backbone.name
+
+    def pixels(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """The batch as the network's normalised float32 (N, 3, H, W) input, on the device."""
+        if "pixels" not in batch:
+            pixels = self.transform.resized_batch(batch["image"], batch["sample_id"])
+        else:  # read-only when it comes from the object store: torch wants its own (small) copy
+            pixels = np.array(batch["pixels"], copy=True, order="C")
+        tensor = torch.from_numpy(pixels).to(self.device)
+        if tensor.dtype == torch.uint8:
+            return normalise_tensor(tensor, self.transform.mean, self.transform.std)
+        return tensor
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device)
-        patches = self.embedder(self.backbone(pixels))
+        patches = self.embedder(self.backbone(self.pixels(batch)))
         if self.l2_normalize:
             patches = torch.nn.functional.normalize(patches, dim=-1)
-        out = {"sample_id": batch["sample_id"], "patches": patches.float().cpu().numpy()}
+        out = {"sample_id": np.asarray(batch["sample_id"]), "patches": patches.float().cpu().numpy()}
         record_feature_batch(len(out["sample_id"]), time.perf_counter() - started, self.backbone_name)
         return out
+
+
+_WARM: dict[tuple, PatchFeatureExtractor] = {}
+
+
+def _weights_stamp(spec: FeatureSpec) -> tuple:
+    """The weight file's identity on disk (path, size, mtime): a rewritten file is loaded again."""
+    path = resolve_weights_path(spec.backbone.weights)
+    if path is None:
+        return (spec.backbone.weights,)
+    stat = path.stat()
+    return (str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def warm_extractor(spec: FeatureSpec, threads: int) -> PatchFeatureExtractor:
+    """This process's extractor for ``spec``, built on first use and kept (one, the latest).
+
+    Ray reuses a task's worker process for later tasks of the same job, so the next
+    extraction in this Ray session finds torch and timm imported and the backbone built.
+    """
+    key = (spec, _weights_stamp(spec))
+    extractor = _WARM.get(key)
+    if extractor is None:
+        _WARM.clear()  # at most one backbone per worker process
+        extractor = _WARM[key] = PatchFeatureExtractor(spec, threads)
+    return extractor
+
+
+@dataclass(frozen=True)
+class PatchFeatureExtractorTask:
+    """``map_batches`` task: :class:`PatchFeatureExtractor` on this worker's warm backbone."""
+
+    spec: FeatureSpec
+    threads: int
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        previous = torch.get_num_threads()
+        extractor = warm_extractor(self.spec, self.threads)
+        torch.set_num_threads(self.threads)
+        try:
+            return extractor(batch)
+        finally:
+            torch.set_num_threads(previous)  # the worker runs other tasks afterwards
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """How one extraction runs (see the module docstring)."""
+
+    workers: int  # concurrent extractors: tasks or actors
+    warm_tasks: bool  # CPU tasks on reused worker processes, else an actor pool
+    decode_in_tasks: bool  # separate decode tasks hand uint8 pixels over, else the extractor decodes
+    in_memory: bool  # blocks put from the driver's table, else read from Parquet shards
+    threads: int  # torch threads per extractor
+    cpus: float  # CPUs each extractor reserves
+
+
+# In-memory blocks while the images take at most this share of the object store; larger
+# corpora are streamed from Parquet shards (an object-store copy of the whole corpus would spill).
+IN_MEMORY_SHARE = 0.1
+
+
+def plan_extraction(
+    actors: int | None = None, decode: str = "auto", source: str = "auto", corpus_bytes: int = 0
+) -> ExtractionPlan:
+    """The plan under the current :class:`~raylab.resources.Resources` (see the module docstring)."""
+    if decode not in DECODE_CHOICES:
+        raise ValueError(f"decode must be one of {DECODE_CHOICES}, got {decode!r}")
+    if source not in SOURCE_CHOICES:
+        raise ValueError(f"source must be one of {SOURCE_CHOICES}, got {source!r}")
+    resources = current_resources()
+    workers = actors or resources.extraction_pool()
+    local = started_local_ray()
+    if source == "auto":
+        in_memory = local and corpus_bytes <= IN_MEMORY_SHARE * _object_store_bytes()
+    else:
+        in_memory = source == "memory"
+    if resources.accelerators_per_extraction_actor > 0:
+        return ExtractionPlan(
+            workers, warm_tasks=False, decode_in_tasks=decode != "actor", in_memory=in_memory, threads=1,
+            cpus=extraction_actor_cpus(),
+        )
+    return ExtractionPlan(
+        workers, warm_tasks=local, decode_in_tasks=decode == "tasks", in_memory=in_memory,
+        threads=extraction_threads(workers), cpus=extraction_actor_cpus(),
+    )
+
+
+def _object_store_bytes() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("object_store_memory", 0.0)) if ray.is_initialized() else 0.0
 
 
 def feature_shape(spec: FeatureSpec) -> tuple[int, int, int]:
@@ -96,30 +253,83 @@ def extract_patch_features(
     *,
     batch_size: int = 32,
     actors: int | None = None,
+    decode: str = "auto",
+    source: str = "auto",
 ) -> FeatureSet:
-    """Extract patch features for every row of ``table`` with Ray Data."""
+    """Extract patch features for every row of ``table`` with Ray Data.
+
+    ``actors``: concurrent extractors (default: the resources' extraction pool). ``decode``:
+    where images are decoded and resized, ``"actor"`` (by the extractor, fused),
+    ``"tasks"`` (separate Ray tasks handing uint8 pixels over) or ``"auto"`` (fused on
+    CPUs, tasks with accelerators). ``source``: ``"memory"`` (blocks of ``table`` put
+    from this process), ``"shards"`` (Parquet shards, written once per corpus content) or
+    ``"auto"`` (memory on a Ray this process started, for corpora that fit the object store
+    comfortably). See the module docstring for why.
+    """
     import ray
 
-    shards = write_shards(table)
-    transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
+    validate_corpus(table)
+    if table.num_rows == 0:
+        raise ValueError("cannot extract features of an empty corpus")
+    columns = table.select(["sample_id", "image"])
+    plan = plan_extraction(actors, decode, source, corpus_bytes=columns.nbytes)
     resources = current_resources()
-    accelerated = resources.accelerators_per_extraction_actor > 0
-    dataset = (
-        read_dataset(shards, columns=["sample_id", "image"])
-        .map_batches(transform, batch_size=batch_size, batch_format="numpy")
-        .map_batches(
-            PatchFeatureExtractor,
-            fn_constructor_kwargs={"spec": spec, "threads": 1 if accelerated else THREADS_PER_ACTOR},
+    transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
+    block_rows = rows_per_block(table.num_rows, batch_size, plan.workers)
+    if plan.in_memory:
+        dataset = ray.data.from_arrow([columns.slice(start, block_rows) for start in range(0, table.num_rows, block_rows)])
+    else:
+        # Small shards are read as one block, which one extractor would take alone: blocks of
+        # a few batches keep every extractor busy.
+        dataset = read_dataset(write_shards(table), columns=["sample_id", "image"])
+        dataset = dataset.repartition(target_num_rows_per_block=block_rows)
+    if plan.decode_in_tasks:
+        # max_calls=0 is Ray's default for CPU tasks (no limit); naming it keeps Ray Data from
+        # fusing these tasks into a CPU extractor that asks for the same CPUs (its fusion rule).
+        dataset = dataset.map_batches(
+            ResizeImages(transform), batch_size=batch_size, batch_format="numpy", num_cpus=1, max_calls=0
+        )
+    options = resources.ray_options(resources.accelerators_per_extraction_actor, cpus=plan.cpus)
+    if plan.warm_tasks:
+        dataset = dataset.map_batches(
+            PatchFeatureExtractorTask(spec, plan.threads),
             batch_size=batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors or resources.extraction_pool()),
-            **resources.ray_options(resources.accelerators_per_extraction_actor, cpus=extraction_actor_cpus()),
+            compute=ray.data.TaskPoolStrategy(size=plan.workers),
+            **options,
         )
-    )
-    ids, patches = [], []
+    else:
+        dataset = dataset.map_batches(
+            PatchFeatureExtractor,
+            fn_constructor_kwargs={"spec": spec, "threads": plan.threads},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=plan.workers),
+            **options,
+        )
+    return gather_sorted(dataset, columns.column("sample_id").to_pylist())
+
+
+def rows_per_block(rows: int, batch_size: int, workers: int) -> int:
+    """Whole batches per block, at least two blocks per extractor, at most 8 batches a block."""
+    batches = -(-rows // batch_size)
+    return batch_size * max(1, min(8, batches // (2 * workers)))
+
+
+def gather_sorted(dataset, sample_ids: list[str]) -> FeatureSet:
+    """The dataset's ``patches`` in sorted sample-id order, each batch copied once into place."""
+    order = np.sort(np.asarray(sample_ids, dtype=str))
+    row_of = {sid: row for row, sid in enumerate(order.tolist())}
+    patches: np.ndarray | None = None
+    filled = np.zeros(len(order), dtype=bool)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        ids.append(batch["sample_id"])
-        patches.append(batch["patches"])
-    sample_ids = np.concatenate(ids)
-    order = np.argsort(sample_ids, kind="stable")
-    return FeatureSet(sample_ids=sample_ids[order], patches=np.concatenate(patches)[order])
+        rows = np.fromiter((row_of[str(s)] for s in batch["sample_id"]), dtype=np.int64, count=len(batch["sample_id"]))
+        values = batch["patches"]
+        if patches is None:
+            patches = np.empty((len(order), *values.shape[1:]), dtype=values.dtype)
+        patches[rows] = values
+        filled[rows] = True
+    if patches is None or not filled.all():
+        missing = order[~filled][:3].tolist()
+        raise RuntimeError(f"feature extraction returned no features for {int((~filled).sum())} images (first: {missing})")
+    return FeatureSet(sample_ids=order, patches=patches)
