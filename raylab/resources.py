@@ -132,7 +132,7 @@ def extraction_actor_cpus() -> float:
     and decode tasks each need the whole CPU, so an actor holding any of it would wait
     forever for the batches they feed it. The actor then reserves nothing and shares the CPU.
     """
-    return 0.0 if _started_here() is not None and local_cpus() < 2 else 1.0
+    return 0.0 if started_local_ray() and local_cpus() < 2 else 1.0
 
 
 def local_shortfall(cpus_at_once: float) -> str | None:
@@ -140,7 +140,7 @@ def local_shortfall(cpus_at_once: float) -> str | None:
 
     Only for a Ray this process started: a cluster's autoscaler adds nodes for what is asked.
     """
-    if _started_here() is None or cpus_at_once <= local_cpus() + 1e-9:
+    if not started_local_ray() or cpus_at_once <= local_cpus() + 1e-9:
         return None
     return f"it asks for {cpus_at_once:g} CPUs at once but the local Ray has {local_cpus()}, so it would wait forever"
 

@@ -45,20 +45,21 @@ def probe(body: str) -> tuple[int, str, dict]:
     return verdict["code"], result.stdout, verdict
 
 
-@pytest.mark.parametrize("name", experiment_names())
-def test_job_help_imports_nothing_heavy(name):
-    code, text, verdict = probe(f"sys.argv = ['jobs/{name}.py', '--help']; runpy.run_path('jobs/{name}.py', run_name='__main__')")
-    assert code == 0
-    assert "--dataset" in text
-    assert verdict["heavy"] == [], f"jobs/{name}.py --help imported {verdict['heavy']}"
+# How a user asks each job for its help: the job script, and the ``raylab run`` command.
+HELP_ENTRY_POINTS = {
+    "job script": ("jobs/{name}.py --help", "sys.argv = ['jobs/{name}.py', '--help']; runpy.run_path('jobs/{name}.py', run_name='__main__')"),
+    "raylab run": ("raylab run {name} --help", "from raylab.cli import main; main(['run', '{name}', '--help'])"),
+}
 
 
+@pytest.mark.parametrize("entry", sorted(HELP_ENTRY_POINTS))
 @pytest.mark.parametrize("name", experiment_names())
-def test_raylab_run_help_imports_nothing_heavy(name):
-    code, text, verdict = probe(f"from raylab.cli import main; main(['run', '{name}', '--help'])")
+def test_help_imports_nothing_heavy(name, entry):
+    command, body = (text.format(name=name) for text in HELP_ENTRY_POINTS[entry])
+    code, text, verdict = probe(body)
     assert code == 0
     assert "--dataset" in text
-    assert verdict["heavy"] == [], f"raylab run {name} --help imported {verdict['heavy']}"
+    assert verdict["heavy"] == [], f"{command} imported {verdict['heavy']}"
 
 
 def test_typed_configs_import_without_torch():

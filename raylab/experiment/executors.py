@@ -75,15 +75,21 @@ def _gather_phases(payload: str | None, since: float) -> None:
                 record(name, seconds)
 
 
+def _trial_in_worker(trial, setting: Setting, inputs, config, context: TrialContext, resources: Resources) -> tuple[TrialResult, str]:
+    """One trial in a Tune or task worker under the sweep's resources: its result and the phases it timed."""
+    use_resources(resources)
+    drain()  # a reused worker process may hold an earlier trial's phases
+    with phase(TRIAL_PHASE):
+        result = trial(setting, inputs, config, context)
+    return result, _phases_payload()
+
+
 def _tune_trainable(params: dict[str, Any], *, trial, inputs, config, axes, search_keys, sweep_context, identity_hash, resources) -> None:
     from ray import tune
 
-    use_resources(resources)
-    drain()  # a reused worker process may hold an earlier trial's phases
     setting = Setting({a: params[a] for a in axes}, {k: params[k] for k in search_keys})
-    with phase(TRIAL_PHASE):
-        result = trial(setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tune"))
-    tune.report({**result.objective, ROWS_KEY: _rows_payload(result), PHASES_KEY: _phases_payload()})
+    result, phases = _trial_in_worker(trial, setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tune"), resources)
+    tune.report({**result.objective, ROWS_KEY: _rows_payload(result), PHASES_KEY: phases})
 
 
 def run_tune(sweep: Sweep, resources: Mapping[str, float], max_concurrent: int) -> list[Row]:
@@ -167,11 +173,8 @@ def _raise_errors(sweep: Sweep, errors: list[Any]) -> None:
 
 
 def _task(setting: Setting, trial, inputs, config, sweep_context, identity_hash, resources) -> tuple[str, str]:
-    use_resources(resources)
-    drain()  # a reused worker process may hold an earlier task's phases
-    with phase(TRIAL_PHASE):
-        result = trial(setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tasks"))
-    return _rows_payload(result), _phases_payload()
+    result, phases = _trial_in_worker(trial, setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tasks"), resources)
+    return _rows_payload(result), phases
 
 
 def run_tasks(sweep: Sweep, resources: Mapping[str, float]) -> list[Row]:
