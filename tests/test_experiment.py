@@ -131,8 +131,11 @@ def test_config_errors_name_file_key_and_value(tmp_path):
     bad.write_text("meds:\n  stage1: {bootstraps: [\n")
     with pytest.raises(ConfigError, match=rf"{bad}: not valid YAML"):
         load_config(MeDSSweepConfig, bad)
-    bad.write_text("keep_injected_in_test: 1\n")
-    with pytest.raises(ConfigError, match=rf"{bad}.keep_injected_in_test: expected bool, got int 1"):
+    bad.write_text("injected_in_test: 1\n")
+    with pytest.raises(ConfigError, match=rf"{bad}.injected_in_test: expected str, got int 1"):
+        load_config(MeDSSweepConfig, bad)
+    bad.write_text("injected_in_test: sometimes\n")
+    with pytest.raises(ConfigError, match=rf"{bad}.*injected_in_test: must be one of removed, kept, both, got 'sometimes'"):
         load_config(MeDSSweepConfig, bad)
     with pytest.raises(ConfigError, match="expected key.path=value"):
         parse_assignment("meds.stage1.rho")

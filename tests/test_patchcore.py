@@ -231,25 +231,32 @@ def test_patchcore_job_summary_contract(shared_data, corpus, features, ray_sessi
             "--config", str(config),
             "--seeds", "0",
             "--noise-ratios", "0.05",
+            "--injected-in-test", "both",
             "--summary-json", str(summary),
         ],
     )
     data = json.loads(summary.read_text())
     assert data["job"] == "patchcore_eval"
-    assert data["sweep"] == result["name"] and data["axes"] == ["noise_ratio", "seed"]
-    assert len(data["rows"]) == 1
-    row = data["rows"][0]
+    assert data["sweep"] == result["name"] and data["axes"] == ["noise_ratio", "injected_in_test", "seed"]
+    # Both test protocols, one row each, on the same training set but different test sets.
+    by_protocol = {r["injected_in_test"]: r for r in data["rows"]}
+    assert sorted(by_protocol) == ["kept", "removed"] and len(data["rows"]) == 2
+    assert by_protocol["kept"]["metrics"] != by_protocol["removed"]["metrics"]
+    assert set(result["table"]["injected_in_test"]) == {"kept", "removed"}
+    row = by_protocol["removed"]
     assert (row["method"], row["dataset"], row["noise_ratio"], row["seed"]) == ("patchcore", "magnetic_tile", 0.05, 0)
     for name in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"):
         assert isinstance(row["metrics"][name], float) and 0.0 <= row["metrics"][name] <= 1.0, name
     assert row["metrics"]["image_auroc"] > 0.6
-    assert result["rows"][0]["metrics"] == row["metrics"]
-    assert result["table"]["n_seeds"].tolist() == [1]
+    assert next(r for r in result["rows"] if r["injected_in_test"] == "removed")["metrics"] == row["metrics"]
+    assert result["table"]["n_seeds"].tolist() == [1, 1]
     assert not list(summary.parent.glob(".*.tmp"))  # written atomically
 
     client = mlflow.MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("raylab/patchcore_eval")
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.raylab.noise_ratio = '0.05'")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.raylab.noise_ratio = '0.05' and tags.raylab.injected_in_test = 'removed'"
+    )
     assert len(runs) == 1 and runs[0].data.params["quick_images_per_group"] == str(PER_GROUP)
     parent_id = runs[0].data.tags["mlflow.parentRunId"]
     assert parent_id == _parent_run(client, result["name"]).info.run_id

@@ -359,11 +359,12 @@ def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
     result = run(get_experiment("tailedcore_sweep"), argv)
     summary = json.loads(out.read_text())
     assert summary["job"] == "tailedcore_sweep" and summary["sweep"] == "tc-test"
-    assert summary["axes"] == ["protocol", "noise_ratio", "seed"]
+    assert summary["axes"] == ["protocol", "noise_ratio", "injected_in_test", "seed"]
     rows = summary["rows"]
     assert sorted(r["method"] for r in rows) == ["patchcore", "softpatch", "tailedcore"]
     for row in rows:
         assert row["protocol"] == "step_k1" and row["noise_ratio"] == 0.1 and row["seed"] == 0
+        assert row["injected_in_test"] == "removed"  # raylab's default test protocol
         assert {"image_auroc", "pixel_auroc", "tail_image_auroc"} <= set(row["metrics"])
         assert 0.0 <= row["metrics"]["tail_image_auroc"] <= 1.0
         assert len(row["tail_classes"]) == 2  # round(0.6 x 3)

@@ -37,7 +37,7 @@ class Setting:
         return "-".join(parts)
 
 
-_ABBREVIATIONS = {"noise_ratio": "nr", "seed": "s", "protocol": "", "normal_class": "c", "fold": "f", "method": ""}
+_ABBREVIATIONS = {"noise_ratio": "nr", "injected_in_test": "inj-", "seed": "s", "protocol": "", "normal_class": "c", "fold": "f", "method": ""}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,16 @@
-"""What the noise-protocol anomaly experiments (PatchCore, MeDS) share: their setting axes and
-their inputs.
+"""What the noise-protocol anomaly experiments (PatchCore, MeDS, TailedCore) share: their
+setting axes and their inputs.
 
-Both sweep (noise ratio x seed) over one registered corpus, optionally subsampled per
-(class, split, label) group, with patch features extracted once and shared by every trial;
-the sweep's identity takes the corpus's content fingerprint.
+They sweep (noise ratio x test protocol x seed) over one registered corpus, optionally
+subsampled per (class, split, label) group, with patch features extracted once and shared by
+every trial; the sweep's identity takes the corpus's content fingerprint.
+
+The test protocol (``injected_in_test``) is an axis because the papers disagree on it and the
+difference is the mechanism: the MeDS and TailedCore releases leave every injected defect in
+the test set too (``kept``), so a memory that stored a defect also scores that very image as
+normal, which is what a noise-robust method is meant to prevent; SoftPatch and raylab's
+default take them out (``removed``), so no image is both trained and tested on. ``both`` runs
+the two side by side and every row says which it is.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from raylab.experiment import Prepared, Request
+from raylab.config import require
+from raylab.experiment import Prepared, Request, Setting
 from raylab.experiment.arguments import check_ratios, parse_list
 from raylab.features import FeatureSpec
 
@@ -25,16 +33,46 @@ if TYPE_CHECKING:
     from raylab.features.extract import FeatureSet
 
 
+# Values of the ``injected_in_test`` setting axis; ``both`` on the command line or in a config
+# means the two of them.
+INJECTED_IN_TEST = ("removed", "kept")
+INJECTED_IN_TEST_CHOICES = (*INJECTED_IN_TEST, "both")
+
+
+def check_injected_in_test(value: str) -> None:
+    """``__post_init__`` check for a config's ``injected_in_test``."""
+    require(value in INJECTED_IN_TEST_CHOICES, "injected_in_test", f"must be one of {', '.join(INJECTED_IN_TEST_CHOICES)}, got {value!r}")
+
+
+def injected_in_test_option(parser) -> None:
+    parser.add_argument(
+        "--injected-in-test", choices=INJECTED_IN_TEST_CHOICES, default=None,
+        help="test protocol for the injected defect images: removed from the test set (SoftPatch, raylab's default), "
+        "kept there as well (the MeDS and TailedCore releases), or both side by side (default: the config's)",
+    )
+
+
 def noise_ratio_option(parser, default: str) -> None:
     parser.add_argument("--noise-ratios", default=None, help=f"comma-separated noise ratios in [0, 1) (default: the config's, {default})")
+    injected_in_test_option(parser)
+
+
+def injected_in_test_axis(request: Request) -> tuple[str, ...]:
+    choice = request.args.injected_in_test or request.config.injected_in_test
+    return INJECTED_IN_TEST if choice == "both" else (choice,)
+
+
+def keeps_injected_in_test(setting: Setting) -> bool:
+    """Whether this setting's test set keeps the injected defect images (the releases' protocol)."""
+    return setting["injected_in_test"] == "kept"
 
 
 def noise_axes(request: Request) -> dict[str, tuple]:
-    """``--noise-ratios`` x ``--seeds``, each falling back to the config's own lists."""
+    """``--noise-ratios`` x ``--injected-in-test`` x ``--seeds``, each falling back to the config."""
     ratios = parse_list(request.args.noise_ratios, float, "--noise-ratios") or request.config.noise_ratios
     check_ratios(ratios, "--noise-ratios")
     seeds = parse_list(request.args.seeds, int, "--seeds") or request.config.seeds
-    return {"noise_ratio": ratios, "seed": seeds}
+    return {"noise_ratio": ratios, "injected_in_test": injected_in_test_axis(request), "seed": seeds}
 
 
 @dataclass(frozen=True)

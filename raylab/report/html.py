@@ -66,7 +66,7 @@ def primary_metrics(runs: pd.DataFrame, limit: int = 3) -> list[str]:
 
 
 def results_table(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    keys = [k for k in ("method", "noise_ratio") if k in runs and runs[k].notna().any()]
+    keys = [k for k in ("method", "noise_ratio", "injected_in_test") if k in runs and runs[k].notna().any()]
     columns = [f"metric.{m}" for m in metrics]
     grouped = runs.groupby(keys, dropna=False)[columns]
     mean, std, count = grouped.mean(), grouped.std(ddof=0), grouped.size()
@@ -86,14 +86,25 @@ def metric_vs_noise(runs: pd.DataFrame, metrics: Sequence[str]) -> str | None:
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         column = f"metric.{metric}"
-        for method, group in runs.dropna(subset=[column]).groupby("method"):
+        for label, group in _series(runs.dropna(subset=[column])):
             stats = group.groupby("noise_ratio")[column].agg(["mean", "std"]).sort_index()
-            axis.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=str(method))
+            axis.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label)
         axis.set_xticks(sorted(runs["noise_ratio"].dropna().unique()))
         axis.set(xlabel="noise ratio", ylabel=metric.replace("_", " "), title=f"{metric} vs noise ratio")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     return _png(figure)
+
+
+def _series(runs: pd.DataFrame):
+    """One curve per method, or per (method, test protocol) when a sweep ran both protocols:
+    the two measure different things and must not be averaged into one line."""
+    if "injected_in_test" in runs and runs["injected_in_test"].nunique(dropna=True) > 1:
+        for (method, protocol), group in runs.groupby(["method", "injected_in_test"]):
+            yield f"{method} (injected {protocol} in test)", group
+    else:
+        for method, group in runs.groupby("method"):
+            yield str(method), group
 
 
 def per_class_bars(sweep: SweepRuns, metric: str, tracking_uri: str | None) -> str | None:

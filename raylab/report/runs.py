@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-SETTING_TAGS = ("method", "dataset", "noise_ratio", "seed")
+SETTING_TAGS = ("method", "dataset", "noise_ratio", "injected_in_test", "seed")
 
 
 @dataclass

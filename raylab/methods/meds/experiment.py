@@ -31,7 +31,9 @@ from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, SearchSpace, Setting, TrialContext, TrialResult
 from raylab.experiment.cost import CostModel
 from raylab.features import FeatureSpec
-from raylab.methods.anomaly_experiment import CorpusFeatures, check_noise_supply, noise_axes, noise_ratio_option, prepare_corpus_features
+from raylab.methods.anomaly_experiment import (
+    CorpusFeatures, check_injected_in_test, check_noise_supply, keeps_injected_in_test, noise_axes, noise_ratio_option, prepare_corpus_features,
+)
 from raylab.methods.meds.config import MeDSConfig, cpu_config
 from raylab.methods.patchcore import PatchCoreConfig
 
@@ -50,7 +52,8 @@ class MeDSSweepConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     noise_ratios: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
     seeds: tuple[int, ...] = (0,)
-    keep_injected_in_test: bool = False
+    # Test protocol for the injected defects: removed, kept or both (see anomaly_experiment).
+    injected_in_test: str = "removed"
     features: FeatureSpec = field(default_factory=FeatureSpec)
     meds: MeDSConfig = field(default_factory=cpu_config)
     # PatchCore baseline on the same features; 1% coreset in the CPU size (the PatchCore
@@ -67,6 +70,7 @@ class MeDSSweepConfig:
         require(all(0.0 <= r < 1.0 for r in self.noise_ratios + self.quick_noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
         require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
         require(self.quick_images_per_group >= 1, "quick_images_per_group", f"must be >= 1, got {self.quick_images_per_group}")
+        check_injected_in_test(self.injected_in_test)
         require("meds" in self.methods and set(self.methods) <= set(METHODS), "methods", f"must include meds and come from {METHODS}, got {self.methods}")
         # One source of truth for the feature sizes: the baseline scores the sweep's own
         # cached features, so a second image size or backbone could only disagree with them.
@@ -142,7 +146,7 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
     meds_config = with_search(config.meds, dict(setting.search))
-    result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, config.keep_injected_in_test))
+    result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, keeps_injected_in_test(setting)))
     image_size = config.features.image_size
     evaluations: dict[str, list[ClassEvaluation]] = {m: [] for m in config.methods}
     filter_rows: list[list[dict[str, float]]] = []
@@ -246,11 +250,19 @@ def report(rows: Sequence[Row], request: Request[MeDSSweepConfig]) -> Report:
     from raylab.report.figures import metric_vs_setting
     from raylab.report.tables import aggregate, format_table
 
-    table = aggregate([r.to_dict() for r in rows], ["noise_ratio", "method"], METRICS)
+    table = aggregate([r.to_dict() for r in rows], ["injected_in_test", "noise_ratio", "method"], METRICS)
     text = format_table(table, ["image_auroc", "pixel_auroc", "aupro"])
 
     def figures(scratch: Path) -> list[Path]:
-        series = {m: (list(g["noise_ratio"]), list(g["image_auroc_mean"]), list(g["image_auroc_std"])) for m, g in table.groupby("method")}
+        both = table["injected_in_test"].nunique() > 1
+
+        def label(method: str, protocol: str) -> str:
+            return f"{method} (injected {protocol} in test)" if both else method
+
+        series = {
+            label(method, protocol): (list(g["noise_ratio"]), list(g["image_auroc_mean"]), list(g["image_auroc_std"]))
+            for (method, protocol), g in table.groupby(["method", "injected_in_test"])
+        }
         return [metric_vs_setting(series, scratch / "image_auroc_vs_noise.png", "noise ratio", "image AUROC")]
 
     return Report(text, tables={"results_table.csv": table.to_csv(index=False)}, figures=figures, table=table)

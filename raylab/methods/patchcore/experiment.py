@@ -19,7 +19,9 @@ from typing import Any
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.features import FeatureSpec
-from raylab.methods.anomaly_experiment import CorpusFeatures, check_noise_supply, noise_axes, noise_ratio_option, prepare_corpus_features
+from raylab.methods.anomaly_experiment import (
+    CorpusFeatures, check_injected_in_test, check_noise_supply, keeps_injected_in_test, noise_axes, noise_ratio_option, prepare_corpus_features,
+)
 from raylab.methods.patchcore.config import PatchCoreConfig
 
 NAME = "patchcore_eval"
@@ -31,7 +33,8 @@ class PatchCoreEvalConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     noise_ratios: tuple[float, ...] = (0.0,)
     seeds: tuple[int, ...] = (0,)
-    keep_injected_in_test: bool = False
+    # Test protocol for the injected defects: removed, kept or both (see anomaly_experiment).
+    injected_in_test: str = "removed"
     # Stratified subsample (per class, split and label); None keeps the whole corpus.
     images_per_group: int | None = None
     quick_images_per_group: int = 60
@@ -40,6 +43,7 @@ class PatchCoreEvalConfig:
 
     def __post_init__(self) -> None:
         require(all(0.0 <= r < 1.0 for r in self.noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
+        check_injected_in_test(self.injected_in_test)
         require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
         require(self.quick_images_per_group >= 1, "quick_images_per_group", f"must be >= 1, got {self.quick_images_per_group}")
         require(0.0 < self.quick_coreset_ratio <= 1.0, "quick_coreset_ratio", f"must lie in (0, 1], got {self.quick_coreset_ratio}")
@@ -73,7 +77,7 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig,
     from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
-    result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, config.keep_injected_in_test))
+    result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, keeps_injected_in_test(setting)))
     splits = class_splits(result.table, config.patchcore.features.image_size)
     evaluations = evaluate_per_class(lambda split: PatchCore(config.patchcore, seed=seed), splits, inputs.features)
     metrics = mean_over_classes(evaluations)
@@ -90,7 +94,7 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig,
 def report(rows: Sequence[Row], request: Request[PatchCoreEvalConfig]) -> Report:
     from raylab.report.tables import aggregate, format_table
 
-    table = aggregate([r.to_dict() for r in rows], ["method", "dataset", "noise_ratio"], METRICS)
+    table = aggregate([r.to_dict() for r in rows], ["method", "dataset", "noise_ratio", "injected_in_test"], METRICS)
     return Report(format_table(table, METRICS), tables={"results_table.csv": table.to_csv(index=False)}, table=table)
 
 

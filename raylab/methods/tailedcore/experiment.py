@@ -39,10 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
-from raylab.experiment.arguments import check_ratios, parse_list
+from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
+from raylab.methods.anomaly_experiment import check_injected_in_test, keeps_injected_in_test, noise_axes, noise_ratio_option
 from raylab.methods.patchcore import PatchCoreConfig
 from raylab.methods.tailedcore.config import SoftPatchConfig, TailedCoreConfig
 
@@ -77,7 +78,8 @@ class TailedCoreSweepConfig:
     protocols: tuple[str, ...] = ("step_k1", "step_k4", "pareto")
     noise_ratios: tuple[float, ...] = (0.1,)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    keep_injected_in_test: bool = False
+    # Test protocol for the injected defects: removed, kept (the release's) or both (see anomaly_experiment).
+    injected_in_test: str = "removed"
     # The sweep's features; every method's ``features`` is set to these (identical inputs).
     features: FeatureSpec = field(default_factory=lambda: CPU_FEATURES)
     tailedcore: TailedCoreConfig = field(default_factory=cpu_tailedcore)
@@ -99,6 +101,7 @@ class TailedCoreSweepConfig:
         from raylab.data.protocols import protocol_from_name
 
         require(all(0.0 <= r < 1.0 for r in self.noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
+        check_injected_in_test(self.injected_in_test)
         for key in ("protocols", "quick_protocols"):
             for name in getattr(self, key):
                 try:
@@ -126,7 +129,7 @@ def quick(config: TailedCoreSweepConfig) -> TailedCoreSweepConfig:
 
 def arguments(parser) -> None:
     parser.add_argument("--protocols", default=None, help="comma-separated long-tail protocols: step_k<K> (e.g. step_k1, step_k4) or pareto (default: the config's)")
-    parser.add_argument("--noise-ratios", default=None, help="comma-separated noise ratios in [0, 1) (default: the config's, 0.1)")
+    noise_ratio_option(parser, "0.1")
     parser.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(KNOWN_METHODS)} (default: the config's, the first three)")
 
 
@@ -155,10 +158,7 @@ def axes(request: Request[TailedCoreSweepConfig]) -> dict[str, tuple]:
             protocol_from_name(name, 0.0, 0)
         except ValueError as error:
             raise ValueError(f"--protocols {name!r}: {error}") from None
-    ratios = parse_list(request.args.noise_ratios, float, "--noise-ratios") or request.config.noise_ratios
-    check_ratios(ratios, "--noise-ratios")
-    seeds = parse_list(request.args.seeds, int, "--seeds") or request.config.seeds
-    return {"protocol": protocols, "noise_ratio": ratios, "seed": seeds}
+    return {"protocol": protocols, **noise_axes(request)}
 
 
 def corpus_options(request: Request[TailedCoreSweepConfig]) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     torch.set_num_threads(config.threads_per_trial)
     faiss.omp_set_num_threads(config.threads_per_trial)
     seed = int(setting["seed"])
-    protocol = protocol_from_name(str(setting["protocol"]), float(setting["noise_ratio"]), seed, keep_injected_in_test=config.keep_injected_in_test)
+    protocol = protocol_from_name(str(setting["protocol"]), float(setting["noise_ratio"]), seed, keep_injected_in_test=keeps_injected_in_test(setting))
     result = apply_long_tail(inputs.corpus, protocol)
     features = inputs.features
     splits = class_splits(result.table, config.features.image_size)
@@ -291,6 +291,8 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     patch grids on the meta device, and takes the protocol's true tail images as the tail
     TailSampler finds (its prediction needs the features; at the paper's sizes it is close).
     """
+    import itertools
+
     import pyarrow.compute as pc
 
     from raylab.data import load_corpus
@@ -303,12 +305,12 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     corpus = load_corpus(request.dataset, request.data_root, **corpus_options(request))
     if config.images_per_group is not None:
         corpus = subsample_corpus(corpus, config.images_per_group)
-    settings = [(p, r, s) for p in (parse_list(request.args.protocols, str, "--protocols") or config.protocols)
-                for r in (parse_list(request.args.noise_ratios, float, "--noise-ratios") or config.noise_ratios)
-                for s in (parse_list(request.args.seeds, int, "--seeds") or config.seeds)]
+    grid = axes(request)
     trials, tail_images = [], set()
-    for protocol, ratio, seed in settings:
-        result = apply_long_tail(corpus, protocol_from_name(protocol, ratio, seed, keep_injected_in_test=config.keep_injected_in_test))
+    for values in itertools.product(*grid.values()):
+        setting = Setting(dict(zip(grid, values)))
+        protocol = protocol_from_name(setting["protocol"], setting["noise_ratio"], setting["seed"], keep_injected_in_test=keeps_injected_in_test(setting))
+        result = apply_long_tail(corpus, protocol)
         train = result.table.filter(pc.equal(result.table["split"], "train")).select(["sample_id", "class_name"]).to_pylist()
         tail = [row["sample_id"] for row in train if row["class_name"] in set(result.tail_classes)]
         tail_images.update(tail)
@@ -360,7 +362,7 @@ def report(rows: Sequence[Row], request: Request[TailedCoreSweepConfig]) -> Repo
     from raylab.methods.tailedcore.report import auroc_bars
     from raylab.report.tables import aggregate, format_table
 
-    table = aggregate([r.to_dict() for r in rows], ["protocol", "noise_ratio", "method"], METRICS)
+    table = aggregate([r.to_dict() for r in rows], ["protocol", "noise_ratio", "injected_in_test", "method"], METRICS)
 
     def figures(scratch: Path) -> list[Path]:
         return [auroc_bars(table, scratch / "image_auroc_by_protocol.png")]

@@ -9,13 +9,14 @@ import pandas as pd
 
 
 def auroc_bars(table: pd.DataFrame, path: str | Path, metrics: tuple[str, ...] = ("image_auroc", "tail_image_auroc")) -> Path:
-    """One panel per metric; bars grouped by (protocol, noise ratio), one bar per method."""
+    """One panel per metric; bars grouped by setting (protocol, noise ratio, test protocol), one bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = table[["protocol", "noise_ratio"]].drop_duplicates().sort_values(["protocol", "noise_ratio"])
+    keys = [k for k in ("protocol", "noise_ratio", "injected_in_test") if k in table]
+    settings = table[keys].drop_duplicates().sort_values(keys)
     methods = sorted(table["method"].unique())
     width = 0.8 / max(1, len(methods))
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
@@ -23,12 +24,12 @@ def auroc_bars(table: pd.DataFrame, path: str | Path, metrics: tuple[str, ...] =
         for m, method in enumerate(methods):
             means, stds = [], []
             for _, setting in settings.iterrows():
-                row = table[(table["method"] == method) & (table["protocol"] == setting["protocol"]) & (table["noise_ratio"] == setting["noise_ratio"])]
+                row = table[(table["method"] == method) & (table[keys] == setting[keys]).all(axis=1)]
                 means.append(float(row[f"{metric}_mean"].iloc[0]) if len(row) else np.nan)
                 stds.append(float(row[f"{metric}_std"].iloc[0]) if len(row) else np.nan)
             axis.bar(np.arange(len(settings)) + m * width, means, width, yerr=stds, capsize=3, label=method)
         axis.set_xticks(np.arange(len(settings)) + width * (len(methods) - 1) / 2)
-        axis.set_xticklabels([f"{p}\nnr {r:g}" for p, r in zip(settings["protocol"], settings["noise_ratio"])], fontsize=8)
+        axis.set_xticklabels([_setting_label(setting) for _, setting in settings.iterrows()], fontsize=8)
         axis.set(ylabel=metric.replace("_", " "), ylim=(0.4, 1.0))
         axis.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -36,3 +37,8 @@ def auroc_bars(table: pd.DataFrame, path: str | Path, metrics: tuple[str, ...] =
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def _setting_label(setting: pd.Series) -> str:
+    label = f"{setting['protocol']}\nnr {setting['noise_ratio']:g}"
+    return f"{label}\ninjected {setting['injected_in_test']}" if "injected_in_test" in setting else label
