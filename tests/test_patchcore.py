@@ -21,6 +21,7 @@ import yaml
 
 from raylab.data import NoiseProtocol, inject_noise, load_corpus
 from raylab.data.protocols import subsample_corpus
+from raylab.data.protocols.noise import base_sample_id
 from raylab.eval import anomaly_metrics
 from raylab.features import FeatureSpec
 from raylab.features.cache import cached_patch_features
@@ -193,9 +194,8 @@ def test_setting_task_logs_nested_run(shared_data, ray_session, tmp_path):
 
     run_id = child.info.run_id
     top = {a.path for a in client.list_artifacts(run_id)}
-    assert {"per_class_metrics.csv", "roc_image.png", "protocol_manifest.csv", "overlays_magnetic_tile.png", "model"} <= top
-    model_files = {a.path for a in client.list_artifacts(run_id, "model/magnetic_tile")}
-    assert "model/magnetic_tile/patchcore.json" in model_files
+    assert {"per_class_metrics.csv", "roc_image.png", "protocol_manifest.csv", "overlays_magnetic_tile.png"} <= top
+    model_uri = json.loads(tags["raylab.models"])["magnetic_tile"]
 
     # The job's --quick corpus: the same stratified subsample, 10 per (split, label) group.
     tiny = subsample_corpus(load_corpus("magnetic_tile", shared_data), per_group=10)
@@ -208,11 +208,13 @@ def test_setting_task_logs_nested_run(shared_data, ray_session, tmp_path):
     assert manifest.loc[manifest["injected_noise"], "count_after"].sum() == 1  # round(0.1 x 10 good)
     assert (local / "roc_image.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # The logged model reproduces the logged metric on the setting's test images.
-    model = PatchCore.load(local / "model" / "magnetic_tile")
+    # The logged MLflow model, loaded as any MLflow user would, reproduces the logged metric
+    # from the setting's test images themselves (decoded and embedded inside the model).
+    model = mlflow.pyfunc.load_model(model_uri)
     (view,) = class_splits(inject_noise(tiny, NoiseProtocol(0.1, seed=1)).table, IMAGE_SIZE)
-    scores = model.predict(cached_patch_features(tiny, SPEC).take(view.test_ids), with_maps=False).image_scores
-    assert anomaly_metrics(view.test_labels, scores)["image_auroc"] == pytest.approx(row["metrics"]["image_auroc"])
+    by_id = dict(zip(tiny.column("sample_id").to_pylist(), tiny.column("image").to_pylist()))
+    scored = model.predict(pd.DataFrame({"image": [by_id[base_sample_id(i)] for i in view.test_ids]}))
+    assert anomaly_metrics(view.test_labels, scored["image_score"].to_numpy())["image_auroc"] == pytest.approx(row["metrics"]["image_auroc"])
 
 
 @pytest.mark.e2e

@@ -95,10 +95,19 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
     path = resolve_weights_path(spec.weights)
     if path is not None:
         full = _load_weight_file(spec, full, path)
-    model = timm.create_model(
-        spec.name, pretrained=False, features_only=True, out_indices=spec.out_indices, **spec.timm_kwargs()
-    )
+    model = feature_wrapper(spec)
     model.load_state_dict(_feature_wrapper_state(model, full.state_dict(), spec.name), strict=True)
+    return frozen(model)
+
+
+def feature_wrapper(spec: BackboneSpec) -> nn.Module:
+    """The untrained timm feature extractor of ``spec`` (its weights are loaded by the caller)."""
+    import timm
+
+    return timm.create_model(spec.name, pretrained=False, features_only=True, out_indices=spec.out_indices, **spec.timm_kwargs())
+
+
+def frozen(model: nn.Module) -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()

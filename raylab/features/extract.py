@@ -110,10 +110,11 @@ class PatchFeatureExtractor:
     (N, 3, H, W) already normalised.
     """
 
-    def __init__(self, spec: FeatureSpec, threads: int = 1) -> None:
+    def __init__(self, spec: FeatureSpec, threads: int = 1, backbone: torch.nn.Module | None = None) -> None:
         torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.backbone = create_backbone(spec.backbone).to(self.device)
+        # ``backbone``: an already built network of ``spec`` (a deployed model carries its own weights).
+        self.backbone = (backbone if backbone is not None else create_backbone(spec.backbone)).to(self.device)
         self.embedder = PatchEmbedder(spec.aggregation_kernel, spec.embed_dim)
         self.transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
         self.l2_normalize = spec.l2_normalize

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,7 +18,14 @@ from raylab.data.images import decode_image
 from raylab.data.protocols.noise import base_sample_id
 from raylab.methods.anomaly_benchmark import ClassEvaluation
 from raylab.report.figures import anomaly_overlays, roc_figure
+from raylab.timing import phase
 from raylab.tracking.mlflow_conventions import TrackedRun
+
+if TYPE_CHECKING:
+    from raylab.features import FeatureSpec
+
+# Run tag: JSON {class name: MLflow model URI} of the run's deployable models.
+MODELS_TAG = "raylab.models"
 
 
 def per_class_table(evaluations: Sequence[ClassEvaluation]) -> pd.DataFrame:
@@ -24,9 +33,23 @@ def per_class_table(evaluations: Sequence[ClassEvaluation]) -> pd.DataFrame:
 
 
 def log_anomaly_artifacts(
-    run: TrackedRun, evaluations: Sequence[ClassEvaluation], corpus: pa.Table, *, per_side: int = 4, save_model: bool = True
+    run: TrackedRun,
+    evaluations: Sequence[ClassEvaluation],
+    corpus: pa.Table,
+    *,
+    per_side: int = 4,
+    save_model: bool = True,
+    features: FeatureSpec | None = None,
 ) -> None:
-    """Log the per-class table, ROC curves, the most/least anomalous test images and the model."""
+    """Log the per-class table, ROC curves, the most/least anomalous test images and the models.
+
+    With the run's ``features``, every class's detector that can be deployed is logged as an
+    MLflow model (``model-<class>``, see :mod:`raylab.deploy.anomaly_model`) and the run's
+    ``raylab.models`` tag maps each class to its model URI; any other detector is saved in
+    its own format under ``model/<class>``.
+    """
+    from raylab.deploy.anomaly_model import detector_kind, log_anomaly_model
+
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         per_class_table(evaluations).to_csv(out / "per_class_metrics.csv", index=False)
@@ -35,23 +58,34 @@ def log_anomaly_artifacts(
             if evaluation.prediction.maps is not None:
                 _overlay(evaluation, corpus, per_side, out / f"overlays_{evaluation.class_name}.png")
         run.log_artifacts(out)
-        if save_model:
-            for evaluation in evaluations:
-                save = getattr(evaluation.detector, "save", None)
-                if save is not None:
-                    model_dir = Path(scratch) / "model" / evaluation.class_name
-                    save(model_dir)
-                    run.log_artifacts(model_dir, f"model/{evaluation.class_name}")
+        if not save_model:
+            return
+        models = {}
+        for evaluation in evaluations:
+            if features is not None and detector_kind(evaluation.detector) is not None:
+                with phase("MLflow: logging deployable models"):
+                    example = _images(corpus, [base_sample_id(evaluation.test_ids[0])])[0]
+                    models[evaluation.class_name] = log_anomaly_model(run, evaluation, features, example, out)
+            elif hasattr(evaluation.detector, "save"):
+                model_dir = out / "model" / evaluation.class_name
+                evaluation.detector.save(model_dir)
+                run.log_artifacts(model_dir, f"model/{evaluation.class_name}")
+        if models:
+            run.client.set_tag(run.run_id, MODELS_TAG, json.dumps(models, sort_keys=True))
+
+
+def _images(corpus: pa.Table, sample_ids: list[str]) -> list[bytes]:
+    rows = corpus.filter(pc.is_in(corpus["sample_id"], pa.array(sample_ids)))
+    by_id = dict(zip(rows.column("sample_id").to_pylist(), rows.column("image").to_pylist()))
+    return [by_id[i] for i in sample_ids]
 
 
 def _overlay(evaluation: ClassEvaluation, corpus: pa.Table, per_side: int, path: Path) -> None:
     order = np.argsort(evaluation.prediction.image_scores)
     picked = list(order[::-1][:per_side]) + list(order[:per_side])
     ids = [base_sample_id(evaluation.test_ids[i]) for i in picked]
-    rows = corpus.filter(pc.is_in(corpus["sample_id"], pa.array(ids)))
-    by_id = dict(zip(rows.column("sample_id").to_pylist(), rows.column("image").to_pylist()))
     size = evaluation.prediction.maps.shape[-1]
-    images = [np.asarray(decode_image(by_id[i], sample=i, mode="L").resize((size, size), Image.BILINEAR)) for i in ids]
+    images = [np.asarray(decode_image(data, sample=i, mode="L").resize((size, size), Image.BILINEAR)) for i, data in zip(ids, _images(corpus, ids))]
     masks = [evaluation.masks[i] if evaluation.masks is not None else None for i in picked]
     titles = [
         f"{'most' if n < per_side else 'least'} | label {evaluation.labels[i]} | {evaluation.prediction.image_scores[i]:.3g}"

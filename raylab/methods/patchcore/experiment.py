@@ -85,7 +85,7 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig,
     tags = {"method": "patchcore", **values, "trial": context.trial_id}
     with context.nested_run(f"patchcore-{setting.tag()}-{context.trial_id}", params=config, tags=tags) as run:
         run.log_metrics(metrics)
-        log_anomaly_artifacts(run, evaluations, inputs.corpus)
+        log_anomaly_artifacts(run, evaluations, inputs.corpus, features=config.patchcore.features)
         run.log_text(result.manifest.to_csv(index=False), "protocol_manifest.csv")
     per_class = {e.class_name: e.metrics for e in evaluations}
     return TrialResult([Row("patchcore", context.dataset, values, metrics, {"per_class": per_class})])

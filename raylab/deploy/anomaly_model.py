@@ -1,0 +1,229 @@
+"""A fitted anomaly detector as a self-contained scorer and an MLflow ``pyfunc`` model.
+
+A scorer folder holds what turns an image into a score, and nothing that needs the training
+run: the feature extractor's weights (``backbone.safetensors``, the features-only network, so
+a model fitted on hub weights scores offline), the detector's own saved state (``detector/``),
+and ``scorer.json`` (detector kind, feature spec, decision threshold, the run's metrics). A
+manifest of sizes and SHA-256 digests is written last and checked before anything is read: a
+model copied badly between stores fails naming the file instead of scoring wrongly. No file is
+unpickled (safetensors, JSON, ``.npz`` without pickles, the detectors' own formats).
+
+The decision threshold is the image score that maximised F1 on the run's test split (the
+adaptive threshold anomaly-detection toolkits report): it makes ``is_anomalous`` comparable
+across runs, but a deployment should calibrate its own on held-out images of its line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from raylab.artefacts import verify, write_manifest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from raylab.features import FeatureSpec
+    from raylab.methods.anomaly_benchmark import ClassEvaluation
+    from raylab.methods.anomaly_maps import AnomalyPrediction
+    from raylab.tracking.mlflow_conventions import TrackedRun
+
+FORMAT = "raylab-anomaly-scorer"
+VERSION = 1
+SCORER_FILE = "scorer.json"
+BACKBONE_FILE = "backbone.safetensors"
+DETECTOR_DIR = "detector"
+BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class DetectorKind:
+    """How a saved detector is read back: the module and class whose ``load`` reads it, its
+    options, and the fitted classes whose ``save`` writes that format."""
+
+    module: str
+    cls: str
+    fitted: tuple[str, ...]
+    load_options: tuple[tuple[str, Any], ...] = ()
+
+    def load(self, directory: Path):
+        detector_type = getattr(importlib.import_module(self.module), self.cls)
+        return detector_type.load(directory, **dict(self.load_options))
+
+
+# Detectors that save and load themselves. MeDS saves its final network, so MeDS and its
+# stage-2 network deploy as the same reconstruction detector. The partial-memory detector
+# scores in-process: a served model must not start (or need) a Ray cluster per request.
+DETECTOR_KINDS = {
+    "patchcore": DetectorKind("raylab.methods.patchcore.model", "PatchCore", ("PatchCore",)),
+    "reconstruction": DetectorKind("raylab.methods.meds.method", "ReconstructionDetector", ("MeDS", "ReconstructionDetector")),
+    "partial_memory": DetectorKind(
+        "raylab.methods.meds.partial_memory", "PartialMemoryDetector", ("PartialMemoryDetector",), (("use_ray", False),)
+    ),
+}
+
+
+def detector_kind(detector: object) -> str | None:
+    """The registry name of ``detector``'s saved format, or None when it cannot be deployed yet."""
+    for name, kind in DETECTOR_KINDS.items():
+        if type(detector).__name__ in kind.fitted and type(detector).__module__.startswith("raylab.methods."):
+            return name
+    return None
+
+
+def save_scorer(
+    directory: Path, detector: object, spec: FeatureSpec, *, image_threshold: float, class_name: str, metrics: dict[str, float]
+) -> Path:
+    """Write a scorer folder for a fitted ``detector`` on ``spec``'s features (manifest last)."""
+    from safetensors.torch import save_file
+
+    from raylab.features.backbones import create_backbone
+
+    kind = detector_kind(detector)
+    if kind is None:
+        raise TypeError(f"{type(detector).__name__} cannot be deployed: it is not one of {sorted(DETECTOR_KINDS)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    detector.save(directory / DETECTOR_DIR)
+    state = {k: v.contiguous() for k, v in create_backbone(spec.backbone).state_dict().items()}
+    save_file(state, str(directory / BACKBONE_FILE))
+    info = {
+        "format": FORMAT, "version": VERSION, "kind": kind, "class_name": class_name,
+        "feature_spec": dataclasses.asdict(spec), "image_threshold": image_threshold, "metrics": metrics,
+    }
+    (directory / SCORER_FILE).write_text(json.dumps(info, indent=2, default=_finite_or_none))
+    write_manifest(directory, _files(directory))
+    return directory
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not np.isfinite(value) else str(value)
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+class AnomalyScorer:
+    """A scorer folder loaded: encoded images in, image scores, maps and decisions out."""
+
+    def __init__(self, directory: str | Path, threads: int | None = None) -> None:
+        from safetensors.torch import load_file
+
+        from raylab.config import from_mapping
+        from raylab.features import FeatureSpec
+        from raylab.features.backbones import feature_wrapper, frozen
+        from raylab.features.extract import PatchFeatureExtractor
+
+        directory = Path(directory)
+        verify(directory)  # every file the manifest lists: changed, truncated or missing
+        info = json.loads((directory / SCORER_FILE).read_text())
+        if info.get("format") != FORMAT or info.get("version") != VERSION:
+            raise ValueError(f"{directory / SCORER_FILE}: not a {FORMAT} v{VERSION} folder (format {info.get('format')!r}, version {info.get('version')!r})")
+        self.info = info
+        self.spec = from_mapping(FeatureSpec, info["feature_spec"], where=str(directory / SCORER_FILE))
+        backbone = feature_wrapper(self.spec.backbone)
+        backbone.load_state_dict(load_file(str(directory / BACKBONE_FILE)), strict=True)
+        self.extractor = PatchFeatureExtractor(self.spec, threads or _default_threads(), backbone=frozen(backbone))
+        self.detector = DETECTOR_KINDS[info["kind"]].load(directory / DETECTOR_DIR)
+        self.threshold = float(info["image_threshold"]) if info["image_threshold"] is not None else float("nan")
+
+    @property
+    def image_size(self) -> int:
+        return self.spec.image_size
+
+    def score(self, images: Sequence[bytes], sample_ids: Sequence[str] | None = None, *, with_maps: bool = False) -> AnomalyPrediction:
+        """Score encoded images in batches; ``sample_ids`` name them in decoding errors."""
+        from raylab.methods.anomaly_maps import AnomalyPrediction
+
+        ids = list(sample_ids) if sample_ids is not None else [f"image {i}" for i in range(len(images))]
+        parts = []
+        for start in range(0, len(images), BATCH_SIZE):
+            batch = {"image": np.asarray(images[start : start + BATCH_SIZE], dtype=object), "sample_id": np.asarray(ids[start : start + BATCH_SIZE])}
+            parts.append(self.detector.predict(self.extractor(batch)["patches"], with_maps=with_maps))
+        if not parts:
+            raise ValueError("no images to score")
+        return AnomalyPrediction(
+            image_scores=np.concatenate([p.image_scores for p in parts]),
+            patch_scores=np.concatenate([p.patch_scores for p in parts]),
+            maps=np.concatenate([p.maps for p in parts]) if with_maps else None,
+        )
+
+    def frame(self, prediction: AnomalyPrediction) -> pd.DataFrame:
+        """The model's output table: image score, decision at the stored threshold, optional map."""
+        import pandas as pd
+
+        scores = np.asarray(prediction.image_scores, dtype=np.float64)
+        table = pd.DataFrame({"image_score": scores, "is_anomalous": scores >= self.threshold})
+        if prediction.maps is not None:
+            table["anomaly_map"] = [m.astype(np.float32).tolist() for m in prediction.maps]
+        return table
+
+
+def _default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def model_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema([ColSpec("double", "image_score"), ColSpec("boolean", "is_anomalous")]),
+        params=ParamSchema([ParamSpec("with_maps", "boolean", False)]),
+    )
+
+
+def pinned_requirements() -> list[str]:
+    """The scoring stack at the versions that fitted the model (raylab itself is recorded in
+    the model's metadata: it is installed from its own checkout, not from PyPI)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("torch", "timm", "numpy", "pandas", "pillow", "safetensors", "scipy", "mlflow", "faiss-cpu", "faiss-gpu"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: FeatureSpec, example_image: bytes, scratch: Path) -> str | None:
+    """Log ``evaluation``'s fitted detector as an MLflow model named ``model-<class>`` attached
+    to ``run``; returns its model URI (None for a detector that cannot be deployed yet)."""
+    import mlflow
+    import pandas as pd
+
+    import raylab
+    from raylab.eval.anomaly import best_f1_threshold
+    from raylab.tracking.mlflow_conventions import git_commit
+
+    if detector_kind(evaluation.detector) is None:
+        return None
+    _, threshold = best_f1_threshold(evaluation.labels, evaluation.prediction.image_scores)
+    folder = save_scorer(
+        scratch / f"scorer-{evaluation.class_name}", evaluation.detector, spec,
+        image_threshold=threshold, class_name=evaluation.class_name, metrics=dict(evaluation.metrics),
+    )
+    # MLflow links a logged model to the active run; tracked runs are created through the client.
+    with mlflow.start_run(run_id=run.run_id, nested=True):
+        info = mlflow.pyfunc.log_model(
+            name=f"model-{evaluation.class_name}",
+            python_model=str(Path(__file__).with_name("anomaly_pyfunc.py")),
+            artifacts={"scorer": str(folder)},
+            signature=model_signature(),
+            input_example=pd.DataFrame({"image": [example_image]}),
+            pip_requirements=pinned_requirements(),
+            metadata={"raylab_version": raylab.__version__, "raylab_git_commit": git_commit(), "class_name": evaluation.class_name},
+        )
+    run.client.update_run(run.run_id, status="RUNNING")  # start_run's exit ended it; its tracked_run ends it
+    return info.model_uri
+

@@ -1,0 +1,121 @@
+"""Deploying fitted detectors: scorer folders, MLflow models, batch scoring, promotion.
+
+Everything runs on real magnetic-tile images with the real backbone; the MLflow store is
+the session's SQLite file and models are read back through ``mlflow.pyfunc.load_model``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from raylab.artefacts import CorruptArtefactError
+from raylab.data import load_corpus
+from raylab.data.protocols import subsample_corpus
+from raylab.deploy.anomaly_model import AnomalyScorer, log_anomaly_model, save_scorer
+from raylab.features import FeatureSpec
+from raylab.features.extract import PatchFeatureExtractor
+from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
+from raylab.methods.patchcore import PatchCoreConfig
+from raylab.methods.patchcore.model import PatchCore
+from raylab.tracking import tracked_run
+
+IMAGE_SIZE = 112
+SPEC = FeatureSpec(image_size=IMAGE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data: Path) -> pa.Table:
+    return subsample_corpus(load_corpus("magnetic_tile", shared_data), 12)
+
+
+@pytest.fixture(scope="module")
+def extractor() -> PatchFeatureExtractor:
+    return PatchFeatureExtractor(SPEC, threads=2)
+
+
+def _images(corpus: pa.Table, sample_ids: list[str]) -> list[bytes]:
+    rows = corpus.filter(pc.is_in(corpus["sample_id"], pa.array(sample_ids)))
+    by_id = dict(zip(rows.column("sample_id").to_pylist(), rows.column("image").to_pylist()))
+    return [by_id[s] for s in sample_ids]
+
+
+class _InProcessFeatures:
+    """Features of the corpus by sample id, extracted in this process (no Ray needed here)."""
+
+    def __init__(self, corpus: pa.Table, extractor: PatchFeatureExtractor) -> None:
+        self.corpus, self.extractor = corpus, extractor
+
+    def take(self, sample_ids) -> np.ndarray:
+        ids = list(sample_ids)
+        return self.extractor({"image": np.asarray(_images(self.corpus, ids), dtype=object), "sample_id": np.asarray(ids)})["patches"]
+
+
+@pytest.fixture(scope="module")
+def evaluation(corpus, extractor):
+    (split,) = class_splits(corpus, IMAGE_SIZE)
+    features = _InProcessFeatures(corpus, extractor)
+    detector = PatchCore(PatchCoreConfig(features=SPEC, coreset_ratio=0.1), seed=0).fit(features.take(split.train_ids))
+    return evaluate_fitted(detector, split, features)
+
+
+def test_scorer_scores_exactly_as_the_fitted_detector(evaluation, corpus, tmp_path):
+    folder = save_scorer(tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics=evaluation.metrics)
+    scorer = AnomalyScorer(folder, threads=2)
+    prediction = scorer.score(_images(corpus, evaluation.test_ids), evaluation.test_ids, with_maps=True)
+    np.testing.assert_array_equal(prediction.image_scores, evaluation.prediction.image_scores)
+    np.testing.assert_array_equal(prediction.maps, evaluation.prediction.maps)
+    table = scorer.frame(prediction)
+    assert table["is_anomalous"].tolist() == (prediction.image_scores >= 0.5).tolist()
+    assert scorer.info["kind"] == "patchcore" and scorer.image_size == IMAGE_SIZE
+
+
+def test_scorer_refuses_a_changed_or_missing_file(evaluation, tmp_path):
+    folder = save_scorer(tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics={})
+    weights = folder / "backbone.safetensors"
+    original = weights.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CorruptArtefactError, match=r"backbone\.safetensors: checksum differs"):
+        AnomalyScorer(folder)
+    weights.write_bytes(original)
+    bank = next((folder / "detector").iterdir())
+    bank.unlink()
+    with pytest.raises(CorruptArtefactError, match=rf"{bank.name}: missing"):
+        AnomalyScorer(folder)
+
+
+def test_scorer_names_an_image_it_cannot_decode(evaluation, tmp_path):
+    folder = save_scorer(tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics={})
+    with pytest.raises(ValueError, match="upload-7: cannot decode image"):
+        AnomalyScorer(folder).score([b"not an image"], ["upload-7"])
+
+
+def test_logged_model_loads_through_mlflow_and_scores_the_same(evaluation, corpus, tmp_path):
+    images = _images(corpus, evaluation.test_ids)
+    with tracked_run("deploy_test", "patchcore-magnetic_tile", tags={"method": "patchcore"}) as run:
+        uri = log_anomaly_model(run, evaluation, SPEC, images[0], tmp_path)
+    finished = mlflow.MlflowClient().get_run(run.run_id)
+    assert finished.info.status == "FINISHED"
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[finished.info.experiment_id], filter_string=f"source_run_id = '{run.run_id}'", output_format="list"
+    )
+    assert logged.name == "model-magnetic_tile"
+    model = mlflow.pyfunc.load_model(uri)
+    out = model.predict(pd.DataFrame({"image": images}))
+    np.testing.assert_array_equal(out["image_score"].to_numpy(), evaluation.prediction.image_scores)
+    # The stored threshold is the test split's F1-optimal one: it separates as well as F1 max says.
+    threshold = model.unwrap_python_model().scorer.threshold
+    predicted = out["is_anomalous"].to_numpy()
+    true_positive = int((predicted & (evaluation.labels == 1)).sum())
+    f1 = 2 * true_positive / (predicted.sum() + (evaluation.labels == 1).sum())
+    assert f1 == pytest.approx(evaluation.metrics["image_f1_max"]) and np.isfinite(threshold)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
+    assert "torch==" in requirements and "timm==" in requirements
