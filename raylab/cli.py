@@ -26,6 +26,16 @@ def main(argv: list[str] | None = None) -> int:
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db or $RAYLAB_HOME/mlruns.db, "
         "else the ~/.raylab/mlruns.db that `ray job submit` jobs write)",
     )
+    predict = commands.add_parser("predict", help="score a folder or Parquet file of images with a logged model, on Ray Data")
+    predict.add_argument("model_uri", help="an MLflow model URI: models:/<id>, models:/<name>@<alias>, runs:/<run>/<name>")
+    predict.add_argument("--input", required=True, help="a folder of images (searched recursively) or a .parquet file with an 'image' column")
+    predict.add_argument("--output", required=True, help="folder for the Parquet results and overlays (a re-run skips chunks already scored)")
+    predict.add_argument("--actors", type=int, default=1, help="scoring actors in the pool (each loads the model once)")
+    predict.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each actor asks for (and its torch threads)")
+    predict.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs each actor asks for (0: score on CPU)")
+    predict.add_argument("--chunk-size", type=int, default=64, help="images per result file, the unit of resuming")
+    predict.add_argument("--overlays", choices=("anomalous", "all", "none"), default="anomalous", help="which images get a heat-map PNG")
+    predict.add_argument("--tracking-uri", default=None, help="MLflow tracking URI the model is read from (default: raylab's store)")
     run = commands.add_parser("run", help="run an experiment by name: raylab run meds_sweep --quick")
     run.add_argument("job", help="experiment name (see `raylab jobs`)")
     run.add_argument("args", nargs=argparse.REMAINDER)
@@ -58,6 +68,20 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(str(error))
         else:
             parser.exit(2, "".join(f"raylab report: {error}\n" for error in errors))
+    elif args.command == "predict":
+        import json
+        import os
+
+        from raylab.deploy.batch import PredictOptions
+        from raylab.deploy.batch import predict as score_images
+
+        if args.tracking_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+        try:
+            options = PredictOptions(args.actors, args.cpus_per_actor, args.gpus_per_actor, args.chunk_size, args.overlays)
+        except ValueError as error:
+            parser.error(str(error))
+        print(json.dumps(score_images(args.model_uri, args.input, args.output, options)))
     elif args.command == "run":
         from raylab.experiment import experiment_names
         from raylab.experiment import main as run_experiment

@@ -19,6 +19,7 @@ from raylab.artefacts import CorruptArtefactError
 from raylab.data import load_corpus
 from raylab.data.protocols import subsample_corpus
 from raylab.deploy.anomaly_model import AnomalyScorer, log_anomaly_model, save_scorer
+from raylab.deploy.batch import PredictOptions, predict
 from raylab.features import FeatureSpec
 from raylab.features.extract import PatchFeatureExtractor
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
@@ -119,3 +120,49 @@ def test_logged_model_loads_through_mlflow_and_scores_the_same(evaluation, corpu
     assert f1 == pytest.approx(evaluation.metrics["image_f1_max"]) and np.isfinite(threshold)
     requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
     assert "torch==" in requirements and "timm==" in requirements
+
+
+@pytest.fixture(scope="module")
+def logged_model(evaluation, corpus, tmp_path_factory) -> str:
+    with tracked_run("deploy_test", "patchcore-for-serving", tags={"method": "patchcore"}) as run:
+        return log_anomaly_model(run, evaluation, SPEC, _images(corpus, evaluation.test_ids[:1])[0], tmp_path_factory.mktemp("model"))
+
+
+def test_batch_predict_scores_a_folder_as_in_process_and_resumes(logged_model, evaluation, corpus, ray_session, tmp_path):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    images = _images(corpus, evaluation.test_ids)
+    for sample_id, image in zip(evaluation.test_ids, images):
+        (folder / f"{sample_id.replace('/', '_')}.png").write_bytes(image)
+    out = tmp_path / "scored"
+    options = PredictOptions(actors=1, chunk_size=5)
+    first = predict(logged_model, folder, out, options)
+    assert first["scored"] == first["images"] == len(images) and first["skipped"] == 0
+    results = pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))]).set_index("sample_id")
+    expected = dict(zip([f"{s.replace('/', '_')}.png" for s in evaluation.test_ids], evaluation.prediction.image_scores))
+    assert set(results.index) == set(expected)
+    np.testing.assert_allclose(results["image_score"].to_numpy(), [expected[i] for i in results.index], rtol=1e-5)
+    scorer_threshold = mlflow.pyfunc.load_model(logged_model).unwrap_python_model().scorer.threshold
+    assert results["is_anomalous"].tolist() == (results["image_score"] >= scorer_threshold).tolist()
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert len(overlays) == int(results["is_anomalous"].sum()) and overlays[0].read_bytes()[:4] == b"\x89PNG"
+
+    again = predict(logged_model, folder, out, options)
+    assert (again["scored"], again["skipped"]) == (0, len(images))  # nothing redone
+    lost = sorted(out.glob("part-*.parquet"))[0]
+    rows_lost = len(pd.read_parquet(lost))
+    lost.unlink()
+    third = predict(logged_model, folder, out, options)
+    assert third["scored"] == rows_lost and lost.is_file()  # only the missing chunk
+
+
+def test_batch_predict_rejects_bad_inputs_before_ray(logged_model, tmp_path, no_ray):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"{empty}: no images"):
+        predict(logged_model, empty, tmp_path / "out", PredictOptions())
+    (empty / "a.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="models:/m-doesnotexist: no MLflow model there"):
+        predict("models:/m-doesnotexist", empty, tmp_path / "out", PredictOptions())
+    with pytest.raises(ValueError, match="--overlays must be one of"):
+        PredictOptions(overlays="some")
