@@ -36,6 +36,26 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--chunk-size", type=int, default=64, help="images per result file, the unit of resuming")
     predict.add_argument("--overlays", choices=("anomalous", "all", "none"), default="anomalous", help="which images get a heat-map PNG")
     predict.add_argument("--tracking-uri", default=None, help="MLflow tracking URI the model is read from (default: raylab's store)")
+    serve_cmd = commands.add_parser("serve", help="serve a logged model over HTTP on Ray Serve (POST /predict, GET /healthz, GET /model)")
+    serve_cmd.add_argument("model_uri", help="an MLflow model URI, e.g. models:/magnetic-tile@champion")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="interface the HTTP proxy binds; 0.0.0.0 exposes it to the network")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--min-replicas", type=int, default=1)
+    serve_cmd.add_argument("--max-replicas", type=int, default=1, help="above --min-replicas, replicas scale on queued requests")
+    serve_cmd.add_argument("--cpus-per-replica", type=float, default=1.0)
+    serve_cmd.add_argument("--gpus-per-replica", type=float, default=0.0)
+    serve_cmd.add_argument("--max-batch-size", type=int, default=8, help="images scored in one backbone pass")
+    serve_cmd.add_argument("--batch-wait-timeout", type=float, default=0.01, help="seconds a request waits for batch-mates")
+    serve_cmd.add_argument("--tracking-uri", default=None, help="MLflow tracking URI the model is read from (default: raylab's store)")
+    promote_cmd = commands.add_parser("promote", help="register a sweep's best model in the MLflow Model Registry under an alias")
+    promote_cmd.add_argument("experiment", help="job experiment, e.g. patchcore_eval or raylab/meds_sweep")
+    promote_cmd.add_argument("--metric", required=True, help="metric that ranks the runs, e.g. image_auroc")
+    promote_cmd.add_argument("--mode", choices=("max", "min"), default="max")
+    promote_cmd.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="only runs with this setting tag (repeatable), e.g. noise_ratio=0.4 method=meds")
+    promote_cmd.add_argument("--class", dest="class_name", default=None, help="the class whose model to register (runs hold one model per class)")
+    promote_cmd.add_argument("--name", required=True, help="registered model name")
+    promote_cmd.add_argument("--alias", default="champion")
+    promote_cmd.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: raylab's store)")
     run = commands.add_parser("run", help="run an experiment by name: raylab run meds_sweep --quick")
     run.add_argument("job", help="experiment name (see `raylab jobs`)")
     run.add_argument("args", nargs=argparse.REMAINDER)
@@ -82,6 +102,25 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             parser.error(str(error))
         print(json.dumps(score_images(args.model_uri, args.input, args.output, options)))
+    elif args.command == "serve":
+        return _serve(parser, args)
+    elif args.command == "promote":
+        import json
+        import os
+
+        from raylab.deploy.promote import parse_filters, promote
+
+        if args.tracking_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+        from raylab.tracking.mlflow_conventions import configure
+
+        configure()
+        try:
+            where = parse_filters(args.where)
+            done = promote(args.experiment, args.metric, name=args.name, alias=args.alias, mode=args.mode, where=where, class_name=args.class_name)
+        except (ValueError, LookupError) as error:
+            parser.exit(2, f"raylab promote: {error}\n")
+        print(json.dumps({**done.__dict__, "serve": f"raylab serve {done.registry_uri()}"}))
     elif args.command == "run":
         from raylab.experiment import experiment_names
         from raylab.experiment import main as run_experiment
@@ -90,6 +129,36 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no experiment {args.job!r}; known: {', '.join(experiment_names())}")
         sys.argv = [f"raylab run {args.job}", *args.args]
         run_experiment(args.job, list(args.args))
+    return 0
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Deploy, print where, and keep serving until interrupted (then take the app down)."""
+    import os
+    import time
+
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    from raylab.deploy.serving import ServeOptions, start
+    from raylab.tracking.mlflow_conventions import configure
+
+    configure()
+    try:
+        options = ServeOptions(
+            args.host, args.port, args.min_replicas, args.max_replicas, args.cpus_per_replica, args.gpus_per_replica,
+            args.max_batch_size, args.batch_wait_timeout,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    url = start(args.model_uri, options)
+    print(f"raylab serve: {args.model_uri} at {url} (POST {url}/predict, GET {url}/healthz, GET {url}/model); Ctrl-C stops it", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
     return 0
 
 

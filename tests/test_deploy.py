@@ -6,6 +6,10 @@ the session's SQLite file and models are read back through ``mlflow.pyfunc.load_
 
 from __future__ import annotations
 
+import base64
+import json
+import socket
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,18 +18,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import requests
 
 from raylab.artefacts import CorruptArtefactError
 from raylab.data import load_corpus
 from raylab.data.protocols import subsample_corpus
 from raylab.deploy.anomaly_model import AnomalyScorer, log_anomaly_model, save_scorer
 from raylab.deploy.batch import PredictOptions, predict
+from raylab.deploy.load_test import run_load
+from raylab.deploy.promote import Promotion, parse_filters, promote
+from raylab.deploy.serving import ServeOptions, start
 from raylab.features import FeatureSpec
 from raylab.features.extract import PatchFeatureExtractor
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
 from raylab.methods.patchcore import PatchCoreConfig
 from raylab.methods.patchcore.model import PatchCore
 from raylab.tracking import tracked_run
+from raylab.tracking.anomaly_artifacts import MODELS_TAG
 
 IMAGE_SIZE = 112
 SPEC = FeatureSpec(image_size=IMAGE_SIZE)
@@ -166,3 +175,101 @@ def test_batch_predict_rejects_bad_inputs_before_ray(logged_model, tmp_path, no_
         predict("models:/m-doesnotexist", empty, tmp_path / "out", PredictOptions())
     with pytest.raises(ValueError, match="--overlays must be one of"):
         PredictOptions(overlays="some")
+
+
+@pytest.fixture(scope="module")
+def promoted(logged_model) -> Promotion:
+    """Two finished runs of one job share the model; the better one by AUROC at noise 0.1 is promoted."""
+    for value, ratio in ((0.71, "0.1"), (0.93, "0.1"), (0.99, "0.2")):
+        with tracked_run("deploy_promote_test", f"patchcore-{value}", tags={"method": "patchcore", "noise_ratio": ratio}) as run:
+            run.log_metrics({"image_auroc": value})
+            run.client.set_tag(run.run_id, MODELS_TAG, json.dumps({"magnetic_tile": logged_model}))
+            if value == 0.93:
+                best_run_id = run.run_id
+    done = promote("deploy_promote_test", "image_auroc", name="magnetic-tile-test", where={"noise_ratio": "0.1"})
+    assert done.run_id == best_run_id and done.value == pytest.approx(0.93)
+    return done
+
+
+def test_promote_registers_the_best_run_under_an_alias(promoted):
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("magnetic-tile-test", "champion")
+    assert str(version.version) == promoted.version
+    assert version.tags["raylab.metric"] == "image_auroc" and version.tags["raylab.setting.noise_ratio"] == "0.1"
+    assert version.tags["raylab.run_id"] == promoted.run_id
+    with pytest.raises(LookupError, match="no finished run with models and metric 'pixel_auroc'"):
+        promote("deploy_promote_test", "pixel_auroc", name="magnetic-tile-test")
+    with pytest.raises(ValueError, match="--where 'noise_ratio': expected KEY=VALUE"):
+        parse_filters(["noise_ratio"])
+
+
+@pytest.fixture(scope="module")
+def service(promoted, ray_session):
+    """The promoted model served from the registry alias, on loopback, for this module's tests."""
+    from ray import serve
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = start(promoted.registry_uri(), ServeOptions(port=port, cpus_per_replica=0.5, max_batch_size=4), app_name="deploy-test")
+    _wait_healthy(url)
+    yield url
+    serve.delete("deploy-test")
+    serve.shutdown()
+
+
+def _wait_healthy(url: str, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not become healthy in {seconds} s")
+        time.sleep(0.5)
+
+
+def test_served_scores_equal_offline_scores(service, evaluation, corpus, promoted):
+    images = _images(corpus, evaluation.test_ids)
+    served = [requests.post(f"{service}/predict", data=image, timeout=60).json() for image in images]
+    np.testing.assert_allclose([s["image_score"] for s in served], evaluation.prediction.image_scores, rtol=1e-5)
+    with_map = requests.post(f"{service}/predict?heatmap=true", data=images[0], timeout=60).json()
+    assert base64.b64decode(with_map["heatmap_png_base64"])[:4] == b"\x89PNG"
+    described = requests.get(f"{service}/model", timeout=10).json()
+    assert described["alias"] == "champion" and str(described["version"]) == promoted.version
+    assert described["tags"]["raylab.run_id"] == promoted.run_id
+
+
+def test_bad_requests_get_a_4xx_naming_the_problem_and_the_service_keeps_serving(service, corpus, evaluation):
+    import io
+
+    from PIL import Image
+
+    def png(mode: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.new(mode, (32, 32)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    cases = {
+        b"": (400, "empty body"),
+        b"definitely not an image": (415, "not an image"),
+        png("RGBA"): (422, "RGBA (4 channels)"),
+        png("LA"): (422, "LA (2 channels)"),
+        b"\x00" * (20 * 1024 * 1024 + 1): (413, "exceeds the limit"),
+    }
+    for body, (status, message) in cases.items():
+        answer = requests.post(f"{service}/predict", data=body, timeout=60)
+        assert answer.status_code == status and message in answer.json()["error"], (status, answer.text[:200])
+    assert requests.get(f"{service}/nowhere", timeout=10).status_code == 404
+    good = requests.post(f"{service}/predict", data=_images(corpus, evaluation.test_ids[:1])[0], timeout=60)
+    assert good.status_code == 200 and np.isfinite(good.json()["image_score"])
+
+
+def test_bounded_load_on_loopback(service, corpus, evaluation):
+    """A fixed number of requests at a fixed concurrency: every one answered, latency reported."""
+    image = _images(corpus, evaluation.test_ids[:1])[0]
+    result = run_load(f"{service}/predict", image, requests_total=40, concurrency=4)
+    print(f"\nload test: {result}")
+    assert result["errors"] == 0 and result["requests"] == 40 and result["p99_ms"] >= result["p50_ms"] > 0
