@@ -300,5 +300,10 @@ def test_job_end_to_end_on_orl(ray_session, shared_data: Path, tmp_path: Path) -
     for child in children:
         assert child.data.tags.get("mlflow.parentRunId")
         assert {"figures/cmc.png", "figures/roc.png"} <= {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
-        assert client.list_artifacts(child.info.run_id, "periocular_encoder")
+        (logged,) = mlflow.search_logged_models(
+            experiment_ids=[child.info.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'", output_format="list"
+        )
+        uri = json.loads(child.data.tags["raylab.models"])["periocular_encoder"]
+        assert logged.name == "periocular_encoder" and uri.endswith(logged.model_id)
+        assert "torch==" in Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
         assert len(client.get_metric_history(child.info.run_id, "train/loss")) == 1

@@ -182,20 +182,6 @@ def model_signature():
     )
 
 
-def pinned_requirements() -> list[str]:
-    """The scoring stack at the versions that fitted the model (raylab itself is recorded in
-    the model's metadata: it is installed from its own checkout, not from PyPI)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for package in ("torch", "timm", "numpy", "pandas", "pillow", "safetensors", "scipy", "mlflow", "faiss-cpu", "faiss-gpu"):
-        try:
-            pins.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            continue
-    return pins
-
-
 def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: FeatureSpec, example_image: bytes, scratch: Path) -> str | None:
     """Log ``evaluation``'s fitted detector as an MLflow model named ``model-<class>`` attached
     to ``run``; returns its model URI (None for a detector that cannot be deployed yet)."""
@@ -203,6 +189,7 @@ def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: Featur
     import pandas as pd
 
     import raylab
+    from raylab.deploy.logged_models import attached_to, pinned_requirements
     from raylab.eval.anomaly import best_f1_threshold
     from raylab.tracking.mlflow_conventions import git_commit
 
@@ -213,8 +200,7 @@ def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: Featur
         scratch / f"scorer-{evaluation.class_name}", evaluation.detector, spec,
         image_threshold=threshold, class_name=evaluation.class_name, metrics=dict(evaluation.metrics),
     )
-    # MLflow links a logged model to the active run; tracked runs are created through the client.
-    with mlflow.start_run(run_id=run.run_id, nested=True):
+    with attached_to(run):
         info = mlflow.pyfunc.log_model(
             name=f"model-{evaluation.class_name}",
             python_model=str(Path(__file__).with_name("anomaly_pyfunc.py")),
@@ -224,6 +210,5 @@ def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: Featur
             pip_requirements=pinned_requirements(),
             metadata={"raylab_version": raylab.__version__, "raylab_git_commit": git_commit(), "class_name": evaluation.class_name},
         )
-    run.client.update_run(run.run_id, status="RUNNING")  # start_run's exit ended it; its tracked_run ends it
     return info.model_uri
 

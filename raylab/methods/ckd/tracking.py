@@ -3,12 +3,14 @@
 Per epoch: the loss terms, training and validation periocular top-1, learning rate. Final:
 the test metrics on unseen identities, a CMC curve and a verification ROC (FAR on a log
 axis) as PNG images, and the periocular encoder as an MLflow PyTorch model
-exported with ``torch.export`` (MLflow's ``pt2`` format: loads without raylab installed,
-``mlflow.pytorch.load_model("runs:/<id>/periocular_encoder")``).
+exported with ``torch.export`` (MLflow's ``pt2`` format: loads without raylab installed and
+unpickles nothing), logged as an MLflow 3 model attached to the run with torch pinned; its
+URI is the run's ``raylab.models`` tag (``mlflow.pytorch.load_model(uri)``).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -47,9 +49,11 @@ def log_ckd_run(run: TrackedRun, result: CKDRun, *, log_model: bool = True) -> N
         if log_model:
             import mlflow.pytorch
 
-            target = Path(scratch) / "periocular_encoder"
-            example = result.example_input
-            mlflow.pytorch.save_model(
-                result.encoder, str(target), input_example=example, serialization_format="pt2", pip_requirements=["torch"]
-            )
-            run.log_artifacts(target, "periocular_encoder")
+            from raylab.deploy.logged_models import attached_to, pinned_requirements
+
+            with attached_to(run):
+                info = mlflow.pytorch.log_model(
+                    result.encoder, name="periocular_encoder", input_example=result.example_input,
+                    serialization_format="pt2", pip_requirements=pinned_requirements(("torch", "numpy")),
+                )
+            run.set_tags(models=json.dumps({"periocular_encoder": info.model_uri}))
