@@ -17,7 +17,7 @@ from raylab.deploy.anomaly_model import AnomalyScorer
 
 # The model's signature is given explicitly when it is logged (an ``image`` column of bytes);
 # MLflow's hint-based schema inference would only repeat it, and warns on every load.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
 class AnomalyDetectorModel(PythonModel):

@@ -53,3 +53,21 @@ def run_load(url: str, body: bytes, *, requests_total: int, concurrency: int, ti
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "throughput_rps": round(requests_total / wall, 2),
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m raylab.deploy.load_test", description=__doc__.splitlines()[0])
+    parser.add_argument("url", help="the service's predict URL on loopback, e.g. http://127.0.0.1:8000/predict")
+    parser.add_argument("image", help="an image file sent as every request's body")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args(argv)
+    print(json.dumps(run_load(args.url, Path(args.image).read_bytes(), requests_total=args.requests, concurrency=args.concurrency)))
+
+
+if __name__ == "__main__":
+    main()
