@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--run", default=None, help="parent run name or id of the sweep (default: the latest sweep)")
     report.add_argument(
         "--tracking-uri", default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db or $RAYLAB_HOME/mlruns.db, "
-        "else the ~/.raylab/mlruns.db that `ray job submit` jobs write)",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db or $RAYLAB_HOME/mlflow.db, "
+        "else the ~/.raylab/mlflow.db that `ray job submit` jobs write; an mlruns.db of older versions beside either)",
     )
     predict = commands.add_parser("predict", help="score a folder or Parquet file of images with a logged model, on Ray Data")
     predict.add_argument("model_uri", help="an MLflow model URI: models:/<id>, models:/<name>@<alias>, runs:/<run>/<name>")
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Deploy, print where, and keep serving until interrupted (then take the app down)."""
     import os
-    import time
+    import signal
+    import threading
 
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
@@ -151,22 +152,26 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ValueError as error:
         parser.error(str(error))
     url = start(args.model_uri, options)
+    # Ray installs its own SIGINT handling; ours, set after it, turns Ctrl-C or a SIGTERM
+    # (a process manager's stop) into taking the app down instead of leaving it running.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     print(f"raylab serve: {args.model_uri} at {url} (POST {url}/predict, GET {url}/healthz, GET {url}/model); Ctrl-C stops it", file=sys.stderr)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve
+    stop.wait()
+    from ray import serve
 
-        serve.shutdown()
+    serve.shutdown()
     return 0
 
 
 def reading_stores() -> list[str]:
     """The MLflow stores ``raylab ui`` / ``raylab report`` read, best first: the explicit
     ``$MLFLOW_TRACKING_URI``; else the SQLite store a job started here writes, then the one
-    that ``ray job submit`` jobs write (``~/.raylab``, see :mod:`raylab.storage`); only the
-    existing ones (opening a SQLite URI creates the file), or the first when none exists."""
+    that ``ray job submit`` jobs write (``~/.raylab``, see :mod:`raylab.storage`), each
+    followed by the ``mlruns.db`` raylab wrote before it took MLflow's ``mlflow.db`` (so older
+    runs stay reachable); only the existing ones (opening a SQLite URI creates the file), or
+    the first when none exists."""
     import os
 
     from raylab.storage import tracking_db_candidates
