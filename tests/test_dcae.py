@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from raylab.data.images import CorruptSampleError
+from raylab.data.images import CorruptSampleError, encode_png
+from raylab.eval.anomaly import image_metrics
 from raylab.methods.dcae.config import (
     METHODS,
     TRAINED,
@@ -326,10 +328,23 @@ def test_sweep_job_end_to_end(ray_session, tmp_path):
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
     trial_runs = [r for r in runs if r.info.run_name in ("c0-s0", "c1-s0")]
     assert len(trial_runs) == 2
-    artifacts = {a.path for a in client.list_artifacts(trial_runs[0].info.run_id)}
-    assert {"reconstructions.png", "selection_trials.csv", "models"} <= artifacts
-    method_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == trial_runs[0].info.run_id]
-    assert sorted(r.data.tags["raylab.method"] for r in method_runs) == sorted(METHODS)
+    trial = next(r for r in trial_runs if r.info.run_name == "c0-s0")
+    artifacts = {a.path for a in client.list_artifacts(trial.info.run_id)}
+    assert {"reconstructions.png", "selection_trials.csv"} <= artifacts
+    method_runs = {r.data.tags["raylab.method"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id}
+    assert sorted(method_runs) == sorted(METHODS)
+
+    # Each method's network is an MLflow model: loaded from the store and fed the test images
+    # as encoded files, it reproduces the method's logged AUROC (DCAE scores in discriminator space).
+    resolved = result["config"]
+    data = decode_corpus(load_one_class_corpus("class_folders", root, resolved.protocol), resolved.protocol.color, resolved.protocol.resize_to)
+    split = one_class_split(data, 0, max_test=resolved.max_test_images, seed=resolved.protocol.split_seed)
+    images = pd.DataFrame({"image": [encode_png(image[0]) for image in split.test_images]})
+    for method in ("dcae", "ae_pixel"):
+        uri = json.loads(method_runs[method].data.tags["raylab.models"])[split.class_name]
+        scores = mlflow.pyfunc.load_model(uri).predict(images)["novelty_score"].to_numpy()
+        logged = next(r for r in rows if (r["method"], r["normal_class"]) == (method, 0))["metrics"]["auroc"]
+        assert image_metrics(split.test_novel, scores)["image_auroc"] == pytest.approx(logged), method
 
 
 def _resolved(*argv: str):

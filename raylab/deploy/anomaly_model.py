@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from raylab.artefacts import verify, write_manifest
+from raylab.deploy.scorer_folder import SCORER_FILE, finish_folder, finite, image_signature, log_scorer, read_folder
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 FORMAT = "raylab-anomaly-scorer"
 VERSION = 1
-SCORER_FILE = "scorer.json"
 BACKBONE_FILE = "backbone.safetensors"
 DETECTOR_DIR = "detector"
 BATCH_SIZE = 32
@@ -98,17 +96,7 @@ def save_scorer(
         "format": FORMAT, "version": VERSION, "kind": kind, "class_name": class_name,
         "feature_spec": dataclasses.asdict(spec), "image_threshold": image_threshold, "metrics": metrics,
     }
-    (directory / SCORER_FILE).write_text(json.dumps(info, indent=2, default=_finite_or_none))
-    write_manifest(directory, _files(directory))
-    return directory
-
-
-def _finite_or_none(value: Any) -> Any:
-    return None if isinstance(value, float) and not np.isfinite(value) else str(value)
-
-
-def _files(directory: Path) -> list[str]:
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json")
+    return finish_folder(directory, info)
 
 
 class AnomalyScorer:
@@ -123,17 +111,13 @@ class AnomalyScorer:
         from raylab.features.extract import PatchFeatureExtractor
 
         directory = Path(directory)
-        verify(directory)  # every file the manifest lists: changed, truncated or missing
-        info = json.loads((directory / SCORER_FILE).read_text())
-        if info.get("format") != FORMAT or info.get("version") != VERSION:
-            raise ValueError(f"{directory / SCORER_FILE}: not a {FORMAT} v{VERSION} folder (format {info.get('format')!r}, version {info.get('version')!r})")
-        self.info = info
+        self.info = info = read_folder(directory, FORMAT, VERSION)
         self.spec = from_mapping(FeatureSpec, info["feature_spec"], where=str(directory / SCORER_FILE))
         backbone = feature_wrapper(self.spec.backbone)
         backbone.load_state_dict(load_file(str(directory / BACKBONE_FILE)), strict=True)
         self.extractor = PatchFeatureExtractor(self.spec, threads or _default_threads(), backbone=frozen(backbone))
         self.detector = DETECTOR_KINDS[info["kind"]].load(directory / DETECTOR_DIR)
-        self.threshold = float(info["image_threshold"]) if info["image_threshold"] is not None else float("nan")
+        self.threshold = finite(info["image_threshold"])
 
     @property
     def image_size(self) -> int:
@@ -171,27 +155,10 @@ def _default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def model_signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("binary", "image")]),
-        outputs=Schema([ColSpec("double", "image_score"), ColSpec("boolean", "is_anomalous")]),
-        params=ParamSchema([ParamSpec("with_maps", "boolean", False)]),
-    )
-
-
 def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: FeatureSpec, example_image: bytes, scratch: Path) -> str | None:
     """Log ``evaluation``'s fitted detector as an MLflow model named ``model-<class>`` attached
     to ``run``; returns its model URI (None for a detector that cannot be deployed yet)."""
-    import mlflow
-    import pandas as pd
-
-    import raylab
-    from raylab.deploy.logged_models import attached_to, pinned_requirements
     from raylab.eval.anomaly import best_f1_threshold
-    from raylab.tracking.mlflow_conventions import git_commit
 
     if detector_kind(evaluation.detector) is None:
         return None
@@ -200,15 +167,8 @@ def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: Featur
         scratch / f"scorer-{evaluation.class_name}", evaluation.detector, spec,
         image_threshold=threshold, class_name=evaluation.class_name, metrics=dict(evaluation.metrics),
     )
-    with attached_to(run):
-        info = mlflow.pyfunc.log_model(
-            name=f"model-{evaluation.class_name}",
-            python_model=str(Path(__file__).with_name("anomaly_pyfunc.py")),
-            artifacts={"scorer": str(folder)},
-            signature=model_signature(),
-            input_example=pd.DataFrame({"image": [example_image]}),
-            pip_requirements=pinned_requirements(),
-            metadata={"raylab_version": raylab.__version__, "raylab_git_commit": git_commit(), "class_name": evaluation.class_name},
-        )
-    return info.model_uri
-
+    signature = image_signature({"image_score": "double", "is_anomalous": "boolean"}, {"with_maps": ("boolean", False)})
+    return log_scorer(
+        run, folder, name=f"model-{evaluation.class_name}", model_file="anomaly_pyfunc.py", signature=signature,
+        example_image=example_image, metadata={"class_name": evaluation.class_name},
+    )

@@ -138,6 +138,7 @@ def trial(setting: Setting, data: DecodedCorpus, config: DCAESweepConfig, contex
     import torch
 
     from raylab.data.store import cache_root
+    from raylab.deploy.novelty_model import log_novelty_model
     from raylab.eval.anomaly import image_metrics
     from raylab.methods.dcae.data import one_class_split
     from raylab.methods.dcae.selection import select_for_split
@@ -176,12 +177,15 @@ def trial(setting: Setting, data: DecodedCorpus, config: DCAESweepConfig, contex
             params = {"method": method, "score_space": space, "weights": weights}
             with context.nested_run(f"{method}-{trial_name}", params=params, tags={**tags, "method": method}, parent_run_id=run.run_id) as method_run:
                 method_run.log_metrics({"auroc": aurocs[method]})
+                with tempfile.TemporaryDirectory() as scratch:
+                    uri = log_novelty_model(
+                        method_run, trained.models[variant], method=method, network=config.network, variant=TRAINED[variant],
+                        space=space, color=config.protocol.color, test_images=split.test_images, test_scores=scores,
+                        test_novel=split.test_novel, class_name=split.class_name, metrics={"auroc": aurocs[method]}, scratch=Path(scratch),
+                    )
+                method_run.set_tags(models=json.dumps({split.class_name: uri}))
         run.log_metrics({f"{m}/auroc": v for m, v in aurocs.items()})
         _log_reconstructions(run, split, trained.models, config, seed, f"{context.dataset} class {normal_class} ({split.class_name}), seed {seed}")
-        with tempfile.TemporaryDirectory() as scratch:
-            for name, model in trained.models.items():
-                torch.save(model.state_dict(), Path(scratch) / f"{name}.pt")
-            run.log_artifacts(scratch, "models")
     extra = {"class_name": split.class_name, "loss_weights": dataclasses.asdict(weights)}
     return TrialResult([Row(m, context.dataset, dict(setting.values), {"auroc": aurocs[m]}, extra) for m in config.methods])
 
