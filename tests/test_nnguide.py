@@ -368,6 +368,27 @@ def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"results_table.txt", "results_table.csv", "auroc_fpr95.png", "config.yaml"} <= artifacts
 
+    # NNGuide with its classifier is an MLflow model: loaded from the store and fed the
+    # benchmark's own ID-test and OOD images as encoded files, it reproduces the logged AUROC.
+    import pandas as pd
+
+    from raylab.eval.anomaly import image_metrics
+    from raylab.methods.nnguide.benchmark import build_benchmark
+
+    config = _quick_job_config()
+    bench = build_benchmark(config.benchmark, None, 0, max_per_role=config.max_test_images_per_role)
+    nnguide = next(name for name in config.detectors if name.startswith("nnguide"))
+    nnguide_run = next(r for r in runs if r.data.tags.get("raylab.method") == nnguide)
+    model = mlflow.pyfunc.load_model(json.loads(nnguide_run.data.tags["raylab.models"])["id"])
+    ids = [*bench.roles["id_test"], *bench.roles["ood/digits_6_9"]]
+    by_id = dict(zip(bench.corpus.column("sample_id").to_pylist(), bench.corpus.column("image").to_pylist()))
+    scored = model.predict(pd.DataFrame({"image": [by_id[i] for i in ids]}))
+    is_ood = np.r_[np.zeros(len(bench.roles["id_test"])), np.ones(len(bench.roles["ood/digits_6_9"]))]
+    assert image_metrics(is_ood, scored["ood_score"].to_numpy())["image_auroc"] == pytest.approx(
+        nnguide_run.data.metrics["auroc/digits_6_9"], abs=1e-6
+    )
+    assert set(scored["predicted_class"]) <= set(bench.id_classes)
+
 
 def _refused(capsys, argv: list[str]) -> str:
     """The runner's exit for a bad input (code 2, before Ray starts); returns its message.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,11 @@ def image_signature(outputs: dict[str, str], params: dict[str, tuple[str, Any]] 
     )
 
 
+def model_name(name: str) -> str:
+    """``name`` with the characters MLflow refuses in a model name (``/ : . % " '``) as ``_``."""
+    return re.sub(r"[/:.%\"']", "_", name)
+
+
 def log_scorer(run: TrackedRun, folder: Path, *, name: str, model_file: str, signature, example_image: bytes, metadata: dict[str, Any]) -> str:
     """Log ``folder`` as the MLflow model ``name`` attached to ``run``; returns its URI."""
     import mlflow
@@ -70,7 +76,7 @@ def log_scorer(run: TrackedRun, folder: Path, *, name: str, model_file: str, sig
 
     with attached_to(run):
         info = mlflow.pyfunc.log_model(
-            name=name,
+            name=model_name(name),
             python_model=str(Path(__file__).with_name(model_file)),
             artifacts={"scorer": str(folder)},
             signature=signature,

@@ -239,6 +239,7 @@ def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, conte
     """Every detector (and the hyperparameter selection) for one protocol seed."""
     from raylab.methods.nnguide.benchmark import accuracy, evaluate_detector, flat_metrics
     from raylab.methods.nnguide.detectors import NNGuideDetector, fit_detector
+    from raylab.methods.nnguide.classifiers import build_classifier
     from raylab.methods.nnguide.features import extract_outputs
 
     seed = int(setting["seed"])
@@ -254,6 +255,7 @@ def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, conte
         run.log_text(str(bench.counts()), "roles.txt")
     source = outputs.take(bench.roles["id_train"])
     ood = {name: outputs.take(bench.roles[f"ood/{name}"]) for name in bench.ood_names}
+    weights = state if state is not None else build_classifier(config.classifier).state_dict()
     extra = {"classifier": arch, "id_accuracy": id_accuracy}
     rows: list[Row] = []
     for name, detector_config in config.detector_configs().items():
@@ -263,10 +265,36 @@ def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, conte
         diagnostics = nnguide_diagnostics(detector, id_test, ood) if isinstance(detector, NNGuideDetector) else {}
         with context.nested_run(f"{name}-s{seed}", params=detector_config, tags={**tags, "method": name}) as run:
             run.log_metrics(flat_metrics(per_set) | {"id_accuracy": id_accuracy} | {f"diag/{k}": v for k, v in diagnostics.items()})
+            log_detector_model(run, name, detector, detector_config, source, id_test, ood, bench, config, weights)
         rows += _set_rows(name, context.dataset, seed, per_set, **extra)
     if config.sweep.enabled and bench.validation_ood is not None:
         rows += tuned_rows(config, bench, outputs, seed, context, tags, extra)
     return TrialResult(rows)
+
+
+def log_detector_model(run, name: str, detector, detector_config, source, id_test, ood, bench: Benchmark, config: NNGuideEvalConfig, weights) -> None:
+    """The detector with its classifier as an MLflow model on the detector's run (``raylab.models``)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from raylab.deploy.ood_model import log_ood_model
+    from raylab.methods.nnguide.benchmark import ood_scores
+
+    first = bench.roles["id_test"][0]
+    example = bench.corpus.filter(pc.is_in(bench.corpus["sample_id"], pa.array([first]))).column("image")[0].as_py()
+    with tempfile.TemporaryDirectory() as scratch:
+        uri = log_ood_model(
+            run, name=name, classifier=config.classifier, state=weights, detector=detector_config, source=source,
+            class_names=bench.id_classes, id_scores=ood_scores(detector, id_test),
+            ood_scores=np.concatenate([ood_scores(detector, outputs) for outputs in ood.values()]),
+            metrics={}, example_image=example, scratch=Path(scratch),
+        )
+    run.set_tags(models=json.dumps({"id": uri}))
 
 
 def tuned_rows(config: NNGuideEvalConfig, bench: Benchmark, outputs: OutputSet, seed: int, context: TrialContext, tags, extra) -> list[Row]:
