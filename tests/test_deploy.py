@@ -231,6 +231,7 @@ def _wait_healthy(url: str, seconds: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.ops
 def test_served_scores_equal_offline_scores(service, evaluation, corpus, promoted):
     images = _images(corpus, evaluation.test_ids)
     served = [requests.post(f"{service}/predict", data=image, timeout=60).json() for image in images]
@@ -242,6 +243,7 @@ def test_served_scores_equal_offline_scores(service, evaluation, corpus, promote
     assert described["tags"]["raylab.run_id"] == promoted.run_id
 
 
+@pytest.mark.ops
 def test_bad_requests_get_a_4xx_naming_the_problem_and_the_service_keeps_serving(service, corpus, evaluation):
     import io
 
@@ -267,6 +269,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_service_keeps_serving
     assert good.status_code == 200 and np.isfinite(good.json()["image_score"])
 
 
+@pytest.mark.ops
 def test_bounded_load_on_loopback(service, corpus, evaluation):
     """A fixed number of requests at a fixed concurrency: every one answered, latency reported."""
     image = _images(corpus, evaluation.test_ids[:1])[0]
