@@ -131,7 +131,7 @@ def main() -> None:
             for label, extra in (("smoke", []), ("doubled", doubled(experiment.smoke))):
                 estimate = estimate_of(entry.experiment, [*argv, *extra])
                 root = scratch_path / key.replace("/", "-") / label
-                env = {**os.environ, "RAYLAB_CACHE_DIR": str(root / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns.db'}",
+                env = {**os.environ, "RAYLAB_CACHE_DIR": str(root / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
                        "RAYLAB_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
                 root.mkdir(parents=True)
                 command = [sys.executable, f"jobs/{entry.experiment}.py", *argv, *extra, "--summary-json", str(root / "summary.json")]

@@ -6,11 +6,16 @@ The default root, used when ``MLFLOW_TRACKING_URI`` / ``RAYLAB_CACHE_DIR`` are n
 * else, when this process runs inside Ray's temporary folder (a ``ray job submit`` driver,
   whose working directory is ``<ray temp>/session_*/runtime_resources/working_dir_files/...``,
   which Ray deletes with the session), the user directory ``~/.raylab``;
-* else the working directory, as on a laptop: ``./mlruns.db`` and ``./.raylab``.
+* else the working directory, as on a laptop: ``./mlflow.db`` and ``./.raylab``.
 
-Layout under a persistent root: ``mlruns.db`` and ``mlartifacts/`` (MLflow), ``cache/``
+Layout under a persistent root: ``mlflow.db`` and ``mlartifacts/`` (MLflow), ``cache/``
 (shards, features, ``ray_results/`` of Tune and Train). Under the working directory the
-layout is the historical one (``./mlruns.db``, ``./mlartifacts``, ``./.raylab``).
+layout is the historical one (``./mlflow.db``, ``./mlartifacts``, ``./.raylab``).
+
+The store is named as MLflow names its default (``sqlite:///mlflow.db``), so a plain
+``mlflow ui`` started in the same folder shows raylab's runs. Older raylab versions wrote
+``mlruns.db``: jobs no longer write it, but readers (``raylab ui``, ``raylab report``) still
+look for it beside each ``mlflow.db`` so its runs stay reachable.
 
 The first time a process other than a Ray worker resolves a root that is not the working
 directory, it says where results go on stderr.
@@ -26,7 +31,8 @@ from pathlib import Path
 
 HOME_ENV = "RAYLAB_HOME"
 DEFAULT_HOME = "~/.raylab"
-DB_NAME = "mlruns.db"
+DB_NAME = "mlflow.db"  # mlflow.store.tracking.DEFAULT_TRACKING_URI's file
+LEGACY_DB_NAME = "mlruns.db"  # what raylab wrote before; read, never written
 # Set by Ray's job supervisor for every `ray job submit` entrypoint (ray/dashboard/modules/job/
 # job_supervisor.py, _get_driver_env_vars; the name is ray._private.runtime_env.constants.
 # RAY_JOB_CONFIG_JSON_ENV_VAR). Ray sets nothing else job-specific for the driver.
@@ -141,11 +147,12 @@ def _announce(root: Root) -> None:
 
 def tracking_db_candidates() -> list[Path]:
     """The SQLite stores a reader (``raylab ui``, ``raylab report``) should look at, without
-    an explicit ``MLFLOW_TRACKING_URI``: the one jobs started here would write (first), then
-    the persistent one that submitted jobs write when the cwd is Ray's temporary folder."""
-    first = default_root(announce=False).tracking_db
-    candidates = [first]
-    other = persistent_root() / DB_NAME
-    if other != first:
-        candidates.append(other)
+    an explicit ``MLFLOW_TRACKING_URI``: the one jobs started here would write (first), the
+    ``mlruns.db`` older versions wrote beside it, then the same two under the persistent root
+    that submitted jobs write to when the cwd is Ray's temporary folder."""
+    candidates: list[Path] = []
+    for folder in (default_root(announce=False).path, persistent_root()):
+        for name in (DB_NAME, LEGACY_DB_NAME):
+            if folder / name not in candidates:
+                candidates.append(folder / name)
     return candidates

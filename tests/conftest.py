@@ -39,7 +39,7 @@ def isolated_outputs(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("raylab-session")
     previous = {k: os.environ.get(k) for k in ("RAYLAB_CACHE_DIR", "MLFLOW_TRACKING_URI")}
     os.environ["RAYLAB_CACHE_DIR"] = str(root / "cache")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     yield root
     for key, value in previous.items():
         if value is None:

@@ -362,6 +362,13 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     models = next(r for r in runs if r.info.run_name == "models")
     assert models.data.metrics["generator_loaded"] == 1.0 and models.data.metrics["data/held_out_identities"] == 10
     assert {"generator_samples.png", "targets.txt", "generator.txt"} <= {a.path for a in client.list_artifacts(models.info.run_id)}
+    # The search reports each seed's final cosines (no per-iteration curve): one value per
+    # seed's attack run, at step 0, never the seed posing as a step.
+    for seed in (0, 1):
+        attack_run = next(r for r in runs if r.info.run_name == f"attack-s{seed}")
+        assert attack_run.data.tags["raylab.seed"] == str(seed)
+        for key in ("search/mean_cosine_last", "search/mean_cosine_averaged", "search/max_cosine_averaged", "attack_seconds"):
+            assert [m.step for m in client.get_metric_history(attack_run.info.run_id, key)] == [0]
 
     # The tripwire itself works: an unseen encoder sent to a search task fails the attack.
     import sys

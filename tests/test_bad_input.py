@@ -163,7 +163,7 @@ def test_tracking_endpoint_that_never_answers(no_ray, capsys, monkeypatch):
 
 
 def test_tracking_database_in_a_missing_folder(no_ray, capsys, monkeypatch, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'absent' / 'mlruns.db'}"
+    uri = f"sqlite:///{tmp_path / 'absent' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     _job_fails("meds_sweep", ["--quick"], (f"MLflow tracking URI {uri}: the folder", "does not exist"), capsys)
 

@@ -26,13 +26,13 @@ def own_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     not show up in the other tests' searches of the session's store, nor theirs in ours."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     yield
     monkeypatch.undo()
     from raylab.tracking.mlflow_conventions import configure
 
     configure()  # the session's store again, for this process's MLflow client
-    assert mlflow.get_tracking_uri() != f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert mlflow.get_tracking_uri() != f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def _run(job: str, argv: list[str], summary: Path) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def scaled_sweep(tmp_path_factory):
         assert [n for n in _state(dashboard)["nodes"] if not n["is_head"]] == []  # from zero
         summary = root / "summary.json"
         job_env = cli_env(
-            RAY_ADDRESS=f"127.0.0.1:{gcs_port}", MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlruns.db'}",
+            RAY_ADDRESS=f"127.0.0.1:{gcs_port}", MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
             RAYLAB_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1",
         )
         started = time.monotonic()

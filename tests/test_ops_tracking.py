@@ -6,13 +6,18 @@ driver" is a real process of this host that has exited.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
+import urllib.parse
+import urllib.request
 import uuid
 
 import mlflow
 import pytest
 
+from ops_support import BIN, free_port, process_group, wait_for_http
 from raylab.tracking import tracked_run
 from raylab.tracking.mlflow_conventions import DRIVER_TAG, RESTARTS_TAG, close_orphaned_runs, experiment_id
 
@@ -57,6 +62,7 @@ def test_resume_reopens_the_interrupted_parent(isolated_outputs):
     finished = mlflow.MlflowClient().get_run(parent)
     assert finished.info.status == "FINISHED"
     assert finished.data.tags[RESTARTS_TAG] == "1"
+    assert finished.data.tags["mlflow.source.type"] == "LOCAL"  # MLflow's context tags, also on a reopened run
     # Repeating a finished sweep of the same identity keeps its one parent run too.
     with tracked_run(job, name, params={"lr": 0.1}, resume=True) as again:
         assert again.run_id == parent
@@ -78,3 +84,36 @@ def test_live_driver_is_not_an_orphan_and_other_hosts_are_left_alone(isolated_ou
     with pytest.warns(UserWarning, match="cannot be checked from this host"):
         closed = close_orphaned_runs(mlflow.MlflowClient(), experiment_id(job), "remote")
     assert closed == [] and _status(remote) == "RUNNING"
+
+
+def test_plain_mlflow_ui_in_the_folder_shows_raylabs_runs(tmp_path, monkeypatch):
+    """A job on a laptop's defaults, then ``mlflow ui`` with no options in the same folder
+    (a real server on 127.0.0.1): it finds the experiment, in its model-training kind, and
+    the run with MLflow's context tags."""
+    job = f"test-plain-ui-{uuid.uuid4().hex[:8]}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAYLAB_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    previous = mlflow.get_tracking_uri()
+    try:
+        with tracked_run(job, "laptop-run") as run:
+            run.log_metrics({"image_auroc": 0.75})
+    finally:
+        mlflow.set_tracking_uri(previous)  # tracked_run pointed MLflow at this folder's store
+    assert (tmp_path / "mlflow.db").is_file() and not (tmp_path / "mlruns.db").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    port = free_port()
+    command = [str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port)]
+    with process_group(command, tmp_path / "mlflow-ui.log", env=env, cwd=tmp_path) as process:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/health", process, tmp_path / "mlflow-ui.log", 300.0)
+        query = urllib.parse.urlencode({"experiment_name": f"raylab/{job}"})
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=30) as answer:
+            experiment = json.load(answer)["experiment"]
+        assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/runs/get?run_id={run.run_id}", timeout=30) as answer:
+            found = json.load(answer)["run"]
+    tags = {t["key"]: t["value"] for t in found["data"]["tags"]}
+    assert found["info"]["experiment_id"] == experiment["experiment_id"]
+    assert {m["key"]: m["value"] for m in found["data"]["metrics"]} == {"image_auroc": 0.75}
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"] and tags["mlflow.source.name"]

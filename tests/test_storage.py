@@ -1,6 +1,7 @@
 """Where results go without explicit settings: the cwd on a laptop, never Ray's session
 folder (a ``ray job submit`` driver's working directory), ``$RAYLAB_HOME`` when set; and
-``raylab ui`` / ``raylab report`` read the store the jobs wrote."""
+``raylab ui`` / ``raylab report`` read the store the jobs wrote (and the ``mlruns.db``
+older versions wrote)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_laptop_default_is_unchanged(plain_env, monkeypatch, capsys):
     laptop.mkdir()
     monkeypatch.chdir(laptop)
     assert not storage.in_ray_session()
-    assert tracking_uri() == f"sqlite:///{laptop / 'mlruns.db'}"
+    assert tracking_uri() == f"sqlite:///{laptop / 'mlflow.db'}"
     assert cache_root() == laptop.resolve() / ".raylab"
     assert capsys.readouterr().err == ""  # nothing to announce
     assert not (plain_env / "home" / ".raylab").exists()
@@ -49,7 +50,7 @@ def test_cwd_in_ray_temp_session_goes_to_the_user_directory(plain_env, monkeypat
     monkeypatch.chdir(working_dir_of_a_submitted_job(plain_env / "rtmp" / "ray"))
     persistent = (plain_env / "home" / ".raylab").resolve()
     assert storage.in_ray_session()
-    assert tracking_uri() == f"sqlite:///{persistent / 'mlruns.db'}"
+    assert tracking_uri() == f"sqlite:///{persistent / 'mlflow.db'}"
     assert cache_root() == persistent / "cache"  # Tune state is cache_root()/ray_results
     assert persistent.is_dir() and (persistent.stat().st_mode & 0o777) == 0o700
     err = capsys.readouterr().err
@@ -82,7 +83,7 @@ def test_raylab_home_is_the_root_everywhere(plain_env, monkeypatch, capsys):
     monkeypatch.setenv("RAYLAB_HOME", str(shared))
     for cwd in (working_dir_of_a_submitted_job(plain_env / "rtmp" / "ray"), plain_env):
         monkeypatch.chdir(cwd)
-        assert tracking_uri() == f"sqlite:///{shared.resolve() / 'mlruns.db'}"
+        assert tracking_uri() == f"sqlite:///{shared.resolve() / 'mlflow.db'}"
         assert cache_root() == shared.resolve() / "cache"
     assert "$RAYLAB_HOME" in capsys.readouterr().err
 
@@ -90,7 +91,7 @@ def test_raylab_home_is_the_root_everywhere(plain_env, monkeypatch, capsys):
 def test_cli_reads_the_store_submitted_jobs_wrote(plain_env, monkeypatch, capsys):
     import mlflow
 
-    # the job, in Ray's session folder, writes ~/.raylab/mlruns.db
+    # the job, in Ray's session folder, writes ~/.raylab/mlflow.db
     # (a client, not mlflow.set_tracking_uri, which would leak into later tests)
     monkeypatch.chdir(working_dir_of_a_submitted_job(plain_env / "rtmp" / "ray"))
     mlflow.MlflowClient(tracking_uri()).create_experiment("raylab/storage_probe")
@@ -99,11 +100,48 @@ def test_cli_reads_the_store_submitted_jobs_wrote(plain_env, monkeypatch, capsys
     project.mkdir()
     monkeypatch.chdir(project)
     stores = reading_stores()
-    assert stores == [f"sqlite:///{(plain_env / 'home' / '.raylab').resolve() / 'mlruns.db'}"]
+    assert stores == [f"sqlite:///{(plain_env / 'home' / '.raylab').resolve() / 'mlflow.db'}"]
     assert mlflow.MlflowClient(stores[0]).get_experiment_by_name("raylab/storage_probe") is not None
-    assert not (project / "mlruns.db").exists()  # reading created no store here
+    assert not (project / "mlflow.db").exists()  # reading created no store here
     # with a local store as well, the local one comes first and the other is named
-    (project / "mlruns.db").touch()
+    (project / "mlflow.db").touch()
     capsys.readouterr()
-    assert reading_stores() == [f"sqlite:///{project / 'mlruns.db'}", stores[0]]
+    assert reading_stores() == [f"sqlite:///{project / 'mlflow.db'}", stores[0]]
     assert "runs are also in" in capsys.readouterr().err
+
+
+def test_store_is_mlflows_default_so_a_plain_mlflow_ui_finds_it(plain_env, monkeypatch):
+    from mlflow.store.tracking import DEFAULT_TRACKING_URI
+
+    project = plain_env / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    # `mlflow ui` / `mlflow server` without --backend-store-uri open this relative URI
+    assert DEFAULT_TRACKING_URI == f"sqlite:///{storage.DB_NAME}"
+    assert tracking_uri() == f"sqlite:///{(project / storage.DB_NAME).resolve()}"
+
+
+def test_runs_in_an_older_mlruns_db_stay_readable(plain_env, monkeypatch, capsys):
+    import mlflow
+
+    project = plain_env / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    legacy = project / "mlruns.db"
+    mlflow.MlflowClient(f"sqlite:///{legacy}").create_experiment("raylab/legacy_probe")  # an older version's store
+    # alone, it is what `raylab ui` opens and `raylab report` searches
+    assert reading_stores() == [f"sqlite:///{legacy}"]
+    assert not (project / "mlflow.db").exists()  # reading created no new store
+    # new jobs write mlflow.db; readers then take it first and name the older store
+    assert tracking_uri() == f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri()).create_experiment("raylab/new_probe")
+    capsys.readouterr()
+    stores = reading_stores()
+    assert stores == [f"sqlite:///{project / 'mlflow.db'}", f"sqlite:///{legacy}"]
+    assert f"runs are also in {legacy}" in capsys.readouterr().err
+    assert mlflow.MlflowClient(stores[1]).get_experiment_by_name("raylab/legacy_probe") is not None
+    # a legacy store under ~/.raylab (older submitted jobs) is read too, after the local ones
+    persistent = (plain_env / "home" / ".raylab").resolve()
+    persistent.mkdir()
+    (persistent / "mlruns.db").touch()
+    assert reading_stores()[2:] == [f"sqlite:///{persistent / 'mlruns.db'}"]

@@ -17,7 +17,8 @@ import pytest
 import raylab
 from raylab.methods.patchcore import PatchCoreConfig
 from raylab.tracking import configure, experiment_id, flatten_params, run_tags, tracked_run, tracking_uri
-from raylab.tracking.mlflow_conventions import MAX_PARAM_LENGTH
+from raylab.storage import RAY_JOB_DRIVER_ENV
+from raylab.tracking.mlflow_conventions import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MAX_PARAM_LENGTH, git_commit
 
 
 @dataclass
@@ -42,7 +43,7 @@ def session_store(isolated_outputs):
     """The session's SQLite store (a fresh store per test would cost seconds of migrations);
     every test uses its own experiment, so tests never see each other's runs."""
     uri = tracking_uri()
-    assert uri == f"sqlite:///{isolated_outputs / 'mlruns.db'}"
+    assert uri == f"sqlite:///{isolated_outputs / 'mlflow.db'}"
     return uri
 
 
@@ -68,11 +69,11 @@ def test_flatten_params_nested_dataclasses():
 def test_tracking_uri_default_is_sqlite_in_cwd(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
     assert tracking_uri() == "sqlite:////elsewhere/x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # empty counts as unset
-    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_experiment_created_once_with_local_artifacts(session_store, isolated_outputs):
@@ -145,3 +146,55 @@ def test_run_tags_prefix_and_keep_dotted_keys():
     tags = run_tags(method="m", noise_ratio=0.1, **{"mlflow.note.content": "x"})
     assert tags["raylab.method"] == "m" and tags["raylab.noise_ratio"] == "0.1"
     assert tags["mlflow.note.content"] == "x"
+
+
+def test_experiments_open_in_mlflows_model_training_view(session_store):
+    client = mlflow.MlflowClient(session_store)
+    created = client.get_experiment(experiment_id(unique_job()))
+    assert created.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # an experiment made before raylab set the kind is tagged when a job next uses it
+    older = unique_job()
+    client.create_experiment(f"raylab/{older}")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment_by_name(f"raylab/{older}").tags
+    assert client.get_experiment(experiment_id(older)).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # a kind someone chose (in the UI's selector) is kept
+    chosen = unique_job()
+    client.create_experiment(f"raylab/{chosen}", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert client.get_experiment(experiment_id(chosen)).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_experiment_kind_is_what_the_installed_mlflow_ui_reads():
+    """The tag is read by MLflow's web app only (no Python constant): check its bundle."""
+    bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    if not bundle.is_dir():
+        pytest.skip("this MLflow install has no web UI bundle (mlflow-skinny)")
+    text = "".join(path.read_text(errors="ignore") for path in bundle.glob("*.js"))
+    assert f'"{EXPERIMENT_KIND_TAG}"' in text
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{EXPERIMENT_KIND}"' in text
+
+
+def test_runs_carry_mlflows_context_tags(session_store, monkeypatch):
+    import getpass
+    import sys
+
+    job = unique_job()
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.setattr(sys, "argv", ["jobs/probe_sweep.py", "--quick"])
+    with tracked_run(job, "parent") as parent:
+        # the trial process that makes a nested run is a Ray worker, with Ray's entry point
+        monkeypatch.setattr(sys, "argv", ["/site-packages/ray/_private/workers/default_worker.py"])
+        with tracked_run(job, "child", parent_run_id=parent.run_id) as child:
+            pass
+    client = mlflow.MlflowClient(session_store)
+    commit = git_commit()
+    for run_id in (parent.run_id, child.run_id):
+        tags = client.get_run(run_id).data.tags
+        assert tags["mlflow.user"] == getpass.getuser()
+        assert tags["mlflow.source.name"] == "jobs/probe_sweep.py"  # the job's, also in the nested run
+        assert tags["mlflow.source.type"] == "LOCAL"
+        assert tags.get("mlflow.source.git.commit", "unknown") == commit == tags["raylab.git_commit"]
+    # a `ray job submit` driver's runs are JOB runs
+    monkeypatch.setenv(RAY_JOB_DRIVER_ENV, '{"runtime_env": {}, "metadata": {}}')
+    with tracked_run(job, "submitted") as submitted:
+        pass
+    assert client.get_run(submitted.run_id).data.tags["mlflow.source.type"] == "JOB"

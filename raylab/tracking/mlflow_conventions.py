@@ -1,9 +1,15 @@
 """MLflow conventions every raylab job follows, so runs of all methods compare in one UI.
 
-* Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working
-  directory (artifacts beside it in ``mlartifacts/``), the laptop default; ``$RAYLAB_HOME``
-  or, under ``ray job submit``, ``~/.raylab`` instead of the cwd (``raylab/storage.py``).
-* One experiment per job (``raylab/<job>``); a sweep is a parent run with nested runs.
+* Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working
+  directory (artifacts beside it in ``mlartifacts/``), the laptop default and MLflow's own,
+  so a plain ``mlflow ui`` there shows the runs; ``$RAYLAB_HOME`` or, under
+  ``ray job submit``, ``~/.raylab`` instead of the cwd (``raylab/storage.py``). Readers
+  also find the ``mlruns.db`` older raylab versions wrote.
+* One experiment per job (``raylab/<job>``), tagged as model development so MLflow's UI
+  opens it on its runs; a sweep is a parent run with nested runs.
+* Every run carries MLflow's own context tags (user, source name and type, git commit), as
+  ``mlflow.start_run`` would set them: raylab creates runs through ``MlflowClient``, which
+  sets none.
 * Params are flattened (``stage1.bootstraps``) so configs of any depth become comparable
   columns; tags say what a run is (method, dataset, noise ratio, seed, commit, version).
 * No run stays RUNNING after its driver died: every run records its driver
@@ -29,13 +35,24 @@ from typing import Any
 
 import raylab
 
-DEFAULT_DB = "mlruns.db"
+DEFAULT_DB = "mlflow.db"  # = raylab.storage.DB_NAME
 ARTIFACT_DIR = "mlartifacts"
 MAX_PARAM_LENGTH = 6000
+# The experiment tag MLflow's UI reads to choose an experiment's page (3.x: its ExperimentKind
+# enum in the web app, set by the kind selector through setExperimentTag). Without it the UI
+# infers a kind, and an experiment of a sweep's runs can open on an empty GenAI overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The context tags mlflow.start_run resolves (mlflow.tracking.context) that a nested run takes
+# from its parent: it is created in a trial process, whose own argv is Ray's worker script.
+CONTEXT_TAGS = (
+    "mlflow.user", "mlflow.source.name", "mlflow.source.type",
+    "mlflow.source.git.commit", "mlflow.source.git.branch", "mlflow.source.git.repoURL",
+)
 
 
 def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlruns.db`` with the root from
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db`` with the root from
     :func:`raylab.storage.default_root` (the cwd on a laptop, never Ray's session folder)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
@@ -54,24 +71,37 @@ def configure() -> str:
 
 
 def experiment_id(job: str) -> str:
-    """The id of ``raylab/<job>``, created with a local artifact root when the store is SQLite."""
+    """The id of ``raylab/<job>``, created with a local artifact root when the store is SQLite
+    and tagged with its kind (see :func:`mark_experiment_kind`)."""
     import mlflow
 
     uri = configure()
     name = job if job.startswith("raylab/") else f"raylab/{job}"
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
+        mark_experiment_kind(existing)
         return existing.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:///"):
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACT_DIR).as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=artifact_location)
+        return mlflow.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another trial
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             raise
+        mark_experiment_kind(found)
         return found.experiment_id
+
+
+def mark_experiment_kind(experiment: Any) -> None:
+    """Tag an experiment created before raylab set its kind, so MLflow's UI opens it on its
+    runs (model training) instead of guessing. A kind already there is kept: it may have been
+    chosen in the UI. One tag write, once per experiment."""
+    import mlflow
+
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
@@ -102,6 +132,33 @@ def git_commit() -> str:
     return os.environ.get("RAYLAB_GIT_COMMIT", "").strip() or "unknown"
 
 
+def context_tags(commit: str | None = None) -> dict[str, str]:
+    """The tags ``mlflow.start_run`` would give a run started by this process (MLflow's context
+    registry: ``mlflow.user``, ``mlflow.source.name`` = the entry point, git branch and
+    remote), with two corrections: ``mlflow.source.type`` is ``JOB`` for a ``ray job submit``
+    driver (MLflow says ``LOCAL`` outside Databricks), and ``mlflow.source.git.commit`` is the
+    commit of raylab's code (:func:`git_commit`: also known in the cluster image, which has
+    no ``.git`` for MLflow to read), the same as ``raylab.git_commit`` (pass it as ``commit``
+    when known: finding it runs ``git``)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    from raylab.storage import RAY_JOB_DRIVER_ENV
+
+    tags = {k: str(v) for k, v in resolve_tags().items()}
+    tags["mlflow.source.type"] = "JOB" if os.environ.get(RAY_JOB_DRIVER_ENV) else "LOCAL"
+    commit = commit or git_commit()
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _inherited_context(client: Any, parent_run_id: str) -> dict[str, str]:
+    """The parent run's context tags: a nested run belongs to the job its parent's driver runs,
+    while its own process may be a Ray worker (whose entry point is Ray's worker script)."""
+    parent_tags = client.get_run(parent_run_id).data.tags
+    return {k: parent_tags[k] for k in CONTEXT_TAGS if k in parent_tags}
+
+
 def run_tags(**tags: Any) -> dict[str, str]:
     """Standard tags plus the caller's (method, dataset, noise_ratio, seed, ...)."""
     base = {"raylab.version": raylab.__version__, "raylab.git_commit": git_commit()}
@@ -125,15 +182,20 @@ def tracked_run(
     run first closes orphans of the same name (see :func:`close_orphaned_runs`); with
     ``resume=True`` it reopens the latest ended run of that name instead of creating
     one (a restarted sweep keeps its parent run, and its finished trials stay nested in it).
+    The run gets MLflow's context tags (:func:`context_tags`; a nested run its parent's).
     """
     import mlflow
 
     exp = experiment_id(job)
-    run_tags_ = run_tags(**(tags or {}))
+    client = mlflow.MlflowClient()
+    raylab_tags = run_tags(**(tags or {}))
+    run_tags_ = context_tags(raylab_tags["raylab.git_commit"])
+    if parent_run_id:
+        run_tags_.update(_inherited_context(client, parent_run_id))
+    run_tags_.update(raylab_tags)
     run_tags_[DRIVER_TAG] = driver_id()
     if parent_run_id:
         run_tags_["mlflow.parentRunId"] = parent_run_id
-    client = mlflow.MlflowClient()
     previous = None
     if not parent_run_id:
         close_orphaned_runs(client, exp, run_name)
