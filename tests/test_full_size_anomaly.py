@@ -80,7 +80,11 @@ def test_tailedcore_full_wrn50_at_smoke_budget(ray_session, shared_data: Path, w
         "--set", "threads_per_trial=2",
     ]
     summary, _ = _smoke_run("tailedcore_sweep", argv, tmp_path / "tailedcore.json")
-    _assert_finite_rows(summary, {"tailedcore", "softpatch", "patchcore"}, ("image_auroc", "image_ap", "tail_image_auroc", "head_image_auroc"))
+    # One TailSampler row (its tail precision and recall, no AUROC) beside the detectors' rows.
+    assert [row["method"] for row in summary["rows"]].count("tailsampler") == 1
+    detector_rows = {"rows": [row for row in summary["rows"] if row["method"] != "tailsampler"]}
+    detectors = {"tailedcore", "softpatch", "patchcore", "tailedcore_true_tail"}
+    _assert_finite_rows(detector_rows, detectors, ("image_auroc", "image_ap", "tail_image_auroc", "head_image_auroc"))
     assert {row["protocol"] for row in summary["rows"]} == {"step_k1"}
     tailed = next(row for row in summary["rows"] if row["method"] == "tailedcore")
     # The tail memory holds the tail images' rotation/flip views: 47 per image at 15 degrees.

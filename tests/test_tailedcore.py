@@ -26,7 +26,8 @@ from raylab.experiment import get_experiment, run
 from raylab.methods.tailedcore import PatchLOFConfig, SoftPatchConfig, TailedCoreConfig, TailSamplerConfig
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
 from raylab.methods.tailedcore.tail_sampler import TailSampler, elbow_value, largest_k_within_share, partition_class_sizes
-from raylab.methods.tailedcore.model import TailedCore, tail_coreset
+from raylab.methods.tailedcore.diagnostics import tail_quality
+from raylab.methods.tailedcore.model import TailedCore, predict_tail, tail_coreset
 from raylab.methods.tailedcore.softpatch import SoftPatch, coreset_rows, flat_patches
 from raylab.methods.tailedcore.views import rotation_flip_views, views_per_image
 
@@ -113,6 +114,54 @@ def test_tail_sampler_degenerate_inputs():
         TailSampler().predict(np.zeros((3, 8)))
 
 
+def test_tail_quality_counts_injected_images_called_tail():
+    predicted = np.array([1, 1, 1, 0, 0, 1, 0, 0], dtype=bool)
+    truth = np.array([1, 1, 0, 0, 0, 0, 0, 1], dtype=bool)
+    injected = np.array([0, 0, 1, 1, 1, 1, 0, 0], dtype=bool)
+    quality = tail_quality(predicted, truth, injected)
+    # 2 of 4 predicted are true tail, 2 of 3 true tail found, 2 of 4 injected called tail.
+    assert (quality["tail_precision"], quality["tail_recall"], quality["injected_called_tail"]) == (0.5, 2 / 3, 0.5)
+    assert "injected_called_tail" not in tail_quality(predicted, truth)
+
+
+def defect_grids(seed: int = 0):
+    """Patch grids (N, 4, 4, 32) of two head classes (40, 35 images), three one-image classes,
+    and 4 images of the first head class with a defect on 2 of their 16 patches.
+
+    Returns the grids, a "last stage" embedding in which each defect dominates (its image's
+    direction is mostly the defect's, as with a 4x4 last stage), the true tail, the defect images.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = [40, 35, 1, 1, 1]
+    centres = rng.normal(size=(len(sizes), 32))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    grids = centres[labels][:, None, None, :] + 0.3 * rng.normal(size=(len(labels), 4, 4, 32))
+    defective = np.zeros(len(labels), dtype=bool)
+    defective[[3, 11, 20, 33]] = True
+    stage = grids.mean(axis=(1, 2)).copy()
+    for image in np.flatnonzero(defective):
+        defect = 4.0 * rng.normal(size=32)
+        grids[image, 1:3, 2] += defect
+        stage[image] += 3.0 * defect  # the pooled last stage: the defect outweighs the class
+    return grids.astype(np.float32), stage.astype(np.float32), labels >= 2, defective
+
+
+def test_patch_mean_tail_embedding_keeps_defects_out_of_the_tail():
+    grids, stage, true_tail, defective = defect_grids()
+    release = predict_tail(TailedCoreConfig(), grids, stage)
+    patch_mean = predict_tail(TailedCoreConfig(tail_embedding="patch_mean"), grids, None)
+    # Measured: on the defect-dominated stage embedding every defect image is a class of its
+    # own (size 1) and is called tail beside the 3 true singletons; on the mean of the patch
+    # grids a defect is 2/16 of the image, it stays in its class and only the 3 singletons are tail.
+    assert release.is_tail[defective].all() and release.is_tail[true_tail].all()
+    np.testing.assert_array_equal(patch_mean.is_tail, true_tail)
+    # TailedCore takes the same prediction, and ignores (may be given no) stage embeddings.
+    model = TailedCore(TailedCoreConfig(tail_embedding="patch_mean", lof=PatchLOFConfig(tasks=1), coreset_ratio=0.5)).fit(grids, None)
+    np.testing.assert_array_equal(model.tail.is_tail, true_tail)
+    with pytest.raises(ValueError, match="backbone_stage"):
+        predict_tail(TailedCoreConfig(), grids, None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Patchwise LOF
 
@@ -161,7 +210,7 @@ def test_lof_bad_inputs():
 # SoftPatch and TailedCore on synthetic patches
 
 
-def test_softpatch_and_tailedcore_memories():
+def test_softpatch_and_tailedcore_memories(tmp_path):
     patches, planted = planted_patches(dim=16, seed=4)
     softpatch = SoftPatch(SoftPatchConfig(lof=PatchLOFConfig(tasks=1), coreset_ratio=0.5), seed=0).fit(patches)
     assert len(softpatch.bank) == int(softpatch.kept.sum() * 0.5)
@@ -186,6 +235,10 @@ def test_softpatch_and_tailedcore_memories():
     # A training patch is in memory or close to it: its score is far below a planted outlier's.
     scores = model.predict(patches, with_maps=False).patch_scores
     assert np.median(scores) < np.median([scores[i, y, x] for i, y, x in planted])
+    # Saved and loaded back (what a deployed model holds), both score exactly as fitted.
+    for fitted, name in ((model, "tailedcore"), (softpatch, "softpatch")):
+        loaded = type(fitted).load(fitted.save(tmp_path / name))
+        np.testing.assert_array_equal(loaded.predict(patches, with_maps=False).patch_scores, fitted.predict(patches, with_maps=False).patch_scores)
     with pytest.raises(ValueError, match="global embeddings"):
         TailedCore(config).fit(patches, embeddings[:5])
     with pytest.raises(ValueError, match="at least 2"):
@@ -352,7 +405,7 @@ def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
     config.write_text(
         "dataset_options: {classes: [banded, bumpy, cracked], train_images: 20, test_good_images: 6, test_defective_images: 6}\n"
         "protocols: [step_k1]\nseeds: [0]\nnoise_ratios: [0.1]\n"
-        "tailedcore: {tail_rotation_step: 90, coreset_ratio: 0.1}\n"
+        "tailedcore: {tail_rotation_step: 90, coreset_ratio: 0.1, tail_embedding: patch_mean}\n"
     )
     out = tmp_path / "summary.json"
     argv = ["--dataset", "dtd_defects", "--data-root", str(shared_data), "--config", str(config), "--summary-json", str(out), "--name", "tc-test"]
@@ -361,7 +414,24 @@ def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
     assert summary["job"] == "tailedcore_sweep" and summary["sweep"] == "tc-test"
     assert summary["axes"] == ["protocol", "noise_ratio", "injected_in_test", "seed"]
     rows = summary["rows"]
-    assert sorted(r["method"] for r in rows) == ["patchcore", "softpatch", "tailedcore"]
+    # The default methods (TailedCore's true-tail ceiling among them) and one tailsampler row.
+    assert sorted(r["method"] for r in rows) == ["patchcore", "softpatch", "tailedcore", "tailedcore_true_tail", "tailsampler"]
+    sampler = next(r for r in rows if r["method"] == "tailsampler")
+    assert sampler["seed"] == 0 and sampler["injected_in_test"] == "removed"
+    quality = sampler["metrics"]
+    assert quality["tail_true"] == 2  # two tail classes of K = 1 image
+    assert 0.0 <= quality["tail_precision"] <= 1.0 and 0.0 <= quality["tail_recall"] <= 1.0
+    assert 0.0 <= quality["injected_called_tail"] <= 1.0  # the head class got round(0.1 x 20) = 2 defect images
+    assert "image_auroc" not in quality
+    # The ceiling row's tail is the truth; TailedCore's tail is the tailsampler row's prediction.
+    ceiling = next(r for r in rows if r["method"] == "tailedcore_true_tail")["diagnostics"]
+    assert (ceiling["tail_precision"], ceiling["tail_recall"]) == (1.0, 1.0)
+    tailed_diagnostics = next(r for r in rows if r["method"] == "tailedcore")["diagnostics"]
+    for key in ("tail_predicted", "tail_recall", "injected_called_tail"):
+        assert tailed_diagnostics[key] == quality[key], key
+    table = result["table"].set_index("method")
+    assert table.loc["tailsampler", "tail_recall_mean"] == quality["tail_recall"]
+    rows = [r for r in rows if r["method"] != "tailsampler"]
     for row in rows:
         assert row["protocol"] == "step_k1" and row["noise_ratio"] == 0.1 and row["seed"] == 0
         assert row["injected_in_test"] == "removed"  # raylab's default test protocol
@@ -376,15 +446,21 @@ def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
     assert result["config"].tailedcore.features == result["config"].softpatch.features == result["config"].features
     runs = mlflow.search_runs(experiment_names=["raylab/tailedcore_sweep"])
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
-    assert set(children["tags.raylab.method"]) == {"tailedcore", "softpatch", "patchcore"}
+    assert set(children["tags.raylab.method"]) == {"tailedcore", "softpatch", "patchcore", "tailedcore_true_tail", "tailsampler"}
     parents = runs[runs["tags.mlflow.parentRunId"].isna()]
     assert len(parents) == 1 and set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])
+    # TailedCore's one memory for every class is one MLflow model; it scores its input example.
+    tailed_run = children[children["tags.raylab.method"] == "tailedcore"].iloc[0]
+    model = mlflow.pyfunc.load_model(json.loads(tailed_run["tags.raylab.models"])["all"])
+    example = model.input_example
+    scored = model.predict(example)
+    assert len(scored) == 1 and np.isfinite(scored["image_score"].iloc[0])
 
     # A rerun of the same name and inputs restores the finished sweep: same rows, no trial runs again.
     again = run(get_experiment("tailedcore_sweep"), argv)
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in result["rows"]]
     runs = mlflow.search_runs(experiment_names=["raylab/tailedcore_sweep"])
-    assert runs["tags.mlflow.parentRunId"].notna().sum() == 3
+    assert runs["tags.mlflow.parentRunId"].notna().sum() == 5
 
 
 def test_tailedcore_quick_reductions(capsys):
@@ -406,6 +482,7 @@ def test_tailedcore_bad_values_fail_before_ray_naming_the_key(monkeypatch, capsy
         ("--set", "threads_per_trial=notanumber"): "--set: threads_per_trial: expected int, got str 'notanumber'",
         ("--set", "tailedcore.lof.keep_fraction=1.5"): "--set: tailedcore.lof.keep_fraction: must lie in (0, 1], got 1.5",
         ("--set", "protocols=[zipf]"): "--set: protocols: unknown long-tail protocol 'zipf'",
+        ("--set", "tailedcore.tail_embedding=avgpool"): "--set: tailedcore.tail_embedding: expected one of 'backbone_stage', 'patch_mean', got str 'avgpool'",
         ("--protocols", "step_k1,,pareto"): "--protocols 'step_k1,,pareto': expected comma-separated values",
         ("--protocols", "step_k1,zipf"): "--protocols 'zipf': unknown long-tail protocol 'zipf'",
         ("--noise-ratios", "0.1,abc"): "--noise-ratios '0.1,abc': 'abc' is not a valid float",

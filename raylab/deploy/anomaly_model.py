@@ -62,6 +62,8 @@ class DetectorKind:
 # scores in-process: a served model must not start (or need) a Ray cluster per request.
 DETECTOR_KINDS = {
     "patchcore": DetectorKind("raylab.methods.patchcore.model", "PatchCore", ("PatchCore",)),
+    "softpatch": DetectorKind("raylab.methods.tailedcore.softpatch", "SoftPatch", ("SoftPatch",)),
+    "tailedcore": DetectorKind("raylab.methods.tailedcore.model", "TailedCore", ("TailedCore",)),
     "reconstruction": DetectorKind("raylab.methods.meds.method", "ReconstructionDetector", ("MeDS", "ReconstructionDetector")),
     "partial_memory": DetectorKind(
         "raylab.methods.meds.partial_memory", "PartialMemoryDetector", ("PartialMemoryDetector",), (("use_ray", False),)
@@ -153,6 +155,23 @@ class AnomalyScorer:
 
 def _default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def pooled_evaluation(evaluations: Sequence[ClassEvaluation]) -> ClassEvaluation:
+    """One detector evaluated per class (TailedCore's single memory for every class) as one
+    evaluation named ``all``: its threshold is chosen on every class's test images together."""
+    from raylab.methods.anomaly_benchmark import ClassEvaluation
+    from raylab.methods.anomaly_maps import AnomalyPrediction
+
+    first = evaluations[0]
+    if any(e.detector is not first.detector for e in evaluations):
+        raise ValueError("pooled_evaluation needs one detector evaluated on several classes")
+    prediction = AnomalyPrediction(
+        np.concatenate([e.prediction.image_scores for e in evaluations]), np.concatenate([e.prediction.patch_scores for e in evaluations])
+    )
+    return ClassEvaluation(
+        "all", {}, [i for e in evaluations for i in e.test_ids], np.concatenate([e.labels for e in evaluations]), prediction, None, first.detector,
+    )
 
 
 def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: FeatureSpec, example_image: bytes, scratch: Path) -> str | None:

@@ -64,7 +64,7 @@ def log_anomaly_artifacts(
         for evaluation in evaluations:
             if features is not None and detector_kind(evaluation.detector) is not None:
                 with phase("MLflow: logging deployable models"):
-                    example = _images(corpus, [base_sample_id(evaluation.test_ids[0])])[0]
+                    example = images_of(corpus, [base_sample_id(evaluation.test_ids[0])])[0]
                     models[evaluation.class_name] = log_anomaly_model(run, evaluation, features, example, out)
             elif hasattr(evaluation.detector, "save"):
                 model_dir = out / "model" / evaluation.class_name
@@ -74,7 +74,8 @@ def log_anomaly_artifacts(
             run.client.set_tag(run.run_id, MODELS_TAG, json.dumps(models, sort_keys=True))
 
 
-def _images(corpus: pa.Table, sample_ids: list[str]) -> list[bytes]:
+def images_of(corpus: pa.Table, sample_ids: list[str]) -> list[bytes]:
+    """The encoded images of ``sample_ids`` (original ids), in that order."""
     rows = corpus.filter(pc.is_in(corpus["sample_id"], pa.array(sample_ids)))
     by_id = dict(zip(rows.column("sample_id").to_pylist(), rows.column("image").to_pylist()))
     return [by_id[i] for i in sample_ids]
@@ -85,7 +86,7 @@ def _overlay(evaluation: ClassEvaluation, corpus: pa.Table, per_side: int, path:
     picked = list(order[::-1][:per_side]) + list(order[:per_side])
     ids = [base_sample_id(evaluation.test_ids[i]) for i in picked]
     size = evaluation.prediction.maps.shape[-1]
-    images = [np.asarray(decode_image(data, sample=i, mode="L").resize((size, size), Image.BILINEAR)) for i, data in zip(ids, _images(corpus, ids))]
+    images = [np.asarray(decode_image(data, sample=i, mode="L").resize((size, size), Image.BILINEAR)) for i, data in zip(ids, images_of(corpus, ids))]
     masks = [evaluation.masks[i] if evaluation.masks is not None else None for i in picked]
     titles = [
         f"{'most' if n < per_side else 'least'} | label {evaluation.labels[i]} | {evaluation.prediction.image_scores[i]:.3g}"

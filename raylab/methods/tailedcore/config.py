@@ -21,6 +21,9 @@ from raylab.config import require
 from raylab.features.spec import FeatureSpec
 
 
+TAIL_EMBEDDINGS = ("backbone_stage", "patch_mean")
+
+
 @dataclass(frozen=True)
 class PatchLOFConfig:
     n_neighbors: int = 6
@@ -65,9 +68,19 @@ class TailedCoreConfig:
     features: FeatureSpec = field(default_factory=FeatureSpec)
     tail_sampler: TailSamplerConfig = field(default_factory=TailSamplerConfig)
     lof: PatchLOFConfig = field(default_factory=PatchLOFConfig)
-    # The global embedding TailSampler reads: the backbone's last stage, average-pooled
-    # (the release taps WideResNet-50's ``avgpool``).
-    embedding_stage: int = 4
+    # The global embedding TailSampler reads. "backbone_stage" (the release): the output of
+    # backbone stage ``embedding_stage``, average-pooled (the release taps WideResNet-50's
+    # ``avgpool``, stage 4). "patch_mean": the mean of the image's memory patch features (the
+    # stages the memory uses, after the neighbourhood aggregation). Why the second exists:
+    # on longtail_mix's CPU features (EfficientNet-Lite0 at 112 px, a 4x4 last stage) a
+    # synthetic defect moves the pooled last stage far enough that defect images form small
+    # "classes" of their own, and TailSampler called ~45% of them tail (tail images skip the
+    # LOF filter, so their defects became normal memory); on the mean of the memory's own
+    # features it called none tail and found 7 of 8 true tail images (seeds 100-102,
+    # benchmarks/tailsampler_variants.py). The default stays the release's; the CPU config
+    # (configs/tailedcore/longtail_mix.yaml) chooses "patch_mean".
+    tail_embedding: Literal["backbone_stage", "patch_mean"] = "backbone_stage"
+    embedding_stage: int = 4  # read only with tail_embedding "backbone_stage"
     tail_rotation_step: int = 15  # degrees; 360 / step angles x (1 + hflip) views, minus the identity
     tail_hflip: bool = True
     coreset_ratio: float = 0.1  # for both the head and the tail memory
@@ -79,6 +92,7 @@ class TailedCoreConfig:
         _check_memory(self.coreset_ratio, self.blur_sigma)
         require(0 < self.tail_rotation_step <= 360, "tail_rotation_step", f"must lie in (0, 360] degrees, got {self.tail_rotation_step}")
         require(self.embedding_stage >= 0, "embedding_stage", f"must be >= 0, got {self.embedding_stage}")
+        require(self.tail_embedding in TAIL_EMBEDDINGS, "tail_embedding", f"must be one of {TAIL_EMBEDDINGS}, got {self.tail_embedding!r}")
 
 
 def _check_memory(coreset_ratio: float, blur_sigma: float) -> None:

@@ -43,15 +43,23 @@ def defect_patch_cells(masks: list[bytes | None], ids: list[str], image_size: in
     return cells
 
 
-def tail_quality(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """TailSampler's prediction against the protocol's true tail images."""
+def tail_quality(predicted: np.ndarray, truth: np.ndarray, injected: np.ndarray | None = None) -> dict[str, float]:
+    """TailSampler's prediction against the protocol's true tail images.
+
+    With ``injected`` (the injected defect images), also ``injected_called_tail``: the share
+    of them predicted tail. It is the error that costs TailedCore most: tail images enter
+    the memory whole, past the LOF filter, so a defect called tail becomes normal memory.
+    """
     hits = int((predicted & truth).sum())
-    return {
+    quality = {
         "tail_predicted": float(predicted.sum()),
         "tail_true": float(truth.sum()),
         "tail_precision": hits / predicted.sum() if predicted.any() else float("nan"),
         "tail_recall": hits / truth.sum() if truth.any() else float("nan"),
     }
+    if injected is not None:
+        quality["injected_called_tail"] = float(predicted[injected].mean()) if injected.any() else float("nan")
+    return quality
 
 
 def class_group_metrics(evaluations: list[ClassEvaluation], tail_classes: set[str]) -> dict[str, float]:

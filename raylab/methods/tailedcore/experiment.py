@@ -8,10 +8,16 @@ fits each method once on identical cached features:
 * ``tailedcore``: TailSampler tail memory (+ rotation/flip views) U LOF-filtered head memory;
 * ``softpatch``: LOF-filtered memory with LOF-weighted scores;
 * ``patchcore``: greedy coreset of everything (the foundation's PatchCore, pooled);
+* ``tailedcore_true_tail`` (in the default list): TailedCore with the protocol's true tail
+  images instead of TailSampler's, the ceiling TailSampler's errors are measured against;
 * optionally ``class_patchcore``: PatchCore with one memory per class (a class-aware
   reference that shows what each class's few images allow without pooling), and the
-  TailedCore ablations ``tailedcore_no_views`` (no rotation/flip views) and
-  ``tailedcore_true_tail`` (the protocol's true tail images instead of TailSampler's).
+  TailedCore ablation ``tailedcore_no_views`` (no rotation/flip views).
+
+Every trial also emits a ``tailsampler`` row (no detector, no AUROC): TailSampler's
+prediction, on the embedding TailedCore's config names, against the protocol's truth
+(``tail_precision``, ``tail_recall``, ``injected_called_tail``: the share of the injected
+defect images called tail, which enter TailedCore's memory past its LOF filter).
 
 Each fitted memory is then evaluated per class on that class's test images (image and
 pixel AUROC, AP, AUPRO), averaged over classes, over the protocol's tail classes
@@ -30,6 +36,7 @@ computed inside trials, and cached per image (:mod:`raylab.methods.tailedcore.vi
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -60,8 +67,14 @@ METHODS = ("tailedcore", "softpatch", "patchcore")
 # TailSampler's prediction (the protocol's truth, which only the platform reads).
 REFERENCE_METHODS = ("class_patchcore", "tailedcore_no_views", "tailedcore_true_tail")
 KNOWN_METHODS = METHODS + REFERENCE_METHODS
+# The default list: the three methods plus TailedCore's ceiling (the true tail), so every
+# table shows what TailSampler's errors cost beside TailedCore itself.
+DEFAULT_METHODS = METHODS + ("tailedcore_true_tail",)
+# Not a method: one row per trial with TailSampler's prediction against the protocol's truth.
+TAILSAMPLER_ROW = "tailsampler"
+TAILSAMPLER_METRICS = ("tail_precision", "tail_recall", "injected_called_tail", "tail_predicted", "tail_true")
 METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc", "image_ap", "aupro")
-TABLE_METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc")
+TABLE_METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc", "tail_precision", "tail_recall", "injected_called_tail")
 CPU_FEATURES = FeatureSpec(image_size=112)
 # The longtail_mix loader's size options; other datasets' loaders take none of them.
 QUICK_OPTIONS_DATASET = "longtail_mix"
@@ -86,7 +99,7 @@ class TailedCoreSweepConfig:
     softpatch: SoftPatchConfig = field(default_factory=SoftPatchConfig)
     # The release's PatchCore baseline: exact greedy coreset 10%, like the other two.
     patchcore: PatchCoreConfig = field(default_factory=lambda: PatchCoreConfig(coreset_method="exact"))
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     max_concurrent_trials: int | None = None  # default: resources.max_concurrent_trials, else local CPUs / threads_per_trial
     threads_per_trial: int = 1
     images_per_group: int | None = None  # stratified subsample (class, split, label); None keeps all
@@ -130,7 +143,7 @@ def quick(config: TailedCoreSweepConfig) -> TailedCoreSweepConfig:
 def arguments(parser) -> None:
     parser.add_argument("--protocols", default=None, help="comma-separated long-tail protocols: step_k<K> (e.g. step_k1, step_k4) or pareto (default: the config's)")
     noise_ratio_option(parser, "0.1")
-    parser.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(KNOWN_METHODS)} (default: the config's, the first three)")
+    parser.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(KNOWN_METHODS)} (default: the config's: {', '.join(DEFAULT_METHODS)})")
 
 
 def apply_arguments(config: TailedCoreSweepConfig, args) -> TailedCoreSweepConfig:
@@ -213,10 +226,13 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
     from raylab.methods.patchcore.model import PatchCore
     from raylab.methods.tailedcore.diagnostics import class_group_metrics, defect_patch_cells, filter_removal, tail_quality
-    from raylab.methods.tailedcore.model import TailedCore
+    from raylab.methods.tailedcore.model import TailedCore, predict_tail
     from raylab.methods.tailedcore.softpatch import SoftPatch
     from raylab.methods.tailedcore.views import RotationFlipViews
-    from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
+    from raylab.data.protocols.noise import base_sample_id
+    from raylab.deploy.anomaly_model import log_anomaly_model, pooled_evaluation
+    from raylab.timing import phase
+    from raylab.tracking.anomaly_artifacts import images_of, log_anomaly_artifacts
 
     torch.set_num_threads(config.threads_per_trial)
     faiss.omp_set_num_threads(config.threads_per_trial)
@@ -236,7 +252,8 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     views = RotationFlipViews(inputs.corpus, config.features, config.tailedcore.tail_rotation_step, config.tailedcore.tail_hflip)
 
     values = dict(setting.values)
-    rows = []
+    prediction = predict_tail(config.tailedcore, train, inputs.embeddings.take(train_ids))
+    rows = [tailsampler_row(prediction, train_rows, true_tail, injected, sorted(tail_classes), f"{TAILSAMPLER_ROW}-{setting.tag()}-{context.trial_id}", values, context)]
     for method in config.methods:
         start = time.perf_counter()
         diagnostics: dict[str, float] = {}
@@ -247,7 +264,7 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
                 views=None if method == "tailedcore_no_views" else (lambda indices: views([train_ids[i] for i in indices])),
                 known_tail=true_tail if method == "tailedcore_true_tail" else None,
             )
-            diagnostics.update(tail_quality(detector.tail.is_tail, true_tail))
+            diagnostics.update(tail_quality(detector.tail.is_tail, true_tail, injected))
             diagnostics.update({"tail_max_k": float(detector.tail.max_k), **filter_removal(detector.head_kept, injected, defect_cells)})
             diagnostics.update({f"memory_{k}": float(v) for k, v in detector.memory_sizes.items()})
         elif method == "softpatch":
@@ -270,12 +287,47 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
             log_anomaly_artifacts(run, evaluations, inputs.corpus, save_model=False)
             run.log_text(result.classes.to_csv(index=False), "protocol_classes.csv")
             run.log_text(result.manifest.to_csv(index=False), "protocol_manifest.csv")
-            if detector is not None:
-                with tempfile.TemporaryDirectory() as scratch:
-                    run.log_artifacts(detector.save(Path(scratch) / "model"), "model")
+            if detector is not None:  # one memory for every class: one MLflow model, "all"
+                pooled = pooled_evaluation(evaluations)
+                with tempfile.TemporaryDirectory() as scratch, phase("MLflow: logging deployable models"):
+                    example = images_of(inputs.corpus, [base_sample_id(pooled.test_ids[0])])[0]
+                    uri = log_anomaly_model(run, pooled, config.features, example, Path(scratch))
+                run.set_tags(models=json.dumps({pooled.class_name: uri}))
         extra = {"tail_classes": sorted(tail_classes), "diagnostics": diagnostics, "per_class": {e.class_name: e.metrics for e in evaluations}}
         rows.append(Row(method, context.dataset, values, metrics, extra))
     return TrialResult(rows)
+
+
+def tailsampler_row(
+    prediction, train_rows: pa.Table, true_tail, injected, tail_classes: list[str], run_name: str, values: dict[str, Any], context: TrialContext
+) -> Row:
+    """TailSampler's prediction against the protocol's truth, as its own summary row.
+
+    Long-tail protocols are synthetic, so the true tail images and the injected defects are
+    known; the row puts TailSampler's precision and recall, and the share of injected defect
+    images it calls tail, beside the detectors' rows (its AUROC columns stay empty). Its
+    nested run carries one line per training image (truth, prediction, predicted class size).
+    """
+    import pandas as pd
+
+    from raylab.methods.tailedcore.diagnostics import tail_quality
+
+    metrics = {**tail_quality(prediction.is_tail, true_tail, injected), "tail_max_k": float(prediction.max_k)}
+    per_image = pd.DataFrame({
+        "sample_id": train_rows.column("sample_id").to_pylist(),
+        "class_name": train_rows.column("class_name").to_pylist(),
+        "true_tail": true_tail,
+        "injected": injected,
+        "predicted_tail": prediction.is_tail,
+        "predicted_class_size": prediction.class_sizes,
+    })
+    tags = {"method": TAILSAMPLER_ROW, **values, "trial": context.trial_id}
+    with context.nested_run(run_name, params=values, tags=tags) as run:
+        run.log_metrics(metrics)
+        run.log_text(per_image.to_csv(index=False), "tail_predictions.csv")
+    diagnostics = {"class_partition": prediction.class_partition.tolist(), "elbow_k": prediction.elbow_k, "share_k": prediction.share_k}
+    extra = {"tail_classes": tail_classes, "diagnostics": diagnostics}
+    return Row(TAILSAMPLER_ROW, context.dataset, values, metrics, extra)
 
 
 # --smoke: a paper-size config's architecture unchanged (backbone, 224 px, 15-degree views,
@@ -362,7 +414,7 @@ def report(rows: Sequence[Row], request: Request[TailedCoreSweepConfig]) -> Repo
     from raylab.methods.tailedcore.report import auroc_bars
     from raylab.report.tables import aggregate, format_table
 
-    table = aggregate([r.to_dict() for r in rows], ["protocol", "noise_ratio", "injected_in_test", "method"], METRICS)
+    table = aggregate([r.to_dict() for r in rows], ["protocol", "noise_ratio", "injected_in_test", "method"], METRICS + TAILSAMPLER_METRICS)
 
     def figures(scratch: Path) -> list[Path]:
         return [auroc_bars(table, scratch / "image_auroc_by_protocol.png")]
@@ -379,7 +431,7 @@ EXPERIMENT = Experiment(
     profiles={"cpu": TailedCoreSweepConfig, "full": full_config},
     default_dataset="longtail_mix",
     metrics_help=", ".join(METRICS) + "; rows carry method in {" + ", ".join(KNOWN_METHODS) + "}, protocol, "
-    "tail_classes, diagnostics and per_class",
+    "tail_classes, diagnostics and per_class; plus one " + TAILSAMPLER_ROW + " row per trial with " + ", ".join(TAILSAMPLER_METRICS[:3]),
     axes=axes,
     prepare=prepare,
     trial=trial,

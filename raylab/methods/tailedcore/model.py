@@ -4,7 +4,9 @@ Anomaly Detection", CVPR 2025).
 One memory for all classes, built from an unlabelled, long-tailed and noisy training set:
 
 * **tail memory**: TailSampler predicts which images belong to rare classes (from global
-  embeddings, :mod:`raylab.methods.tailedcore.tail_sampler`); all patches of those images
+  embeddings, :mod:`raylab.methods.tailedcore.tail_sampler`: the release's pooled last
+  backbone stage, or with ``tail_embedding="patch_mean"`` the mean of the memory's patch
+  features, see :func:`tail_sampler_input`); all patches of those images
   plus the patches of their augmented views (rotations every 15 degrees x horizontal flip,
   :mod:`raylab.methods.tailedcore.views`) -> greedy coreset (10%). Rare classes are thus
   kept whole instead of being filtered out as outliers, and their few images are made to
@@ -53,21 +55,25 @@ class TailedCore:
         self.memory_sizes: dict[str, int] = {}
 
     def fit(
-        self, train_patches: np.ndarray, embeddings: np.ndarray, views: ViewSource | None = None, known_tail: np.ndarray | None = None
+        self,
+        train_patches: np.ndarray,
+        embeddings: np.ndarray | None = None,
+        views: ViewSource | None = None,
+        known_tail: np.ndarray | None = None,
     ) -> TailedCore:
         """Build the pooled memory.
 
         Args:
             train_patches: (N, h, w, D) patch embeddings of all training images, all classes.
-            embeddings: (N, E) global embeddings of the same images (TailSampler's input).
+            embeddings: (N, E) pooled backbone-stage embeddings of the same images, TailSampler's
+                input with ``tail_embedding="backbone_stage"`` (unused, may be None, with
+                ``"patch_mean"``: TailSampler then reads the mean of ``train_patches``).
             views: augmented-view patches of given images; ``None`` disables augmentation.
             known_tail: (N,) bool, the true tail images, bypassing TailSampler: an ablation
                 that measures what TailSampler's errors cost, never part of the method.
         """
         train_patches = np.asarray(train_patches)
-        if len(train_patches) != len(embeddings):
-            raise ValueError(f"{len(train_patches)} patch grids but {len(embeddings)} global embeddings")
-        self.tail = TailSampler(self.config.tail_sampler).predict(embeddings)
+        self.tail = predict_tail(self.config, train_patches, embeddings)
         if known_tail is not None:
             self.tail.is_tail = np.asarray(known_tail, dtype=bool).copy()
         tail_indices = self.tail.tail_indices
@@ -125,6 +131,42 @@ class TailedCore:
         }
         (directory / "tailedcore.json").write_text(json.dumps(summary, indent=2, default=str))
         return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TailedCore:
+        """Read a detector written by :meth:`save`: it scores exactly as the saved one did. The
+        tail prediction is not restored (scoring needs only the memory); it stays in the
+        folder's ``tail_mask.npy`` and ``predicted_class_sizes.npy`` for inspection."""
+        from raylab.config import from_mapping
+
+        directory = Path(directory)
+        saved = json.loads((directory / "tailedcore.json").read_text())
+        model = cls(from_mapping(TailedCoreConfig, saved["config"], where=str(directory / "tailedcore.json")), seed=saved["seed"])
+        model.bank = MemoryBank.load(directory / "memory_bank")
+        model.memory_sizes = dict(saved["memory_sizes"])
+        return model
+
+
+def tail_sampler_input(config: TailedCoreConfig, train_patches: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
+    """The (N, E) global embeddings TailSampler reads under ``config.tail_embedding``.
+
+    ``"patch_mean"`` averages each image's memory patch features over the grid: the class
+    evidence of every position, in which a defect covering a few patches is a small share
+    (see :class:`~raylab.methods.tailedcore.config.TailedCoreConfig` for why it exists).
+    """
+    if config.tail_embedding == "patch_mean":
+        return np.asarray(train_patches, dtype=np.float32).mean(axis=(1, 2))
+    if embeddings is None:
+        raise ValueError('tail_embedding "backbone_stage" needs the pooled backbone-stage embeddings; none were given')
+    if len(train_patches) != len(embeddings):
+        raise ValueError(f"{len(train_patches)} patch grids but {len(embeddings)} global embeddings")
+    return np.asarray(embeddings)
+
+
+def predict_tail(config: TailedCoreConfig, train_patches: np.ndarray, embeddings: np.ndarray | None) -> TailPrediction:
+    """TailSampler's prediction on the embedding the config names: the one place TailedCore and
+    the sweep's ``tailsampler`` row both take it from, so the row measures what TailedCore used."""
+    return TailSampler(config.tail_sampler).predict(tail_sampler_input(config, train_patches, embeddings))
 
 
 def tail_coreset(

@@ -17,7 +17,8 @@ def auroc_bars(table: pd.DataFrame, path: str | Path, metrics: tuple[str, ...] =
 
     keys = [k for k in ("protocol", "noise_ratio", "injected_in_test") if k in table]
     settings = table[keys].drop_duplicates().sort_values(keys)
-    methods = sorted(table["method"].unique())
+    # Rows without AUROC (the per-trial "tailsampler" row) get no bar.
+    methods = sorted(m for m in table["method"].unique() if table.loc[table["method"] == m, f"{metrics[0]}_mean"].notna().any())
     width = 0.8 / max(1, len(methods))
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
     for axis, metric in zip(axes[0], metrics):

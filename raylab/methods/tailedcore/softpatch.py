@@ -74,3 +74,15 @@ class SoftPatch:
         np.save(directory / "weights.npy", self.weights)
         (directory / "softpatch.json").write_text(json.dumps({"config": dataclasses.asdict(self.config), "seed": self.seed}, indent=2, default=str))
         return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SoftPatch:
+        """Read a detector written by :meth:`save`; it scores exactly as the saved one did."""
+        from raylab.config import from_mapping
+
+        directory = Path(directory)
+        saved = json.loads((directory / "softpatch.json").read_text())
+        model = cls(from_mapping(SoftPatchConfig, saved["config"], where=str(directory / "softpatch.json")), seed=saved["seed"])
+        model.bank = MemoryBank.load(directory / "memory_bank")
+        model.weights = np.load(directory / "weights.npy", allow_pickle=False)
+        return model
