@@ -67,7 +67,7 @@ def test_meds_full_dinov2_at_smoke_budget(ray_session, weight_folder: Path, tmp_
     ]
     summary, _ = _smoke_run("meds_sweep", argv, tmp_path / "meds.json")
     # ELPV has no pixel masks: image-level metrics only.
-    _assert_finite_rows(summary, {"meds", "patchcore", "partial_memory", "distilled"}, ("image_auroc", "image_ap"))
+    _assert_finite_rows(summary, {"meds", "clean_oracle", "patchcore", "partial_memory", "distilled"}, ("image_auroc", "image_ap"))
     assert {row["noise_ratio"] for row in summary["rows"]} == {0.2}
     _assert_report_figure_opens("meds_sweep", summary["sweep"], "image_auroc_vs_noise.png", tmp_path)
 

@@ -1,5 +1,6 @@
-"""MeDS stages 2-3: selection schedule, losses, network, Ray Train resume, and the rule that
-the method never reads the injected-noise flags."""
+"""MeDS stages 2-3: selection schedule, the released stage-3 recipe, losses, network, the fused
+stage 2+3 Train run and its resume, the clean oracle's training set, and the rule that the
+method never reads the injected-noise flags."""
 
 from __future__ import annotations
 
@@ -141,8 +142,10 @@ def test_meds_never_reads_injected_noise_flags(ray_session, tmp_path):
     for index, table in enumerate((noisy, flipped)):
         split = class_splits(table, image_size=40)[0]
         meds = MeDS(_tiny_config(), seed=0, image_size=40, run_name=f"flags-{index}", storage_path=str(tmp_path))
-        with pytest.raises(RuntimeError, match="distil must run"):
-            meds.select()
+        with pytest.raises(RuntimeError, match="fit must run"):
+            meds.predict(features.take(split.test_ids))
+        with pytest.raises(RuntimeError, match="fit or MeDS.distil must run"):
+            meds.train_on(np.ones(len(split.train_ids), bool), "oracle")
         meds.fit(features.take(split.train_ids))
         distilled_maps, memory_maps = meds.training_maps()
         assert distilled_maps.shape == memory_maps.shape == (len(split.train_ids), 4, 4)
@@ -150,3 +153,139 @@ def test_meds_never_reads_injected_noise_flags(ray_session, tmp_path):
     (history_a, scores_a), (history_b, scores_b) = outcomes
     assert all(np.array_equal(a, b) for a, b in zip(history_a, history_b))
     np.testing.assert_array_equal(scores_a, scores_b)
+
+
+# ----------------------------------------------------------------- stage 3 as released
+
+
+def test_stage3_defaults_are_the_released_recipe():
+    """step_3_data_selection_with_distilled_model.py: StableAdamW lr 2e-3 -> 2e-4 warm-cosine
+    with 100 warm-up iterations over 10k, p ramped to 0.5 over 1k iterations, factor 0.1."""
+    from raylab.methods.meds.config import MeDSConfig, SelectionConfig
+    from raylab.train.optim import warm_cosine_lr
+
+    s = MeDSConfig().selection
+    assert (s.iterations, s.batch_size, s.lr, s.final_lr, s.warmup_iterations) == (10_000, 16, 2e-3, 2e-4, 100)
+    assert (s.hard_mining_p, s.hard_mining_ramp_iterations, s.hard_mining_factor, s.mad_k) == (0.5, 1_000, 0.1, 3.0)
+    lr = [warm_cosine_lr(i, base_lr=s.lr, final_lr=s.final_lr, warmup=s.warmup_iterations, total=s.iterations) for i in range(s.iterations)]
+    assert lr[0] < 1e-4 and lr[99] == pytest.approx(2e-3) and lr[-1] == pytest.approx(2e-4, rel=1e-3)
+    assert hard_mining_fraction(500, s.hard_mining_p, s.hard_mining_ramp_iterations) == pytest.approx(0.25)
+    # The CPU size scales the warm-up and the ramp with its iterations (800 of 10k).
+    cpu = cpu_config().selection
+    assert cpu.warmup_iterations == round(100 * cpu.iterations / 10_000) and cpu.hard_mining_ramp_iterations == round(1_000 * cpu.iterations / 10_000)
+    assert (cpu.lr, cpu.final_lr, cpu.hard_mining_factor) == (2e-3, 2e-4, 0.1)
+    with pytest.raises(ValueError, match="epochs"):
+        SelectionConfig(iterations=4, epochs=5)
+
+
+def test_a_pass_covers_the_kept_set_once_in_lock_step():
+    from raylab.methods.meds.training import pass_batches
+
+    kept = np.arange(0, 75, 2)  # 38 kept samples, 2 workers, batch 4
+    batches = [pass_batches(kept, rank, 2, 4, np.random.default_rng(rank)) for rank in (0, 1)]
+    assert [len(b) for b in batches] == [4, 4]  # 19 per worker -> 4 whole batches each (DDP lock-step)
+    seen = np.concatenate([np.concatenate(b) for b in batches])
+    assert len(set(seen.tolist())) == len(seen) == 32 and set(seen.tolist()) <= set(kept.tolist())
+    # A share smaller than a batch is one batch of itself.
+    small = pass_batches(np.array([3, 5, 7]), 1, 2, 16, np.random.default_rng(0))
+    assert [sorted(b.tolist()) for b in small] == [[5]]
+
+
+def test_selection_score_is_the_release_top_token_mean():
+    from raylab.methods.meds.training import token_top_mean
+
+    maps = np.arange(2 * 196, dtype=np.float64).reshape(2, 196)
+    np.testing.assert_allclose(token_top_mean(maps, 0.01), [195.0, 391.0])  # int(1.96) = 1 token
+    np.testing.assert_allclose(token_top_mean(np.arange(784.0)[None], 0.01), [np.arange(777.0, 784.0).mean()])  # 7 of 784
+
+
+def _fused_config(selection, epochs: int = 2) -> dict:
+    tokens = _tiny_patches().reshape(12, 16, 8)
+    config = _tiny_config()
+    return {
+        "tokens": tokens,
+        "targets": np.random.default_rng(1).random((12, 16)).astype(np.float32),
+        "model": {"groups": [[[0, 4]], [[4, 8]]], "in_dim": 8, "hidden_dim": 16, "decoder_blocks": 2, "heads": 2},
+        "seed": 0,
+        "distillation": dataclasses.replace(config.distillation, epochs=epochs, iterations=4 * epochs),
+        "selection": selection,
+        "class_ids": np.zeros(12, dtype=np.int64),
+        "top_fraction": 0.1,
+    }
+
+
+def test_fused_run_resumes_in_the_stage_it_was_in(ray_session, tmp_path):
+    """One Train run trains stage 2 then stage 3; re-run, it continues where its checkpoint's
+    stage marker says: a finished stage 2 is not trained again."""
+    from raylab.methods.meds.config import SelectionConfig
+    from raylab.methods.meds.training import meds_loop
+    from raylab.train import TrainSpec, fit, load_result_state
+
+    selection = SelectionConfig(iterations=8, epochs=2, batch_size=4, warmup_iterations=1, hard_mining_ramp_iterations=2)
+    spec = TrainSpec("fused-resume", num_workers=2, storage_path=str(tmp_path))
+    # Stage 2 only (selection None), then the same run with stage 3: stage 2 is not redone.
+    stage2 = fit(meds_loop, _fused_config(None), spec)
+    assert list(stage2.metrics_dataframe["stage"]) == [2, 2]
+    distilled = load_result_state(stage2)["model"]
+    both = fit(meds_loop, _fused_config(selection), spec)
+    frame = both.metrics_dataframe
+    assert list(frame["stage"]) == [3, 3] and list(frame["epoch"]) == [0, 1]
+    state = load_result_state(both)
+    assert state["stage"] == "selection"
+    assert all(torch.equal(distilled[k], state["distilled"][k]) for k in distilled)
+    # Re-selection before every pass: more masks than epochs, one per pass.
+    assert len(state["history"]) == sum(r["passes"] for r in state["reports"] if r["stage"] == 3) > 2
+    assert [(r["stage"], r["epoch"]) for r in state["reports"]] == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    # Longer stage 3 on the same run: it resumes inside stage 3 (epochs 2, 3 only).
+    longer = fit(meds_loop, _fused_config(dataclasses.replace(selection, iterations=16, epochs=4)), spec)
+    assert list(longer.metrics_dataframe["stage"]) == [3, 3] and list(longer.metrics_dataframe["epoch"]) == [2, 3]
+    assert all(torch.equal(distilled[k], load_result_state(longer)["distilled"][k]) for k in distilled)
+
+
+def test_meds_fit_is_one_train_run_with_both_stages(ray_session, tmp_path):
+    from raylab.methods.meds.method import MeDS
+
+    config = _tiny_config()
+    meds = MeDS(config, seed=0, image_size=40, run_name="fused-fit", storage_path=str(tmp_path))
+    meds.fit(_tiny_patches())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("fused-fit")) == ["fused-fit-stage2-3"]
+    assert [r["epoch"] for r in meds.training_metrics["distillation"]] == [0, 1]
+    assert [r["epoch"] for r in meds.training_metrics["selection"]] == [0, 1]
+    assert len(meds.selection_history) == sum(r["passes"] for r in meds.training_metrics["selection"])
+    # The distilled detector is the stage-2 network, not the final one.
+    distilled = meds.distilled.network.state_dict()
+    final = meds.final.network.state_dict()
+    assert any(not torch.equal(distilled[k], final[k]) for k in distilled)
+
+
+def test_clean_oracle_trains_on_the_clean_training_images_only(ray_session, tmp_path, shared_data):
+    """Magnetic tile at noise 0.4: the oracle's training set is the class's training ids minus
+    the injected ones (every injected one out, every original normal in)."""
+    from raylab.data import NoiseProtocol, inject_noise, load_corpus
+    from raylab.methods.anomaly_benchmark import class_splits
+    from raylab.methods.meds.experiment import clean_training_mask
+    from raylab.methods.meds.method import MeDS
+
+    corpus = load_corpus("magnetic_tile", str(shared_data))
+    table = inject_noise(corpus, NoiseProtocol(0.4, seed=0)).table
+    split = class_splits(table, image_size=224)[0]
+    keep = clean_training_mask(split)
+    injected = {r["sample_id"] for r in table.select(["sample_id", "injected_noise"]).to_pylist() if r["injected_noise"]}
+    originals = {r["sample_id"] for r in corpus.select(["sample_id", "split", "class_name"]).to_pylist()
+                 if r["split"] == "train" and r["class_name"] == split.class_name}
+    kept_ids = {i for i, k in zip(split.train_ids, keep) if k}
+    assert injected and not (kept_ids & injected)
+    assert kept_ids == originals and len(kept_ids) < len(split.train_ids)
+
+    # The oracle's Train run uses exactly that mask at every pass (its own run name).
+    patches = _tiny_patches()
+    meds = MeDS(_tiny_config(), seed=0, image_size=40, run_name="oracle", storage_path=str(tmp_path))
+    meds.distil(patches)
+    mask = np.ones(12, bool)
+    mask[:2] = False  # the two "defect" images
+    oracle = meds.train_on(mask, "clean_oracle")
+    assert (tmp_path / "oracle-clean_oracle").is_dir() and oracle.predict(patches).image_scores.shape == (12,)
+    assert meds.final is None and [r["epoch"] for r in meds.training_metrics["clean_oracle"]] == [0, 1]
+    assert all(r["kept_fraction"] == pytest.approx(10 / 12) for r in meds.training_metrics["clean_oracle"])
+    with pytest.raises(ValueError, match="non-empty mask"):
+        meds.train_on(np.zeros(12, bool), "clean_oracle")

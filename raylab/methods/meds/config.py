@@ -9,8 +9,12 @@ is the size that runs on a 2-core laptop, with every reduction stated:
 * token grid pooled from 28x28 to 14x14 (4x fewer tokens; 16x fewer patch pairs in stage 1);
 * stage 1: B = 10 bootstraps instead of 100 (10x fewer);
 * decoder: 2 linear-attention blocks of width 64 (2 heads) instead of 8 of width 768 (12);
-* iterations: 400 distillation and 400 selection iterations (8 selection epochs of 50)
-  instead of 10k each, with the warm-up and the hard-mining ramp scaled by the same 1/25.
+* iterations: 400 distillation iterations (1/25 of 10k) and 800 stage-3 iterations (1/12.5
+  of 10k; stage 3 is the final detector's whole training, so it gets the larger share),
+  each with its warm-up (100 at full size) and stage 3's hard-mining ramp (1k) scaled by
+  the same factor as its iterations: 4 and 8 warm-up iterations, an 80-iteration ramp.
+  Everything else in stage 3 is the release's (lr 2e-3 -> 2e-4, p 0.5, factor 0.1, batch
+  16, re-selection before every pass over the kept set).
 """
 
 from __future__ import annotations
@@ -70,18 +74,36 @@ class DistillationConfig:
 
 @dataclass
 class SelectionConfig:
-    """Stage 3: progressive selection (threshold median + (it/T) k MAD) and fine-tuning."""
+    """Stage 3 as released: the full reconstruction training from the distilled weights.
+
+    Each pass over the kept set starts with a fresh selection (threshold ``median + (it/T) k
+    MAD`` per class on the blended score); the network trains with Dinomaly's global cosine
+    loss, whose hard mining mutes (multiplies by ``hard_mining_factor``) the gradient of the
+    ``p`` best-reconstructed tokens, ``p`` ramping to ``hard_mining_p`` over
+    ``hard_mining_ramp_iterations``; a fresh StableAdamW with lr ``lr -> final_lr`` warm-cosine.
+    Values: ``step_3_data_selection_with_distilled_model.py`` (10k iterations, batch 16,
+    lr 2e-3 -> 2e-4 with 100 warm-up iterations, p 0.5 over 1k iterations, factor 0.1,
+    wd 1e-4, grad clip 0.1, k = 3). ``epochs`` is only the checkpoint and report interval
+    (the release has none; a pass that reaches an epoch's end stops there and the next epoch
+    selects again).
+    """
 
     iterations: int = 10_000
     epochs: int = 10
     mad_k: float = 3.0
     hard_mining_p: float = 0.5
     hard_mining_ramp_iterations: int = 1_000
-    hard_mining_factor: float = 0.0
+    hard_mining_factor: float = 0.1
     batch_size: int = 16
-    lr: float = 2e-4
+    lr: float = 2e-3
+    final_lr: float = 2e-4
+    warmup_iterations: int = 100
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
+
+    def __post_init__(self) -> None:
+        require(self.iterations >= 1 and 1 <= self.epochs <= self.iterations, "epochs", f"must lie in [1, iterations], got {self.epochs} for {self.iterations} iterations")
+        require(0.0 <= self.hard_mining_p < 1.0, "hard_mining_p", f"must lie in [0, 1), got {self.hard_mining_p!r}")
 
 
 @dataclass
@@ -112,7 +134,7 @@ def cpu_config() -> MeDSConfig:
         distillation=DistillationConfig(
             hidden_dim=64, decoder_blocks=2, heads=2, iterations=400, warmup_iterations=4, epochs=4
         ),
-        selection=SelectionConfig(iterations=400, epochs=8, hard_mining_ramp_iterations=40),
+        selection=SelectionConfig(iterations=800, epochs=8, warmup_iterations=8, hard_mining_ramp_iterations=80),
         groups=(((0, 40),), ((40, 152),)),
         token_grid=14,
     )

@@ -3,16 +3,23 @@
 One trial = one protocol setting (noise ratio, seed). It applies the noise protocol to the
 shared corpus, then for every class fits, on identical cached features:
 
-* ``meds``: the three stages (partial memories -> distillation -> progressive selection);
+* ``meds``: the three stages (partial memories -> distillation -> progressive selection and
+  the released reconstruction training; stages 2 and 3 in one Ray Train run per class);
+* ``clean_oracle``: MeDS's final detector with a perfect filter: stage 3's training recipe,
+  from the same distilled weights, on the clean training images only (the training ids
+  minus the injected ones; its own Train run, ``<class>-clean_oracle``) -- the ceiling
+  that every noisy ``meds`` result sits beside;
 * ``distilled``: the stage-2 network alone (no selection);
 * ``partial_memory``: the stage-1 bootstrapped memories alone as the detector;
 * ``patchcore``: the foundation's PatchCore;
 
 and logs one nested MLflow run per method (metrics, per-class table, ROC, overlays, model;
-for MeDS also the per-epoch kept fraction and the filter's precision and recall against the
+for MeDS also the per-pass kept fraction and the filter's precision and recall against the
 injected-noise flags, which only the platform reads). ``--search N`` runs Optuna over
 (rho, B, k, lr) with ASHA over the three stages (trials compared from stage 2 on, so every
-trial trains its own network) as a sensitivity study: its objective is
+trial trains its own network; stage 2's report comes after the Train run that trains both
+stages 2 and 3, so ASHA's stage-2 rung can no longer save a stopped trial's stage-3 training,
+only its evaluation and the clean oracle) as a sensitivity study: its objective is
 test AUROC, so never use it to pick a configuration to report. Every search trial trains
 its own networks (its Train runs are named by its sampled parameters).
 """
@@ -43,7 +50,7 @@ if TYPE_CHECKING:
     from raylab.methods.anomaly_benchmark import ClassEvaluation
 
 NAME = "meds_sweep"
-METHODS = ("meds", "patchcore", "partial_memory", "distilled")
+METHODS = ("meds", "clean_oracle", "patchcore", "partial_memory", "distilled")
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 
@@ -126,6 +133,17 @@ def with_search(config: MeDSConfig, sampled: dict[str, Any]) -> MeDSConfig:
     return config
 
 
+def clean_training_mask(split) -> np.ndarray:
+    """The perfect filter: True for the class's training images that are not injected noise
+    (aligned with ``split.train_ids``). Only the platform's clean-oracle row reads it."""
+    import numpy as np
+
+    injected = np.asarray(split.train_injected, dtype=bool)
+    if injected.shape != (len(split.train_ids),):
+        raise ValueError(f"{split.class_name}: {injected.shape} injected flags for {len(split.train_ids)} training images")
+    return ~injected
+
+
 def search_space() -> dict[str, Any]:
     from ray import tune
 
@@ -133,7 +151,10 @@ def search_space() -> dict[str, Any]:
 
 
 def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, context: TrialContext) -> TrialResult:
-    """One (noise ratio, seed) setting, every method; reports stage 1 and 2 on the way (for ASHA)."""
+    """One (noise ratio, seed) setting, every method; reports stage 1 and 2 on the way (for ASHA).
+
+    Stage 2's report follows the one Train run per class that trains stages 2 and 3 together.
+    """
     import numpy as np
 
     from raylab.data.protocols import NoiseProtocol, inject_noise
@@ -150,6 +171,7 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
     image_size = config.features.image_size
     evaluations: dict[str, list[ClassEvaluation]] = {m: [] for m in config.methods}
     filter_rows: list[list[dict[str, float]]] = []
+    curves: dict[str, dict[str, list[dict[str, float]]]] = {}  # class -> Train stage -> per-epoch reports
     for split in class_splits(result.table, image_size):
         train = inputs.features.take(split.train_ids)
         if "patchcore" in config.methods:
@@ -169,6 +191,10 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
         context.report({"stage": 2, "image_auroc": _mean_auroc(evaluations.get("distilled"))})
         evaluations["meds"].append(evaluate_fitted(meds, split, inputs.features))
         filter_rows.append(filter_quality(meds.selection_history, split.train_injected))
+        if "clean_oracle" in config.methods:
+            oracle = meds.train_on(clean_training_mask(split), "clean_oracle")
+            evaluations["clean_oracle"].append(evaluate_fitted(oracle, split, inputs.features))
+        curves[split.class_name] = meds.training_metrics
 
     rows = []
     values = dict(setting.values)
@@ -181,12 +207,29 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
         ) as run:
             run.log_metrics(metrics)
             if method == "meds":
+                # One step per stage-3 pass (classes with fewer passes end earlier).
                 for epoch, per_class in enumerate(zip(*filter_rows)):
                     run.log_metrics({k: float(np.nanmean([c[k] for c in per_class])) for k in per_class[0]}, step=epoch)
-            log_anomaly_artifacts(run, class_evaluations, inputs.corpus)
+                log_training_curves(run, curves)
+            log_anomaly_artifacts(run, class_evaluations, inputs.corpus, features=config.features)
         extra = {"search": dict(setting.search), "trial": context.trial_id} if setting.search else {}
         rows.append(Row(method, context.dataset, values, metrics, extra))
-    return TrialResult(rows, objective={"stage": 3, "image_auroc": rows[0].metrics["image_auroc"]})
+    objective = next(r for r in rows if r.method == "meds").metrics["image_auroc"]
+    return TrialResult(rows, objective={"stage": 3, "image_auroc": objective})
+
+
+def log_training_curves(run, curves: dict[str, dict[str, list[dict[str, float]]]]) -> None:
+    """Each class's Train curves (losses, learning rate, kept fraction) as MLflow metrics with
+    their epoch as the step: ``train/<class>/<stage>/<metric>``, one line per curve in the UI."""
+    for class_name, stages in curves.items():
+        for stage, reports in stages.items():
+            for report in reports:
+                values = {f"train/{class_name}/{stage}/{k}": float(v) for k, v in report.items() if k not in ("epoch", "stage") and _is_number(v)}
+                run.log_metrics(values, step=int(report.get("epoch", 0)))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --smoke: a paper-size config's architecture unchanged, its budget shrunk to seconds of compute
@@ -196,7 +239,7 @@ SMOKE = {
     "meds": {
         "stage1": {"bootstraps": 2},
         "distillation": {"iterations": 2, "warmup_iterations": 1, "epochs": 1},
-        "selection": {"iterations": 2, "epochs": 1, "hard_mining_ramp_iterations": 1},
+        "selection": {"iterations": 2, "epochs": 1, "warmup_iterations": 1, "hard_mining_ramp_iterations": 1},
     },
 }
 
@@ -225,11 +268,15 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     d = meds.distillation
     parameters = parameter_count(lambda: ReconstructionScoreNet(
         meds.groups, dim, d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout))
-    runs_per_class = 2  # distillation and selection, each its own Train run
+    # One Train run for stages 2+3 (its checkpoint also holds the distilled weights) and, with
+    # clean_oracle, one more for the oracle's stage 3.
+    oracle = "clean_oracle" in config.methods
+    copies_per_class = (ADAM_STATE_COPIES + 1) + (ADAM_STATE_COPIES if oracle else 0)
     settings = len(config.noise_ratios) * len(config.seeds)
-    checkpoints = parameters * FLOAT32 * ADAM_STATE_COPIES * runs_per_class * len(train_per_class) * settings
+    checkpoints = parameters * FLOAT32 * copies_per_class * len(train_per_class) * settings
+    stage3_runs = 2 if oracle else 1
     return CostModel(
-        work=len(train_per_class) * (d.iterations * d.batch_size + meds.selection.iterations * meds.selection.batch_size),
+        work=len(train_per_class) * (d.iterations * d.batch_size + stage3_runs * meds.selection.iterations * meds.selection.batch_size),
         work_unit="decoder image-steps",
         # The class's training tokens, held by stage 1 and again as the Train workers' dataset.
         array_bytes=2 * largest * token_bytes,
@@ -271,12 +318,12 @@ def report(rows: Sequence[Row], request: Request[MeDSSweepConfig]) -> Report:
 EXPERIMENT = Experiment(
     name=NAME,
     description="MeDS (bootstrapped partial memories, distillation, progressive selection) against PatchCore, "
-    "stage 1 alone and stage 2 alone, over noise ratios x seeds on Ray Tune, tracked in MLflow "
+    "stage 1 alone, stage 2 alone and a clean-data oracle (MeDS's final detector trained on the clean images only), over noise ratios x seeds on Ray Tune, tracked in MLflow "
     "(a parent run per sweep, nested runs per method and setting).",
     config_type=MeDSSweepConfig,
     profiles={"cpu": MeDSSweepConfig, "full": full_config},
     default_dataset="elpv",
-    metrics_help=", ".join(METRICS) + "; rows carry method in {meds, patchcore, partial_memory, distilled}",
+    metrics_help=", ".join(METRICS) + "; rows carry method in {" + ", ".join(METHODS) + "}",
     axes=noise_axes,
     prepare=prepare,
     trial=trial,
@@ -293,7 +340,7 @@ EXPERIMENT = Experiment(
     ),
     setting_keys=("meds.stage1.seed",),
     trial_resources=lambda config: {"CPU": 0.01},
-    # What a trial's Train workers hold together (one Train run at a time).
+    # What a trial's Train workers hold together (one Train run at a time: MeDS's, then the oracle's).
     trial_cpus=lambda config: config.meds.train_workers * config.meds.cpus_per_train_worker,
     smoke=SMOKE,
     cost=cost,

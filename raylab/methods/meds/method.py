@@ -3,13 +3,17 @@
 ``MeDS(config).fit(train_patches)`` runs, on one class's possibly contaminated training set:
 
 1. bootstrapped partial memories -> a memory-score map per training image (Ray tasks);
-2. distillation of those maps into the reconstruction network (Ray Train);
-3. progressive selection + fine-tuning with the global hard-mining cosine loss (Ray Train);
+2. distillation of those maps into the reconstruction network, then
+3. progressive selection + the released reconstruction training (global hard-mining cosine
+   loss) from the distilled weights -- 2 and 3 in one Ray Train run per class
+   (``training.meds_loop``), so the worker group's start-up is paid once;
 
 and ``predict`` scores test images with the final network (blur sigma 4, top-1% mean).
-``fit`` is ``distil`` (stages 1-2) followed by ``select`` (stage 3).
 ``distilled`` is the stage-2 network as a detector of its own (the "stage 2 alone"
-baseline), and ``selection_history`` the kept mask of every stage-3 epoch.
+baseline, its weights carried in the run's checkpoint), ``selection_history`` the kept mask
+of every stage-3 pass, and ``training_metrics`` the per-epoch reports of each stage.
+``distil`` runs stages 1-2 alone; ``train_on`` runs stage 3's recipe on a given kept set
+(the platform's clean-oracle ceiling).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from raylab.features.patch_embed import pool_patch_grid
 from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
 from raylab.methods.meds.config import MeDSConfig
 from raylab.methods.meds.partial_memory import memory_score_maps
-from raylab.methods.meds.training import build_network, distillation_loop, image_scores_from_tokens, selection_loop, token_maps
-from raylab.timing import phase
+from raylab.methods.meds.training import DISTILLATION, SELECTION, build_network, meds_loop, selection_loop, token_maps
+from raylab.timing import phase, record
 from raylab.train import TrainSpec, fit, load_result_state
+from raylab.train.harness import LOOP_SECONDS
 
 
 class ReconstructionDetector:
@@ -83,6 +88,10 @@ class _DistilledStage:
     state: dict[str, torch.Tensor]
 
 
+# Column of a fused run's metrics that says which stage reported (training.DISTILLATION / SELECTION).
+_STAGE_NAMES = {DISTILLATION: "distillation", SELECTION: "selection"}
+
+
 class MeDS:
     def __init__(self, config: MeDSConfig, *, seed: int = 0, image_size: int = 224, run_name: str = "meds", storage_path: str | None = None) -> None:
         self.config, self.seed, self.image_size = config, seed, image_size
@@ -109,81 +118,105 @@ class MeDS:
     def _detector(self, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> ReconstructionDetector:
         return ReconstructionDetector(kwargs, state, self.config.token_grid, self.image_size, self.config.blur_sigma, self.config.top_fraction)
 
-    def _train(self, stage: str, loop, loop_config: dict[str, Any]):
+    def _train(self, suffix: str, stage: str, loop, loop_config: dict[str, Any]):
+        """One Train run named ``<run_name>-<suffix>``; its per-epoch metrics land in ``training_metrics``.
+
+        The loops keep every epoch's metrics in the checkpoint (``reports``: the run keeps only
+        its newest checkpoint, and Ray Train's metrics table only the kept ones); they are split
+        per stage here, and a fused run's loop time into a row per stage of ``--profile-time``.
+        """
         spec = TrainSpec(
-            f"{self.run_name}-{stage}",
+            f"{self.run_name}-{suffix}",
             num_workers=self.config.train_workers,
             cpus_per_worker=self.config.cpus_per_train_worker,
             storage_path=self.storage_path,
             max_failures=2,
-            # Resuming needs only the newest; an older one is 3x the decoder's size (weights and
-            # Adam moments), about 0.8 GB per run at the paper's size.
+            # Resuming needs only the newest; an older one is 3-4x the decoder's size (weights,
+            # Adam moments, and in stage 3 the distilled weights), about 1 GB at the paper's size.
             checkpoints_to_keep=1,
             stage=stage,
         )
         result = fit(loop, loop_config, spec)
-        history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
-        self.training_metrics[stage] = history
-        return load_result_state(result)
+        state = load_result_state(result)
+        reports = list(state.get("reports", []))
+        for code, name in _STAGE_NAMES.items():
+            rows = [dict(r) for r in reports if r.get("stage") == code]
+            if rows:
+                self.training_metrics[name if suffix.startswith("stage") else suffix] = rows
+        if "distillation_seconds" in state:
+            _record_stage_loops(float(state["distillation_seconds"]), float((result.metrics or {}).get(LOOP_SECONDS, 0.0)))
+        return state
 
     def fit(self, train_patches: np.ndarray, class_ids: np.ndarray | None = None) -> MeDS:
-        """All three stages on one (possibly contaminated) training set."""
-        return self.distil(train_patches, class_ids).select()
+        """All three stages on one (possibly contaminated) training set; stages 2 and 3 in one Train run."""
+        stage2 = self._stage1(train_patches, class_ids)
+        state = self._train("stage2-3", "MeDS stages 2+3", meds_loop, self._fused_config(stage2, self.config.selection))
+        self._finish_stage2(stage2, state["distilled"])
+        self.selection_history = list(state["history"])
+        self.final = self._detector(stage2.model_kwargs, state["model"])
+        return self
 
     def distil(self, train_patches: np.ndarray, class_ids: np.ndarray | None = None) -> MeDS:
-        """Stages 1 and 2: partial-memory maps, then the network trained to reproduce them.
+        """Stages 1 and 2 only (its own Train run): ``distilled`` is then usable as a detector
+        (for studies of stage 2 that need not pay for stage 3); ``final`` stays unset."""
+        stage2 = self._stage1(train_patches, class_ids)
+        state = self._train("stage2", "distillation", meds_loop, self._fused_config(stage2, None))
+        self._finish_stage2(stage2, state["model"])
+        return self
 
-        Afterwards ``distilled`` is usable as a detector on its own; :meth:`select` continues
-        from it (split so that stage 2 can be studied without paying for stage 3).
+    def train_on(self, keep: np.ndarray, name: str) -> ReconstructionDetector:
+        """Stage 3's training recipe from the distilled weights on a fixed kept set (no selection),
+        in its own Train run ``<run_name>-<name>``.
+
+        The platform's clean-oracle ceiling calls it with the true clean mask (a perfect
+        filter); MeDS itself never does, since it never sees which samples are noise.
         """
+        if self._stage2 is None:
+            raise RuntimeError("MeDS.fit or MeDS.distil must run before train_on")
+        stage2 = self._stage2
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(stage2.tokens),) or not keep.any():
+            raise ValueError(f"keep must be a non-empty mask over the {len(stage2.tokens)} training images, got shape {keep.shape} with {int(keep.sum())} kept")
+        loop_config = {
+            **self._common(stage2.tokens, stage2.model_kwargs),
+            "schedule": self.config.selection,
+            "initial_state": stage2.state,
+            "fixed_keep": keep,
+            "top_fraction": self.config.top_fraction,
+        }
+        state = self._train(name, name, selection_loop, loop_config)
+        return self._detector(stage2.model_kwargs, state["model"])
+
+    def _stage1(self, train_patches: np.ndarray, class_ids: np.ndarray | None) -> _DistilledStage:
+        """Stage 1's memory-score maps (``memory_maps``) and what stages 2-3 train on (no weights yet)."""
         tokens_grid = pool_patch_grid(train_patches, self.config.token_grid)
         n, h, w, d = tokens_grid.shape
-        tokens = np.ascontiguousarray(tokens_grid.reshape(n, h * w, d))
         class_ids = np.zeros(n, dtype=np.int64) if class_ids is None else np.asarray(class_ids)
         stage1 = dataclasses.replace(self.config.stage1, seed=self.seed)
         with phase("MeDS stage 1: partial memories"):
             self.memory_maps = self._per_class_maps(tokens_grid, class_ids, stage1)
-        kwargs = self._model_kwargs(d)
-        schedule = self.config.distillation
-        targets = self.memory_maps.reshape(n, h * w).astype(np.float32)
-        state = self._train("distillation", distillation_loop, {**self._common(tokens, kwargs), "targets": targets, "schedule": schedule})
-        self.distilled = self._detector(kwargs, state["model"])
-        self._stage2 = _DistilledStage(tokens, class_ids, h, kwargs, state["model"])
-        return self
+        return _DistilledStage(np.ascontiguousarray(tokens_grid.reshape(n, h * w, d)), class_ids, h, self._model_kwargs(d), {})
 
-    def select(self) -> MeDS:
-        """Stage 3: progressive selection and fine-tuning, starting from the distilled network."""
-        if self._stage2 is None:
-            raise RuntimeError("MeDS.distil must run before select")
-        stage2 = self._stage2
-        distilled_scores = image_scores_from_tokens(
-            token_maps(self.distilled.network, stage2.tokens), stage2.grid, self.image_size,
-            self.config.blur_sigma, self.config.top_fraction,
-        )
-        state = self._train(
-            "selection",
-            selection_loop,
-            {
-                **self._common(stage2.tokens, stage2.model_kwargs),
-                "schedule": self.config.selection,
-                "class_ids": stage2.class_ids,
-                "distilled_scores": distilled_scores,
-                "initial_state": stage2.state,
-                "grid": stage2.grid,
-                "image_size": self.image_size,
-                "blur_sigma": self.config.blur_sigma,
-                "top_fraction": self.config.top_fraction,
-            },
-        )
-        self.selection_history = list(state["history"])
-        self.final = self._detector(stage2.model_kwargs, state["model"])
-        return self
+    def _fused_config(self, stage2: _DistilledStage, selection) -> dict[str, Any]:
+        n = len(stage2.tokens)
+        return {
+            **self._common(stage2.tokens, stage2.model_kwargs),
+            "targets": self.memory_maps.reshape(n, -1).astype(np.float32),
+            "distillation": self.config.distillation,
+            "selection": selection,
+            "class_ids": stage2.class_ids,
+            "top_fraction": self.config.top_fraction,
+        }
+
+    def _finish_stage2(self, stage2: _DistilledStage, distilled_state: dict[str, torch.Tensor]) -> None:
+        self.distilled = self._detector(stage2.model_kwargs, distilled_state)
+        self._stage2 = dataclasses.replace(stage2, state=distilled_state)
 
     def training_maps(self) -> tuple[np.ndarray, np.ndarray]:
         """(distilled, stage-1) token maps of the training images, each (N, h, w): how faithfully
         stage 2 reproduced what it was trained on, read without any label."""
         if self._stage2 is None or self.memory_maps is None:
-            raise RuntimeError("MeDS.distil must run before training_maps")
+            raise RuntimeError("MeDS.fit or MeDS.distil must run before training_maps")
         distilled = token_maps(self.distilled.network, self._stage2.tokens)
         return distilled.reshape(self.memory_maps.shape), self.memory_maps
 
@@ -206,3 +239,14 @@ class MeDS:
         if self.final is None:
             raise RuntimeError("MeDS.fit must run before save")
         return self.final.save(directory)
+
+
+def _record_stage_loops(distillation_seconds: float, loop_seconds: float) -> None:
+    """Split a fused run's loop time by stage for ``--profile-time``.
+
+    The harness records the whole loop as one phase ("Ray Train loop: MeDS stages 2+3");
+    these two rows are its parts (stage 2 ended ``distillation_seconds`` into the loop).
+    """
+    if loop_seconds > 0:
+        record("  of which stage 2: distillation", min(distillation_seconds, loop_seconds))
+        record("  of which stage 3: selection", max(loop_seconds - distillation_seconds, 0.0))
