@@ -16,7 +16,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 import requests
 
@@ -34,7 +33,7 @@ from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
 from raylab.methods.patchcore import PatchCoreConfig
 from raylab.methods.patchcore.model import PatchCore
 from raylab.tracking import tracked_run
-from raylab.tracking.anomaly_artifacts import MODELS_TAG
+from raylab.tracking.anomaly_artifacts import MODELS_TAG, images_of
 
 IMAGE_SIZE = 112
 SPEC = FeatureSpec(image_size=IMAGE_SIZE)
@@ -50,12 +49,6 @@ def extractor() -> PatchFeatureExtractor:
     return PatchFeatureExtractor(SPEC, threads=2)
 
 
-def _images(corpus: pa.Table, sample_ids: list[str]) -> list[bytes]:
-    rows = corpus.filter(pc.is_in(corpus["sample_id"], pa.array(sample_ids)))
-    by_id = dict(zip(rows.column("sample_id").to_pylist(), rows.column("image").to_pylist()))
-    return [by_id[s] for s in sample_ids]
-
-
 class _InProcessFeatures:
     """Features of the corpus by sample id, extracted in this process (no Ray needed here)."""
 
@@ -64,7 +57,7 @@ class _InProcessFeatures:
 
     def take(self, sample_ids) -> np.ndarray:
         ids = list(sample_ids)
-        return self.extractor({"image": np.asarray(_images(self.corpus, ids), dtype=object), "sample_id": np.asarray(ids)})["patches"]
+        return self.extractor({"image": np.asarray(images_of(self.corpus, ids), dtype=object), "sample_id": np.asarray(ids)})["patches"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +71,7 @@ def evaluation(corpus, extractor):
 def test_scorer_scores_exactly_as_the_fitted_detector(evaluation, corpus, tmp_path):
     folder = save_scorer(tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics=evaluation.metrics)
     scorer = AnomalyScorer(folder, threads=2)
-    prediction = scorer.score(_images(corpus, evaluation.test_ids), evaluation.test_ids, with_maps=True)
+    prediction = scorer.score(images_of(corpus, evaluation.test_ids), evaluation.test_ids, with_maps=True)
     np.testing.assert_array_equal(prediction.image_scores, evaluation.prediction.image_scores)
     np.testing.assert_array_equal(prediction.maps, evaluation.prediction.maps)
     table = scorer.frame(prediction)
@@ -109,7 +102,7 @@ def test_scorer_names_an_image_it_cannot_decode(evaluation, tmp_path):
 
 
 def test_logged_model_loads_through_mlflow_and_scores_the_same(evaluation, corpus, tmp_path):
-    images = _images(corpus, evaluation.test_ids)
+    images = images_of(corpus, evaluation.test_ids)
     with tracked_run("deploy_test", "patchcore-magnetic_tile", tags={"method": "patchcore"}) as run:
         uri = log_anomaly_model(run, evaluation, SPEC, images[0], tmp_path)
     finished = mlflow.MlflowClient().get_run(run.run_id)
@@ -134,13 +127,13 @@ def test_logged_model_loads_through_mlflow_and_scores_the_same(evaluation, corpu
 @pytest.fixture(scope="module")
 def logged_model(evaluation, corpus, tmp_path_factory) -> str:
     with tracked_run("deploy_test", "patchcore-for-serving", tags={"method": "patchcore"}) as run:
-        return log_anomaly_model(run, evaluation, SPEC, _images(corpus, evaluation.test_ids[:1])[0], tmp_path_factory.mktemp("model"))
+        return log_anomaly_model(run, evaluation, SPEC, images_of(corpus, evaluation.test_ids[:1])[0], tmp_path_factory.mktemp("model"))
 
 
 def test_batch_predict_scores_a_folder_as_in_process_and_resumes(logged_model, evaluation, corpus, ray_session, tmp_path):
     folder = tmp_path / "incoming"
     folder.mkdir()
-    images = _images(corpus, evaluation.test_ids)
+    images = images_of(corpus, evaluation.test_ids)
     for sample_id, image in zip(evaluation.test_ids, images):
         (folder / f"{sample_id.replace('/', '_')}.png").write_bytes(image)
     out = tmp_path / "scored"
@@ -233,7 +226,7 @@ def _wait_healthy(url: str, seconds: float = 120.0) -> None:
 
 @pytest.mark.ops
 def test_served_scores_equal_offline_scores(service, evaluation, corpus, promoted):
-    images = _images(corpus, evaluation.test_ids)
+    images = images_of(corpus, evaluation.test_ids)
     served = [requests.post(f"{service}/predict", data=image, timeout=60).json() for image in images]
     np.testing.assert_allclose([s["image_score"] for s in served], evaluation.prediction.image_scores, rtol=1e-5)
     with_map = requests.post(f"{service}/predict?heatmap=true", data=images[0], timeout=60).json()
@@ -265,14 +258,14 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_service_keeps_serving
         answer = requests.post(f"{service}/predict", data=body, timeout=60)
         assert answer.status_code == status and message in answer.json()["error"], (status, answer.text[:200])
     assert requests.get(f"{service}/nowhere", timeout=10).status_code == 404
-    good = requests.post(f"{service}/predict", data=_images(corpus, evaluation.test_ids[:1])[0], timeout=60)
+    good = requests.post(f"{service}/predict", data=images_of(corpus, evaluation.test_ids[:1])[0], timeout=60)
     assert good.status_code == 200 and np.isfinite(good.json()["image_score"])
 
 
 @pytest.mark.ops
 def test_bounded_load_on_loopback(service, corpus, evaluation):
     """A fixed number of requests at a fixed concurrency: every one answered, latency reported."""
-    image = _images(corpus, evaluation.test_ids[:1])[0]
+    image = images_of(corpus, evaluation.test_ids[:1])[0]
     result = run_load(f"{service}/predict", image, requests_total=40, concurrency=4)
     print(f"\nload test: {result}")
     assert result["errors"] == 0 and result["requests"] == 40 and result["p99_ms"] >= result["p50_ms"] > 0
