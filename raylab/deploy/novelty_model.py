@@ -66,18 +66,10 @@ class NoveltyScorer:
 
     def pixels(self, images: Sequence[bytes], sample_ids: Sequence[str]) -> np.ndarray:
         """uint8 (N, C, S, S), decoded and resized as the job decoded its corpus."""
-        from PIL import Image
+        from raylab.methods.dcae.data import decode_chw
 
-        from raylab.data.images import decode_image
-
-        side, out = self.info["image_size"], []
-        for data, sample in zip(images, sample_ids):
-            picture = decode_image(data, sample=sample, mode=self.info["color"])
-            if picture.size != (side, side):
-                picture = picture.resize((side, side), Image.BILINEAR)
-            array = np.asarray(picture, dtype=np.uint8)
-            out.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-        return np.stack(out)
+        side, color = self.info["image_size"], self.info["color"]
+        return np.stack([decode_chw(data, sample, color, side) for data, sample in zip(images, sample_ids)])
 
     def score(self, images: Sequence[bytes], sample_ids: Sequence[str] | None = None) -> np.ndarray:
         from raylab.methods.dcae.training import score_images

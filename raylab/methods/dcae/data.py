@@ -65,6 +65,16 @@ class DecodedCorpus:
             raise ValueError("images, labels, splits and sample ids differ in length")
 
 
+def decode_chw(data: bytes, sample: str, color: str, side: int | None = None) -> np.ndarray:
+    """One encoded image as the networks take it: uint8 (C, H, W) in ``color``, resized to a
+    square ``side`` when given (the job's corpora and a deployed model decode alike)."""
+    picture = decode_image(data, sample=sample, mode=color)
+    if side is not None and picture.size != (side, side):
+        picture = picture.resize((side, side), Image.BILINEAR)
+    array = np.asarray(picture, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
 def decode_corpus(corpus: pa.Table, color: str = "L", resize_to: int | None = None) -> DecodedCorpus:
     """Decode every image; without ``resize_to`` all must share one size (else an error naming two)."""
     if color not in ("L", "RGB"):
@@ -73,18 +83,16 @@ def decode_corpus(corpus: pa.Table, color: str = "L", resize_to: int | None = No
     arrays = []
     first: tuple[str, tuple[int, int]] | None = None
     for sample, data in zip(ids, corpus.column("image").to_pylist()):
-        picture = decode_image(data, sample=sample, mode=color)
-        if resize_to is not None:
-            picture = picture.resize((resize_to, resize_to), Image.BILINEAR)
-        elif first is None:
-            first = (sample, picture.size)
-        elif picture.size != first[1]:
+        array = decode_chw(data, sample, color, resize_to)
+        size = (array.shape[2], array.shape[1])  # width x height, as Pillow gives it
+        if resize_to is None and first is None:
+            first = (sample, size)
+        elif resize_to is None and size != first[1]:
             raise CorruptSampleError(
-                f"{sample} is {picture.size[0]}x{picture.size[1]} but {first[0]} is {first[1][0]}x{first[1][1]}: "
+                f"{sample} is {size[0]}x{size[1]} but {first[0]} is {first[1][0]}x{first[1][1]}: "
                 "images of mixed sizes; set protocol.resize_to to resize them all to one square side"
             )
-        array = np.asarray(picture, dtype=np.uint8)
-        arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        arrays.append(array)
     labels = np.asarray(corpus.column("label").to_pylist(), dtype=np.int64)
     names = dict(zip(labels.tolist(), corpus.column("class_name").to_pylist()))
     images = np.stack(arrays) if arrays else np.zeros((0, 1 if color == "L" else 3, 1, 1), np.uint8)
