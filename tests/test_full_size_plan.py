@@ -80,6 +80,10 @@ def test_dry_run_prints_the_plan_and_its_cost_before_ray(key, no_ray, shared_dat
     assert estimate is not None, f"{key}: no cost model"
     assert estimate["work"] > 0 and estimate["checkpoint_gb"] >= 0 and estimate["cache_gb"] >= 0
     assert "disk, checkpoints" in text and "arrays per trial" in text
+    # Every paper-size config runs its networks on an accelerator: what one step holds there is
+    # counted from the config on the meta device, with or without a smoke measurement.
+    assert estimate["accelerator_gb"] is not None and estimate["accelerator_gb"] > 0, key
+    assert "accelerator memory:  >= " in text
     # Where the config has a smoke measurement, memory is estimated, and time wherever the
     # measurement separated seconds per unit of work; otherwise the plan says what is missing.
     if estimate["device"] is None:

@@ -14,7 +14,10 @@ scale with it. The estimate:
 * time per trial = measured seconds + slope x (work - measured work), for the machine measured
   (its ``device``; an accelerator divides the slope, not the fixed part);
 * peak host memory per trial = measured peak + (array bytes - measured array bytes);
-* disk = the model's checkpoint and cache bytes (retention included).
+* disk = the model's checkpoint and cache bytes (retention included);
+* accelerator memory per worker = one step's tensors at the config's batch size, counted on
+  the meta device (:mod:`raylab.step_memory`), so it needs neither the weights nor
+  an accelerator.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class CostModel:
     array_bytes: float  # per trial: data-proportional arrays held together at the peak
     checkpoint_bytes: float  # the whole sweep, after checkpoint retention
     cache_bytes: float  # the whole sweep: feature and view caches
+    # Per worker on an accelerator: one step's tensors counted on the meta device
+    # (raylab/step_memory.py), a lower bound; None where nothing runs on one.
+    accelerator_bytes: float | None = None
+    accelerator_step: str = ""  # what the step is, e.g. "a decoder training step of 100 images"
     notes: tuple[str, ...] = ()
 
 
@@ -84,6 +91,9 @@ class Estimate:
             lines.append(f"  time per trial:      {_duration(seconds)} on {self.measurement.device} "
                          f"({self.trials} trials: {_duration(seconds * self.trials)} one at a time)")
             lines.append(f"  peak host memory:    {self.peak_host_bytes / GB:.1f} GB per trial")
+        if model.accelerator_bytes is not None:
+            lines.append(f"  accelerator memory:  >= {model.accelerator_bytes / GB:.2f} GB per worker ({model.accelerator_step}; "
+                         "tensors only, without the CUDA context and workspaces)")
         lines.append(f"  work per trial:      {model.work:.3g} {model.work_unit}")
         lines.append(f"  arrays per trial:    {model.array_bytes / GB:.2f} GB")
         lines.append(f"  disk, checkpoints:   {model.checkpoint_bytes / GB:.2f} GB (after retention)")
@@ -94,6 +104,7 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         return {
             "trials": self.trials, "trial_seconds": self.trial_seconds, "peak_host_gb": _gb(self.peak_host_bytes),
+            "accelerator_gb": _gb(self.model.accelerator_bytes),
             "work": self.model.work, "work_unit": self.model.work_unit, "array_gb": _gb(self.model.array_bytes),
             "checkpoint_gb": _gb(self.model.checkpoint_bytes), "cache_gb": _gb(self.model.cache_bytes),
             "device": self.measurement.device if self.measurement else None,

@@ -234,25 +234,42 @@ def _object_store_bytes() -> float:
     return float(ray.cluster_resources().get("object_store_memory", 0.0)) if ray.is_initialized() else 0.0
 
 
+EXTRACTION_BATCH = 32  # images per forward pass (extract_patch_features' default)
+
+
+def weightless_extractor(spec: FeatureSpec) -> torch.nn.Module:
+    """Pixels -> patch features under ``spec``, untrained: for sizing on the meta device."""
+    weightless = dataclasses.replace(spec.backbone, weights=None)
+    return torch.nn.Sequential(create_backbone(weightless), PatchEmbedder(spec.aggregation_kernel, spec.embed_dim))
+
+
 def feature_shape(spec: FeatureSpec) -> tuple[int, int, int]:
     """(grid height, grid width, dimension) of one image's patch features under ``spec``.
 
     Traced on PyTorch's meta device: no weights are read and nothing is computed, so a dry
     run can size caches and memories of a paper-size backbone in seconds on any machine.
     """
-    weightless = dataclasses.replace(spec.backbone, weights=None)
     with torch.device("meta"):
-        maps = create_backbone(weightless)(torch.zeros(1, 3, spec.image_size, spec.image_size))
-        patches = PatchEmbedder(spec.aggregation_kernel, spec.embed_dim)(maps)
+        patches = weightless_extractor(spec)(torch.zeros(1, 3, spec.image_size, spec.image_size))
     _, height, width, dim = patches.shape
     return int(height), int(width), int(dim)
+
+
+def extraction_peak_bytes(spec: FeatureSpec, batch: int = EXTRACTION_BATCH) -> int:
+    """Accelerator bytes of one extraction batch (weights and live activations, no gradients)."""
+    from raylab.step_memory import step_peak_bytes
+
+    def forward(network: torch.nn.Module) -> torch.Tensor:
+        return network(torch.empty(batch, 3, spec.image_size, spec.image_size))
+
+    return step_peak_bytes(lambda: weightless_extractor(spec), forward, train=False)
 
 
 def extract_patch_features(
     table: pa.Table,
     spec: FeatureSpec,
     *,
-    batch_size: int = 32,
+    batch_size: int = EXTRACTION_BATCH,
     actors: int | None = None,
     decode: str = "auto",
     source: str = "auto",

@@ -213,6 +213,7 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
     from raylab.experiment.cost import FLOAT32, GB, parameter_count
     from raylab.methods.ckd.config import variant
     from raylab.methods.ckd.model import build_ckd_net
+    from raylab.step_memory import step_peak_bytes
 
     config, train = request.config, request.config.ckd.train
     roles, _ = fold_roles_of(request, reuse=True)
@@ -226,6 +227,17 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
     concurrent = min(config.max_concurrent, len(methods) * len(folds) * len(seeds))
     in_flight = 2 * checkpoint_copies * max(parameters.values()) * FLOAT32 * concurrent
     pairs = largest.fit.faces[0].nbytes + largest.fit.periocular[0].nbytes
+    network = config.ckd.network
+
+    def training_step(net):
+        import torch
+
+        face = torch.empty(train.batch_size, 3, *network.face_size) if net.face is not None else None
+        outputs = net(face, torch.empty(train.batch_size, 3, *network.periocular_size))
+        return sum(t.float().mean() for t in outputs if t is not None)
+
+    accelerator = max(step_peak_bytes(lambda m=m: build_ckd_net(network, largest.num_classes, variant(m)), training_step,
+                                      train=True, optimizer_moments=1) for m in methods)
     held = len(largest.fit) + len(largest.val) + len(largest.test)
     return CostModel(
         work=train.epochs * steps * train.batch_size,
@@ -234,6 +246,8 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
         array_bytes=(1 + train.num_workers) * held * pairs,
         checkpoint_bytes=final_bytes + in_flight,
         cache_bytes=0.0,
+        accelerator_bytes=accelerator,
+        accelerator_step=f"the largest variant's training step of {train.batch_size} face/periocular pairs, SGD with momentum",
         notes=(f"{len(largest.fit)} fit pairs, {largest.num_classes} training identities; {steps} steps of {train.batch_size} per epoch",
                "parameters: " + ", ".join(f"{m} {n / 1e6:.1f} M" for m, n in parameters.items()),
                f"disk: {final_bytes / GB:.1f} GB of finished runs' best weights + {in_flight / GB:.1f} GB of checkpoints "

@@ -249,6 +249,7 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
     """
     from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, GB, parameter_count
     from raylab.methods.dcae.training import build_model
+    from raylab.step_memory import step_peak_bytes
 
     config = request.config
     data, _ = decoded_corpus(request, reuse=True)
@@ -267,6 +268,25 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
     if config.max_test_images is not None:
         test_images = min(test_images, config.max_test_images)
     run_bytes = 2 * ADAM_STATE_COPIES * FLOAT32 * sum(parameters.values())  # the checkpoint and the final state
+    batch = config.train.batch_size
+
+    def generator_step(model):
+        # The autoencoder's update, the largest of a variant's steps: encode, decode the codes
+        # and as many prior draws, and pass both through the image critic's feature levels.
+        import torch
+
+        images = torch.empty(batch, channels, side, side)
+        codes = model.encoder(images)
+        gan = model.image_discriminator is not None
+        decoded = model.decoder(torch.cat([codes, torch.empty_like(codes)]) if gan else codes)
+        loss = decoded.mean()
+        if gan:
+            logits, features = model.image_discriminator(torch.cat([images, decoded]))
+            loss = loss + logits.mean() + sum(f.mean() for f in features)
+        return loss
+
+    accelerator = max(step_peak_bytes(lambda v=v: build_model(config.network, TRAINED[v], channels, side), generator_step,
+                                      train=True, optimizer_moments=2) for v in variants)
     runs = len(classes) * len(seeds)
     return CostModel(
         work=work,
@@ -275,6 +295,8 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
         array_bytes=len(data.images) * image_bytes + config.train.num_workers * train_images * image_bytes * FLOAT32,
         checkpoint_bytes=runs * run_bytes,
         cache_bytes=0.0,
+        accelerator_bytes=accelerator,
+        accelerator_step=f"the largest variant's autoencoder step of {batch} images and {batch} prior draws, Adam",
         notes=(f"{len(classes)} classes x {len(seeds)} seeds; up to {train_images} training images per class, "
                f"{test_images} test images scored per method",
                f"selection: {selection.n_trials if selection.enabled else 0} trials x {selection.epochs} epochs "

@@ -251,7 +251,8 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     the meta device, so it runs in seconds for a paper-size backbone without its weights.
     """
     from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
-    from raylab.features.extract import feature_shape
+    from raylab.step_memory import step_peak_bytes
+    from raylab.features.extract import EXTRACTION_BATCH, extraction_peak_bytes, feature_shape
     from raylab.methods.anomaly_experiment import corpus_of
     from raylab.methods.meds.model import ReconstructionScoreNet
 
@@ -266,8 +267,21 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     token_bytes = height * width * dim * FLOAT32
     largest = max(train_per_class.values(), default=0)
     d = meds.distillation
-    parameters = parameter_count(lambda: ReconstructionScoreNet(
-        meds.groups, dim, d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout))
+
+    def decoder() -> ReconstructionScoreNet:
+        return ReconstructionScoreNet(meds.groups, dim, d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout)
+
+    parameters = parameter_count(decoder)
+    tokens = (meds.token_grid or height) * (meds.token_grid or width)
+    batch = max(d.batch_size, meds.selection.batch_size)
+
+    def decoder_step(network: ReconstructionScoreNet):
+        import torch
+
+        from raylab.methods.meds.model import token_distance
+
+        return token_distance(*network(torch.empty(batch, tokens, dim))).mean()
+
     # One Train run for stages 2+3 (its checkpoint also holds the distilled weights) and, with
     # clean_oracle, one more for the oracle's stage 3.
     oracle = "clean_oracle" in config.methods
@@ -282,6 +296,9 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
         array_bytes=2 * largest * token_bytes,
         checkpoint_bytes=checkpoints,
         cache_bytes=corpus.num_rows * token_bytes,
+        accelerator_bytes=max(step_peak_bytes(decoder, decoder_step, train=True, optimizer_moments=2), extraction_peak_bytes(config.features)),
+        accelerator_step=f"the larger of a decoder training step ({batch} images x {tokens} tokens, AdamW) and an extraction batch "
+                         f"({EXTRACTION_BATCH} images)",
         notes=(f"{len(train_per_class)} classes, up to {largest} training images each; tokens {height}x{width}x{dim}; "
                f"decoder {parameters / 1e6:.1f} M parameters, the newest checkpoint kept per Train run",),
     )

@@ -350,7 +350,7 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     from raylab.data import load_corpus
     from raylab.data.protocols import apply_long_tail, protocol_from_name, subsample_corpus
     from raylab.experiment.cost import FLOAT32
-    from raylab.features.extract import feature_shape
+    from raylab.features.extract import EXTRACTION_BATCH, extraction_peak_bytes, feature_shape
     from raylab.methods.tailedcore.views import views_per_image
 
     config, tailed = request.config, request.config.tailedcore
@@ -402,6 +402,8 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
         array_bytes=trial_arrays(*largest),
         checkpoint_bytes=memories,
         cache_bytes=corpus.num_rows * grid_bytes + len(tail_images) * views * grid_bytes,
+        accelerator_bytes=extraction_peak_bytes(config.features),
+        accelerator_step=f"an extraction batch of {EXTRACTION_BATCH} images or views; memory search runs on the CPU by default",
         notes=(
             f"{len(trials)} trials; the largest: {largest[0]} training images, {largest[1]} tail images x {views} views; "
             f"patch grid {height}x{width}x{dim}; coresets select in {projected} dims",
