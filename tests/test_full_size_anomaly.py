@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from raylab.experiment import get_experiment, run
+from raylab.experiment.registry import FULL_SIZE_CONFIGS
 from raylab.testing.random_weights import smoke_weight_arguments
 
 pytestmark = [pytest.mark.full_size_smoke, pytest.mark.timeout(1800)]  # paper-size runs: minutes each on 2 cores
@@ -62,11 +63,9 @@ def _assert_report_figure_opens(job: str, sweep: str, figure: str, tmp_path: Pat
 def test_meds_full_dinov2_at_smoke_budget(ray_session, weight_folder: Path, tmp_path: Path):
     argv = [
         "--config", "meds/full_dinov2", *smoke_weight_arguments("meds/full_dinov2", weight_folder),
-        # Resources, not architecture: 2 DDP workers instead of the config's 4 (each holds the
-        # 67 M-parameter decoder, its Adam state and the class's tokens, about 3 GB: two Train
-        # runs of 4, MeDS's and the clean oracle's, met Ray's memory monitor on a 24 GB machine),
-        # sharing the test Ray's 2 CPUs.
-        "--set", "meds.train_workers=2", "--set", "meds.cpus_per_train_worker=0.9",
+        # Resources, not architecture: 2 DDP workers sharing the test Ray's 2 CPUs (the registry's
+        # small-machine settings, also what benchmarks/full_size_costs.py measures).
+        *FULL_SIZE_CONFIGS["meds/full_dinov2"].small_machine,
     ]
     summary, _ = _smoke_run("meds_sweep", argv, tmp_path / "meds.json")
     # ELPV has no pixel masks: image-level metrics only.

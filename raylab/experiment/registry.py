@@ -38,8 +38,11 @@ class FullSizeConfig:
 
 
 FULL_SIZE_CONFIGS: dict[str, FullSizeConfig] = {
+    # 2 DDP workers instead of the config's 4: each holds the 67 M-parameter decoder, its Adam
+    # state and the class's tokens (about 3 GB); MeDS's and the clean oracle's Train runs of 4
+    # meet Ray's memory monitor on a 24 GB machine.
     "meds/full_dinov2": FullSizeConfig(
-        "meds_sweep", ("--config", "meds/full_dinov2"), small_machine=("--set", "meds.cpus_per_train_worker=0.4")),
+        "meds_sweep", ("--config", "meds/full_dinov2"), small_machine=("--set", "meds.train_workers=2", "--set", "meds.cpus_per_train_worker=0.9")),
     "tailedcore/full_wrn50": FullSizeConfig(
         "tailedcore_sweep", ("--config", "tailedcore/full_wrn50"), needs_data_root=True, small_machine=("--set", "threads_per_trial=2")),
     "ckd/orl_full": FullSizeConfig(
