@@ -1,7 +1,8 @@
 """Jobs on a real cluster: every job's ``--help``; ``ray job submit`` of the MeDS sweep to a
 head started with ``ray start``, stopped with ``ray job stop`` mid-sweep and submitted again
-(it resumes), tracked on a real ``mlflow server`` and read back through its REST API; the
-HTML comparison report of those runs rendered in headless Chromium."""
+(it resumes, to the results of the same sweep run without a stop), tracked on a real
+``mlflow server`` and read back through its REST API; the HTML comparison report of those
+runs rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -60,10 +61,13 @@ def test_every_job_explains_every_option(script, capsys, monkeypatch):
 
 SMOKE = "configs/meds/smoke.yaml"
 SWEEP = "smoke-restart"
+# The same sweep run once more without a stop, under its own name (so its Tune experiment and
+# Train runs are fresh, not the stopped sweep's) and its own MLflow store.
+UNCUT = "smoke-uncut"
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _submit(head, tracking: str, root: Path, summary: Path) -> str:
+def _submit(head, tracking: str, root: Path, summary: Path, name: str = SWEEP) -> str:
     """``ray job submit --working-dir . -- python jobs/meds_sweep.py --quick ...`` (no wait)."""
     runtime_env = {
         "env_vars": {
@@ -79,7 +83,7 @@ def _submit(head, tracking: str, root: Path, summary: Path) -> str:
             RAY, "job", "submit", "--address", head.dashboard_url, "--submission-id", submission_id, "--no-wait",
             "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
             "python", "jobs/meds_sweep.py", "--quick", "--config", SMOKE, "--noise-ratios", "0,0.2",
-            "--name", SWEEP, "--summary-json", str(summary),
+            "--name", name, "--summary-json", str(summary),
         ],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
     )
@@ -104,7 +108,10 @@ def _tune_trials(experiment: Path) -> dict[str, str]:
 def restarted_sweep(tmp_path_factory):
     """Submit the quick MeDS sweep (two noise ratios, one trial at a time) to a fresh head that
     logs to a fresh MLflow server; stop the job with ``ray job stop`` once the first trial
-    has finished; submit the same command again, which must resume and succeed."""
+    has finished; submit the same command again, which must resume and succeed. Then run
+    the same sweep uninterrupted under another name, logging to its own SQLite store: what
+    a resumed sweep must reproduce. It shares the cache, so the corpus and features (inputs
+    both sweeps read, not results) are not computed again."""
     from ray.job_submission import JobSubmissionClient
 
     root = tmp_path_factory.mktemp("submit")
@@ -130,11 +137,17 @@ def restarted_sweep(tmp_path_factory):
         second = _submit(head, tracking, root, summary)
         second_status, second_logs = _wait_for_job(client, second, timeout=900)
         timings["second_job_s"] = time.monotonic() - started - timings["services_up_s"] - timings["first_job_s"]
+        uncut_summary = root / "uncut" / "summary.json"
+        uncut_summary.parent.mkdir()
+        uncut = _submit(head, f"sqlite:///{root / 'uncut' / 'mlflow.db'}", root, uncut_summary, name=UNCUT)
+        uncut_status, uncut_logs = _wait_for_job(client, uncut, timeout=900)
+        timings["uncut_job_s"] = time.monotonic() - started - sum(timings.values())
         yield {
             "tracking": tracking, "summary": summary, "root": root, "timings": timings,
             "first": {"status": first_status, "before_stop": first_status_before_stop, "logs": first_logs, "stop": stop.stdout + stop.stderr},
             "trials_at_stop": trials_at_stop, "stopped_at_ms": int(stopped_at * 1000),
             "second": {"status": second_status, "logs": second_logs},
+            "uncut": {"status": uncut_status, "logs": uncut_logs, "summary": uncut_summary},
         }
     print(f"submit/stop/resubmit timings: {timings}")
 
@@ -164,6 +177,63 @@ def test_stopped_sweep_resumes_when_submitted_again(restarted_sweep):
     assert all(0.0 <= r["metrics"]["image_auroc"] <= 1.0 for r in rows)
     # Both attempts connected to the submitted-to cluster rather than starting their own Ray.
     assert "Started a local Ray instance" not in first["logs"] + second["logs"]
+
+
+def _same(a, b, where: str = "") -> list[str]:
+    """Where two saved states differ (tensors and arrays bit for bit), as readable paths."""
+    import torch
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where}: keys {sorted(map(str, a))} != {sorted(map(str, b))}"]
+        return [d for key in a for d in _same(a[key], b[key], f"{where}/{key}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{where}: {len(a)} items != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _same(x, y, f"{where}[{i}]")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return [] if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) else [f"{where}: tensors differ"]
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return [] if a.shape == b.shape and np.array_equal(a, b) else [f"{where}: arrays differ"]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def _trained(state: dict) -> dict:
+    """What training determines in a saved state: all but wall times (``*_seconds``) and
+    numpy's and Python's global generators. Nothing seeds those two in a Train worker, so
+    they differ between any two runs, stopped or not; the MeDS loops draw only from torch's
+    generator, which is compared."""
+    kept = {k: v for k, v in state.items() if not str(k).endswith("_seconds")}
+    if "rng_states" in kept:
+        kept["rng_states"] = [{k: v for k, v in rank.items() if k not in ("numpy", "python")} for rank in kept["rng_states"]]
+    return kept
+
+
+def test_resumed_sweep_equals_the_same_sweep_run_without_a_stop(restarted_sweep):
+    """Stopping and resubmitting must not change a result: every row's metrics, and the
+    final checkpoint of every Train run (weights, optimizer, torch's generator states),
+    equal those of the same sweep (same config, same seed) run in one go. Training on CPU
+    here is deterministic, so equality is exact."""
+    from raylab.train.harness import STATE_FILE, load_state
+
+    uncut = restarted_sweep["uncut"]
+    assert uncut["status"] == "SUCCEEDED", uncut["logs"][-6000:]
+    by_key = {}
+    for name, summary in (("resumed", restarted_sweep["summary"]), ("uncut", uncut["summary"])):
+        rows = json.loads(summary.read_text())["rows"]
+        by_key[name] = {(r["method"], r["noise_ratio"], r["seed"]): r["metrics"] for r in rows}
+    assert len(by_key["resumed"]) == 8
+    assert by_key["resumed"] == by_key["uncut"]
+
+    # Train run names are <sweep>-<trial id>-<class>-<stage>; trial ids do not depend on the sweep's name.
+    results = restarted_sweep["root"] / "cache" / "ray_results"
+    resumed_runs = sorted(p for p in results.glob(f"{SWEEP}-*") if p.is_dir())
+    assert len(resumed_runs) >= 2, sorted(p.name for p in results.iterdir())  # a run per noise ratio at least
+    for run in resumed_runs:
+        twin = results / (UNCUT + run.name.removeprefix(SWEEP))
+        finals = [sorted(c for c in r.glob("checkpoint_*") if c.is_dir())[-1] / STATE_FILE for r in (run, twin)]
+        differences = _same(*(_trained(load_state(f)) for f in finals))
+        assert not differences, (run.name, differences[:10])
 
 
 def _rest(tracking: str, path: str, payload: dict | None = None) -> dict:

@@ -18,6 +18,7 @@ from typing import Any
 
 from raylab.experiment.identity import content_hash
 from raylab.experiment.spec import Experiment, Row, Setting, TrialContext, TrialResult
+from raylab.progress import heartbeat
 from raylab.resources import Resources
 from raylab.resources import use as use_resources
 from raylab.timing import drain, phase, record
@@ -128,7 +129,8 @@ def _run_grid(sweep: Sweep, trainable, max_concurrent: int) -> list[Row]:
             run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage_path, verbose=tune_verbosity()),
         )
     started = time.time()
-    results = tuner.fit()
+    with heartbeat(f"sweep {sweep.name}"):
+        results = tuner.fit()
     _raise_errors(sweep, [r.error for r in results if r.error])
     for r in results:
         _gather_phases(r.metrics.get(PHASES_KEY), started)
@@ -185,7 +187,9 @@ def run_tasks(sweep: Sweep, resources: Mapping[str, float]) -> list[Row]:
     task = ray.remote(num_cpus=resources.get("CPU", 1.0))(_task)
     refs = [task.remote(s, sweep.experiment.trial, inputs_ref, sweep.config, dict(sweep.context), sweep.identity_hash, sweep.resources) for s in sweep.settings]
     rows: list[Row] = []
-    for payload, phases in ray.get(refs):
+    with heartbeat(f"sweep {sweep.name} ({len(refs)} tasks)"):
+        finished = ray.get(refs)
+    for payload, phases in finished:
         rows += _rows_from_payload(payload)
         _gather_phases(phases, since=0.0)
     return rows

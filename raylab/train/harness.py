@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import random
 import tempfile
 import time
 import zipfile
@@ -35,6 +36,7 @@ import torch
 from raylab.artefacts import MANIFEST, CorruptArtefactError, verify, write_manifest
 from raylab.metrics import record_train_report
 from raylab.progress import enabled as progress_enabled
+from raylab.progress import heartbeat
 from raylab.progress import train_log_level
 from raylab.resources import current as current_resources
 from raylab.timing import record as record_phase
@@ -174,7 +176,8 @@ def fit(
         datasets=dict(datasets) if datasets else None,
     )
     started = time.perf_counter()
-    result = trainer.fit()
+    with heartbeat(f"Ray Train run {spec.name}"):  # epoch lines come only at the end of each epoch
+        result = trainer.fit()
     wall = time.perf_counter() - started
     loop = min(float((result.metrics or {}).get(LOOP_SECONDS, 0.0)), wall)
     record_phase(f"Ray Train loop: {spec.stage}", loop)
@@ -226,25 +229,52 @@ def restore_state() -> dict[str, Any] | None:
 
 
 # Every worker's random generators at the end of an epoch, in the checkpoint: dropout draws
-# from torch's global generator, so a worker restarted from epoch k's checkpoint must continue
-# that stream, not restart it, to end where an uninterrupted run ends.
+# from torch's global generator, and augmentations or samplers may draw from numpy's or
+# Python's, so a worker restarted from epoch k's checkpoint must continue those streams, not
+# restart them, to end where an uninterrupted run ends.
 RNG_STATES = "rng_states"
 
 
-def _rng_state() -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
+def _rng_state() -> dict[str, Any]:
+    """torch's, numpy's and Python's global generator states (and CUDA's when in use).
+
+    numpy's and Python's states are stored as int64 tensors and plain numbers, so a
+    checkpoint holding them still loads with ``weights_only=True``.
+    """
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`_rng_state` saved; a checkpoint from before numpy's and Python's
+    states were saved restores torch's (and CUDA's) only."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+    if "numpy" in state:
+        saved = state["numpy"]
+        keys = np.asarray(saved["keys"].numpy() if isinstance(saved["keys"], torch.Tensor) else saved["keys"], dtype=np.uint32)
+        np.random.set_state(("MT19937", keys, int(saved["pos"]), int(saved["has_gauss"]), float(saved["cached_gaussian"])))
+    if "python" in state:
+        saved = state["python"]
+        internal = saved["internal"].tolist() if isinstance(saved["internal"], torch.Tensor) else list(saved["internal"])
+        random.setstate((int(saved["version"]), tuple(int(x) for x in internal), saved["gauss_next"]))
 
 
-def _all_rng_states() -> list[dict[str, torch.Tensor]]:
+def _all_rng_states() -> list[dict[str, Any]]:
     """Each rank's generator states, in rank order (a collective: every worker calls it)."""
     import torch.distributed as dist
 

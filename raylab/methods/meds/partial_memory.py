@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from raylab.memory.bank import MemoryBank
-from raylab.progress import bar
+from raylab.progress import bar, heartbeat
 from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
 from raylab.methods.meds.config import PartialMemoryConfig  # defined there: typed configs import it without torch
 
@@ -210,7 +210,8 @@ def _run_chunks_with_ray(
     # trial's tiny placement group and could never be scheduled.
     task = _remote_chunk().options(**resources.ray_options(resources.accelerators_per_task, cpus=1), scheduling_strategy="DEFAULT")
     refs = [task.remote(features_ref, queries_ref, chunk, device, 1) for chunk in chunks]
-    with bar(sum(len(chunk) for chunk in chunks), "partial memories", "bootstraps") as progress:
+    # The bar moves only when a chunk finishes; the heartbeat shows a wait on a slow or stuck one.
+    with bar(sum(len(chunk) for chunk in chunks), "partial memories", "bootstraps") as progress, heartbeat("partial-memory tasks"):
         pending, sizes = list(refs), {ref: len(chunk) for ref, chunk in zip(refs, chunks)}
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

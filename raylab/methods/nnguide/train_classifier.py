@@ -9,8 +9,11 @@ object store (``ray.put``) and each worker takes its shard of every epoch's perm
 
 The run's name is a hash of the data, the model config, the training config and the seed:
 re-running an interrupted training resumes from its latest checkpoint, re-running a finished
-one reuses its final weights (``final_state.pt`` beside the run, written after success)
-without starting workers, and any change of data or settings starts a fresh run.
+one reuses its final weights (``final_state.pt`` beside the run, written after success with a
+manifest) without starting workers, and any change of data or settings starts a fresh run.
+Final weights that fail their manifest check (truncated, changed, or written by a job killed
+before the manifest) are discarded with the run, with a warning naming the file, and trained
+again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raylab.artefacts import CorruptArtefactError, discard, verify, write_manifest
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
 from raylab.train.harness import TrainSpec, fit, load_result_state, load_state, prepare, report_epoch, resume, save_state, unwrap
@@ -137,8 +141,14 @@ def train_classifier(
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE
     if final.is_file():
-        saved = load_state(final)
-        return TrainedClassifier(saved["model"], saved["metrics"], str(final.parent))
+        try:
+            verify(final.parent, [FINAL_STATE])  # also refuses final weights without a manifest
+            saved = load_state(final)
+            return TrainedClassifier(saved["model"], saved["metrics"], str(final.parent))
+        except CorruptArtefactError as error:
+            # The whole run goes, so training starts afresh instead of resuming from the
+            # checkpoints of a run that had already finished.
+            discard(final.parent, error)
     loop_config = {"data": ray.put((pixels, labels)), "model": model, "train": train, "seed": seed}
     result = fit(train_loop, loop_config, spec)
     if result.error is not None:
@@ -154,3 +164,5 @@ def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     staging = path.with_name(f".{path.name}.tmp")
     save_state(payload, staging)  # read back with weights_only=True
     os.replace(staging, path)
+    # Written last: final weights without it are the work of a job killed mid-write.
+    write_manifest(path.parent, [path.name])
