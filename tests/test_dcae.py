@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,32 @@ def test_selection_never_reads_the_test_split(tmp_path):
     cached = select_loss_weights(split.train_images, TINY, TRAIN, selection, seed=0, cache_dir=tmp_path)
     again = select_loss_weights(split.train_images, TINY, TRAIN, selection, seed=0, cache_dir=tmp_path)
     assert again.cached and not cached.cached and again.best == cached.best
+
+
+def test_selection_trials_are_ray_tasks_with_their_own_resources(ray_session):
+    """Every selection trial is a Ray task in a worker process, assigned exactly the CPUs the
+    selection asks for; a round of one records what the sequential in-process study records,
+    and rounds of two run on two workers at once and still give the same record run after run."""
+    split = one_class_split(toy_corpus(24), 0)
+    one_at_a_time = SelectionConfig(n_trials=3, epochs=1, val_fraction=0.25, max_concurrent=1, cpus_per_trial=0.5)
+    on_ray = select_for_split(split, TINY, TRAIN, one_at_a_time, LossWeights(), seed=0)
+    in_process = select_loss_weights(split.train_images, TINY, TRAIN, one_at_a_time, seed=0, on_ray=False)
+    assert list(on_ray.trials.columns) == ["trial", "feature", "pixel", "image_adversarial", "latent_adversarial", "val_pseudo_auroc", "state"]
+    assert on_ray.trials.to_dict() == in_process.trials.to_dict() and on_ray.best == in_process.best
+    assert in_process.placements == []
+    assert [p["trial"] for p in on_ray.placements] == [0, 1, 2]
+    assert all(p["pid"] != os.getpid() and p["resources"] == {"CPU": pytest.approx(0.5)} for p in on_ray.placements)
+
+    in_rounds = dataclasses.replace(one_at_a_time, max_concurrent=2, cpus_per_trial=0.99)
+    first = select_for_split(split, TINY, TRAIN, in_rounds, LossWeights(), seed=0)
+    again = select_for_split(split, TINY, TRAIN, in_rounds, LossWeights(), seed=0)
+    assert first.trials.to_dict() == again.trials.to_dict() and first.best == again.best
+    assert all(p["resources"] == {"CPU": pytest.approx(0.99)} for p in first.placements)
+    round_one = [p["pid"] for p in first.placements if p["trial"] in (0, 1)]
+    assert len(set(round_one)) == 2  # trials 0 and 1 were in flight together, on two workers
+    too_big = dataclasses.replace(one_at_a_time, cpus_per_trial=3.0)
+    with pytest.raises(ValueError, match="cpus_per_trial=3"):
+        select_for_split(split, TINY, TRAIN, too_big, LossWeights(), seed=0)
 
 
 # ---------------------------------------------------------------------------- the job

@@ -276,6 +276,37 @@ def test_rotation_flip_views_are_the_release_set():
     assert views_per_image(15, True) == 47
 
 
+def test_batched_tail_views_match_the_per_image_computation(shared_data: Path, ray_session, tmp_path, monkeypatch):
+    """Three real images' views through the feature pipeline (two images' views per forward
+    pass) equal each image's views computed alone on the CPU, on the warm-task path of a local
+    Ray and on the actor-pool path a trial uses; a second call reads the per-image cache."""
+    from raylab.data import load_corpus
+    from raylab.data.protocols import subsample_corpus
+    from raylab.features import FeatureSpec, extract
+    from raylab.features.cache import cached_view_features
+    from raylab.features.views import ViewSpec
+    from raylab.methods.tailedcore.views import per_image_view_features
+
+    table = subsample_corpus(load_corpus("magnetic_tile", shared_data), per_group=1, seed=0).slice(0, 3)
+    spec, views = FeatureSpec(image_size=112), ViewSpec(rotation_step=90, hflip=True)
+    ids, images = table.column("sample_id").to_pylist(), table.column("image").to_pylist()
+    expected = {sid: per_image_view_features(image, spec, views) for sid, image in zip(ids, images)}
+    entries = cached_view_features(table, spec, views, root=tmp_path / "tasks", images_per_batch=2)
+    assert sorted(entries) == sorted(expected)
+    for sid, path in entries.items():
+        got = np.load(path)
+        assert got.shape == (7, 14, 14, 152)  # 4 angles x 2 flips - identity
+        np.testing.assert_allclose(got, expected[sid], rtol=1e-4, atol=1e-4)
+    stamps = {sid: path.stat().st_mtime_ns for sid, path in entries.items()}
+    again = cached_view_features(table, spec, views, root=tmp_path / "tasks", images_per_batch=2)
+    assert {sid: path.stat().st_mtime_ns for sid, path in again.items()} == stamps  # read, not extracted again
+
+    monkeypatch.setattr(extract, "started_local_ray", lambda: False)  # as inside a trial: the actor pool
+    pooled = cached_view_features(table, spec, views, root=tmp_path / "actors", images_per_batch=2)
+    for sid, path in pooled.items():
+        np.testing.assert_allclose(np.load(path), expected[sid], rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Long-tail protocols
 

@@ -6,6 +6,10 @@ instead of each holding a copy. Entries are written to a staging directory and r
 place: a crashed extraction never leaves a partial entry behind. Each entry carries a
 manifest (:mod:`raylab.artefacts`) checked on every load: an entry that fails it is named,
 discarded and extracted again, never read.
+
+Augmented views (:func:`cached_view_features`) are keyed per *image* instead: which images
+need views depends on a trial (TailedCore's tail), so one entry per image content lets every
+trial, seed and protocol reuse the views any of them extracted.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,8 @@ import pyarrow as pa
 from raylab.artefacts import CorruptArtefactError, discard, verify
 from raylab.data.store import cache_root, corpus_fingerprint, staged_directory
 from raylab.features.backbones import FeatureSpec
-from raylab.features.extract import FeatureSet, extract_patch_features
+from raylab.features.extract import FeatureSet, extract_patch_features, feature_batches
+from raylab.features.views import ViewSpec
 from raylab.timing import phase
 
 
@@ -68,3 +74,57 @@ def require_finite(patches: np.ndarray, sample_ids: np.ndarray, backbone: str) -
     if not finite.all():
         bad = [str(i) for i in np.asarray(sample_ids)[~finite][:5]]
         raise ValueError(f"{backbone} gave non-finite features for {int((~finite).sum())} images (first: {', '.join(bad)}); check the weights and those images")
+
+
+# Views embedded per forward pass (a batch is this many views' worth of whole images): all
+# the views of several images at once, within an extraction batch's memory at the CPU size.
+VIEWS_PER_PASS = 128
+
+
+def view_cache_directory(spec: FeatureSpec, views: ViewSpec, root: Path | None = None) -> Path:
+    description = {
+        "spec": dataclasses.asdict(spec), "weights": spec.backbone.weights_fingerprint(), "views": dataclasses.asdict(views), "format": 2,
+    }
+    key = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return (root or cache_root() / "view_features") / key
+
+
+def view_entry(directory: Path, image: bytes) -> Path:
+    """One image's entry: named by the image's bytes, so any trial asking for the same image finds it."""
+    return directory / f"{hashlib.sha256(image).hexdigest()[:32]}.npy"
+
+
+def cached_view_features(
+    table: pa.Table, spec: FeatureSpec, views: ViewSpec, *, root: Path | None = None, images_per_batch: int | None = None, **extract_options
+) -> dict[str, Path]:
+    """Each row's ``(V, h, w, D)`` view features as a ``.npy`` file, by sample id: cached ones as
+    they are, the rest extracted in one Ray Data pass (:func:`feature_batches` with ``views``).
+
+    Batches are written to their entries as they arrive (staged, then renamed), so the caller
+    never holds more than a batch's views (154 MB per image at the paper's size); read each
+    entry memory-mapped. ``images_per_batch``: default :data:`VIEWS_PER_PASS` views' worth.
+    """
+    directory = view_cache_directory(spec, views, root)
+    ids = table.column("sample_id").to_pylist()
+    entries = {sid: view_entry(directory, image) for sid, image in zip(ids, table.column("image").to_pylist())}
+    missing, seen = [], set()
+    for row, sid in enumerate(ids):
+        if not entries[sid].exists() and entries[sid] not in seen:
+            missing.append(row)
+            seen.add(entries[sid])
+    if missing:
+        batch = images_per_batch or max(1, VIEWS_PER_PASS // views.count())
+        # A few images per trial: blocks from memory, not Parquet shards written for each subset.
+        options = {"source": "memory", **extract_options}
+        directory.mkdir(parents=True, exist_ok=True)
+        with phase("view feature extraction (Ray Data)"):
+            dataset = feature_batches(table.take(missing), spec, batch_size=batch, views=views, **options)
+            for out in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                require_finite(out["patches"], out["sample_id"], spec.backbone.name)
+                for sid, patches in zip(out["sample_id"], out["patches"]):
+                    target = entries[str(sid)]
+                    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                    with open(staging, "wb") as handle:  # written whole, then renamed: readers never see half a file
+                        np.save(handle, np.ascontiguousarray(patches, dtype=np.float32))
+                    os.replace(staging, target)
+    return entries

@@ -55,6 +55,7 @@ from raylab.data.schema import validate_corpus
 from raylab.data.store import read_dataset, write_shards
 from raylab.features.backbones import FeatureSpec, create_backbone, resolve_weights_path
 from raylab.features.patch_embed import PatchEmbedder
+from raylab.features.views import ViewSpec
 from raylab.resources import extraction_actor_cpus, extraction_threads, started_local_ray
 from raylab.resources import current as current_resources
 from raylab.metrics import record_feature_batch
@@ -132,11 +133,19 @@ class PatchFeatureExtractor:
         return tensor
 
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray], views: ViewSpec | None = None) -> dict[str, np.ndarray]:
+        """``patches``: (N, h, w, D); with ``views``, (N, V, h, w, D), every image's views made on
+        the device and embedded together with the batch's other images' views in one pass."""
         started = time.perf_counter()
-        patches = self.embedder(self.backbone(self.pixels(batch)))
+        pixels = self.pixels(batch)
+        if views is not None:
+            expanded = views.expand(pixels)
+            pixels = expanded.flatten(0, 1)
+        patches = self.embedder(self.backbone(pixels))
         if self.l2_normalize:
             patches = torch.nn.functional.normalize(patches, dim=-1)
+        if views is not None:
+            patches = patches.unflatten(0, tuple(expanded.shape[:2]))
         out = {"sample_id": np.asarray(batch["sample_id"]), "patches": patches.float().cpu().numpy()}
         record_feature_batch(len(out["sample_id"]), time.perf_counter() - started, self.backbone_name)
         return out
@@ -174,13 +183,14 @@ class PatchFeatureExtractorTask:
 
     spec: FeatureSpec
     threads: int
+    views: ViewSpec | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         previous = torch.get_num_threads()
         extractor = warm_extractor(self.spec, self.threads)
         torch.set_num_threads(self.threads)
         try:
-            return extractor(batch)
+            return extractor(batch, self.views)
         finally:
             torch.set_num_threads(previous)  # the worker runs other tasks afterwards
 
@@ -274,7 +284,22 @@ def extract_patch_features(
     decode: str = "auto",
     source: str = "auto",
 ) -> FeatureSet:
-    """Extract patch features for every row of ``table`` with Ray Data.
+    """Extract patch features for every row of ``table`` with Ray Data (see :func:`feature_batches`)."""
+    dataset = feature_batches(table, spec, batch_size=batch_size, actors=actors, decode=decode, source=source)
+    return gather_sorted(dataset, table.column("sample_id").to_pylist())
+
+
+def feature_batches(
+    table: pa.Table,
+    spec: FeatureSpec,
+    *,
+    batch_size: int = EXTRACTION_BATCH,
+    actors: int | None = None,
+    decode: str = "auto",
+    source: str = "auto",
+    views: ViewSpec | None = None,
+):
+    """The Ray Data dataset of ``{"sample_id", "patches"}`` batches of every row of ``table``.
 
     ``actors``: concurrent extractors (default: the resources' extraction pool). ``decode``:
     where images are decoded and resized, ``"actor"`` (by the extractor, fused),
@@ -282,7 +307,10 @@ def extract_patch_features(
     CPUs, tasks with accelerators). ``source``: ``"memory"`` (blocks of ``table`` put
     from this process), ``"shards"`` (Parquet shards, written once per corpus content) or
     ``"auto"`` (memory on a Ray this process started, for corpora that fit the object store
-    comfortably). See the module docstring for why.
+    comfortably). See the module docstring for why. ``views``: each row's augmented views
+    instead of the image itself (``patches`` (N, V, h, w, D), ``batch_size`` images, so
+    ``batch_size x V`` views, per forward pass); its blocks are one batch each, since a
+    batch's views are V times the features of its images.
     """
     import ray
 
@@ -293,7 +321,7 @@ def extract_patch_features(
     plan = plan_extraction(actors, decode, source, corpus_bytes=columns.nbytes)
     resources = current_resources()
     transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
-    block_rows = rows_per_block(table.num_rows, batch_size, plan.workers)
+    block_rows = batch_size if views is not None else rows_per_block(table.num_rows, batch_size, plan.workers)
     if plan.in_memory:
         dataset = ray.data.from_arrow([columns.slice(start, block_rows) for start in range(0, table.num_rows, block_rows)])
     else:
@@ -310,7 +338,7 @@ def extract_patch_features(
     options = resources.ray_options(resources.accelerators_per_extraction_actor, cpus=plan.cpus)
     if plan.warm_tasks:
         dataset = dataset.map_batches(
-            PatchFeatureExtractorTask(spec, plan.threads),
+            PatchFeatureExtractorTask(spec, plan.threads, views),
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.TaskPoolStrategy(size=plan.workers),
@@ -320,12 +348,13 @@ def extract_patch_features(
         dataset = dataset.map_batches(
             PatchFeatureExtractor,
             fn_constructor_kwargs={"spec": spec, "threads": plan.threads},
+            fn_kwargs={"views": views},
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=plan.workers),
             **options,
         )
-    return gather_sorted(dataset, columns.column("sample_id").to_pylist())
+    return dataset
 
 
 def rows_per_block(rows: int, batch_size: int, workers: int) -> int:

@@ -3,7 +3,7 @@
 DCAE (Park, Jung and Teoh, ICPR 2020) has no public code, so no value below is "official":
 each default is raylab's choice, stated with its reason in :mod:`raylab.methods.dcae` and
 the README. The class defaults are the full size (a GPU run: width 64, latent 64, 200
-epochs, 30 selection trials); :func:`cpu_config` is the size that runs on a 2-core laptop,
+epochs, 30 selection trials in rounds of 6); :func:`cpu_config` is the size that runs on a 2-core laptop,
 every reduction listed in its docstring. The job's profiles are ``cpu`` (:func:`cpu_config`,
 the default) and ``full`` (the class defaults). The per-dataset YAMLs in ``raylab/configs/dcae/``
 spell out the CPU size; ``mnist_full.yaml`` and ``cifar10_full.yaml`` spell out the full one
@@ -103,11 +103,21 @@ class SelectionConfig:
     transforms in ``pseudo_novelties``). No novel-class image is ever seen. The first trial
     is the default :class:`LossWeights`; the selected weights are then trained on all of the
     class's training images.
+
+    Each trial trains as a Ray task of its own, asking for ``cpus_per_trial`` CPUs (and the
+    job's ``resources.accelerators_per_train_worker``), so on a cluster the trials spread over
+    its workers. They run in rounds of ``max_concurrent``: Optuna proposes a round's
+    candidates together and learns from their results in trial order. The round size is part
+    of the search (a round of one is the sequential study; larger rounds propose from less
+    feedback), so the selection is deterministic for a given seed and config on any cluster.
     """
 
     enabled: bool = True
     n_trials: int = 30
     epochs: int = 50
+    max_concurrent: int = 6
+    # < 1 CPU, like a Train worker, so a laptop's two trials can each run a selection task.
+    cpus_per_trial: float = 0.99
     val_fraction: float = 0.2
     feature_range: tuple[float, float] = (0.1, 10.0)
     pixel_range: tuple[float, float] = (0.1, 10.0)
@@ -118,6 +128,8 @@ class SelectionConfig:
     def __post_init__(self) -> None:
         require(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.max_concurrent >= 1, "max_concurrent", f"must be >= 1, got {self.max_concurrent}")
+        require(self.cpus_per_trial > 0, "cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must lie in (0, 1), got {self.val_fraction}")
         for key in ("feature_range", "pixel_range", "image_adversarial_range", "latent_adversarial_range"):
             low, high = getattr(self, key)
@@ -237,11 +249,12 @@ def cpu_config() -> DCAESweepConfig:
     15 epochs instead of 200 with lr 1e-3 instead of 2e-4 and batch 32 instead of 64 (a
     class has a few hundred images: 15 epochs are only 120-230 steps); one Train worker per
     trial (two trials run in parallel instead of one trial on two workers, which keeps both
-    cores busy while a trial runs its in-process selection); 4 Optuna trials of 4 epochs
-    instead of 30 of 50.
+    cores busy, each running its selection tasks and then its training); 4 Optuna trials of 4
+    epochs instead of 30 of 50, one at a time (the two trials in parallel already fill the
+    cores) instead of rounds of 6.
     """
     return DCAESweepConfig(
         network=NetworkConfig(width=16, latent_dim=16, downsamplings=2, latent_hidden=128),
         train=TrainConfig(epochs=15, batch_size=32, lr=1e-3, num_workers=1),
-        selection=SelectionConfig(n_trials=4, epochs=4),
+        selection=SelectionConfig(n_trials=4, epochs=4, max_concurrent=1),
     )

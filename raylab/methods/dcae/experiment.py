@@ -3,7 +3,9 @@
 Per trial (normal class c, training seed s), all on c's training images only:
 
 1. **selection** (:mod:`~raylab.methods.dcae.selection`): Optuna over the four loss weights,
-   scored on held-out in-class images against pseudo-novelties made from them;
+   scored on held-out in-class images against pseudo-novelties made from them; each
+   selection trial is a Ray task of its own (``selection.cpus_per_trial`` CPUs, the job's
+   accelerator per Train worker), ``selection.max_concurrent`` at a time;
 2. **training** (:mod:`~raylab.methods.dcae.training`): ``dcae``, ``dcae_no_adv`` (the
    selected weights, latent game off) and the plain ``ae`` side by side on Ray Train
    (``TorchTrainer``, a checkpoint every epoch; a re-run resumes or reuses the run);

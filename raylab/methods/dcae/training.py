@@ -354,18 +354,29 @@ def train_variants(
 
 
 def train_in_process(
-    images: np.ndarray, variants: Mapping[str, VariantSpec], network: NetworkConfig, train: TrainConfig, *, seed: int, epochs: int
+    images: np.ndarray, variants: Mapping[str, VariantSpec], network: NetworkConfig, train: TrainConfig, *, seed: int, epochs: int,
+    device: str | torch.device | None = None,
 ) -> TrainedModels:
-    """The same epochs in this process (no Ray): for short selection runs where a worker group's
-    start-up would cost more than the training."""
+    """The same epochs in this process, without a Train worker group: for the short selection
+    trainings, where a worker group's start-up would cost more than the training.
+
+    ``device``: where the steps run (a selection task given an accelerator passes ``cuda``);
+    batches and prior draws are still made on the CPU from the same seeded generators, and the
+    returned models are back on the CPU, so scoring and calibration do not depend on it.
+    """
     check_training_images(images)
     tensor = to_unit_range(torch.from_numpy(np.ascontiguousarray(images)))
     trainers = make_trainers(variants, network, train, images.shape[1], images.shape[-1], seed)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    if target.type != "cpu":
+        for trainer in trainers.values():
+            trainer.model.to(target)  # in place: the optimisers keep their parameters
+            trainer.wrap(lambda module: module, target)
     history = []
     for epoch in range(epochs):
         metrics = run_epoch(trainers, tensor, epoch, seed=seed, batch_size=train.batch_size, latent_dim=network.latent_dim)
         history.append({"epoch": epoch} | metrics)
-    return TrainedModels({n: calibrated(t.model, images) for n, t in trainers.items()}, history, None)
+    return TrainedModels({n: calibrated(t.model.to("cpu"), images) for n, t in trainers.items()}, history, None)
 
 
 @torch.no_grad()

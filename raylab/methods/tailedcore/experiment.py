@@ -27,8 +27,10 @@ manifest, per-class metrics, ROC curves, overlays, the fitted memory and the dia
 only the platform can compute (:mod:`raylab.methods.tailedcore.diagnostics`).
 
 Features are extracted once per corpus (patch grids for the memories, last-stage pooled
-embeddings for TailSampler) and cached; only the tail images' augmented views are
-computed inside trials, and cached per image (:mod:`raylab.methods.tailedcore.views`).
+embeddings for TailSampler) and cached. The tail images' augmented views depend on the
+trial's tail, so a trial asks the same feature pipeline for them when it fits TailedCore:
+one Ray Data pass over its uncached tail images, batched on the extractors' device, each
+image's views cached by content for every other trial (:mod:`raylab.methods.tailedcore.views`).
 """
 
 # Heavy imports (numpy, pyarrow, the data protocols, torch models) are deferred into the
@@ -350,6 +352,7 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     from raylab.data import load_corpus
     from raylab.data.protocols import apply_long_tail, protocol_from_name, subsample_corpus
     from raylab.experiment.cost import FLOAT32
+    from raylab.features.cache import VIEWS_PER_PASS
     from raylab.features.extract import EXTRACTION_BATCH, extraction_peak_bytes, feature_shape
     from raylab.methods.tailedcore.views import views_per_image
 
@@ -370,6 +373,8 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     height, width, dim = feature_shape(config.features)
     patches, grid_bytes = height * width, height * width * dim * FLOAT32
     views = views_per_image(tailed.tail_rotation_step, tailed.tail_hflip) if "tailedcore" in config.methods else 0
+    # A views pass embeds every view of VIEWS_PER_PASS // views images at once (raylab.features.cache).
+    extraction_pass = max(EXTRACTION_BATCH, max(1, VIEWS_PER_PASS // views) * views if views else 0)
     projected = min(dim, tailed.coreset_projection_dim or dim)
     keep = tailed.lof.keep_fraction
 
@@ -402,8 +407,8 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
         array_bytes=trial_arrays(*largest),
         checkpoint_bytes=memories,
         cache_bytes=corpus.num_rows * grid_bytes + len(tail_images) * views * grid_bytes,
-        accelerator_bytes=extraction_peak_bytes(config.features),
-        accelerator_step=f"an extraction batch of {EXTRACTION_BATCH} images or views; memory search runs on the CPU by default",
+        accelerator_bytes=extraction_peak_bytes(config.features, extraction_pass),
+        accelerator_step=f"an extraction pass of {extraction_pass} images or tail views; memory search runs on the CPU by default",
         notes=(
             f"{len(trials)} trials; the largest: {largest[0]} training images, {largest[1]} tail images x {views} views; "
             f"patch grid {height}x{width}x{dim}; coresets select in {projected} dims",
