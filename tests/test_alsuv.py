@@ -11,11 +11,13 @@ import torch
 from torch import nn
 
 from raylab.methods.alsuv.attack import METHODS, pseudo_target_select, run_attack, select_outputs
-from raylab.methods.alsuv.config import AttackConfig, EncoderConfig, EncoderTrainConfig, FaceCropConfig, GanTrainConfig
+from raylab.methods.alsuv.config import AttackConfig, EncoderConfig, EncoderTrainConfig, FaceCropConfig, GanTrainConfig, InversionConfig
 from raylab.methods.alsuv.encoders import FaceEncoder, build_backbone, load_mobilefacenet, make_encoder
 from raylab.methods.alsuv.faces import NotAFaceError, check_face_like
+from raylab.methods.alsuv.inversion import invert_image, invert_targets, pixel_errors
 from raylab.methods.alsuv.search import FaceRenderer, SearchBatch, latent_search
 from raylab.methods.alsuv.stylegan2 import Generator, GeneratorConfig, infer_config, load_rosinality, save_rosinality
+from raylab.methods.alsuv.verdict import informative_verdict
 
 TINY = GeneratorConfig(size=8, style_dim=16, n_mlp=2, channel_multiplier=1, channel_base=64, channel_max=16)
 TINY_ENCODER = EncoderConfig(kind="irse", input_size=(8, 8), embedding_dim=8, layers=(1, 1), width_multiplier=0.125)
@@ -174,6 +176,64 @@ def test_wrong_embedding_size_is_a_clear_error(ray_session):
         run_attack(targets, renderer, source, _tiny_encoder(2), config, seed=0)
 
 
+# ------------------------------------------------------------------------ the pixel-inversion ceiling and the verdict
+
+
+def test_pixel_inversion_recovers_a_face_the_generator_can_render(ray_session):
+    """A face the generator itself rendered is within its reach: inverting it from other starts brings the
+    pixel error far below the starts' own, and the Ray path keeps each target's best start whatever the packing."""
+    renderer = _tiny_renderer()
+    with torch.no_grad():
+        faces = renderer(renderer.generator.broadcast(renderer.initial_latents(2, seed=99)))
+    config = InversionConfig(searches=4, steps=60, lr=0.05, searches_per_task=4)
+    starts = renderer.initial_latents(4, seed=0)
+    with torch.no_grad():
+        before = pixel_errors(renderer(renderer.generator.broadcast(starts)), faces[0])
+    canvas, errors = invert_image(renderer, faces[0], starts, config)
+    assert canvas.shape == (4, 3, 8, 8) and errors.shape == (4,)
+    assert float(errors.min()) < 0.25 * float(before.min())
+    torch.testing.assert_close(errors, pixel_errors(canvas, faces[0]))
+
+    together = invert_targets(faces.numpy(), renderer, config, seed=0)
+    apart = invert_targets(faces.numpy(), renderer, dataclasses.replace(config, searches_per_task=1), seed=0)
+    assert [inv.start for inv in together] == [inv.start for inv in apart]
+    assert together[0].start == int(torch.argmin(errors)) and together[0].pixel_mse == pytest.approx(float(errors.min()), rel=1e-4)
+    for a, b in zip(together, apart):
+        np.testing.assert_allclose(a.canvas, b.canvas, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(3, 8, 8\) canvas, got \(3, 16, 16\)"):
+        invert_image(renderer, torch.zeros(3, 16, 16), starts, config)
+
+
+def _rows(encoder: str, type1: dict[str, list[float]]) -> list[dict]:
+    """Summary-like rows: one per method and seed, with the given type-1 values."""
+    return [
+        {"method": method, "encoder": encoder, "seed": seed, "metrics": {"type1_far1e-2": value, "type1_far1e-3": 0.0}}
+        for method, values in type1.items() for seed, value in enumerate(values)
+    ]
+
+
+def test_verdict_names_the_ceiling_and_the_floor():
+    rule = {"encoder": "mobilefacenet", "metric": "type1_far1e-2", "ceiling": 0.5}
+    attacks_zero = {m: [0.0, 0.0] for m in METHODS}
+    # The audited case: the ceiling itself is 0 on the real encoder, every attack too.
+    low = informative_verdict(_rows("mobilefacenet", {**attacks_zero, "pixel_inversion": [0.0, 0.1]}) + _rows("resnet10t", {
+        **{m: [0.9, 0.9] for m in METHODS}, "pixel_inversion": [1.0, 1.0]}), **rule)
+    assert low["informative"] is False
+    assert "only 0.050 type1_far1e-2 on mobilefacenet (< 0.5)" in low["reason"] and "every attack method is at 0" in low["reason"]
+    # A high ceiling but attacks all at the floor: still nothing to compare.
+    floor = informative_verdict(_rows("mobilefacenet", {**attacks_zero, "pixel_inversion": [0.8, 0.9]}), **rule)
+    assert floor["informative"] is False and "every attack method is at 0" in floor["reason"] and "pixel inversion" not in floor["reason"]
+    # A ceiling just under the gate with attacks above 0: the ceiling alone decides.
+    under = informative_verdict(_rows("mobilefacenet", {**{m: [0.1, 0.2] for m in METHODS}, "pixel_inversion": [0.5, 0.4]}), **rule)
+    assert under["informative"] is False and "0.450" in under["reason"] and "every attack" not in under["reason"]
+    # Both gates passed: informative, the numbers named.
+    ok = informative_verdict(_rows("mobilefacenet", {"alsuv": [0.3, 0.2], "single_search": [0.0, 0.0], "pixel_inversion": [0.6, 0.5]}), **rule)
+    assert ok["informative"] is True and "pixel_inversion reaches 0.550" in ok["reason"] and "alsuv 0.250" in ok["reason"]
+    # No ceiling row, or no rows on the encoder at all: not informative, said so.
+    assert "no pixel_inversion row" in informative_verdict(_rows("mobilefacenet", {"alsuv": [0.3]}), **rule)["reason"]
+    assert informative_verdict(_rows("resnet10t", {"alsuv": [0.3], "pixel_inversion": [1.0]}), **rule)["informative"] is False
+
+
 # ------------------------------------------------------------------------ faces and encoders
 
 
@@ -297,7 +357,8 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
             # Two unseen encoders (MobileFaceNet has its own test above; here it would only cost time).
             "unseen": {"other": {**encoder, "weights": str(tmp_path / "other.pt")}, "other_b": {**encoder, "weights": str(tmp_path / "other_b.pt")}},
         },
-        "quick": {"max_targets": 2, "num_searches": 4, "searches_per_task": 2, "iterations": 2, "top_k": 2},
+        "quick": {"max_targets": 2, "num_searches": 4, "searches_per_task": 2, "iterations": 2, "top_k": 2, "inversion_steps": 3},
+        "evaluation": {"verdict_encoder": "other"},
     }
     path = tmp_path / "alsuv.yaml"
     import yaml
@@ -337,14 +398,19 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     assert result["config"].data.dataset == "orl" and result["config"].max_targets == 2
     rows = summary["rows"]
     assert {(r["method"], r["encoder"], r["seed"]) for r in rows} == {
-        (m, e, s) for m in METHODS for e in ("other", "other_b") for s in (0, 1)
+        (m, e, s) for m in (*METHODS, "pixel_inversion") for e in ("other", "other_b") for s in (0, 1)
     }
     for row in rows:
         for key in ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1"):
             assert 0.0 <= row["metrics"][key] <= 1.0
-        assert "noise_ratio" not in row and row["targets"] == 2 and -1.0 <= row["source_cosine"] <= 1.0
+        assert "noise_ratio" not in row and row["targets"] == 2 and -1.0 <= row["source_cosine"] <= 1.0 and 0.0 <= row["pixel_mse"] <= 4.0
         assert set(row["verification"]) == {"other", "other_b", "source", "validation"}
-    assert "alsuv" in result["table"]["method"].tolist()
+    assert {"alsuv", "pixel_inversion"} <= set(result["table"]["method"].tolist())
+    # The verdict is the rule applied to these very rows, in the summary and on the console.
+    from raylab.methods.alsuv.verdict import informative_verdict as rule
+
+    assert summary["verdict"] == rule(rows, encoder="other", metric="type1_far1e-2", ceiling=0.5)
+    assert f"verdict: {summary['verdict']['reason']}" in result["text"]
     assert result["text"].startswith("ALSUV on orl: 2 targets from 10 held-out identities, N=4 searches x 2 iterations, seeds [0, 1]")
 
     # MLflow: the shared models run (logged once, by the first seed's trial), one attack run
@@ -358,7 +424,7 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.info.run_name == result["name"])
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-    assert children == sorted(["models", "attack-s0", "attack-s1", *(f"{m}-s{s}" for m in METHODS for s in (0, 1))])
+    assert children == sorted(["models", "attack-s0", "attack-s1", *(f"{m}-s{s}" for m in (*METHODS, "pixel_inversion") for s in (0, 1))])
     models = next(r for r in runs if r.info.run_name == "models")
     assert models.data.metrics["generator_loaded"] == 1.0 and models.data.metrics["data/held_out_identities"] == 10
     assert {"generator_samples.png", "targets.txt", "generator.txt"} <= {a.path for a in client.list_artifacts(models.info.run_id)}
@@ -367,7 +433,7 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     for seed in (0, 1):
         attack_run = next(r for r in runs if r.info.run_name == f"attack-s{seed}")
         assert attack_run.data.tags["raylab.seed"] == str(seed)
-        for key in ("search/mean_cosine_last", "search/mean_cosine_averaged", "search/max_cosine_averaged", "attack_seconds"):
+        for key in ("search/mean_cosine_last", "search/mean_cosine_averaged", "search/max_cosine_averaged", "attack_seconds", "inversion_seconds"):
             assert [m.step for m in client.get_metric_history(attack_run.info.run_id, key)] == [0]
 
     # The tripwire itself works: an unseen encoder sent to a search task fails the attack.

@@ -1,11 +1,13 @@
 """ALSUV's paper-size config (``alsuv/ffhq256``) end to end at its smoke budget.
 
-A random StyleGAN2 FFHQ-256 config-f in the rosinality training layout stands in for the
-user's checkpoint, the real MobileFaceNet and ORL faces are used as they are; the config is
-run unchanged but for where the weights are and how the searches are packed into Ray tasks.
-The metrics of a random generator mean nothing: what counts is that every stage fits (the
-192 px face crop meets the 112 px canvas, the 112 px encoders train and embed, the
-figures have one cell size) and the job reaches its summary.
+A random StyleGAN2 FFHQ-256 config-f in the rosinality training layout, a random ArcFace
+IR-100 in insightface's ``backbone.pth`` layout and a random 512-d Swin-T in timm's layout
+stand in for the user's files (``raylab.testing.random_weights.smoke_weight_arguments``), the
+real MobileFaceNet and ORL faces are used as they are; the config is run unchanged but for
+where the weights are and how the searches are packed into Ray tasks. The metrics of random
+weights mean nothing: what counts is that every stage fits (the 192 px face crop meets the
+112 px canvas, the loaded encoders embed it at 112 and 224 px, the unseen ResNet-50 trains,
+the figures have one cell size) and the job reaches its summary.
 """
 
 from __future__ import annotations
@@ -32,16 +34,15 @@ def test_ffhq256_smoke_reaches_a_summary_with_one_face_size(ray_session, shared_
 
     from raylab.experiment import get_experiment, run
     from raylab.methods.alsuv.report import GAP, LABEL_HEIGHT, cell_side, grid_size
-    from raylab.testing.random_weights import stylegan2_rosinality
+    from raylab.testing.random_weights import smoke_weight_arguments
     from raylab.tracking import tracking_uri
 
-    checkpoint = stylegan2_rosinality(tmp_path / "stylegan2-ffhq-256_550000.pt")
     out = tmp_path / "summary.json"
     started = time.monotonic()
     result = run(get_experiment("alsuv_attack"), [
         "--profile", "full", "--config", "alsuv/ffhq256", "--smoke",
         "--data-root", str(shared_data), "--weights-root", str(shared_weights),
-        "--set", f"generator.checkpoint={checkpoint}",
+        *smoke_weight_arguments("alsuv/ffhq256", tmp_path / "weights"),
         # Packing only: searches are independent, so two tasks of five give the results of one of ten.
         "--set", "attack.searches_per_task=5",
         "--summary-json", str(out),
@@ -50,7 +51,8 @@ def test_ffhq256_smoke_reaches_a_summary_with_one_face_size(ray_session, shared_
 
     config = result["config"]
     assert config.generator.model.size == 256 and config.generator.face_side == 192 and config.face_size == 112
-    assert config.encoders.source.layers == (3, 4, 14, 3) and config.attack.top_k == 10  # architecture untouched
+    assert config.encoders.source.kind == "iresnet" and config.encoders.source.layers == (3, 13, 30, 3)  # architecture untouched
+    assert config.encoders.validation.timm_name == "swin_tiny_patch4_window7_224" and config.attack.top_k == 10
     summary = json.loads(out.read_text())
     assert summary["targets"] == 1 and summary["num_searches"] == 10
     assert {row["encoder"] for row in summary["rows"]} == {"mobilefacenet", "resnet50"}
@@ -98,7 +100,8 @@ def test_face_sizes_are_reconciled_before_ray_starts(capsys, tmp_path):
     # The file's shapes, not its name, say what it holds: an 8 px generator under the 256 px config.
     small = GeneratorConfig(size=8, style_dim=16, n_mlp=2, channel_multiplier=1, channel_base=64, channel_max=16)
     save_rosinality(tmp_path / "stylegan2-ffhq-256_550000.pt", Generator(small))
-    (tmp_path / "mobilefacenet_casia_webface.ckpt").write_bytes(b"")  # only its presence is checked before Ray
+    for name in ("mobilefacenet_casia_webface.ckpt", "ms1mv3_arcface_r100_backbone.pth", "swin_tiny_face_512.pth"):
+        (tmp_path / name).write_bytes(b"")  # only the encoders' files' presence is checked before Ray
     error = refused([*full, "--dry-run", "--data-root", str(tmp_path), "--weights-root", str(tmp_path)])
     assert "generator.model:" in error and "holds a 8 px generator" in error
 

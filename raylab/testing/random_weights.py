@@ -35,6 +35,43 @@ def torchvision_pth(name: str, path: Path, *, seed: int = 0) -> Path:
     return path
 
 
+def timm_pth(name: str, path: Path, *, seed: int = 0, **kwargs) -> Path:
+    """A timm model's state dict as a ``.pth`` of ``torch.save`` (timm's key layout, no wrapper dict).
+
+    The form of a face model trained with timm and saved as ``model.state_dict()``, which is
+    what ALSUV's validation Swin-T (``kind: timm`` with ``weights``) loads.
+    """
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def arcface_iresnet_pth(path: Path, *, depth: int = 100, seed: int = 0) -> Path:
+    """An ArcFace IResNet in insightface arcface_torch's ``backbone.pth`` layout: a plain state dict.
+
+    The released ``ms1mv3_arcface_r100_fp16/backbone.pth`` is ``torch.save(backbone.state_dict())``
+    of their ``iresnet100`` (keys ``conv1.weight``, ``bn1.*``, ``prelu.weight``,
+    ``layer1.0.bn1.*`` ... ``bn2.*``, ``fc.*``, ``features.*``), which
+    :class:`raylab.nets.iresnet.IResNet` reproduces name for name, so writing its state dict
+    writes that layout. The BatchNorm running statistics are randomised too, so that a
+    loader that skipped them would embed differently from one that read them.
+    """
+    from raylab.nets.iresnet import iresnet
+
+    torch.manual_seed(seed)
+    model = iresnet(depth)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    torch.save(model.state_dict(), path)
+    return path
+
+
 def smoke_weight_arguments(config: str, folder: Path) -> list[str]:
     """The job arguments that point a packaged full-size config at random weights written to ``folder``.
 
@@ -56,7 +93,17 @@ def smoke_weight_arguments(config: str, folder: Path) -> list[str]:
         path = folder / "stylegan2-ffhq-256_550000.pt"
         if not path.is_file():
             stylegan2_rosinality(path)
-        return ["--set", f"generator.checkpoint={path}"]
+        source = folder / "ms1mv3_arcface_r100_backbone.pth"
+        if not source.is_file():
+            arcface_iresnet_pth(source, depth=100)
+        validation = folder / "swin_tiny_face_512.pth"
+        if not validation.is_file():
+            timm_pth("swin_tiny_patch4_window7_224", validation, seed=1, num_classes=512)
+        return [
+            "--set", f"generator.checkpoint={path}",
+            "--set", f"encoders.source.weights={source}",
+            "--set", f"encoders.validation.weights={validation}",
+        ]
     if config in ("ckd/orl_full", "dcae/mnist_full", "dcae/cifar10_full"):
         return []  # trained from scratch: no weight file to stand in for
     raise KeyError(f"no random-weight recipe for {config!r}")

@@ -33,7 +33,11 @@ every reduction stated:
 * attack: N = 12 searches (not 100) of 30 iterations (not 100), in tasks of 6 (not 10);
   the learning-rate drop at half-way and the average over the last 70% are kept; top-k = 3
   (not 10: a tenth of 12 candidates would be one, which is best-by-source, so the pseudo
-  target averages a quarter of the candidates instead of a tenth).
+  target averages a quarter of the candidates instead of a tenth);
+* targets: three images per held-out identity (30 on ORL; the paper attacks every test
+  image), so that one target is 1/30 of a rate, not 1/10;
+* the ``pixel_inversion`` ceiling: 12 starts x 150 Adam steps per target (the
+  :class:`InversionConfig` defaults, kept at every size).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Literal
 
 from raylab.config import require
 
-EncoderKind = Literal["irse", "timm", "mobilefacenet"]
+EncoderKind = Literal["irse", "timm", "mobilefacenet", "iresnet"]
 MarginLoss = Literal["arcface", "cosface"]
 
 
@@ -198,6 +202,27 @@ class EncoderConfig:
     means the encoder is trained here with ``loss`` on the training identities.
     ``normalisation``: ``canvas`` feeds the [-1, 1] canvas as is; ``mobilefacenet`` feeds
     ``(x - 127.5) / 128`` of the 0-255 image.
+
+    Pretrained kinds (``weights`` names the file, loaded with ``strict=True`` and
+    ``weights_only=True``; a file whose keys or shapes differ is refused naming it):
+
+    * ``iresnet``: insightface arcface_torch's IResNet (:mod:`raylab.nets.iresnet`), the file
+      a plain state dict as their ``backbone.pth`` is (e.g. ArcFace IR-100 on MS1MV3, the
+      paper's source encoder). ``layers`` sets the depth (r18/r34/r50/r100 =
+      ``[2, 2, 2, 2]`` / ``[3, 4, 6, 3]`` / ``[3, 4, 14, 3]`` / ``[3, 13, 30, 3]``); widths are the
+      released 64-512 (``width_multiplier`` is not read); input 112 x 112 in [-1, 1], which
+      is arcface_torch's ``(x / 255 - 0.5) / 0.5``, so ``normalisation: canvas``.
+    * ``timm`` with ``weights``: ``timm_name`` built with ``num_classes=embedding_dim`` and the
+      file a state dict in timm's layout. The full config's validation encoder is
+      ``swin_tiny_patch4_window7_224`` with a 512-d head at 224 x 224 (the official code
+      upsamples the [-1, 1] face to 224 and feeds it as is). The paper's Swin-T
+      (``Swin-T-MS1M.pt`` of the official code, a FaceX-Zoo ``SwinTransformer`` trained on
+      MS1M) has the same trunk but a different head (LayerNorm -> flatten of the 7 x 7 x 768
+      map -> Linear 37632 -> 512 -> BatchNorm1d, where timm mean-pools into Linear 768 -> 512)
+      and Microsoft's original key layout, so that file does not load here as it is: the
+      trunk converts with timm's ``swin_transformer.checkpoint_filter_fn``, the head does not
+      (it must be retrained on the converted trunk, or another Swin-T face model in timm's
+      layout used).
     """
 
     kind: EncoderKind = "irse"
@@ -357,8 +382,56 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
+    """Thresholds of the unseen encoders, and the rule that says whether a run can show anything.
+
+    The summary's ``verdict`` (:func:`raylab.methods.alsuv.verdict.informative_verdict`) reads
+    type-1 success at FAR ``verdict_far`` on ``verdict_encoder`` (a real, pretrained, black-box
+    encoder: MobileFaceNet): the run is not informative when the generator's own pixel
+    inversion of the targets (the ``pixel_inversion`` ceiling row) stays below
+    ``verdict_ceiling`` there, or when every attack method sits at 0, since then no
+    comparison of the attack methods on that encoder is possible.
+    """
+
     fars: tuple[float, ...] = (1e-2, 1e-3)
     flip: bool = True
+    verdict_encoder: str = "mobilefacenet"
+    verdict_far: float = 1e-2
+    verdict_ceiling: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(self.verdict_far in self.fars, "verdict_far", f"must be one of fars {list(self.fars)}, got {self.verdict_far}")
+        require(0.0 < self.verdict_ceiling <= 1.0, "verdict_ceiling", f"must be in (0, 1], got {self.verdict_ceiling}")
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """The ``pixel_inversion`` ceiling row: each target *image* inverted into the generator.
+
+    Per target, ``searches`` W latents (the seed's starts, mapped from ``z ~ N(0, I)``,
+    broadcast to W+) are optimised with Adam (``lr``, x0.1 after ``lr_decay_at`` of the
+    ``steps``) to minimise the pixel mean squared error between the rendered face (the
+    attack's own renderer: truncation, fixed noise, face crop, canvas) and the target
+    canvas; the start with the lowest final error is kept. It sees the image itself, which
+    no attack does, so its success on the unseen encoders bounds what any latent search
+    through this generator can reach: a generator that cannot reproduce a held-out face
+    from its pixels cannot reproduce it from a template either.
+    """
+
+    searches: int = 12
+    steps: int = 150
+    lr: float = 0.05
+    lr_decay_at: float = 0.75
+    searches_per_task: int = 12
+
+    def __post_init__(self) -> None:
+        for key in ("searches", "steps", "searches_per_task"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0.0 <= self.lr_decay_at <= 1.0, "lr_decay_at", f"must be in [0, 1], got {self.lr_decay_at}")
+
+    @property
+    def decay_step(self) -> int:
+        return round(self.lr_decay_at * self.steps)
 
 
 @dataclass(frozen=True)
@@ -372,9 +445,12 @@ class QuickConfig:
     gan_iterations: int = 30
     encoder_epochs: int = 3
     max_targets: int = 3
+    inversion_searches: int = 2
+    inversion_steps: int = 10
 
     def __post_init__(self) -> None:
-        for key in ("num_searches", "searches_per_task", "iterations", "top_k", "gan_iterations", "encoder_epochs", "max_targets"):
+        keys = ("num_searches", "searches_per_task", "iterations", "top_k", "gan_iterations", "encoder_epochs", "max_targets")
+        for key in (*keys, "inversion_searches", "inversion_steps"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
 
 
@@ -387,6 +463,7 @@ class AlsuvConfig:
     encoders: EncoderSet = field(default_factory=EncoderSet)
     attack: AttackConfig = field(default_factory=AttackConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
     quick: QuickConfig = field(default_factory=QuickConfig)
     seeds: tuple[int, ...] = (0, 1, 2)
     # Attack only the first this many targets; None attacks every target (``--quick`` sets it).
@@ -394,6 +471,10 @@ class AlsuvConfig:
 
     def __post_init__(self) -> None:
         require(self.max_targets is None or self.max_targets >= 1, "max_targets", f"must be >= 1 or null, got {self.max_targets}")
+        require(
+            self.evaluation.verdict_encoder in self.encoders.unseen, "evaluation.verdict_encoder",
+            f"is {self.evaluation.verdict_encoder!r}, not one of the unseen encoders {sorted(self.encoders.unseen)}",
+        )
         self._check_face_sizes()
 
     @property
@@ -448,6 +529,7 @@ def cpu_config() -> AlsuvConfig:
             crop=FaceCropConfig(size_fraction=1.0, v_offset_fraction=0.0),
             train=GanTrainConfig(iterations=1200, path_length_weight=0.0, ema_kimg=1.0),
         ),
+        data=DataConfig(targets_per_identity=3),
         attack=AttackConfig(num_searches=12, searches_per_task=6, iterations=30, top_k=3),
     )
 
@@ -469,4 +551,5 @@ def quick_config(config: AlsuvConfig) -> AlsuvConfig:
         validation=shrink(config.encoders.validation),
         unseen={name: shrink(e) for name, e in config.encoders.unseen.items()},
     )
-    return replace(config, attack=attack, generator=generator, encoders=encoders, max_targets=q.max_targets)
+    inversion = replace(config.inversion, searches=q.inversion_searches, steps=q.inversion_steps, searches_per_task=q.inversion_searches)
+    return replace(config, attack=attack, generator=generator, encoders=encoders, inversion=inversion, max_targets=q.max_targets)

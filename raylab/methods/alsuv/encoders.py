@@ -8,6 +8,9 @@
   2/128/2/1) with PReLU, a 1x1 to 512, a linear global depthwise 7x6 convolution and a
   linear 1x1 to the 128-d embedding. Input 112x96 (h x w), ``(x - 127.5) / 128``.
 * IR-SE ResNets (:mod:`raylab.nets.irse`) and timm ResNets, trained here with a margin loss.
+* Pretrained encoders named by a ``weights`` file: insightface's ArcFace IResNets
+  (:mod:`raylab.nets.iresnet`, ``kind: iresnet``, their ``backbone.pth`` layout) and timm
+  models in timm's state-dict layout (``kind: timm``, e.g. a 512-d Swin-T), loaded strictly.
 * :class:`FaceEncoder`: canvas in [-1, 1] -> centre crop -> resize to the encoder's input ->
   its normalisation -> embedding, with ALSUV's flip averaging
   ``0.5 E(x) + 0.5 E(flip(x))`` (``encoder/blackbox_encoder.py`` of the official code).
@@ -125,7 +128,13 @@ def build_backbone(config: EncoderConfig) -> nn.Module:
         import timm
 
         return timm.create_model(config.timm_name, pretrained=False, num_classes=config.embedding_dim)
-    raise ValueError(f"unknown encoder kind {config.kind!r}; use irse, timm or mobilefacenet")
+    if config.kind == "iresnet":
+        from raylab.nets.iresnet import IResNet
+
+        if tuple(config.input_size) != IResNet.input_size:
+            raise ValueError(f"an IResNet takes 112x112 inputs (its head reads the 7x7 map), config says {tuple(config.input_size)}")
+        return IResNet(tuple(config.layers), config.embedding_dim)
+    raise ValueError(f"unknown encoder kind {config.kind!r}; use irse, timm, iresnet or mobilefacenet")
 
 
 class FaceEncoder(nn.Module):
@@ -174,7 +183,13 @@ class FaceEncoder(nn.Module):
 
 
 def make_encoder(config: EncoderConfig, *, name: str, state_dict: dict | None = None, weights_root: str | Path | None = None) -> FaceEncoder:
-    """A :class:`FaceEncoder` in eval mode with frozen weights, from a state dict or a weights file."""
+    """A :class:`FaceEncoder` in eval mode with frozen weights, from a state dict or a weights file.
+
+    An encoder with ``config.weights`` is loaded strictly from that file (relative names
+    against ``weights_root``), or from ``state_dict`` when the caller already read it; either
+    way a mismatch is an error naming the file, since a partly loaded encoder would embed
+    with random layers.
+    """
     if config.kind == "mobilefacenet":
         if config.weights is None:
             raise ValueError(f"{name}: a MobileFaceNet needs its pretrained weights file")
@@ -182,6 +197,18 @@ def make_encoder(config: EncoderConfig, *, name: str, state_dict: dict | None = 
         if not path.is_absolute() and weights_root is not None:
             path = Path(weights_root) / path
         backbone = load_mobilefacenet(path)
+    elif config.weights is not None:
+        from raylab.nets.iresnet import load_state_dict_strictly, load_state_strictly
+
+        path = Path(config.weights)
+        if not path.is_absolute() and weights_root is not None:
+            path = Path(weights_root) / path
+        backbone = build_backbone(config)
+        what = f"the {name} encoder ({config.kind} {config.timm_name if config.kind == 'timm' else list(config.layers)})"
+        if state_dict is None:
+            load_state_strictly(backbone, path, what)
+        else:
+            load_state_dict_strictly(backbone, state_dict, path, what)
     else:
         backbone = build_backbone(config)
         if state_dict is None:

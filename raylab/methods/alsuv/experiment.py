@@ -12,16 +12,21 @@ parent run exists):
    from the held-out pairs, the targets and their leaked source templates.
 
 One trial = one seed, run in the driver: the attack on every target's source template with
-Ray tasks (:mod:`.attack`), then each method's reconstructions embedded by each unseen
-encoder (:mod:`.evaluate`). What ``prepare`` made is logged as the nested ``models`` run by
-the first seed's trial (the parent run exists by then): training metrics, the generator
-file and samples, data counts, the encoders' verification on held-out pairs, the targets.
+Ray tasks (:mod:`.attack`), the generator's pixel inversion of every target image, also in
+Ray tasks (:mod:`.inversion`: the ceiling), then each method's reconstructions and the
+inversions embedded by each unseen encoder (:mod:`.evaluate`). What ``prepare`` made is
+logged as the nested ``models`` run by the first seed's trial (the parent run exists by
+then): training metrics, the generator file and samples, data counts, the encoders'
+verification on held-out pairs, the targets.
 
-Summary rows: ``method`` in {alsuv, single_search, no_averaging, best_by_source},
-``encoder`` (each unseen encoder), ``seed``, metrics ``type1_far1e-2``, ``type1_far1e-3``,
-``type2_far1e-2``, ``type2_far1e-3``, ``type1_acc``, ``type2_acc``, ``rank1``,
-``rank1_type2``, ``mean_type1_cosine``; beside them ``source_cosine``, ``targets``,
-``held_out_identities`` and ``verification`` (each encoder's TAR on held-out pairs).
+Summary rows: ``method`` in {alsuv, single_search, no_averaging, best_by_source,
+pixel_inversion}, ``encoder`` (each unseen encoder), ``seed``, metrics ``type1_far1e-2``,
+``type1_far1e-3``, ``type2_far1e-2``, ``type2_far1e-3``, ``type1_acc``, ``type2_acc``,
+``rank1``, ``rank1_type2``, ``mean_type1_cosine``; beside them ``source_cosine`` (of the
+output to the leaked template), ``pixel_mse`` (of the output to the target image),
+``targets``, ``held_out_identities`` and ``verification`` (each encoder's TAR on held-out
+pairs). ``pixel_inversion`` is not an attack: it sees the target image, and is the ceiling
+the summary's top-level ``verdict`` (:mod:`.verdict`) compares the attacks with.
 """
 
 # Heavy imports (numpy, torch, the generator, encoders and faces) are deferred into the
@@ -51,13 +56,16 @@ if TYPE_CHECKING:
     from raylab.methods.alsuv.search import FaceRenderer
 
 NAME = "alsuv_attack"
+# The ceiling row: the generator's pixel inversion of each target image (:mod:`.inversion`).
+CEILING = "pixel_inversion"
 TABLE_METRICS = ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1")
 # Printed beside them: the source (white-box) cosine of the chosen outputs to the template.
 PRINTED_METRICS = (*TABLE_METRICS, "source_cosine")
 METRICS_HELP = (
     "type1_far1e-2, type1_far1e-3, type2_far1e-2, type2_far1e-3 (attack success rates at the unseen "
     "encoder's FAR thresholds), type1_acc, type2_acc (best-accuracy threshold), rank1, rank1_type2; "
-    "rows carry method and encoder"
+    "rows carry method (the attacks and the pixel_inversion ceiling) and encoder; the summary's verdict says "
+    "whether the run can compare the attacks"
 )
 
 
@@ -255,17 +263,17 @@ def log_models(inputs: AttackInputs, config: AlsuvConfig, context: TrialContext)
         run.log_text("\n".join(inputs.targets.sources.tolist()) + "\n", "targets.txt")
 
 
-def evaluate_seed(results: list[dict], references: dict, unseen: dict[str, FaceEncoder], target_rows, config: AlsuvConfig) -> dict:
-    """``{method: {encoder: metrics}}`` for one seed's attack results."""
-    import numpy as np
+def evaluate_seed(outputs: Mapping[str, np.ndarray], references: dict, unseen: dict[str, FaceEncoder], target_rows, config: AlsuvConfig) -> dict:
+    """``{method: {encoder: metrics}}`` for one seed's reconstructions ``{method: (targets, 3, s, s)}``.
 
-    from raylab.methods.alsuv.attack import METHODS
+    The attacks' outputs and the pixel inversions go through this one function: same
+    encoders, same flip-averaging, same thresholds, same metrics.
+    """
     from raylab.methods.alsuv.evaluate import attack_metrics, embed
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     expected = (3, config.face_size, config.face_size)
-    for method in METHODS:
-        canvas = np.stack([r["selections"][method].canvas for r in results])
+    for method, canvas in outputs.items():
         if canvas.shape[1:] != expected:
             raise ValueError(f"{method}: reconstructions are {canvas.shape[1:]}, the targets' canvas is {expected}")
         out[method] = {}
@@ -276,11 +284,13 @@ def evaluate_seed(results: list[dict], references: dict, unseen: dict[str, FaceE
 
 
 def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: TrialContext) -> TrialResult:
-    """The attack for one seed (Ray tasks), every method judged by every unseen encoder."""
+    """The attack for one seed (Ray tasks) and the pixel-inversion ceiling, every output judged by every unseen encoder."""
     import numpy as np
     import torch
 
     from raylab.methods.alsuv.attack import METHODS, run_attack
+    from raylab.methods.alsuv.evaluate import embed
+    from raylab.methods.alsuv.inversion import invert_targets
     from raylab.methods.alsuv.report import face_grid
 
     seed = int(setting["seed"])
@@ -289,26 +299,49 @@ def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: 
     started = time.time()
     results = run_attack(torch.from_numpy(inputs.template), inputs.renderer, inputs.source, inputs.validation, config.attack, seed=seed)
     seconds = time.time() - started
-    scores = evaluate_seed(results, inputs.references, inputs.unseen, inputs.target_rows, config)
+    started = time.time()
+    inversions = invert_targets(inputs.targets.images, inputs.renderer, config.inversion, seed=seed)
+    inversion_seconds = time.time() - started
+    outputs = {m: np.stack([r["selections"][m].canvas for r in results]) for m in METHODS}
+    outputs[CEILING] = np.stack([inv.canvas for inv in inversions])
+    scores = evaluate_seed(outputs, inputs.references, inputs.unseen, inputs.target_rows, config)
+    source_cosines = {m: float(np.mean([r["selections"][m].source_cosine for r in results])) for m in METHODS}
+    ceiling_embeddings = embed(inputs.source, outputs[CEILING], flip=True)
+    ceiling_embeddings /= np.linalg.norm(ceiling_embeddings, axis=1, keepdims=True)
+    template = inputs.template / np.linalg.norm(inputs.template, axis=1, keepdims=True)
+    source_cosines[CEILING] = float(np.mean(np.sum(template * ceiling_embeddings, axis=1)))
+    pixel_mse = {m: float(np.mean((canvas - inputs.targets.images) ** 2)) for m, canvas in outputs.items()}
     search_stats = {k: float(np.mean([r[k] for r in results])) for k in ("mean_cosine_last", "mean_cosine_averaged", "max_cosine_averaged")}
     with context.nested_run(f"attack-s{seed}", tags={"seed": seed}) as run:
-        run.log_metrics({f"search/{k}": v for k, v in search_stats.items()} | {"attack_seconds": seconds})
+        run.log_metrics({f"search/{k}": v for k, v in search_stats.items()} | {"attack_seconds": seconds, "inversion_seconds": inversion_seconds})
         with tempfile.TemporaryDirectory() as scratch:
-            outputs = {m: np.stack([r["selections"][m].canvas for r in results]) for m in METHODS}
-            run.log_artifact(face_grid(inputs.targets.images, outputs, Path(scratch) / f"reconstructions_s{seed}.png", size=config.face_size))
+            attacks = {m: outputs[m] for m in METHODS}
+            run.log_artifact(face_grid(inputs.targets.images, attacks, Path(scratch) / f"reconstructions_s{seed}.png", size=config.face_size))
+            run.log_artifact(face_grid(
+                inputs.targets.images, {CEILING: outputs[CEILING]}, Path(scratch) / f"pixel_inversions_s{seed}.png", size=config.face_size,
+            ))
     shared = {
         "targets": len(inputs.targets),
         "held_out_identities": len(set(inputs.protocol.held_out.identities.tolist())),
         "verification": {name: {k: ref.verification[k] for k in ("tar_far1e-2", "tar_far1e-3")} for name, ref in inputs.references.items()},
     }
     rows = []
-    for method in METHODS:
-        source_cosine = float(np.mean([r["selections"][method].source_cosine for r in results]))
+    for method in (*METHODS, CEILING):
+        extra = {"source_cosine": source_cosines[method], "pixel_mse": pixel_mse[method]}
         with context.nested_run(f"{method}-s{seed}", tags={"method": method, "seed": seed}) as run:
-            run.log_metrics({f"{name}/{k}": v for name, m in scores[method].items() for k, v in m.items()} | {"source_cosine": source_cosine})
+            run.log_metrics({f"{name}/{k}": v for name, m in scores[method].items() for k, v in m.items()} | extra)
         for name, metrics in scores[method].items():
-            rows.append(Row(method, context.dataset, {"seed": seed}, metrics, {"encoder": name, "source_cosine": source_cosine, **shared}))
+            rows.append(Row(method, context.dataset, {"seed": seed}, metrics, {"encoder": name, **extra, **shared}))
     return TrialResult(rows)
+
+
+def verdict(rows: Sequence[Mapping[str, Any]], config: AlsuvConfig) -> dict[str, Any]:
+    """The summary's ``verdict`` (:func:`raylab.methods.alsuv.verdict.informative_verdict`) under the config's rule."""
+    from raylab.methods.alsuv.evaluate import far_label
+    from raylab.methods.alsuv.verdict import informative_verdict
+
+    rule = config.evaluation
+    return informative_verdict(rows, encoder=rule.verdict_encoder, metric=f"type1_{far_label(rule.verdict_far)}", ceiling=rule.verdict_ceiling)
 
 
 def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
@@ -318,7 +351,7 @@ def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
     config = request.config
     dicts = [row.to_dict() for row in rows]
     table = aggregate(dicts, by=("encoder", "method"), metrics=PRINTED_METRICS)
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate((*METHODS, CEILING))}
     table = table.sort_values(["encoder", "method"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
     first = dicts[0]
     seeds = list(dict.fromkeys(r["seed"] for r in dicts))
@@ -328,30 +361,74 @@ def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
     header = (
         f"ALSUV on {request.dataset}: {first['targets']} targets from {first['held_out_identities']} held-out identities, "
         f"N={config.attack.num_searches} searches x {config.attack.iterations} iterations, seeds {seeds}; "
-        f"encoders on held-out pairs: {verification}\nattack success rates on the unseen encoders (mean ± std over seeds)\n"
+        f"encoders on held-out pairs: {verification}\nattack success rates on the unseen encoders (mean ± std over seeds; "
+        f"{CEILING}: the generator's inversion of each target image by pixel loss, {config.inversion.searches} starts x "
+        f"{config.inversion.steps} steps, the ceiling)\n"
     )
-    return Report(header + format_table(table, PRINTED_METRICS), tables={"results_table.csv": table.to_csv(index=False)}, table=table)
+    shown = [m for m in order if m in set(table["method"])]
+    mse = {m: sum(r["pixel_mse"] for r in dicts if r["method"] == m) / sum(r["method"] == m for r in dicts) for m in shown}
+    footer = (
+        "\npixel MSE to the target image (canvas in [-1, 1]): " + ", ".join(f"{m} {v:.3f}" for m, v in mse.items())
+        + f"\nverdict: {verdict(dicts, config)['reason']}"
+    )
+    text = header + format_table(table, PRINTED_METRICS) + footer
+    return Report(text, tables={"results_table.csv": table.to_csv(index=False)}, table=table)
 
 
 def summary_extra(request: Request[AlsuvConfig], rows: Sequence[Row]) -> Mapping[str, Any]:
-    return {"targets": rows[0].extra["targets"] if rows else 0, "num_searches": request.config.attack.num_searches}
+    return {
+        "targets": rows[0].extra["targets"] if rows else 0,
+        "num_searches": request.config.attack.num_searches,
+        "verdict": verdict([row.to_dict() for row in rows], request.config),
+    }
 
 
 # --smoke: a paper-size config's networks and sizes unchanged, its work shrunk to one target,
 # one seed and ten one-iteration searches (ten: the paper's top-10 validation needs as many
-# candidates), four faces per person, and one optimiser step of one epoch per encoder trained here.
+# candidates), one one-step pixel inversion, four faces per person, and one optimiser step of
+# one epoch per encoder trained here.
 SMOKE = {
     "seeds": [0],
     "max_targets": 1,
     "data": {"images_per_identity": 4, "targets_per_identity": 1},
     "attack": {"num_searches": 10, "iterations": 1},
+    "inversion": {"searches": 1, "steps": 1},
     "generator": {"train": {"iterations": 2}},
     "encoders": {"epochs": 1, "steps": 1},
 }
 
 
+def search_step_bytes(config: AlsuvConfig) -> tuple[float, int]:
+    """Accelerator bytes of one search task's step (its latents through the renderer and the
+    source encoder, and the gradient back to them; the networks stay frozen), and its batch."""
+    import torch
+
+    from raylab.methods.alsuv.encoders import FaceEncoder, build_backbone
+    from raylab.methods.alsuv.search import FaceRenderer
+    from raylab.methods.alsuv.stylegan2 import Generator
+    from raylab.step_memory import step_peak_bytes
+
+    batch = config.attack.searches_per_task
+    source = config.encoders.by_role()["source"]
+
+    class SearchStep(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            generator = Generator(config.generator.model)
+            self.renderer = FaceRenderer(generator, torch.zeros(generator.style_dim), truncation=config.attack.truncation,
+                                         crop=config.generator.crop, grayscale=config.generator.grayscale, size=config.face_size)
+            self.encoder = FaceEncoder(build_backbone(source), source, "source").requires_grad_(False)
+
+    def step(module: SearchStep) -> torch.Tensor:
+        renderer = module.renderer
+        latents = torch.empty(batch, renderer.n_latent, renderer.style_dim, requires_grad=True)
+        return module.encoder(renderer(latents)).sum()
+
+    return float(step_peak_bytes(SearchStep, step, train=True)), batch
+
+
 def cost(request: Request[AlsuvConfig]) -> CostModel:
-    """One seed's generator syntheses (every search's steps and final renders) and what stays on disk.
+    """One seed's generator syntheses (every search's and pixel inversion's steps and final renders) and what stays on disk.
 
     Counts the face set's identities from its file list and sizes the networks on the meta
     device, so it answers in seconds for FFHQ-256 without its checkpoint or a GPU.
@@ -372,9 +449,9 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
     held_out = sum(1 for _, split in per_identity if split == "test")
     targets = held_out * data.targets_per_identity
     targets = min(targets, config.max_targets) if config.max_targets is not None else targets
-    attack = config.attack
+    attack, inversion = config.attack, config.inversion
     renders = 1 if attack.averaged_iterates == 1 else 2
-    work = targets * attack.num_searches * (attack.iterations + renders)
+    work = targets * attack.num_searches * (attack.iterations + renders) + targets * inversion.searches * (inversion.steps + 1)
 
     face = 3 * config.face_size**2 * FLOAT32
     # All canvases stay in memory; each target's searches come back with two canvases each.
@@ -391,15 +468,19 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
         generator = f"a {model.size} px StyleGAN2 trained here for {config.generator.train.iterations} steps"
     else:
         generator = f"{config.generator.checkpoint} loaded ({model.size} px, face crop {config.generator.face_side} px -> {config.face_size} px canvas)"
+    accelerator, batch = search_step_bytes(config)
     return CostModel(
         work=work,
         work_unit="generator syntheses",
         array_bytes=array_bytes,
         checkpoint_bytes=checkpoints,
         cache_bytes=0.0,
+        accelerator_bytes=accelerator,
+        accelerator_step=f"a search step of {batch} latents: synthesis, the source encoder and the gradient back to the latents",
         notes=(
             f"{targets} targets x {attack.num_searches} searches x ({attack.iterations} steps + {renders} render"
-            f"{'s' if renders > 1 else ''}); {images} faces of {len(per_identity)} identities",
+            f"{'s' if renders > 1 else ''}), and {targets} targets x {inversion.searches} pixel inversions x ({inversion.steps} steps "
+            f"+ 1 render) for the ceiling; {images} faces of {len(per_identity)} identities",
             f"generator: {generator}",
             f"encoders trained here (once, shared by the seeds): {', '.join(trained) or 'none'}; loaded: {', '.join(loaded) or 'none'}",
         ),
