@@ -55,7 +55,7 @@ def test_ffhq256_smoke_reaches_a_summary_with_one_face_size(ray_session, shared_
     assert config.encoders.validation.timm_name == "swin_tiny_patch4_window7_224" and config.attack.top_k == 10
     summary = json.loads(out.read_text())
     assert summary["targets"] == 1 and summary["num_searches"] == 10
-    assert {row["encoder"] for row in summary["rows"]} == {"mobilefacenet", "resnet50"}
+    assert {row["encoder"] for row in summary["rows"]} == {"mobilefacenet", "dlib_resnet", "resnet50"}
     for row in summary["rows"]:
         assert all(math.isfinite(row["metrics"][key]) for key in ("type1_far1e-2", "type1_far1e-3", "rank1", "mean_type1_cosine"))
         assert math.isfinite(row["source_cosine"])

@@ -48,7 +48,9 @@ from typing import Literal
 
 from raylab.config import require
 
-EncoderKind = Literal["irse", "timm", "mobilefacenet", "iresnet"]
+EncoderKind = Literal["irse", "timm", "mobilefacenet", "iresnet", "dlib"]
+# Kinds whose weights are pretrained elsewhere and never trained here (dlib's come with its package).
+PRETRAINED_KINDS = ("mobilefacenet", "dlib")
 MarginLoss = Literal["arcface", "cosface"]
 
 
@@ -253,6 +255,15 @@ def mobilefacenet_encoder() -> EncoderConfig:
     )
 
 
+def dlib_encoder() -> EncoderConfig:
+    """dlib's ResNet face encoder (pretrained, from PyPI): the whole canvas as its 150 px chip.
+
+    ``weights`` may name a ``dlib_face_recognition_resnet_model_v1.dat``; unset, the file
+    packaged by ``face-recognition-models`` is used (see :mod:`.dlib_encoder`).
+    """
+    return EncoderConfig(kind="dlib", input_size=(150, 150), crop=(1.0, 1.0), embedding_dim=128, normalisation="canvas")
+
+
 def default_source() -> EncoderConfig:
     return EncoderConfig(kind="irse", layers=(2, 2, 2, 2), width_multiplier=0.25, loss="arcface", margin=0.5, seed=0)
 
@@ -263,9 +274,11 @@ def default_validation() -> EncoderConfig:
 
 
 def default_unseen() -> dict[str, EncoderConfig]:
-    """Encoders used for evaluation only: the real MobileFaceNet and a timm ResNet trained here."""
+    """Encoders used for evaluation only: the real MobileFaceNet and dlib's ResNet (both
+    pretrained on other faces, black boxes here) and a timm ResNet trained here."""
     return {
         "mobilefacenet": mobilefacenet_encoder(),
+        "dlib_resnet": dlib_encoder(),
         "resnet10t": EncoderConfig(kind="timm", timm_name="resnet10t", loss="arcface", margin=0.5, seed=2),
     }
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -124,6 +125,12 @@ def build_backbone(config: EncoderConfig) -> nn.Module:
                 embedding_dim=config.embedding_dim,
             )
         )
+    if config.kind == "dlib":
+        from raylab.methods.alsuv.dlib_encoder import DlibResNet
+
+        if tuple(config.input_size) != DlibResNet.input_size or config.embedding_dim != 128:
+            raise ValueError(f"dlib's encoder takes 150x150 chips and gives 128-d embeddings, config says {config}")
+        return DlibResNet(config.weights)
     if config.kind == "timm":
         import timm
 
@@ -182,6 +189,12 @@ class FaceEncoder(nn.Module):
         return 0.5 * both[: len(x)] + 0.5 * both[len(x) :]
 
 
+def resolved_weights(weights: str, weights_root: str | Path | None) -> Path:
+    """A weight file's path: relative names resolve against ``--weights-root``."""
+    path = Path(weights)
+    return Path(weights_root) / path if not path.is_absolute() and weights_root is not None else path
+
+
 def make_encoder(config: EncoderConfig, *, name: str, state_dict: dict | None = None, weights_root: str | Path | None = None) -> FaceEncoder:
     """A :class:`FaceEncoder` in eval mode with frozen weights, from a state dict or a weights file.
 
@@ -193,16 +206,13 @@ def make_encoder(config: EncoderConfig, *, name: str, state_dict: dict | None = 
     if config.kind == "mobilefacenet":
         if config.weights is None:
             raise ValueError(f"{name}: a MobileFaceNet needs its pretrained weights file")
-        path = Path(config.weights)
-        if not path.is_absolute() and weights_root is not None:
-            path = Path(weights_root) / path
-        backbone = load_mobilefacenet(path)
+        backbone = load_mobilefacenet(resolved_weights(config.weights, weights_root))
+    elif config.kind == "dlib":
+        backbone = build_backbone(replace(config, weights=None if config.weights is None else str(resolved_weights(config.weights, weights_root))))
     elif config.weights is not None:
         from raylab.nets.iresnet import load_state_dict_strictly, load_state_strictly
 
-        path = Path(config.weights)
-        if not path.is_absolute() and weights_root is not None:
-            path = Path(weights_root) / path
+        path = resolved_weights(config.weights, weights_root)
         backbone = build_backbone(config)
         what = f"the {name} encoder ({config.kind} {config.timm_name if config.kind == 'timm' else list(config.layers)})"
         if state_dict is None:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
-from raylab.methods.alsuv.config import AlsuvConfig, cpu_config, quick_config
+from raylab.methods.alsuv.config import PRETRAINED_KINDS, AlsuvConfig, cpu_config, quick_config
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,9 +96,13 @@ def weight_files(config: AlsuvConfig, weights_root: str | None) -> dict[str, Pat
     files = {}
     if config.generator.checkpoint is not None:
         files["generator"] = _weights_path(config.generator.checkpoint, weights_root)
-    files |= {
-        f"encoder/{name}": _weights_path(spec.weights, weights_root) for name, spec in config.encoders.by_role().items() if spec.weights is not None
-    }
+    for name, spec in config.encoders.by_role().items():
+        if spec.weights is not None:
+            files[f"encoder/{name}"] = _weights_path(spec.weights, weights_root)
+        elif spec.kind == "dlib":  # the model file its package installed
+            from raylab.methods.alsuv.dlib_encoder import model_path
+
+            files[f"encoder/{name}"] = model_path()
     return files
 
 
@@ -189,11 +193,11 @@ def prepare_encoders(config: AlsuvConfig, protocol: FaceProtocol, weights_root: 
     encoders = {}
     for name, spec in config.encoders.by_role().items():
         state = None
-        if spec.weights is None and spec.kind != "mobilefacenet":
+        if spec.weights is None and spec.kind not in PRETRAINED_KINDS:
             trained = train_encoder(protocol.train.images, protocol.train.identities, spec)
             state = trained.state_dict
             log.metrics |= {f"encoder/{name}/{k}": v for k, v in trained.metrics.items()}
-        elif spec.kind != "mobilefacenet":
+        elif spec.kind not in PRETRAINED_KINDS:
             state = torch.load(_weights_path(spec.weights, weights_root), map_location="cpu", weights_only=True)
         encoders[name] = make_encoder(spec, name=name, state_dict=state, weights_root=weights_root)
     return encoders
@@ -456,7 +460,7 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
     face = 3 * config.face_size**2 * FLOAT32
     # All canvases stay in memory; each target's searches come back with two canvases each.
     array_bytes = images * face + targets * attack.num_searches * 2 * face
-    trained = {name: spec for name, spec in config.encoders.by_role().items() if spec.weights is None and spec.kind != "mobilefacenet"}
+    trained = {name: spec for name, spec in config.encoders.by_role().items() if spec.weights is None and spec.kind not in PRETRAINED_KINDS}
     loaded = sorted(set(config.encoders.by_role()) - set(trained))
     # A Train run keeps its last checkpoint (weights and SGD momentum) and raylab a final backbone state.
     sgd_copies = 2
