@@ -9,8 +9,9 @@ generator default is StyleGAN2 FFHQ-256 config-f loaded from a user's rosinality
 checkpoint (``generator.checkpoint``), cropped to its 192 px face region 10 px below the
 centre and resized to the canvas; the searches run ten to a task (the official ``mini_batch``).
 The canvas and encoder defaults are the laptop's (32 px); ``configs/alsuv/ffhq256.yaml``
-puts the paper's sizes over them: a 112 px canvas, an IR-SE-50 source, an IR-SE-18
-validation encoder and an unseen ResNet-50 trained here, the pretrained MobileFaceNet loaded.
+puts the paper's sizes over them: a 112 px canvas, an ArcFace IR-100 source and a Swin-T
+validation encoder loaded from the user's files, the pretrained MobileFaceNet and dlib ResNet
+and an unseen ResNet-50 trained here as the evaluation encoders.
 
 Sizes have one source of truth, :attr:`AlsuvConfig.face_size` (the canvas): real faces are
 decoded to it, generated face crops are resized (down) to it, the evaluation and the figures
