@@ -282,6 +282,17 @@ def test_selection_never_reads_the_test_split(tmp_path):
     assert again.cached and not cached.cached and again.best == cached.best
 
 
+@pytest.mark.parametrize("n_trials,max_concurrent", [(1, 1), (1, 6), (4, 3), (5, 2)])
+def test_selection_runs_exactly_the_trials_asked_for(n_trials, max_concurrent):
+    """The enqueued default waits in the study until asked: it must count once, so a one-trial
+    selection (the smoke budget) still trains the default, and rounds never run one short."""
+    split = one_class_split(toy_corpus(24), 0)
+    selection = SelectionConfig(n_trials=n_trials, epochs=1, val_fraction=0.25, max_concurrent=max_concurrent)
+    result = select_loss_weights(split.train_images, TINY, TRAIN, selection, seed=0, on_ray=False)
+    assert len(result.trials) == n_trials and set(result.trials["state"]) == {"COMPLETE"}
+    assert result.trials.loc[0, "feature"] == pytest.approx(LossWeights().feature)
+
+
 def test_selection_trials_are_ray_tasks_with_their_own_resources(ray_session):
     """Every selection trial is a Ray task in a worker process, assigned exactly the CPUs the
     selection asks for; a round of one records what the sequential in-process study records,

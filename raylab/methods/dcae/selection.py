@@ -210,8 +210,11 @@ def select_loss_weights(
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.enqueue_trial({name: _clip(getattr(default, name), bounds) for name, bounds in ranges.items()})
     placements: list[dict[str, Any]] = []
-    while len(study.trials) < n_trials:
-        asked = [study.ask() for _ in range(min(selection.max_concurrent, n_trials - len(study.trials)))]
+    def started() -> int:  # the enqueued default waits in study.trials until its first ask
+        return sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
+
+    while started() < n_trials:
+        asked = [study.ask() for _ in range(min(selection.max_concurrent, n_trials - started()))]
         candidates = [{name: t.suggest_float(name, *bounds, log=True) for name, bounds in ranges.items()} for t in asked]
         outcomes = _evaluate_round(candidates, fit, queries, is_pseudo, network, train, selection, seed=seed, epochs=epochs, on_ray=on_ray)
         for trial, (value, placement) in zip(asked, outcomes):
