@@ -81,13 +81,16 @@ def test_a_planted_checkpoint_is_refused_on_restore_in_a_train_worker(tmp_path, 
 
 def test_a_planted_final_state_is_refused_by_the_nnguide_classifier_cache(tmp_path):
     from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
+    from raylab.artefacts import write_manifest
     from raylab.methods.nnguide.train_classifier import FINAL_STATE, run_name, train_classifier
 
     pixels = np.zeros((4, 1, 8, 8), np.float32)
     labels = np.array([0, 1, 2, 3], np.int64)
     model, train = ClassifierConfig(), TrainConfig(epochs=1)
     marker = tmp_path / "pwned"
-    _plant(tmp_path / "runs" / run_name(pixels, labels, model, train, 0) / FINAL_STATE, marker)
+    planted = _plant(tmp_path / "runs" / run_name(pixels, labels, model, train, 0) / FINAL_STATE, marker)
+    # Whoever can plant the file can plant its manifest too: the check passes, the load must refuse.
+    write_manifest(planted.parent, [planted.name])
     _refused(lambda: train_classifier(pixels, labels, model, train, seed=0, storage_path=str(tmp_path / "runs")), marker)
 
 
