@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from raylab.config import require
@@ -254,6 +255,12 @@ def mobilefacenet_encoder() -> EncoderConfig:
         weights="mobilefacenet_casia_webface.ckpt",
         normalisation="mobilefacenet",
     )
+
+
+def resolved_weights(weights: str, weights_root: str | Path | None) -> Path:
+    """A weight file's path: relative names resolve against ``--weights-root``."""
+    path = Path(weights)
+    return Path(weights_root) / path if not path.is_absolute() and weights_root is not None else path
 
 
 def dlib_encoder() -> EncoderConfig:

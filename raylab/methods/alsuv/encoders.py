@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raylab.methods.alsuv.config import EncoderConfig
+from raylab.methods.alsuv.config import EncoderConfig, resolved_weights
 
 MOBILEFACENET_SETTING = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
 
@@ -187,12 +187,6 @@ class FaceEncoder(nn.Module):
             return self.embed(x)
         both = self.embed(torch.cat([x, x.flip(3)]))
         return 0.5 * both[: len(x)] + 0.5 * both[len(x) :]
-
-
-def resolved_weights(weights: str, weights_root: str | Path | None) -> Path:
-    """A weight file's path: relative names resolve against ``--weights-root``."""
-    path = Path(weights)
-    return Path(weights_root) / path if not path.is_absolute() and weights_root is not None else path
 
 
 def make_encoder(config: EncoderConfig, *, name: str, state_dict: dict | None = None, weights_root: str | Path | None = None) -> FaceEncoder:

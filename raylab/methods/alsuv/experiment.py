@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
-from raylab.methods.alsuv.config import PRETRAINED_KINDS, AlsuvConfig, cpu_config, quick_config
+from raylab.methods.alsuv.config import PRETRAINED_KINDS, AlsuvConfig, cpu_config, quick_config, resolved_weights
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,19 +86,14 @@ def axes(request: Request[AlsuvConfig]) -> dict[str, tuple]:
     return {"seed": parse_list(request.args.seeds, int, "--seeds") or request.config.seeds}
 
 
-def _weights_path(name: str, weights_root: str | None) -> Path:
-    path = Path(name)
-    return path if path.is_absolute() or weights_root is None else Path(weights_root) / path
-
-
 def weight_files(config: AlsuvConfig, weights_root: str | None) -> dict[str, Path]:
     """Every pretrained file the run loads: the generator checkpoint and encoder weights, by role."""
     files = {}
     if config.generator.checkpoint is not None:
-        files["generator"] = _weights_path(config.generator.checkpoint, weights_root)
+        files["generator"] = resolved_weights(config.generator.checkpoint, weights_root)
     for name, spec in config.encoders.by_role().items():
         if spec.weights is not None:
-            files[f"encoder/{name}"] = _weights_path(spec.weights, weights_root)
+            files[f"encoder/{name}"] = resolved_weights(spec.weights, weights_root)
         elif spec.kind == "dlib":  # the model file its package installed
             from raylab.methods.alsuv.dlib_encoder import model_path
 
@@ -165,7 +160,7 @@ def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: 
 
     setup = config.generator
     if setup.checkpoint is not None:
-        path = _weights_path(setup.checkpoint, weights_root)
+        path = resolved_weights(setup.checkpoint, weights_root)
         generator, latent_avg = load_rosinality(path)
         log.metrics["generator_loaded"] = 1.0
         log.generator_source = str(path)
@@ -198,7 +193,7 @@ def prepare_encoders(config: AlsuvConfig, protocol: FaceProtocol, weights_root: 
             state = trained.state_dict
             log.metrics |= {f"encoder/{name}/{k}": v for k, v in trained.metrics.items()}
         elif spec.kind not in PRETRAINED_KINDS:
-            state = torch.load(_weights_path(spec.weights, weights_root), map_location="cpu", weights_only=True)
+            state = torch.load(resolved_weights(spec.weights, weights_root), map_location="cpu", weights_only=True)
         encoders[name] = make_encoder(spec, name=name, state_dict=state, weights_root=weights_root)
     return encoders
 
