@@ -35,7 +35,7 @@ from raylab.data import (
     write_shards,
 )
 from raylab.data.adapters.common import DatasetNotFoundError
-from raylab.data.protocols import subsample_corpus
+from raylab.data.protocols import spread_classes, subsample_corpus
 from raylab.data.schema import row_attributes
 from raylab.data.splits import seeded_partition
 
@@ -487,6 +487,19 @@ def test_subsample_corpus_is_stratified_and_seeded(mt_corpus):
     assert Counter(zip(big["split"].to_pylist(), big["label"].to_pylist())) == {
         ("train", 0): 300, ("test", 0): 286, ("test", 1): 300,
     }
+
+
+def test_spread_classes_keeps_whole_classes_from_both_ends(shared_data):
+    corpus = load_corpus("longtail_mix", shared_data)
+    names = sorted(set(corpus["class_name"].to_pylist()))
+    four = spread_classes(corpus, 4)
+    kept = sorted(set(four["class_name"].to_pylist()))
+    assert len(kept) == 4 and kept[0] == names[0] and kept[-1] == names[-1]  # DTD's first texture and magnetic_tile
+    assert four.num_rows == pc.sum(pc.is_in(corpus["class_name"], pa.array(kept))).as_py()  # every row of a kept class
+    assert spread_classes(corpus, 4).equals(four)
+    assert spread_classes(corpus, len(names) + 5).equals(corpus)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        spread_classes(corpus, 0)
 
 
 def test_subsample_corpus_keeps_every_class(elpv_corpus):

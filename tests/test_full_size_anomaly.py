@@ -76,7 +76,7 @@ def test_meds_full_dinov2_at_smoke_budget(ray_session, weight_folder: Path, tmp_
 
 def test_tailedcore_full_wrn50_at_smoke_budget(ray_session, shared_data: Path, weight_folder: Path, tmp_path: Path):
     argv = [
-        "--data-root", str(shared_data),  # longtail_mix, the default: DTD and magnetic tile from disk, ELPV from PyPI
+        "--data-root", str(shared_data),  # longtail_mix, the default (its smoke classes: three DTD textures, magnetic tile)
         "--config", "tailedcore/full_wrn50", *smoke_weight_arguments("tailedcore/full_wrn50", weight_folder),
         # Resources: the one trial's tail-view extraction may use both CPUs.
         "--set", "threads_per_trial=2",

@@ -25,7 +25,7 @@ BUDGET_LEAVES = frozenset({
     "search_iterations", "n_trials",
     # how much data
     "images_per_group", "targets_per_identity", "identities", "max_images", "tail_images", "max_test_images",
-    "images_per_identity", "max_targets",
+    "images_per_identity", "max_targets", "max_classes",
     # how many runs and searches
     "seeds", "folds", "noise_ratios", "protocols", "classes", "normal_classes", "searches", "bootstraps", "num_searches",
 })

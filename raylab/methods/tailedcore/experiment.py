@@ -105,6 +105,9 @@ class TailedCoreSweepConfig:
     max_concurrent_trials: int | None = None  # default: resources.max_concurrent_trials, else local CPUs / threads_per_trial
     threads_per_trial: int = 1
     images_per_group: int | None = None  # stratified subsample (class, split, label); None keeps all
+    # Keep this many classes, evenly spread over the sorted names (the long-tail protocol then
+    # picks its tail among them); None keeps all. A budget key: the smoke profile uses it.
+    max_classes: int | None = None
     # --quick on longtail_mix: these loader options over dataset_options.
     quick_dataset_options: dict[str, Any] = field(
         default_factory=lambda: {"train_per_class": 24, "test_good_per_class": 8, "test_defective_per_class": 8}
@@ -127,6 +130,7 @@ class TailedCoreSweepConfig:
         require(self.threads_per_trial >= 1, "threads_per_trial", f"must be >= 1, got {self.threads_per_trial}")
         require(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1, "max_concurrent_trials", f"must be >= 1 or null, got {self.max_concurrent_trials}")
         require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
+        require(self.max_classes is None or self.max_classes >= 2, "max_classes", f"must be >= 2 (a head and a tail class) or null, got {self.max_classes}")
 
 
 def full_config() -> TailedCoreSweepConfig:
@@ -203,16 +207,26 @@ def global_embeddings(corpus: pa.Table, config: TailedCoreSweepConfig) -> Featur
     return FeatureSet(sample_ids=grids.sample_ids, patches=pooled)
 
 
-def prepare(request: Request[TailedCoreSweepConfig]) -> Prepared:
+def sweep_corpus(request: Request[TailedCoreSweepConfig]) -> pa.Table:
+    """The corpus every trial reads: the dataset with its options, then the budget's subsets."""
     from raylab.data import load_corpus
-    from raylab.data.protocols import subsample_corpus
+    from raylab.data.protocols import spread_classes, subsample_corpus
+
+    config = request.config
+    corpus = load_corpus(request.dataset, request.data_root, **corpus_options(request))
+    if config.max_classes is not None:
+        corpus = spread_classes(corpus, config.max_classes)
+    if config.images_per_group is not None:
+        corpus = subsample_corpus(corpus, config.images_per_group)
+    return corpus
+
+
+def prepare(request: Request[TailedCoreSweepConfig]) -> Prepared:
     from raylab.data.store import corpus_fingerprint
     from raylab.features.cache import cached_patch_features
 
     config = request.config
-    corpus = load_corpus(request.dataset, request.data_root, **corpus_options(request))
-    if config.images_per_group is not None:
-        corpus = subsample_corpus(corpus, config.images_per_group)
+    corpus = sweep_corpus(request)
     inputs = SweepInputs(corpus, cached_patch_features(corpus, config.features), global_embeddings(corpus, config))
     return Prepared(inputs, corpus_fingerprint(corpus))
 
@@ -334,8 +348,11 @@ def tailsampler_row(
 
 # --smoke: a paper-size config's architecture unchanged (backbone, 224 px, 15-degree views,
 # coresets, LOF), its budget shrunk to one step_k1 trial on two images per (class, split,
-# label) group: on longtail_mix 78 images, 18 of them training images.
-SMOKE = {"protocols": ["step_k1"], "seeds": [0], "images_per_group": 2}
+# label) group of four classes: on longtail_mix banded, bumpy, crosshatched (DTD) and
+# magnetic_tile, 24 images, 6 of them training images, two of those in the tail. The tail's
+# views dominate the cost (each tail image brings 47 views x 784 patches to the exact
+# coreset and the memory), so the class count is the budget that matters.
+SMOKE = {"protocols": ["step_k1"], "seeds": [0], "images_per_group": 2, "max_classes": 4}
 
 
 def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
@@ -349,17 +366,14 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
 
     import pyarrow.compute as pc
 
-    from raylab.data import load_corpus
-    from raylab.data.protocols import apply_long_tail, protocol_from_name, subsample_corpus
+    from raylab.data.protocols import apply_long_tail, protocol_from_name
     from raylab.experiment.cost import FLOAT32
     from raylab.features.cache import VIEWS_PER_PASS
     from raylab.features.extract import EXTRACTION_BATCH, extraction_peak_bytes, feature_shape
     from raylab.methods.tailedcore.views import views_per_image
 
     config, tailed = request.config, request.config.tailedcore
-    corpus = load_corpus(request.dataset, request.data_root, **corpus_options(request))
-    if config.images_per_group is not None:
-        corpus = subsample_corpus(corpus, config.images_per_group)
+    corpus = sweep_corpus(request)
     grid = axes(request)
     trials, tail_images = [], set()
     for values in itertools.product(*grid.values()):
