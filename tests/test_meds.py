@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
@@ -113,46 +112,55 @@ def test_distillation_resumes_from_its_checkpoint(ray_session, tmp_path):
     assert list(second.metrics_dataframe["epoch"]) == [2, 3]
 
 
-def test_meds_never_reads_injected_noise_flags(ray_session, tmp_path):
-    """Two corpora identical but for their ``injected_noise`` flags give identical MeDS runs.
+FLAG_NAMES = {"injected_noise", "train_injected", "injected"}  # the corpus column, the split's copy, filter_quality's argument
 
-    Were the method reading the flags (directly or through what the platform hands it), the
-    per-epoch selections or the final scores would differ.
+
+def test_meds_never_reads_injected_noise_flags():
+    """The injected-noise flags reach only the oracle row and the filter's scoring, never the method.
+
+    MeDS is handed patch arrays (and class ids for a unified model): no flags; no module of the
+    method but the sweep's ``experiment.py`` names the flags; there, only the clean oracle's
+    mask and the filter-quality row (scored after the fit) read them. A change that let the
+    method see which images are noise fails here by name.
     """
-    from raylab.data import CORPUS_SCHEMA, NoiseProtocol, inject_noise
-    from raylab.data.images import encode_png
-    from raylab.data.schema import CorpusRecord, records_to_table
+    import ast
+    import inspect
+    from pathlib import Path
+
     from raylab.features.extract import FeatureSet
-    from raylab.methods.anomaly_benchmark import class_splits
+    from raylab.methods.meds import experiment
     from raylab.methods.meds.method import MeDS
 
-    pixel = encode_png(np.zeros((4, 4), np.uint8))
-    records = [CorpusRecord(f"s{i:02d}", pixel, 0, "c", "train", f"s{i}") for i in range(10)]
-    records += [CorpusRecord(f"d{i:02d}", pixel, 1, "c", "test", f"d{i}") for i in range(4)]
-    records += [CorpusRecord(f"t{i:02d}", pixel, 0, "c", "test", f"t{i}") for i in range(2)]
-    corpus = records_to_table(records)
-    noisy = inject_noise(corpus, NoiseProtocol(0.2, seed=0)).table
-    flags = noisy.column("injected_noise")
-    flipped = noisy.set_column(noisy.schema.get_field_index("injected_noise"), "injected_noise", pa.array([False] * len(flags))).cast(CORPUS_SCHEMA)
-    assert sum(flags.to_pylist()) == 2
+    assert [field.name for field in dataclasses.fields(FeatureSet)] == ["sample_ids", "patches"]
+    assert list(inspect.signature(MeDS.fit).parameters) == ["self", "train_patches", "class_ids"]
+    readers: dict[str, set[str]] = {}
+    for module in sorted(Path(experiment.__file__).parent.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        for function in ast.walk(tree):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(function):
+                    name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                        name = node.value
+                    if name in FLAG_NAMES:
+                        readers.setdefault(module.name, set()).add(function.name)
+    # trial(): passes split.train_injected to filter_quality after meds.fit, for the filter's row.
+    assert readers == {"experiment.py": {"clean_training_mask", "filter_quality", "trial"}}, readers
+    trial_source = inspect.getsource(experiment.trial)
+    assert trial_source.count("train_injected") == 1
+    assert trial_source.index("meds.fit(") < trial_source.index("filter_quality(meds.selection_history, split.train_injected)")
 
-    ids = np.array(sorted(r.sample_id for r in records))
-    features = FeatureSet(ids, np.random.default_rng(3).normal(size=(len(ids), 4, 4, 8)).astype(np.float32))
-    outcomes = []
-    for index, table in enumerate((noisy, flipped)):
-        split = class_splits(table, image_size=40)[0]
-        meds = MeDS(_tiny_config(), seed=0, image_size=40, run_name=f"flags-{index}", storage_path=str(tmp_path))
-        with pytest.raises(RuntimeError, match="fit must run"):
-            meds.predict(features.take(split.test_ids))
-        with pytest.raises(RuntimeError, match="fit or MeDS.distil must run"):
-            meds.train_on(np.ones(len(split.train_ids), bool), "oracle")
-        meds.fit(features.take(split.train_ids))
-        distilled_maps, memory_maps = meds.training_maps()
-        assert distilled_maps.shape == memory_maps.shape == (len(split.train_ids), 4, 4)
-        outcomes.append((meds.selection_history, meds.predict(features.take(split.test_ids)).image_scores))
-    (history_a, scores_a), (history_b, scores_b) = outcomes
-    assert all(np.array_equal(a, b) for a, b in zip(history_a, history_b))
-    np.testing.assert_array_equal(scores_a, scores_b)
+
+def test_meds_refuses_to_score_or_retrain_before_it_is_fitted(tmp_path):
+    from raylab.features.extract import FeatureSet
+    from raylab.methods.meds.method import MeDS
+
+    meds = MeDS(_tiny_config(), seed=0, image_size=40, run_name="unfitted", storage_path=str(tmp_path))
+    features = FeatureSet(np.array(["a", "b"]), np.zeros((2, 4, 4, 8), np.float32))
+    with pytest.raises(RuntimeError, match="fit must run"):
+        meds.predict(features)
+    with pytest.raises(RuntimeError, match="fit or MeDS.distil must run"):
+        meds.train_on(np.ones(2, bool), "oracle")
 
 
 # ----------------------------------------------------------------- stage 3 as released
