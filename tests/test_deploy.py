@@ -7,6 +7,7 @@ the session's SQLite file and models are read back through ``mlflow.pyfunc.load_
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import socket
 import time
@@ -18,11 +19,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import requests
+import torch
 
 from raylab.artefacts import CorruptArtefactError
 from raylab.data import load_corpus
 from raylab.data.protocols import subsample_corpus
-from raylab.deploy.anomaly_model import AnomalyScorer, log_anomaly_model, save_scorer
+from raylab.deploy.anomaly_model import AnomalyScorer, backbone_state, log_anomaly_model, save_scorer
 from raylab.deploy.batch import PredictOptions, predict
 from raylab.deploy.load_test import run_load
 from raylab.deploy.promote import Promotion, parse_filters, promote
@@ -77,6 +79,23 @@ def test_scorer_scores_exactly_as_the_fitted_detector(evaluation, corpus, tmp_pa
     table = scorer.frame(prediction)
     assert table["is_anomalous"].tolist() == (prediction.image_scores >= 0.5).tolist()
     assert scorer.info["kind"] == "patchcore" and scorer.image_size == IMAGE_SIZE
+
+
+def test_backbone_weights_are_built_once_per_spec_and_again_for_a_rewritten_file(tmp_path):
+    """Every model a sweep logs on one backbone saves the same weights; a rewritten file is read anew."""
+    from raylab.features.backbones import load_state_dict_file, resolve_weights_path
+
+    source = load_state_dict_file(resolve_weights_path(SPEC.backbone.weights))
+    path = tmp_path / "lite0.pth"
+    torch.save(source, path)
+    spec = dataclasses.replace(SPEC, backbone=dataclasses.replace(SPEC.backbone, weights=str(path)))
+    first = backbone_state(spec)
+    assert backbone_state(spec) is first
+    stem = next(k for k in source if k.endswith("conv_stem.weight"))
+    torch.save({**source, stem: source[stem] + 1.0}, path)
+    rewritten = backbone_state(spec)
+    changed = [k for k in first if not torch.equal(first[k], rewritten[k])]
+    assert rewritten is not first and [k.rpartition(".")[0].endswith("conv_stem") for k in changed] == [True]
 
 
 def test_scorer_refuses_a_changed_or_missing_file(evaluation, tmp_path):

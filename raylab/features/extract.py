@@ -154,7 +154,7 @@ class PatchFeatureExtractor:
 _WARM: dict[tuple, PatchFeatureExtractor] = {}
 
 
-def _weights_stamp(spec: FeatureSpec) -> tuple:
+def weights_stamp(spec: FeatureSpec) -> tuple:
     """The weight file's identity on disk (path, size, mtime): a rewritten file is loaded again."""
     path = resolve_weights_path(spec.backbone.weights)
     if path is None:
@@ -169,7 +169,7 @@ def warm_extractor(spec: FeatureSpec, threads: int) -> PatchFeatureExtractor:
     Ray reuses a task's worker process for later tasks of the same job, so the next
     extraction in this Ray session finds torch and timm imported and the backbone built.
     """
-    key = (spec, _weights_stamp(spec))
+    key = (spec, weights_stamp(spec))
     extractor = _WARM.get(key)
     if extractor is None:
         _WARM.clear()  # at most one backbone per worker process
