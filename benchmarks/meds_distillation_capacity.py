@@ -26,7 +26,7 @@ Run (magnetic tile, the sweep's CPU configuration otherwise)::
 
 Measured on 2 cores (seed 0, noise 0; stage 1 alone 0.868 image AUROC): 64x2@400 fidelity
 0.910 / 0.812, image AUROC 0.744; 64x2@1600 0.974 / 0.972, 0.722; 128x2@800 0.976 / 0.975,
-0.705. A closer fit of the training maps does not carry over to the test images (README,
+0.705. A closer fit of the training maps does not carry over to the test images (raylab/methods/meds/README.md,
 "MeDS on magnetic tile").
 """
 

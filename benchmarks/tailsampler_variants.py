@@ -14,7 +14,7 @@ no reported table uses (100, 101, 102; the tables use 0-4):
 Protocols: step_k1 and pareto, noise 0.1, injected defects kept in the test split (the
 release's generator), the CPU sizes of ``raylab/configs/tailedcore/longtail_mix.yaml``.
 What it measured (means over seeds 100-102) and the choice it led to
-(``tail_embedding: patch_mean`` in that config) are in the README's TailedCore section.
+(``tail_embedding: patch_mean`` in that config) are in raylab/methods/tailedcore/README.md.
 
     flock /tmp/raylab-heavy-b.lock python benchmarks/tailsampler_variants.py --data-root ../shared/data
     flock /tmp/raylab-heavy-b.lock python benchmarks/tailsampler_variants.py --data-root ../shared/data --auroc release,patch_mean,true_tail

@@ -19,7 +19,7 @@ Official defaults (jungyg/periocular_CKD ``models/ckdnet.py``, ``helper/loops.py
 spells it out for ORL) is the CPU-sized variant: inputs at a quarter of the official side
 (face 32x32, periocular 12x32, the same 3:8 band aspect), stage widths at a quarter
 (16-32-64-128, embedding still 512-d), 30 epochs, lr 0.01 (lr 0.1 does not train from scratch
-on ORL's 240 training images: measured, see the README), one Train worker, one fold. The
+on ORL's 240 training images: measured, see raylab/methods/ckd/README.md), one Train worker, one fold. The
 class defaults are the full-size official path (the ``full`` profile;
 ``raylab/configs/ckd/orl_full.yaml`` applies them to ORL with all four folds).
 """

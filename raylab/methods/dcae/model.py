@@ -20,7 +20,7 @@ magnitude of an activation, which carries whether a stroke or edge is present at
 training loss s_l is the current batch's (D keeps changing); for scoring it is measured once
 on the training images after training (:meth:`DCAE.calibrate`) and stored with the model.
 A per-position unit-length normalisation (LPIPS-style) was the first candidate; on the
-development digits it ranked novelties worse than the level-energy scale (README, DCAE).
+development digits it ranked novelties worse than the level-energy scale (raylab/methods/dcae/README.md).
 """
 
 from __future__ import annotations
