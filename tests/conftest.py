@@ -21,7 +21,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 def shared_data() -> Path:
     data = SHARED / "data"
     if not data.is_dir():
-        message = f"real data not found at {data} (see README: Data)"
+        message = f"real data not found at {data} (see raylab/data/README.md)"
         if os.environ.get("RAYLAB_REQUIRE_SHARED_DATA") == "1":
             pytest.fail(message + "; RAYLAB_REQUIRE_SHARED_DATA=1 makes its absence an error")
         pytest.skip(message)
