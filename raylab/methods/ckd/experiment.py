@@ -4,9 +4,9 @@ For every fold of the protocol, the face corpus is split into training identitie
 validation images) and unseen test identities; every (method, fold, seed) trial trains one
 variant with Ray Train (its per-epoch metrics reach Tune through ``TuneReportCallback``),
 evaluates the periocular encoder on the fold's unseen identities and logs a nested MLflow
-run. The trial itself reserves ~0 CPU; its Train workers reserve ``cpus_per_worker`` (< 1,
-see the Ray notes in the README) each, so the config's ``max_concurrent`` trials' workers
-must fit the cluster. The job prints two tables: each method's mean ± std over its (fold,
+run. The trial itself reserves ~0 CPU; its Train workers reserve ``cpus_per_worker`` each
+(0.99 by default: under one CPU, so the trial's own sliver still fits on the node), so the
+config's ``max_concurrent`` trials' workers must fit the cluster. The job prints two tables: each method's mean ± std over its (fold,
 seed) runs, and each method's paired difference to periocular-only training (same fold,
 same seed, same gallery draws), which is what says whether distillation helps beyond the
 run-to-run spread.
