@@ -24,13 +24,13 @@ import torch
 from raylab.artefacts import CorruptArtefactError
 from raylab.data import load_corpus
 from raylab.data.protocols import subsample_corpus
-from raylab.deploy.anomaly_model import AnomalyScorer, backbone_state, log_anomaly_model, save_scorer
+from raylab.deploy.anomaly_model import AnomalyScorer, log_anomaly_model, save_scorer
 from raylab.deploy.batch import PredictOptions, predict
 from raylab.deploy.load_test import run_load
 from raylab.deploy.promote import Promotion, parse_filters, promote
 from raylab.deploy.serving import ServeOptions, start
 from raylab.features import FeatureSpec
-from raylab.features.extract import PatchFeatureExtractor
+from raylab.features.extract import PatchFeatureExtractor, warm_backbone_state
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
 from raylab.methods.patchcore import PatchCoreConfig
 from raylab.methods.patchcore.model import PatchCore
@@ -89,11 +89,11 @@ def test_backbone_weights_are_built_once_per_spec_and_again_for_a_rewritten_file
     path = tmp_path / "lite0.pth"
     torch.save(source, path)
     spec = dataclasses.replace(SPEC, backbone=dataclasses.replace(SPEC.backbone, weights=str(path)))
-    first = backbone_state(spec)
-    assert backbone_state(spec) is first
+    first = warm_backbone_state(spec)
+    assert warm_backbone_state(spec) is first
     stem = next(k for k in source if k.endswith("conv_stem.weight"))
     torch.save({**source, stem: source[stem] + 1.0}, path)
-    rewritten = backbone_state(spec)
+    rewritten = warm_backbone_state(spec)
     changed = [k for k in first if not torch.equal(first[k], rewritten[k])]
     assert rewritten is not first and [k.rpartition(".")[0].endswith("conv_stem") for k in changed] == [True]
 

@@ -79,39 +79,20 @@ def detector_kind(detector: object) -> str | None:
     return None
 
 
-_BACKBONE_STATE: dict[tuple, dict[str, Any]] = {}
-
-
-def backbone_state(spec: FeatureSpec) -> dict[str, Any]:
-    """The features-only network's weights for ``spec``, built once per process (the latest spec kept).
-
-    A sweep logs one model per method and class on the same backbone (MeDS up to five per
-    class), and building the network from its weight file is most of a model's logging time
-    at paper size (6 s for DINOv2 ViT-B/14 at 392 px on 2 CPU cores against 1 s to write it).
-    Keyed like the warm extractor, so a rewritten weight file is read again.
-    """
-    from raylab.features.backbones import create_backbone
-    from raylab.features.extract import weights_stamp
-
-    key = (spec.backbone, weights_stamp(spec))
-    if key not in _BACKBONE_STATE:
-        _BACKBONE_STATE.clear()
-        _BACKBONE_STATE[key] = {k: v.detach().cpu().contiguous() for k, v in create_backbone(spec.backbone).state_dict().items()}
-    return _BACKBONE_STATE[key]
-
-
 def save_scorer(
     directory: Path, detector: object, spec: FeatureSpec, *, image_threshold: float, class_name: str, metrics: dict[str, float]
 ) -> Path:
     """Write a scorer folder for a fitted ``detector`` on ``spec``'s features (manifest last)."""
     from safetensors.torch import save_file
 
+    from raylab.features.extract import warm_backbone_state
+
     kind = detector_kind(detector)
     if kind is None:
         raise TypeError(f"{type(detector).__name__} cannot be deployed: it is not one of {sorted(DETECTOR_KINDS)}")
     directory.mkdir(parents=True, exist_ok=True)
     detector.save(directory / DETECTOR_DIR)
-    save_file(backbone_state(spec), str(directory / BACKBONE_FILE))
+    save_file(warm_backbone_state(spec), str(directory / BACKBONE_FILE))
     info = {
         "format": FORMAT, "version": VERSION, "kind": kind, "class_name": class_name,
         "feature_spec": dataclasses.asdict(spec), "image_threshold": image_threshold, "metrics": metrics,
