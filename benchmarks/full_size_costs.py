@@ -140,12 +140,13 @@ def main() -> None:
                 runs.append((estimate, seconds, peak))
                 print(f"{key:24s} {label:8s} {seconds:7.1f} s  peak {peak / 2**30:5.2f} GB  work {estimate['work']:.3g} {estimate['work_unit']}", flush=True)
             (first, first_seconds, first_peak), (second, second_seconds, _) = runs
-            slope = max(second_seconds - first_seconds, 0.0) / max(second["work"] - first["work"], 1e-12)
             if second["work"] < MIN_WORK_GROWTH * first["work"]:
                 # The doubled budget hardly changed the work unit (TailedCore: more head and test
                 # images, the same tail), so the time it added is not the unit's: no slope.
                 print(f"{key}: work grew {second['work'] / first['work']:.3f}x, under {MIN_WORK_GROWTH}x: no slope", flush=True)
                 slope = 0.0
+            else:
+                slope = max(second_seconds - first_seconds, 0.0) / max(second["work"] - first["work"], 1e-12)
             measurements[measurement_key(entry.experiment, entry.arguments[entry.arguments.index("--config") + 1])] = Measurement(
                 device=device, trial_seconds=round(first_seconds / first["trials"], 1), work=first["work"],
                 seconds_per_work=float(f"{slope:.4g}"), peak_host_bytes=first_peak, array_bytes=first["array_gb"] * 2**30,
