@@ -51,7 +51,13 @@ def build_models():
     config = cpu_config()
     torch.manual_seed(0)
     generator = Generator(config.generator.model)
-    renderer = FaceRenderer(generator, generator.mean_latent(2000), truncation=config.attack.truncation, crop=config.generator.crop, grayscale=config.generator.grayscale)
+    renderer = FaceRenderer(
+        generator,
+        generator.mean_latent(2000),
+        truncation=config.attack.truncation,
+        crop=config.generator.crop,
+        grayscale=config.generator.grayscale,
+    )
     encoders = []
     for spec in (config.encoders.source, config.encoders.validation):
         encoder = FaceEncoder(build_backbone(spec), spec).eval()
@@ -75,11 +81,15 @@ def main() -> None:
     print(f"machine check: two processes get {capacity:.2f}x the work of one (2.00 = two free cores)")
     config, renderer, source, validation = build_models()
     searches, iterations = (8, 5) if args.quick else (16, 10)
-    attack = dataclasses.replace(config.attack, num_searches=searches, searches_per_task=4, iterations=iterations, top_k=3)
+    attack = dataclasses.replace(
+        config.attack, num_searches=searches, searches_per_task=4, iterations=iterations, top_k=3
+    )
     torch.manual_seed(1)
     targets = torch.randn(2, source.embedding_dim)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    run_attack(targets[:1], renderer, source, validation, dataclasses.replace(attack, num_searches=4, iterations=1), seed=0)  # warm-up
+    run_attack(
+        targets[:1], renderer, source, validation, dataclasses.replace(attack, num_searches=4, iterations=1), seed=0
+    )  # warm-up
     times: dict[int, list[float]] = {1: [], 2: []}
     chosen: dict[int, list] = {}
     for _ in range(args.repeats):

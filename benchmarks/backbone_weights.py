@@ -22,7 +22,9 @@ from raylab.features.backbones import HALF, PYPI_LITE0, load_state_dict_file, ma
 
 def load_images(root: Path, per_class: int) -> tuple[torch.Tensor, int]:
     files = sorted((root / "cat").glob("*.jpg"))[:per_class] + sorted((root / "dog").glob("*.jpg"))[:per_class]
-    pixels = np.stack([np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BICUBIC), np.float32) / 255 for f in files])
+    pixels = np.stack(
+        [np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BICUBIC), np.float32) / 255 for f in files]
+    )
     return torch.from_numpy(pixels).permute(0, 3, 1, 2), per_class
 
 

@@ -55,7 +55,12 @@ def fit_and_log(data_root: Path, images: int, image_size: int, scratch: Path) ->
     corpus = load_corpus("magnetic_tile", data_root)
     train = corpus.filter(pc.and_(pc.equal(corpus["split"], "train"), pc.equal(corpus["label"], 0))).slice(0, 64)
     extractor = PatchFeatureExtractor(spec, threads=2)
-    patches = extractor({"image": np.asarray(train.column("image").to_pylist(), dtype=object), "sample_id": np.asarray(train.column("sample_id").to_pylist())})["patches"]
+    patches = extractor(
+        {
+            "image": np.asarray(train.column("image").to_pylist(), dtype=object),
+            "sample_id": np.asarray(train.column("sample_id").to_pylist()),
+        }
+    )["patches"]
     detector = PatchCore(PatchCoreConfig(features=spec, coreset_ratio=0.01), seed=0).fit(patches)
     test = corpus.filter(pc.equal(corpus["split"], "test")).slice(0, images)
     folder = scratch / "images"
@@ -66,7 +71,9 @@ def fit_and_log(data_root: Path, images: int, image_size: int, scratch: Path) ->
         files[-1].write_bytes(image)
     labels = np.asarray(test.column("label").to_pylist())
     # The threshold only sets ``is_anomalous``; any finite one serves the timing.
-    evaluation = ClassEvaluation("magnetic_tile", {}, [], labels, AnomalyPrediction(np.linspace(0, 1, len(labels)), np.zeros(1)), None, detector)
+    evaluation = ClassEvaluation(
+        "magnetic_tile", {}, [], labels, AnomalyPrediction(np.linspace(0, 1, len(labels)), np.zeros(1)), None, detector
+    )
     with tracked_run("batch_predict_benchmark", "patchcore") as run:
         uri = log_anomaly_model(run, evaluation, spec, files[0].read_bytes(), scratch)
     return uri, files
@@ -124,7 +131,9 @@ def main() -> None:
             started = time.perf_counter()
             reference = plain_loop(uri, files, args.chunk_size)
             plain_times.append(time.perf_counter() - started)
-            rows.append(("plain loop", round_index, f"{plain_times[-1]:.1f}", f"{len(files) / plain_times[-1]:.1f}", load, ""))
+            rows.append(
+                ("plain loop", round_index, f"{plain_times[-1]:.1f}", f"{len(files) / plain_times[-1]:.1f}", load, "")
+            )
             load = load_average()
             started = time.perf_counter()
             scored = ray_predict(uri, files[0].parent, scratch / f"out-{round_index}", args)
@@ -132,14 +141,25 @@ def main() -> None:
             difference = float(np.max(np.abs(scored - reference) / np.maximum(np.abs(reference), 1e-12)))
             if difference > 1e-5:
                 raise SystemExit(f"Ray scores differ from the plain loop's by {difference:.2e} (relative)")
-            rows.append(("raylab predict", round_index, f"{ray_times[-1]:.1f}", f"{len(files) / ray_times[-1]:.1f}", load, f"{difference:.1e}"))
+            rows.append(
+                (
+                    "raylab predict",
+                    round_index,
+                    f"{ray_times[-1]:.1f}",
+                    f"{len(files) / ray_times[-1]:.1f}",
+                    load,
+                    f"{difference:.1e}",
+                )
+            )
         header = ("path", "round", "seconds", "images/s", "load before", "max rel. diff")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
         plain, ray = statistics.median(plain_times), statistics.median(ray_times)
-        print(f"\n{len(files)} images, {args.actors} actors x {args.cpus_per_actor} CPU: "
-              f"plain {len(files) / plain:.1f} images/s, raylab predict {len(files) / ray:.1f} images/s, ratio {plain / ray:.2f}x")
+        print(
+            f"\n{len(files)} images, {args.actors} actors x {args.cpus_per_actor} CPU: "
+            f"plain {len(files) / plain:.1f} images/s, raylab predict {len(files) / ray:.1f} images/s, ratio {plain / ray:.2f}x"
+        )
 
 
 if __name__ == "__main__":

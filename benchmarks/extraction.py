@@ -93,9 +93,15 @@ def plain_loop(table, spec, batch_size: int, steps: bool = False) -> tuple[float
         for start in range(0, len(ids), batch_size):
             batch_ids, batch_images = ids[start : start + batch_size], images[start : start + batch_size]
             if steps:
-                pixels = normalise_tensor(torch.from_numpy(transform.resized_batch(batch_images, batch_ids)), spec.backbone.mean, spec.backbone.std)
+                pixels = normalise_tensor(
+                    torch.from_numpy(transform.resized_batch(batch_images, batch_ids)),
+                    spec.backbone.mean,
+                    spec.backbone.std,
+                )
             else:
-                pixels = torch.from_numpy(np.stack([transform.image(data, str(i)) for data, i in zip(batch_images, batch_ids)]))
+                pixels = torch.from_numpy(
+                    np.stack([transform.image(data, str(i)) for data, i in zip(batch_images, batch_ids)])
+                )
             patches = embedder(backbone(pixels))
             if spec.l2_normalize:
                 patches = torch.nn.functional.normalize(patches, dim=-1)
@@ -131,8 +137,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     parser.add_argument("--rounds", type=int, default=2, help="more rounds of plain, then ray again")
-    parser.add_argument("--decode", choices=("auto", "actor", "tasks"), help="where Ray decodes (default: the library's choice)")
-    parser.add_argument("--source", choices=("auto", "memory", "shards"), help="where Ray reads (default: the library's choice)")
+    parser.add_argument(
+        "--decode", choices=("auto", "actor", "tasks"), help="where Ray decodes (default: the library's choice)"
+    )
+    parser.add_argument(
+        "--source", choices=("auto", "memory", "shards"), help="where Ray reads (default: the library's choice)"
+    )
     parser.add_argument("--actors", type=int, help="concurrent extractors (default: the library's pool)")
     parser.add_argument("--no-progress", action="store_true", help="silence Ray Data's progress lines")
     args = parser.parse_args()
@@ -153,8 +163,10 @@ def main() -> None:
     spec = FeatureSpec(image_size=args.image_size)
     n = table.num_rows
     torch.set_num_threads(args.threads)
-    print(f"{n} magnetic-tile images, {spec.backbone.name} at {spec.image_size} px, batch {args.batch_size}, "
-          f"plain loop torch threads {torch.get_num_threads()}, {os.cpu_count()} cores here, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{n} magnetic-tile images, {spec.backbone.name} at {spec.image_size} px, batch {args.batch_size}, "
+        f"plain loop torch threads {torch.get_num_threads()}, {os.cpu_count()} cores here, load {os.getloadavg()[0]:.2f}"
+    )
 
     rows: list[tuple[str, ...]] = []
     plain_walls: list[float] = []
@@ -172,20 +184,44 @@ def main() -> None:
         reference.setdefault("ids", ids)
         reference.setdefault("patches", patches)
         plain_walls.append(wall)
-        rows.append((label, f"{wall:.2f}", f"{cpu:.2f}", f"{machine:.1f}", f"{load:.2f}", f"{n / wall:.1f}", "",
-                     f"model build {built:.2f} s"))
+        rows.append(
+            (
+                label,
+                f"{wall:.2f}",
+                f"{cpu:.2f}",
+                f"{machine:.1f}",
+                f"{load:.2f}",
+                f"{n / wall:.1f}",
+                "",
+                f"model build {built:.2f} s",
+            )
+        )
         if not has_steps:
             return
-        wall, cpu, machine, load, (built, ids, patches) = timed(lambda: plain_loop(table, spec, args.batch_size, steps=True))
+        wall, cpu, machine, load, (built, ids, patches) = timed(
+            lambda: plain_loop(table, spec, args.batch_size, steps=True)
+        )
         same = ids.tolist() == reference["ids"].tolist() and np.array_equal(patches, reference["patches"])
         if not same:
             failures.append("plain loop, extractor's steps: features differ from ImageTransform.image's")
         steps_walls.append(wall)
-        rows.append((label + ", extractor's steps", f"{wall:.2f}", f"{cpu:.2f}", f"{machine:.1f}", f"{load:.2f}",
-                     f"{n / wall:.1f}", "", f"{'identical' if same else 'DIFFERENT'} features"))
+        rows.append(
+            (
+                label + ", extractor's steps",
+                f"{wall:.2f}",
+                f"{cpu:.2f}",
+                f"{machine:.1f}",
+                f"{load:.2f}",
+                f"{n / wall:.1f}",
+                "",
+                f"{'identical' if same else 'DIFFERENT'} features",
+            )
+        )
 
     def ray_path(label: str, walls: list[float] | None) -> float:
-        wall, cpu, machine, load, features = timed(lambda: ray_run(table, spec, args.batch_size, args.decode, args.source, args.actors))
+        wall, cpu, machine, load, features = timed(
+            lambda: ray_run(table, spec, args.batch_size, args.decode, args.source, args.actors)
+        )
         same_ids = features.sample_ids.tolist() == reference["ids"].tolist()
         error = float(np.abs(features.patches - reference["patches"]).max()) if same_ids else float("nan")
         close = same_ids and np.allclose(features.patches, reference["patches"], rtol=TOLERANCE, atol=TOLERANCE)
@@ -193,9 +229,18 @@ def main() -> None:
             failures.append(f"{label}: Ray's features differ from the plain loop's (max |diff| {error:.2e})")
         if walls is not None:
             walls.append(wall)
-        rows.append((label, f"{wall:.2f}", f"{cpu:.2f}", f"{machine:.1f}", f"{load:.2f}", f"{n / wall:.1f}",
-                     f"{statistics.median(plain_walls) / wall:.2f}",
-                     f"{'equal' if close else 'DIFFERENT'} (max |diff| {error:.1e})"))
+        rows.append(
+            (
+                label,
+                f"{wall:.2f}",
+                f"{cpu:.2f}",
+                f"{machine:.1f}",
+                f"{load:.2f}",
+                f"{n / wall:.1f}",
+                f"{statistics.median(plain_walls) / wall:.2f}",
+                f"{'equal' if close else 'DIFFERENT'} (max |diff| {error:.1e})",
+            )
+        )
         return wall
 
     plain("plain loop")
@@ -207,28 +252,39 @@ def main() -> None:
     started = time.perf_counter()
     init_ray(num_cpus=args.num_cpus)
     ray_start = time.perf_counter() - started
-    print(f"Ray started in {ray_start:.2f} s on {args.num_cpus} CPUs ({describe_plan(table, args.decode, args.source, args.actors)})")
+    print(
+        f"Ray started in {ray_start:.2f} s on {args.num_cpus} CPUs ({describe_plan(table, args.decode, args.source, args.actors)})"
+    )
     try:
         first = ray_path("ray, first run", None)
         for _ in range(args.rounds):
             plain("plain loop")
             ray_path("ray, again", cached_walls)
     finally:
-        print_table(f"extraction of {n} images (images/s end to end; ratio = Ray / median plain so far)",
-                    ("path", "wall s", "driver cpu s", "machine cpu s", "load", "images/s", "ratio", "notes"), rows)
+        print_table(
+            f"extraction of {n} images (images/s end to end; ratio = Ray / median plain so far)",
+            ("path", "wall s", "driver cpu s", "machine cpu s", "load", "images/s", "ratio", "notes"),
+            rows,
+        )
         ray.shutdown()
         scratch.cleanup()
     plain_median = statistics.median(plain_walls)
-    print(f"\nmedian plain loop {n / plain_median:.1f} images/s ({len(plain_walls)} runs); "
-          f"ray first run {n / first:.1f} images/s, ratio {plain_median / first:.2f}")
+    print(
+        f"\nmedian plain loop {n / plain_median:.1f} images/s ({len(plain_walls)} runs); "
+        f"ray first run {n / first:.1f} images/s, ratio {plain_median / first:.2f}"
+    )
     if cached_walls:
         cached = statistics.median(cached_walls)
-        print(f"median ray again {n / cached:.1f} images/s ({len(cached_walls)} runs), ratio {plain_median / cached:.2f}")
+        print(
+            f"median ray again {n / cached:.1f} images/s ({len(cached_walls)} runs), ratio {plain_median / cached:.2f}"
+        )
     if steps_walls:
         steps_median = statistics.median(steps_walls)
         again = f", again {steps_median / statistics.median(cached_walls):.2f}" if cached_walls else ""
-        print(f"median plain loop, extractor's steps {n / steps_median:.1f} images/s ({len(steps_walls)} runs); "
-              f"ratio against it: ray first run {steps_median / first:.2f}{again}")
+        print(
+            f"median plain loop, extractor's steps {n / steps_median:.1f} images/s ({len(steps_walls)} runs); "
+            f"ratio against it: ray first run {steps_median / first:.2f}{again}"
+        )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if failures:
         raise SystemExit("; ".join(failures))

@@ -62,7 +62,9 @@ def _resident_bytes(pids: list[int]) -> int:
     private, file_backed, shared = 0, 0, 0
     for pid in pids:
         try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+            fields = dict(
+                line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+            )
         except OSError:
             continue
         kb = {key: int(fields.get(key, "0 kB").split()[0]) for key in ("RssAnon", "RssFile", "RssShmem")}
@@ -76,7 +78,9 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Wall seconds and peak host bytes of ``command`` and every process it starts."""
     peak = 0
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=env, cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     done = threading.Event()
 
     def sample() -> None:
@@ -99,7 +103,9 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, int]:
 def doubled(smoke: dict) -> list[str]:
     """``--set`` assignments that double every step key of a smoke budget, or, for a budget
     without steps (TailedCore's work grows with the images), its images per group."""
-    flat = {key: value for key, value in flatten(smoke).items() if isinstance(value, int) and not isinstance(value, bool)}
+    flat = {
+        key: value for key, value in flatten(smoke).items() if isinstance(value, int) and not isinstance(value, bool)
+    }
     leaves = DOUBLED_LEAVES if any(key.rpartition(".")[2] in DOUBLED_LEAVES for key in flat) else ("images_per_group",)
     assignments = []
     for key, value in flat.items():
@@ -117,7 +123,9 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(REPOSITORY.parent / "shared" / "data"))
     parser.add_argument("--weights-root", default=str(REPOSITORY.parent / "shared" / "weights"))
     parser.add_argument("--only", nargs="*", default=None, help="config keys, e.g. meds/full_dinov2")
-    parser.add_argument("--write", action="store_true", help="store the measurements in raylab/configs/cost_measurements.yaml")
+    parser.add_argument(
+        "--write", action="store_true", help="store the measurements in raylab/configs/cost_measurements.yaml"
+    )
     args = parser.parse_args()
     device = f"{os.cpu_count()}-core {platform.machine()} CPU"
     measurements = {}
@@ -132,25 +140,49 @@ def main() -> None:
             for label, extra in (("smoke", []), ("doubled", doubled(experiment.smoke))):
                 estimate = estimate_of(entry.experiment, [*argv, *extra])
                 root = scratch_path / key.replace("/", "-") / label
-                env = {**os.environ, "RAYLAB_CACHE_DIR": str(root / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-                       "RAYLAB_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+                env = {
+                    **os.environ,
+                    "RAYLAB_CACHE_DIR": str(root / "cache"),
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+                    "RAYLAB_PROGRESS": "0",
+                    "HF_HUB_OFFLINE": "1",
+                }
                 root.mkdir(parents=True)
-                command = [sys.executable, f"jobs/{entry.experiment}.py", *argv, *extra, "--summary-json", str(root / "summary.json")]
+                command = [
+                    sys.executable,
+                    f"jobs/{entry.experiment}.py",
+                    *argv,
+                    *extra,
+                    "--summary-json",
+                    str(root / "summary.json"),
+                ]
                 seconds, peak = measure(command, env)
                 runs.append((estimate, seconds, peak))
-                print(f"{key:24s} {label:8s} {seconds:7.1f} s  peak {peak / 2**30:5.2f} GB  work {estimate['work']:.3g} {estimate['work_unit']}", flush=True)
+                print(
+                    f"{key:24s} {label:8s} {seconds:7.1f} s  peak {peak / 2**30:5.2f} GB  work {estimate['work']:.3g} {estimate['work_unit']}",
+                    flush=True,
+                )
             (first, first_seconds, first_peak), (second, second_seconds, _) = runs
             if second["work"] < MIN_WORK_GROWTH * first["work"]:
                 # The doubled budget hardly changed the work unit (TailedCore: more head and test
                 # images, the same tail), so the time it added is not the unit's: no slope.
-                print(f"{key}: work grew {second['work'] / first['work']:.3f}x, under {MIN_WORK_GROWTH}x: no slope", flush=True)
+                print(
+                    f"{key}: work grew {second['work'] / first['work']:.3f}x, under {MIN_WORK_GROWTH}x: no slope",
+                    flush=True,
+                )
                 slope = 0.0
             else:
                 slope = max(second_seconds - first_seconds, 0.0) / max(second["work"] - first["work"], 1e-12)
-            measurements[measurement_key(entry.experiment, entry.arguments[entry.arguments.index("--config") + 1])] = Measurement(
-                device=device, trial_seconds=round(first_seconds / first["trials"], 1), work=first["work"],
-                seconds_per_work=float(f"{slope:.4g}"), peak_host_bytes=first_peak, array_bytes=first["array_gb"] * 2**30,
-            ).__dict__
+            measurements[measurement_key(entry.experiment, entry.arguments[entry.arguments.index("--config") + 1])] = (
+                Measurement(
+                    device=device,
+                    trial_seconds=round(first_seconds / first["trials"], 1),
+                    work=first["work"],
+                    seconds_per_work=float(f"{slope:.4g}"),
+                    peak_host_bytes=first_peak,
+                    array_bytes=first["array_gb"] * 2**30,
+                ).__dict__
+            )
     print(json.dumps(measurements, indent=2))
     if args.write:
         path = measurements_path()

@@ -102,10 +102,12 @@ def check_faiss(sizes: Sizes) -> tuple[bool, str]:
     differ = i_cpu != i_gpu
     ties = np.isclose(d_cpu[differ], d_gpu[differ], rtol=1e-4, atol=1e-4)
     same = bool(ties.all()) and np.allclose(d_cpu, d_gpu, rtol=1e-4, atol=1e-3)
-    detail = (f"{sizes.queries} queries x {sizes.bank} x {sizes.dim}, k={k}: "
-              f"{int(differ.sum())} of {differ.size} neighbour ids differ ({int((~ties).sum())} not ties), "
-              f"max |d| diff {float(np.abs(d_cpu - d_gpu).max()):.2e}; "
-              + rates("search", "queries", sizes.queries, times["cpu"], times["gpu"]))
+    detail = (
+        f"{sizes.queries} queries x {sizes.bank} x {sizes.dim}, k={k}: "
+        f"{int(differ.sum())} of {differ.size} neighbour ids differ ({int((~ties).sum())} not ties), "
+        f"max |d| diff {float(np.abs(d_cpu - d_gpu).max()):.2e}; "
+        + rates("search", "queries", sizes.queries, times["cpu"], times["gpu"])
+    )
     return same, detail
 
 
@@ -129,8 +131,10 @@ def check_coreset(sizes: Sizes) -> tuple[bool, str]:
     radius_cpu = float(coverage_radius(features, cpu_picks))
     radius_gpu = float(coverage_radius(features, gpu_picks))
     close = abs(radius_cpu - radius_gpu) <= 1e-2 * radius_cpu
-    return close, (f"picks differ from pick {first} of {sizes.coreset_picks} (float rounding of a near-tie?); "
-                   f"coverage radius CPU {radius_cpu:.5f} GPU {radius_gpu:.5f}; {speed}")
+    return close, (
+        f"picks differ from pick {first} of {sizes.coreset_picks} (float rounding of a near-tie?); "
+        f"coverage radius CPU {radius_cpu:.5f} GPU {radius_gpu:.5f}; {speed}"
+    )
 
 
 def _gpu_train_loop(config: dict[str, Any]) -> None:
@@ -155,11 +159,15 @@ def _gpu_train_loop(config: dict[str, Any]) -> None:
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    ray.train.report({
-        "device": str(device), "parameter_device": str(next(model.parameters()).device),
-        "cuda_available": torch.cuda.is_available(), "steps_per_s": steps / (time.perf_counter() - start),
-        "loss": float(loss),
-    })
+    ray.train.report(
+        {
+            "device": str(device),
+            "parameter_device": str(next(model.parameters()).device),
+            "cuda_available": torch.cuda.is_available(),
+            "steps_per_s": steps / (time.perf_counter() - start),
+            "loss": float(loss),
+        }
+    )
 
 
 def check_ray_train(sizes: Sizes) -> tuple[bool, str]:
@@ -173,9 +181,15 @@ def check_ray_train(sizes: Sizes) -> tuple[bool, str]:
         spec = TrainSpec(name="gpu_check", num_workers=1, use_gpu=True, storage_path=storage)
         result = fit(_gpu_train_loop, {"steps": 50 * sizes.train_steps}, spec)
     metrics = result.metrics
-    ok = metrics["device"].startswith("cuda") and metrics["parameter_device"].startswith("cuda") and np.isfinite(metrics["loss"])
-    return ok, (f"Ray sees {gpus:g} GPU; Train worker device {metrics['device']} (parameters on "
-                f"{metrics['parameter_device']}), {metrics['steps_per_s']:,.1f} steps/s of a 1024 x 512 MLP")
+    ok = (
+        metrics["device"].startswith("cuda")
+        and metrics["parameter_device"].startswith("cuda")
+        and np.isfinite(metrics["loss"])
+    )
+    return ok, (
+        f"Ray sees {gpus:g} GPU; Train worker device {metrics['device']} (parameters on "
+        f"{metrics['parameter_device']}), {metrics['steps_per_s']:,.1f} steps/s of a 1024 x 512 MLP"
+    )
 
 
 def check_meds_stage1(sizes: Sizes) -> tuple[bool, str]:
@@ -188,8 +202,10 @@ def check_meds_stage1(sizes: Sizes) -> tuple[bool, str]:
     gpu_s, gpu_scores = cuda_seconds(lambda: bootstrap_memory_scores(features, device="gpu", **run))
     diff = float(np.abs(cpu_scores - gpu_scores).max())
     ok = np.allclose(cpu_scores, gpu_scores, rtol=1e-4, atol=1e-5)
-    return ok, (f"{sizes.meds_images} images x {sizes.meds_patches} patches, {sizes.meds_bootstraps} partial memories: "
-                f"max |score| diff {diff:.2e}; " + rates("stage 1", "bootstraps", sizes.meds_bootstraps, cpu_s, gpu_s))
+    return ok, (
+        f"{sizes.meds_images} images x {sizes.meds_patches} patches, {sizes.meds_bootstraps} partial memories: "
+        f"max |score| diff {diff:.2e}; " + rates("stage 1", "bootstraps", sizes.meds_bootstraps, cpu_s, gpu_s)
+    )
 
 
 # -------------------------------------------------- one training step per method ----------
@@ -208,10 +224,21 @@ def _meds_step(device: str) -> Callable[[], float]:
     d = config.distillation
     in_dim = max(end for group in config.groups for _, end in group)
     torch.manual_seed(0)
-    network = build_network({
-        "groups": [list(map(list, g)) for g in config.groups], "in_dim": in_dim, "hidden_dim": d.hidden_dim,
-        "decoder_blocks": d.decoder_blocks, "heads": d.heads, "bottleneck_ratio": d.bottleneck_ratio, "dropout": d.dropout,
-    }).to(device).train()
+    network = (
+        build_network(
+            {
+                "groups": [list(map(list, g)) for g in config.groups],
+                "in_dim": in_dim,
+                "hidden_dim": d.hidden_dim,
+                "decoder_blocks": d.decoder_blocks,
+                "heads": d.heads,
+                "bottleneck_ratio": d.bottleneck_ratio,
+                "dropout": d.dropout,
+            }
+        )
+        .to(device)
+        .train()
+    )
     optimizer = StableAdamW(network.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(d.batch_size, 256, in_dim, generator=generator).to(device)  # DINOv2 ViT-B/14 at 224 px
@@ -219,7 +246,12 @@ def _meds_step(device: str) -> Callable[[], float]:
 
     def step() -> float:
         encoded, decoded = network(tokens)
-        return _step(distillation_loss(token_distance(encoded, decoded), targets, d.loss_weight, d.loss), network, optimizer, d.grad_clip)
+        return _step(
+            distillation_loss(token_distance(encoded, decoded), targets, d.loss_weight, d.loss),
+            network,
+            optimizer,
+            d.grad_clip,
+        )
 
     return step
 
@@ -280,7 +312,9 @@ def _nnguide_step(device: str) -> Callable[[], float]:
     config, train = ClassifierConfig(), TrainConfig()
     torch.manual_seed(0)
     model = build_classifier(config).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True
+    )
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(train.batch_size, 3, 32, 32, generator=generator)
     targets = torch.randint(0, config.num_classes, (train.batch_size,), generator=generator).to(device)
@@ -297,7 +331,10 @@ def _nnguide_step(device: str) -> Callable[[], float]:
 
 
 TRAINED_METHODS: dict[str, Callable[[str], Callable[[], float]]] = {
-    "meds": _meds_step, "ckd": _ckd_step, "dcae": _dcae_step, "nnguide": _nnguide_step,
+    "meds": _meds_step,
+    "ckd": _ckd_step,
+    "dcae": _dcae_step,
+    "nnguide": _nnguide_step,
 }
 
 
@@ -317,8 +354,10 @@ def check_training_step(name: str, sizes: Sizes) -> tuple[bool, str]:
         if not np.isfinite(loss):
             return False, f"non-finite loss on {device}"
     same = bool(np.isclose(first_loss["cpu"], first_loss["cuda"], rtol=1e-2, atol=1e-4))
-    return same, (f"first-step loss CPU {first_loss['cpu']:.5f} CUDA {first_loss['cuda']:.5f}; "
-                  + rates("training", "steps", sizes.train_steps, seconds["cpu"], seconds["cuda"]))
+    return same, (
+        f"first-step loss CPU {first_loss['cpu']:.5f} CUDA {first_loss['cuda']:.5f}; "
+        + rates("training", "steps", sizes.train_steps, seconds["cpu"], seconds["cuda"])
+    )
 
 
 # ------------------------------------------------------------------ main ---------------
@@ -336,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False  # compare like with like (float32 on both)
     torch.backends.cudnn.allow_tf32 = False
     sizes = Sizes.of(args.quick)
-    print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
-          f"CPU threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
+        f"CPU threads {torch.get_num_threads()}",
+        flush=True,
+    )
     checks: list[tuple[str, Callable[[], tuple[bool, str]]]] = [
         ("faiss GPU index", lambda: check_faiss(sizes)),
         ("coreset on CUDA", lambda: check_coreset(sizes)),
@@ -368,8 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     except Exception:  # noqa: BLE001
         pass
-    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed in {time.perf_counter() - start:.0f} s"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(checks) - len(failed)} of {len(checks)} checks passed in {time.perf_counter() - start:.0f} s"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -71,10 +71,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="magnetic_tile")
     parser.add_argument("--data-root")
-    parser.add_argument("--config", help="sweep YAML, a file or a packaged name such as meds/smoke (default: meds/<dataset>)")
+    parser.add_argument(
+        "--config", help="sweep YAML, a file or a packaged name such as meds/smoke (default: meds/<dataset>)"
+    )
     parser.add_argument("--noise-ratio", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sizes", default="64x2@400,64x2@1600,128x2@800", help="comma-separated WIDTHxBLOCKS@ITERATIONS")
+    parser.add_argument(
+        "--sizes", default="64x2@400,64x2@1600,128x2@800", help="comma-separated WIDTHxBLOCKS@ITERATIONS"
+    )
     args = parser.parse_args()
     try:
         sizes = [parse_size(s) for s in args.sizes.split(",")]
@@ -94,35 +98,55 @@ def main() -> None:
     image_size, grid = config.features.image_size, config.meds.token_grid
 
     stage1 = dataclasses.replace(config.meds.stage1, seed=args.seed, pool_grid=grid)
-    reference = [evaluate_fitted(PartialMemoryDetector(stage1, image_size=image_size).fit(features.take(s.train_ids)), s, features) for s in splits]
+    reference = [
+        evaluate_fitted(
+            PartialMemoryDetector(stage1, image_size=image_size).fit(features.take(s.train_ids)), s, features
+        )
+        for s in splits
+    ]
     lines = [{"size": "stage 1 (partial_memory)", **_test_metrics(mean_over_classes(reference))}]
 
     for width, blocks, iterations in sizes:
         distillation = dataclasses.replace(
-            config.meds.distillation, hidden_dim=width, decoder_blocks=blocks, heads=max(2, width // 32),
-            iterations=iterations, warmup_iterations=max(1, iterations // 100),
+            config.meds.distillation,
+            hidden_dim=width,
+            decoder_blocks=blocks,
+            heads=max(2, width // 32),
+            iterations=iterations,
+            warmup_iterations=max(1, iterations // 100),
         )
         meds_config = dataclasses.replace(config.meds, distillation=distillation)
         tag = f"meds-capacity-{args.dataset}-nr{args.noise_ratio:g}-s{args.seed}-{width}x{blocks}at{iterations}"
         evaluations, maps, targets, scores, target_scores = [], [], [], [], []
         start = time.perf_counter()
         for split in splits:
-            meds = MeDS(meds_config, seed=args.seed, image_size=image_size, run_name=f"{tag}-{split.class_name}",
-                        storage_path=str(cache_root() / "ray_results"))
+            meds = MeDS(
+                meds_config,
+                seed=args.seed,
+                image_size=image_size,
+                run_name=f"{tag}-{split.class_name}",
+                storage_path=str(cache_root() / "ray_results"),
+            )
             predicted, target = meds.distil(features.take(split.train_ids)).training_maps()
             maps.append(predicted.ravel())
             targets.append(target.ravel())
             for out, token_map in ((scores, predicted), (target_scores, target)):
-                out.append(image_scores_from_tokens(token_map, token_map.shape[1], image_size, meds_config.blur_sigma, meds_config.top_fraction))
+                out.append(
+                    image_scores_from_tokens(
+                        token_map, token_map.shape[1], image_size, meds_config.blur_sigma, meds_config.top_fraction
+                    )
+                )
             evaluations.append(evaluate_fitted(meds.distilled, split, features))
         seconds = time.perf_counter() - start
-        lines.append({
-            "size": f"{width}x{blocks}@{iterations}",
-            "fidelity_map": float(np.corrcoef(np.concatenate(maps), np.concatenate(targets))[0, 1]),
-            "fidelity_image": spearman(np.concatenate(scores), np.concatenate(target_scores)),
-            "distill_s": seconds,
-            **_test_metrics(mean_over_classes(evaluations)),
-        })
+        lines.append(
+            {
+                "size": f"{width}x{blocks}@{iterations}",
+                "fidelity_map": float(np.corrcoef(np.concatenate(maps), np.concatenate(targets))[0, 1]),
+                "fidelity_image": spearman(np.concatenate(scores), np.concatenate(target_scores)),
+                "distill_s": seconds,
+                **_test_metrics(mean_over_classes(evaluations)),
+            }
+        )
         print(lines[-1], flush=True)
 
     print(f"\n{args.dataset}, noise ratio {args.noise_ratio:g}, seed {args.seed}")

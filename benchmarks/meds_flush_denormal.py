@@ -65,7 +65,13 @@ def stage3_steps(network, optimizer, tokens, schedule, first: int, count: int, s
     started = time.perf_counter()
     for iteration in range(first, first + count):
         batch = torch.from_numpy(tokens[rng.choice(len(tokens), schedule.batch_size, replace=False)])
-        lr = warm_cosine_lr(iteration, base_lr=schedule.lr, final_lr=schedule.final_lr, warmup=schedule.warmup_iterations, total=schedule.iterations)
+        lr = warm_cosine_lr(
+            iteration,
+            base_lr=schedule.lr,
+            final_lr=schedule.final_lr,
+            warmup=schedule.warmup_iterations,
+            total=schedule.iterations,
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         encoded, decoded = network(batch)
@@ -88,7 +94,9 @@ def distil_steps(network, optimizer, tokens, schedule, count: int, seed: int) ->
     for iteration in range(count):
         batch = torch.from_numpy(tokens[rng.choice(len(tokens), schedule.batch_size, replace=False)])
         target = 1 - torch.nn.functional.normalize(batch, dim=-1) @ mean
-        lr = warm_cosine_lr(iteration, base_lr=schedule.lr, final_lr=schedule.final_lr, warmup=schedule.warmup_iterations, total=count)
+        lr = warm_cosine_lr(
+            iteration, base_lr=schedule.lr, final_lr=schedule.final_lr, warmup=schedule.warmup_iterations, total=count
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         encoded, decoded = network(batch)
@@ -102,7 +110,9 @@ def distil_steps(network, optimizer, tokens, schedule, count: int, seed: int) ->
 def denormal_share(network, optimizer) -> float:
     """Share of the weights and Adam moments that are non-zero but below float32's normal range."""
     tiny = torch.finfo(torch.float32).tiny
-    tensors = list(network.parameters()) + [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    tensors = list(network.parameters()) + [
+        v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+    ]
     values = torch.cat([t.detach().flatten().float() for t in tensors])
     return float(((values != 0) & (values.abs() < tiny)).float().mean())
 
@@ -119,9 +129,13 @@ def main() -> None:
     d = meds.distillation
     torch.set_num_threads(1)  # as in a Ray Train worker
     torch.manual_seed(0)
-    network = ReconstructionScoreNet(meds.groups, tokens.shape[-1], d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout)
+    network = ReconstructionScoreNet(
+        meds.groups, tokens.shape[-1], d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout
+    )
     torch.set_flush_denormal(True)
-    distil_steps(network, StableAdamW(network.parameters(), lr=d.lr, weight_decay=d.weight_decay), tokens, d, args.distil, seed=0)
+    distil_steps(
+        network, StableAdamW(network.parameters(), lr=d.lr, weight_decay=d.weight_decay), tokens, d, args.distil, seed=0
+    )
     schedule = meds.selection
     optimizer = StableAdamW(network.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     stage3_steps(network, optimizer, tokens, schedule, 0, args.warm, seed=1)
@@ -135,11 +149,15 @@ def main() -> None:
         timings[flush] = stage3_steps(network, optimizer, tokens, schedule, args.warm, args.steps, seed=2)
         if not flush:
             share = denormal_share(network, optimizer)
-    print(f"tokens {tokens.shape}, decoder {d.hidden_dim}x{d.decoder_blocks}, batch {schedule.batch_size}, "
-          f"{args.distil} stage-2 + {args.warm} stage-3 warm-up steps, {args.steps} timed steps each, 1 thread")
+    print(
+        f"tokens {tokens.shape}, decoder {d.hidden_dim}x{d.decoder_blocks}, batch {schedule.batch_size}, "
+        f"{args.distil} stage-2 + {args.warm} stage-3 warm-up steps, {args.steps} timed steps each, 1 thread"
+    )
     print(f"denormal share of weights + Adam moments after the unflushed steps: {share:.2e}")
-    print(f"per step: {timings[False] * 1e3:.1f} ms without flushing, {timings[True] * 1e3:.1f} ms with, "
-          f"ratio {timings[False] / timings[True]:.2f}")
+    print(
+        f"per step: {timings[False] * 1e3:.1f} ms without flushing, {timings[True] * 1e3:.1f} ms with, "
+        f"ratio {timings[False] / timings[True]:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def compared_pairs(features: np.ndarray, bootstraps: int, rho: float, seed: int)
     return sum(n * p * len(np.unique(d)) * p for d in bootstrap_draws(n, bootstraps, rho, seed))
 
 
-def interleaved_best_times(runs: dict[str, Callable[[], np.ndarray]], repeats: int) -> dict[str, tuple[float, np.ndarray]]:
+def interleaved_best_times(
+    runs: dict[str, Callable[[], np.ndarray]], repeats: int
+) -> dict[str, tuple[float, np.ndarray]]:
     """Fastest of ``repeats`` runs of each configuration, the configurations taking turns.
 
     Taking turns (rather than all repeats of one, then the next) exposes every
@@ -130,12 +132,16 @@ def main(argv: list[str] | None = None) -> None:
     rho, seed = sizes.rho, 0
     n, p, d = features.shape
     pairs = compared_pairs(features, bootstraps, rho, seed)
-    print(f"features: N={n} images x P={p} patches x D={d}; B={bootstraps}, rho={rho}; "
-          f"{pairs / 1e9:.2f}e9 patch pairs, {2 * pairs * d / 1e12:.2f} TFLOP")
+    print(
+        f"features: N={n} images x P={p} patches x D={d}; B={bootstraps}, rho={rho}; "
+        f"{pairs / 1e9:.2f}e9 patch pairs, {2 * pairs * d / 1e12:.2f} TFLOP"
+    )
 
     capacity = parallel_capacity()
-    print(f"machine check: 2 plain processes run a CPU-bound loop {capacity:.2f}x as fast as 1 "
-          "(about 2 on an idle 2-core machine)")
+    print(
+        f"machine check: 2 plain processes run a CPU-bound loop {capacity:.2f}x as fast as 1 "
+        "(about 2 on an idle 2-core machine)"
+    )
 
     import ray
 
@@ -157,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
         ray.shutdown()
     threads = faiss.omp_get_max_threads()
     (one_task, maps_one), (two_tasks, maps_two), (in_process, maps_local) = (
-        timings["one"], timings["two"], timings["local"]
+        timings["one"],
+        timings["two"],
+        timings["local"],
     )
 
     identical = bool(np.array_equal(maps_one, maps_two))
@@ -170,16 +178,22 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"{'configuration':<38}{'wall s':>9}{'Gpairs/s':>10}{'vs 1 task':>11}{'vs faiss':>10}")
     for name, seconds in rows:
-        print(f"{name:<38}{seconds:>9.2f}{pairs / seconds / 1e9:>10.2f}"
-              f"{one_task / seconds:>10.2f}x{in_process / seconds:>9.2f}x")
+        print(
+            f"{name:<38}{seconds:>9.2f}{pairs / seconds / 1e9:>10.2f}"
+            f"{one_task / seconds:>10.2f}x{in_process / seconds:>9.2f}x"
+        )
     print()
-    print(f"speed-up 2 tasks / 1 task: {one_task / two_tasks:.2f}x (target >= 1.7x on 2 idle cores; "
-          f"plain processes managed {capacity:.2f}x)")
+    print(
+        f"speed-up 2 tasks / 1 task: {one_task / two_tasks:.2f}x (target >= 1.7x on 2 idle cores; "
+        f"plain processes managed {capacity:.2f}x)"
+    )
     print(f"throughput Ray (2 tasks) / in-process faiss ({threads} threads): {in_process / two_tasks:.2f}")
     print(f"maps of 1 and 2 tasks bit-identical: {identical}; max |Ray - in-process| = {local_gap:.1e}")
     if capacity < 1.7:
-        print("warning: other processes competed for the CPUs during the machine check, so the "
-              "timings (the speed-up above all) may understate what an idle machine gives")
+        print(
+            "warning: other processes competed for the CPUs during the machine check, so the "
+            "timings (the speed-up above all) may understate what an idle machine gives"
+        )
     if not identical:
         raise SystemExit("maps differ between 1 and 2 Ray tasks")
 

@@ -46,7 +46,10 @@ def main() -> None:
     sizes = long_tail_sizes(args.n)
     centres = rng.normal(size=(len(sizes), args.dim))
     labels = np.repeat(np.arange(len(sizes)), sizes)
-    embeddings = (centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True) + 0.4 * rng.normal(size=(len(labels), args.dim)) / np.sqrt(args.dim)).astype(np.float32)
+    embeddings = (
+        centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True)
+        + 0.4 * rng.normal(size=(len(labels), args.dim)) / np.sqrt(args.dim)
+    ).astype(np.float32)
     before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     prediction = TailSampler(TailSamplerConfig(block_size=args.block)).predict(embeddings)
@@ -60,7 +63,9 @@ def main() -> None:
     )
     truth = np.asarray(sizes)[labels] <= prediction.max_k
     hits = (prediction.is_tail & truth).sum()
-    print(f"classes {len(sizes)}, max_K {prediction.max_k}, tail precision {hits / max(1, prediction.is_tail.sum()):.3f}, recall {hits / max(1, truth.sum()):.3f}")
+    print(
+        f"classes {len(sizes)}, max_K {prediction.max_k}, tail precision {hits / max(1, prediction.is_tail.sum()):.3f}, recall {hits / max(1, truth.sum()):.3f}"
+    )
     if args.save:
         np.save(args.save, prediction.class_sizes)
 

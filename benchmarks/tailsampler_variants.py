@@ -64,7 +64,9 @@ def load_inputs(data_root: str, stages: tuple[int, ...]):
     features = cached_patch_features(corpus, config.features)
     embeddings = {}
     for stage in stages:
-        stage_config = dataclasses.replace(config, tailedcore=dataclasses.replace(config.tailedcore, embedding_stage=stage))
+        stage_config = dataclasses.replace(
+            config, tailedcore=dataclasses.replace(config.tailedcore, embedding_stage=stage)
+        )
         embeddings[stage] = global_embeddings(corpus, stage_config)
     return config, corpus, features, embeddings
 
@@ -81,13 +83,19 @@ def make_trials(corpus, features, embeddings, protocols, seeds) -> list[Trial]:
             train = result.table.filter(pc.equal(result.table["split"], "train")).sort_by("sample_id")
             ids = train.column("sample_id").to_pylist()
             tail_classes = set(result.tail_classes)
-            trials.append(Trial(
-                protocol, seed, result.table, ids, np.asarray(features.take(ids), dtype=np.float32),
-                {stage: np.asarray(e.take(ids)) for stage, e in embeddings.items()},
-                np.array([c in tail_classes for c in train.column("class_name").to_pylist()], dtype=bool),
-                np.asarray(train.column("injected_noise").to_pylist(), dtype=bool),
-                tail_classes,
-            ))
+            trials.append(
+                Trial(
+                    protocol,
+                    seed,
+                    result.table,
+                    ids,
+                    np.asarray(features.take(ids), dtype=np.float32),
+                    {stage: np.asarray(e.take(ids)) for stage, e in embeddings.items()},
+                    np.array([c in tail_classes for c in train.column("class_name").to_pylist()], dtype=bool),
+                    np.asarray(train.column("injected_noise").to_pylist(), dtype=bool),
+                    tail_classes,
+                )
+            )
     return trials
 
 
@@ -133,7 +141,9 @@ def sampler(source: str, trim: float = 0.15, share: float = 0.15) -> Callable[[T
     return run
 
 
-def lof_gated(base: Callable[[Trial, object], np.ndarray], min_dropped: float = 0.5) -> Callable[[Trial, object], np.ndarray]:
+def lof_gated(
+    base: Callable[[Trial, object], np.ndarray], min_dropped: float = 0.5
+) -> Callable[[Trial, object], np.ndarray]:
     """An LOF check on the tail candidates: keep a candidate only when at least ``min_dropped``
     of its patches are ones the head's patchwise LOF filter drops. A one-image class is an
     outlier at every position; an injected defect only where its defect lies."""
@@ -146,7 +156,9 @@ def lof_gated(base: Callable[[Trial, object], np.ndarray], min_dropped: float = 
     return run
 
 
-def lof_rescued(base: Callable[[Trial, object], np.ndarray], min_dropped: float = 0.99) -> Callable[[Trial, object], np.ndarray]:
+def lof_rescued(
+    base: Callable[[Trial, object], np.ndarray], min_dropped: float = 0.99
+) -> Callable[[Trial, object], np.ndarray]:
     """The other direction: also call tail every image whose patches the head's LOF filter
     drops almost everywhere (a one-image class is an outlier at every position)."""
 
@@ -181,7 +193,14 @@ def tail_table(trials: list[Trial], config) -> list[dict]:
     rows = []
     for name, variant in VARIANTS.items():
         for trial in trials:
-            rows.append({"variant": name, "protocol": trial.protocol, "seed": trial.seed, **quality(variant(trial, config), trial)})
+            rows.append(
+                {
+                    "variant": name,
+                    "protocol": trial.protocol,
+                    "seed": trial.seed,
+                    **quality(variant(trial, config), trial),
+                }
+            )
     return rows
 
 
@@ -197,17 +216,25 @@ def tailedcore_auroc(trial: Trial, config, corpus, features, variant: str) -> di
     from raylab.methods.tailedcore.model import TailedCore
     from raylab.methods.tailedcore.views import RotationFlipViews
 
-    tailed = dataclasses.replace(config.tailedcore, features=config.features, tail_embedding=AUROC_VARIANTS[variant] or "backbone_stage")
+    tailed = dataclasses.replace(
+        config.tailedcore, features=config.features, tail_embedding=AUROC_VARIANTS[variant] or "backbone_stage"
+    )
     views = RotationFlipViews(corpus, config.features, tailed.tail_rotation_step, tailed.tail_hflip)
     ids = trial.train_ids
     detector = TailedCore(tailed, seed=trial.seed).fit(
-        trial.patches, trial.embeddings[tailed.embedding_stage], views=lambda rows: views([ids[i] for i in rows]),
+        trial.patches,
+        trial.embeddings[tailed.embedding_stage],
+        views=lambda rows: views([ids[i] for i in rows]),
         known_tail=trial.true_tail if variant == "true_tail" else None,
     )
     splits = class_splits(trial.table, config.features.image_size)
     metrics = class_group_metrics([evaluate_fitted(detector, split, features) for split in splits], trial.tail_classes)
-    return {"image_auroc": metrics["image_auroc"], "tail_image_auroc": metrics["tail_image_auroc"], "head_image_auroc": metrics["head_image_auroc"],
-            **quality(detector.tail.is_tail, trial)}
+    return {
+        "image_auroc": metrics["image_auroc"],
+        "tail_image_auroc": metrics["tail_image_auroc"],
+        "head_image_auroc": metrics["head_image_auroc"],
+        **quality(detector.tail.is_tail, trial),
+    }
 
 
 def summarise(rows: list[dict], keys: tuple[str, ...], metrics: tuple[str, ...]) -> str:
@@ -224,27 +251,61 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
-    parser.add_argument("--auroc", default="", help=f"comma-separated, from {', '.join(AUROC_VARIANTS)}: also fit TailedCore with that tail and report its AUROC")
-    parser.add_argument("--auroc-protocols", default="step_k1", help="protocols for --auroc (each fit costs a TailedCore trial)")
+    parser.add_argument(
+        "--auroc",
+        default="",
+        help=f"comma-separated, from {', '.join(AUROC_VARIANTS)}: also fit TailedCore with that tail and report its AUROC",
+    )
+    parser.add_argument(
+        "--auroc-protocols", default="step_k1", help="protocols for --auroc (each fit costs a TailedCore trial)"
+    )
     parser.add_argument("--json", default=None, help="write every measured row here")
     args = parser.parse_args()
     started = time.perf_counter()
     config, corpus, features, embeddings = load_inputs(args.data_root, (2, 3, 4))
-    trials = make_trials(corpus, features, embeddings, args.protocols.split(","), [int(s) for s in args.seeds.split(",")])
+    trials = make_trials(
+        corpus, features, embeddings, args.protocols.split(","), [int(s) for s in args.seeds.split(",")]
+    )
     print(f"inputs ready: {time.perf_counter() - started:.1f} s")
     rows = tail_table(trials, config)
     print("\nTail decision, mean ± std over seeds", args.seeds)
-    print(summarise(rows, ("variant", "protocol"), ("tail_precision", "tail_recall", "injected_called_tail", "tail_predicted")))
+    print(
+        summarise(
+            rows, ("variant", "protocol"), ("tail_precision", "tail_recall", "injected_called_tail", "tail_predicted")
+        )
+    )
     print(f"tail table: {time.perf_counter() - started:.1f} s")
     auroc_rows = []
     for variant in [v for v in args.auroc.split(",") if v]:
         for trial in [t for t in trials if t.protocol in args.auroc_protocols.split(",")]:
             tic = time.perf_counter()
-            auroc_rows.append({"variant": variant, "protocol": trial.protocol, "seed": trial.seed, **tailedcore_auroc(trial, config, corpus, features, variant)})
-            print(f"  {variant} {trial.protocol} seed {trial.seed}: image AUROC {auroc_rows[-1]['image_auroc']:.3f} ({time.perf_counter() - tic:.0f} s)")
+            auroc_rows.append(
+                {
+                    "variant": variant,
+                    "protocol": trial.protocol,
+                    "seed": trial.seed,
+                    **tailedcore_auroc(trial, config, corpus, features, variant),
+                }
+            )
+            print(
+                f"  {variant} {trial.protocol} seed {trial.seed}: image AUROC {auroc_rows[-1]['image_auroc']:.3f} ({time.perf_counter() - tic:.0f} s)"
+            )
     if auroc_rows:
         print("\nTailedCore with each tail, mean ± std over seeds", args.seeds)
-        print(summarise(auroc_rows, ("variant", "protocol"), ("image_auroc", "tail_image_auroc", "head_image_auroc", "tail_precision", "tail_recall", "injected_called_tail")))
+        print(
+            summarise(
+                auroc_rows,
+                ("variant", "protocol"),
+                (
+                    "image_auroc",
+                    "tail_image_auroc",
+                    "head_image_auroc",
+                    "tail_precision",
+                    "tail_recall",
+                    "injected_called_tail",
+                ),
+            )
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"tail": rows, "auroc": auroc_rows}, handle, indent=1, default=float)

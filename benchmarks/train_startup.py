@@ -64,15 +64,21 @@ def main() -> None:
         for repeat in range(args.repeats):
             for label, interval in settings.items():
                 results[label].append(one_run(interval, Path(scratch), f"{label.replace(' ', '-')}-{repeat}"))
-    print(f"{'setting':<12} {'interval':>8} {'to loop':>8} {'after loop':>10} {'total':>7}   (median of {args.repeats}, seconds)")
+    print(
+        f"{'setting':<12} {'interval':>8} {'to loop':>8} {'after loop':>10} {'total':>7}   (median of {args.repeats}, seconds)"
+    )
     medians = {}
     for label, interval in settings.items():
-        medians[label] = {key: statistics.median(run[key] for run in results[label]) for key in ("to_loop", "after_loop", "total")}
+        medians[label] = {
+            key: statistics.median(run[key] for run in results[label]) for key in ("to_loop", "after_loop", "total")
+        }
         m = medians[label]
         print(f"{label:<12} {interval:>8.2f} {m['to_loop']:>8.1f} {m['after_loop']:>10.1f} {m['total']:>7.1f}")
     ratio = medians["ray default"]["total"] / medians["raylab"]["total"]
-    print(f"raylab's run is {ratio:.2f}x as fast as Ray's default for an empty loop "
-          f"({medians['ray default']['total'] - medians['raylab']['total']:.1f} s saved per Train run)")
+    print(
+        f"raylab's run is {ratio:.2f}x as fast as Ray's default for an empty loop "
+        f"({medians['ray default']['total'] - medians['raylab']['total']:.1f} s saved per Train run)"
+    )
 
 
 if __name__ == "__main__":

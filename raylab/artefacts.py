@@ -55,7 +55,11 @@ def _array_header(path: Path) -> dict[str, object] | None:
 def write_manifest(directory: Path, names: Iterable[str] | None = None) -> Path:
     """Record every file of ``directory`` (or ``names``): call it after the last file is written."""
     directory = Path(directory)
-    files = sorted(names) if names is not None else sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    files = (
+        sorted(names)
+        if names is not None
+        else sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    )
     entries = {}
     for name in files:
         path = directory / name
@@ -84,9 +88,13 @@ def verify(directory: Path, names: Iterable[str] | None = None) -> None:
             raise CorruptArtefactError(f"{path}: missing (listed in {manifest_path})")
         size = path.stat().st_size
         if size != expected["bytes"]:
-            raise CorruptArtefactError(f"{path}: {size} bytes, the manifest says {expected['bytes']} (truncated or replaced)")
+            raise CorruptArtefactError(
+                f"{path}: {size} bytes, the manifest says {expected['bytes']} (truncated or replaced)"
+            )
         if file_digest(path) != expected["sha256"]:
-            raise CorruptArtefactError(f"{path}: checksum differs from its manifest (the file changed after it was written)")
+            raise CorruptArtefactError(
+                f"{path}: checksum differs from its manifest (the file changed after it was written)"
+            )
 
 
 def discard(directory: Path, error: Exception) -> None:

@@ -16,43 +16,89 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser("ui", help="open the MLflow UI on raylab's tracking store (bound to 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the UI to the network")
-    ui.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the store jobs write, see `raylab report --help`)")
+    ui.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: the store jobs write, see `raylab report --help`)",
+    )
     report = commands.add_parser("report", help="write a self-contained HTML comparison of a sweep's MLflow runs")
     report.add_argument("experiment", help="experiment name, e.g. meds_sweep or raylab/meds_sweep")
     report.add_argument("-o", "--output", default=None, help="HTML file to write (default: report-<experiment>.html)")
     report.add_argument("--run", default=None, help="parent run name or id of the sweep (default: the latest sweep)")
     report.add_argument(
-        "--tracking-uri", default=None,
+        "--tracking-uri",
+        default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db or $RAYLAB_HOME/mlflow.db, "
         "else the ~/.raylab/mlflow.db that `ray job submit` jobs write; an mlruns.db of older versions beside either)",
     )
-    predict = commands.add_parser("predict", help="score a folder or Parquet file of images with a logged model, on Ray Data")
-    predict.add_argument("model_uri", help="an MLflow model URI: models:/<id>, models:/<name>@<alias>, runs:/<run>/<name>")
-    predict.add_argument("--input", required=True, help="a folder of images (searched recursively) or a .parquet file with an 'image' column")
-    predict.add_argument("--output", required=True, help="folder for the Parquet results and overlays (a re-run skips chunks already scored)")
+    predict = commands.add_parser(
+        "predict", help="score a folder or Parquet file of images with a logged model, on Ray Data"
+    )
+    predict.add_argument(
+        "model_uri", help="an MLflow model URI: models:/<id>, models:/<name>@<alias>, runs:/<run>/<name>"
+    )
+    predict.add_argument(
+        "--input",
+        required=True,
+        help="a folder of images (searched recursively) or a .parquet file with an 'image' column",
+    )
+    predict.add_argument(
+        "--output",
+        required=True,
+        help="folder for the Parquet results and overlays (a re-run skips chunks already scored)",
+    )
     predict.add_argument("--actors", type=int, default=1, help="scoring actors in the pool (each loads the model once)")
-    predict.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each actor asks for (and its torch threads)")
+    predict.add_argument(
+        "--cpus-per-actor", type=float, default=1.0, help="CPUs each actor asks for (and its torch threads)"
+    )
     predict.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs each actor asks for (0: score on CPU)")
     predict.add_argument("--chunk-size", type=int, default=64, help="images per result file, the unit of resuming")
-    predict.add_argument("--overlays", choices=("anomalous", "all", "none"), default="anomalous", help="which images get a heat-map PNG")
-    predict.add_argument("--tracking-uri", default=None, help="MLflow tracking URI the model is read from (default: raylab's store)")
-    serve_cmd = commands.add_parser("serve", help="serve a logged model over HTTP on Ray Serve (POST /predict, GET /healthz, GET /model)")
+    predict.add_argument(
+        "--overlays", choices=("anomalous", "all", "none"), default="anomalous", help="which images get a heat-map PNG"
+    )
+    predict.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI the model is read from (default: raylab's store)"
+    )
+    serve_cmd = commands.add_parser(
+        "serve", help="serve a logged model over HTTP on Ray Serve (POST /predict, GET /healthz, GET /model)"
+    )
     serve_cmd.add_argument("model_uri", help="an MLflow model URI, e.g. models:/magnetic-tile@champion")
-    serve_cmd.add_argument("--host", default="127.0.0.1", help="interface the HTTP proxy binds; 0.0.0.0 exposes it to the network")
+    serve_cmd.add_argument(
+        "--host", default="127.0.0.1", help="interface the HTTP proxy binds; 0.0.0.0 exposes it to the network"
+    )
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument("--min-replicas", type=int, default=1)
-    serve_cmd.add_argument("--max-replicas", type=int, default=1, help="above --min-replicas, replicas scale on queued requests")
+    serve_cmd.add_argument(
+        "--max-replicas", type=int, default=1, help="above --min-replicas, replicas scale on queued requests"
+    )
     serve_cmd.add_argument("--cpus-per-replica", type=float, default=1.0)
     serve_cmd.add_argument("--gpus-per-replica", type=float, default=0.0)
     serve_cmd.add_argument("--max-batch-size", type=int, default=8, help="images scored in one backbone pass")
-    serve_cmd.add_argument("--batch-wait-timeout", type=float, default=0.01, help="seconds a request waits for batch-mates")
-    serve_cmd.add_argument("--tracking-uri", default=None, help="MLflow tracking URI the model is read from (default: raylab's store)")
-    promote_cmd = commands.add_parser("promote", help="register a sweep's best model in the MLflow Model Registry under an alias")
+    serve_cmd.add_argument(
+        "--batch-wait-timeout", type=float, default=0.01, help="seconds a request waits for batch-mates"
+    )
+    serve_cmd.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI the model is read from (default: raylab's store)"
+    )
+    promote_cmd = commands.add_parser(
+        "promote", help="register a sweep's best model in the MLflow Model Registry under an alias"
+    )
     promote_cmd.add_argument("experiment", help="job experiment, e.g. patchcore_eval or raylab/meds_sweep")
     promote_cmd.add_argument("--metric", required=True, help="metric that ranks the runs, e.g. image_auroc")
     promote_cmd.add_argument("--mode", choices=("max", "min"), default="max")
-    promote_cmd.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="only runs with this setting tag (repeatable), e.g. noise_ratio=0.4 method=meds")
-    promote_cmd.add_argument("--class", dest="class_name", default=None, help="the class whose model to register (runs hold one model per class)")
+    promote_cmd.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this setting tag (repeatable), e.g. noise_ratio=0.4 method=meds",
+    )
+    promote_cmd.add_argument(
+        "--class",
+        dest="class_name",
+        default=None,
+        help="the class whose model to register (runs hold one model per class)",
+    )
     promote_cmd.add_argument("--name", required=True, help="registered model name")
     promote_cmd.add_argument("--alias", default="champion")
     promote_cmd.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: raylab's store)")
@@ -98,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
         try:
-            options = PredictOptions(args.actors, args.cpus_per_actor, args.gpus_per_actor, args.chunk_size, args.overlays)
+            options = PredictOptions(
+                args.actors, args.cpus_per_actor, args.gpus_per_actor, args.chunk_size, args.overlays
+            )
         except ValueError as error:
             parser.error(str(error))
         print(json.dumps(score_images(args.model_uri, args.input, args.output, options)))
@@ -117,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         configure()
         try:
             where = parse_filters(args.where)
-            done = promote(args.experiment, args.metric, name=args.name, alias=args.alias, mode=args.mode, where=where, class_name=args.class_name)
+            done = promote(
+                args.experiment,
+                args.metric,
+                name=args.name,
+                alias=args.alias,
+                mode=args.mode,
+                where=where,
+                class_name=args.class_name,
+            )
         except (ValueError, LookupError) as error:
             parser.exit(2, f"raylab promote: {error}\n")
         print(json.dumps({**done.__dict__, "serve": f"raylab serve {done.registry_uri()}"}))
@@ -146,8 +202,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     configure()
     try:
         options = ServeOptions(
-            args.host, args.port, args.min_replicas, args.max_replicas, args.cpus_per_replica, args.gpus_per_replica,
-            args.max_batch_size, args.batch_wait_timeout,
+            args.host,
+            args.port,
+            args.min_replicas,
+            args.max_replicas,
+            args.cpus_per_replica,
+            args.gpus_per_replica,
+            args.max_batch_size,
+            args.batch_wait_timeout,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -157,7 +219,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    print(f"raylab serve: {args.model_uri} at {url} (POST {url}/predict, GET {url}/healthz, GET {url}/model); Ctrl-C stops it", file=sys.stderr)
+    print(
+        f"raylab serve: {args.model_uri} at {url} (POST {url}/predict, GET {url}/healthz, GET {url}/model); Ctrl-C stops it",
+        file=sys.stderr,
+    )
     stop.wait()
     from ray import serve
 
@@ -182,8 +247,11 @@ def reading_stores() -> list[str]:
     existing = [db for db in candidates if db.exists()]
     ordered = existing or candidates[:1]
     if len(existing) > 1:
-        print(f"raylab: reading {existing[0]}; runs are also in {', '.join(map(str, existing[1:]))} "
-              "(choose with --tracking-uri sqlite:///PATH)", file=sys.stderr)
+        print(
+            f"raylab: reading {existing[0]}; runs are also in {', '.join(map(str, existing[1:]))} "
+            "(choose with --tracking-uri sqlite:///PATH)",
+            file=sys.stderr,
+        )
     return [f"sqlite:///{db}" for db in ordered]
 
 

@@ -54,7 +54,9 @@ class _Yaml12Loader(yaml.SafeLoader):
 
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?[0-9][0-9_]*\.[0-9_]*$|^[-+]?\.[0-9_]+$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?[0-9][0-9_]*\.[0-9_]*$|^[-+]?\.[0-9_]+$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+    ),
     list("-+0123456789."),
 )
 
@@ -93,7 +95,9 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], *, where: str = "confi
     unknown = sorted(set(values) - names)
     if unknown:
         raise UnknownKeyError(f"{where}: unknown keys {unknown} for {cls.__name__}; known: {sorted(names)}")
-    updates = {name: _convert(hints[name], value, join_key(where, name), getattr(base, name)) for name, value in values.items()}
+    updates = {
+        name: _convert(hints[name], value, join_key(where, name), getattr(base, name)) for name, value in values.items()
+    }
     try:
         return dataclasses.replace(base, **updates)
     except ConfigError as error:  # a range check of cls.__post_init__: "key: message"

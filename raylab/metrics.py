@@ -40,20 +40,47 @@ class MetricSpec:
         return (f"{base}_total",) if self.kind == "counter" else (base,)
 
 
-FEATURE_IMAGES = MetricSpec("raylab_feature_images", "counter", "images through patch-feature extraction", ("backbone",))
-FEATURE_SECONDS = MetricSpec("raylab_feature_seconds", "counter", "seconds spent in backbone forward passes", ("backbone",))
-BANK_VECTORS = MetricSpec("raylab_memory_bank_vectors", "gauge", "vectors in the most recently filled memory bank of a process", ("metric", "device"))
+FEATURE_IMAGES = MetricSpec(
+    "raylab_feature_images", "counter", "images through patch-feature extraction", ("backbone",)
+)
+FEATURE_SECONDS = MetricSpec(
+    "raylab_feature_seconds", "counter", "seconds spent in backbone forward passes", ("backbone",)
+)
+BANK_VECTORS = MetricSpec(
+    "raylab_memory_bank_vectors",
+    "gauge",
+    "vectors in the most recently filled memory bank of a process",
+    ("metric", "device"),
+)
 BANK_ADDED = MetricSpec("raylab_memory_bank_added", "counter", "vectors added to memory banks", ("metric", "device"))
-BANK_QUERIES = MetricSpec("raylab_memory_bank_queries", "counter", "query vectors searched in memory banks", ("metric", "device"))
-BANK_SEARCH_SECONDS = MetricSpec("raylab_memory_bank_search_seconds", "counter", "seconds spent in memory-bank searches", ("metric", "device"))
+BANK_QUERIES = MetricSpec(
+    "raylab_memory_bank_queries", "counter", "query vectors searched in memory banks", ("metric", "device")
+)
+BANK_SEARCH_SECONDS = MetricSpec(
+    "raylab_memory_bank_search_seconds", "counter", "seconds spent in memory-bank searches", ("metric", "device")
+)
 TRAIN_EPOCH = MetricSpec("raylab_train_epoch", "gauge", "last epoch reported by a Ray Train run (rank 0)", ("run",))
-TRAIN_METRIC = MetricSpec("raylab_train_metric", "gauge", "metrics reported by a Ray Train run (rank 0), e.g. its loss", ("run", "metric"))
+TRAIN_METRIC = MetricSpec(
+    "raylab_train_metric", "gauge", "metrics reported by a Ray Train run (rank 0), e.g. its loss", ("run", "metric")
+)
 RUN_METRIC = MetricSpec(
-    "raylab_run_metric", "gauge", "metrics logged to MLflow runs (trial results)",
+    "raylab_run_metric",
+    "gauge",
+    "metrics logged to MLflow runs (trial results)",
     ("job", "method", "dataset", "noise_ratio", "seed", "metric"),
 )
 
-ALL = (FEATURE_IMAGES, FEATURE_SECONDS, BANK_VECTORS, BANK_ADDED, BANK_QUERIES, BANK_SEARCH_SECONDS, TRAIN_EPOCH, TRAIN_METRIC, RUN_METRIC)
+ALL = (
+    FEATURE_IMAGES,
+    FEATURE_SECONDS,
+    BANK_VECTORS,
+    BANK_ADDED,
+    BANK_QUERIES,
+    BANK_SEARCH_SECONDS,
+    TRAIN_EPOCH,
+    TRAIN_METRIC,
+    RUN_METRIC,
+)
 
 _instances: dict[str, Any] = {}
 

@@ -51,7 +51,10 @@ class Resources:
 
     @property
     def uses_accelerator(self) -> bool:
-        return max(self.accelerators_per_train_worker, self.accelerators_per_extraction_actor, self.accelerators_per_task) > 0
+        return (
+            max(self.accelerators_per_train_worker, self.accelerators_per_extraction_actor, self.accelerators_per_task)
+            > 0
+        )
 
     def ray_options(self, accelerators: float, cpus: float | None = None) -> dict[str, Any]:
         """``.options(...)`` / ``map_batches(...)`` keywords asking for ``accelerators`` of this kind."""
@@ -83,8 +86,13 @@ class Resources:
 def gpu_profile(accelerator: str = "GPU", workers: int = 1) -> Resources:
     """One accelerator per Train worker, extraction actor and search task; ``workers`` of each at once."""
     return Resources(
-        accelerator=accelerator, accelerators_per_train_worker=1.0, extraction_actors=workers,
-        accelerators_per_extraction_actor=1.0, task_slots=workers, accelerators_per_task=1.0, max_concurrent_trials=workers,
+        accelerator=accelerator,
+        accelerators_per_train_worker=1.0,
+        extraction_actors=workers,
+        accelerators_per_extraction_actor=1.0,
+        task_slots=workers,
+        accelerators_per_task=1.0,
+        max_concurrent_trials=workers,
     )
 
 

@@ -40,7 +40,9 @@ def _live_bytes_mode() -> Any:
             out = func(*args, **(kwargs or {}))
             # A view or an in-place result shares an input's storage (a weight's transpose,
             # a reshaped activation): it allocates nothing.
-            inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+            inputs = {
+                t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+            }
             for tensor in tree_flatten(out)[0]:
                 if not isinstance(tensor, torch.Tensor):
                     continue
@@ -58,7 +60,9 @@ def _live_bytes_mode() -> Any:
     return LiveBytes()
 
 
-def step_peak_bytes(build: Callable[[], Any], step: Callable[[Any], Any], *, train: bool, optimizer_moments: int = 0) -> int:
+def step_peak_bytes(
+    build: Callable[[], Any], step: Callable[[Any], Any], *, train: bool, optimizer_moments: int = 0
+) -> int:
     """Peak device bytes of one step of the module ``build()`` makes.
 
     ``step(module)`` makes its own inputs (they are created on the meta device) and returns the

@@ -97,7 +97,7 @@ def in_ray_session(cwd: Path | None = None) -> bool:
     if any(here == root or root in here.parents for root in ray_temp_roots()):
         return True
     parts = here.parts
-    return any(_SESSION_DIR.match(part) and "runtime_resources" in parts[i + 1:] for i, part in enumerate(parts))
+    return any(_SESSION_DIR.match(part) and "runtime_resources" in parts[i + 1 :] for i, part in enumerate(parts))
 
 
 def persistent_root() -> Path:
@@ -137,12 +137,18 @@ def _announce(root: Root) -> None:
     if root.path in _announced or _in_ray_worker():
         return
     _announced.add(root.path)
-    why = (f"${HOME_ENV}" if root.reason == HOME_ENV
-           else f"the working directory is Ray's temporary folder; set ${HOME_ENV} to choose")
+    why = (
+        f"${HOME_ENV}"
+        if root.reason == HOME_ENV
+        else f"the working directory is Ray's temporary folder; set ${HOME_ENV} to choose"
+    )
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.tracking_db}"
     cache = os.environ.get("RAYLAB_CACHE_DIR") or root.cache_dir
-    print(f"raylab: results go to {root.path} ({why}): MLflow {tracking}, caches and Tune state {cache}",
-          file=sys.stderr, flush=True)
+    print(
+        f"raylab: results go to {root.path} ({why}): MLflow {tracking}, caches and Tune state {cache}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def tracking_db_candidates() -> list[Path]:

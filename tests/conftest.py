@@ -90,7 +90,9 @@ def meds_smoke_runs(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("meds-smoke")
     first = run_meds_smoke(["--noise-ratios", "0"], out / "first.json")
     changed = run_meds_smoke(["--noise-ratios", "0.2"], out / "changed.json")
-    train_runs = sorted(p.name for p in (cache_root() / "ray_results").iterdir() if p.name.startswith(first["name"] + "-"))
+    train_runs = sorted(
+        p.name for p in (cache_root() / "ray_results").iterdir() if p.name.startswith(first["name"] + "-")
+    )
     again = run_meds_smoke(["--noise-ratios", "0"], out / "again.json")
     return {"first": first, "changed": changed, "again": again, "train_runs": train_runs}
 

@@ -33,7 +33,12 @@ def task_nodes(name_part: str, seen: set[str], expected: int) -> dict[str, str]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for task in list_tasks(address=DASHBOARD, limit=10000, raise_on_missing_output=False):
-            if name_part in (task.name or "") and "__init__" not in task.name and task.task_id not in seen and task.node_id:
+            if (
+                name_part in (task.name or "")
+                and "__init__" not in task.name
+                and task.task_id not in seen
+                and task.node_id
+            ):
                 found[task.task_id] = task.node_id
         if len(found) >= expected:
             break

@@ -52,10 +52,14 @@ def _tail(log: Path, chars: int = 4000) -> str:
 
 
 @contextlib.contextmanager
-def process_group(command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+def process_group(
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen]:
     """Run ``command`` as the leader of a new process group; on exit stop that group only."""
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -161,7 +165,9 @@ def auth_headers() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout: float = 300.0, attempts: int = 2) -> Iterator[RayHead]:
+def ray_head(
+    num_cpus: int = 2, env: dict[str, str] | None = None, timeout: float = 300.0, attempts: int = 2
+) -> Iterator[RayHead]:
     """``ray start --head --block`` on loopback and free ports; stopped by its own process group.
 
     ``ray start`` gives its raylet 30 s to register with the GCS; on a machine loaded far
@@ -172,13 +178,28 @@ def ray_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout: floa
         ports = {
             name: free_port()
             for name in (
-                "port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+                "port",
+                "dashboard-port",
+                "ray-client-server-port",
+                "node-manager-port",
+                "object-manager-port",
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+                "metrics-export-port",
             )
         }
         command = [
-            str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--num-cpus={num_cpus}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
             *(f"--{name}={port}" for name, port in ports.items()),
         ]
         log = temp_dir / "head.log"
@@ -200,8 +221,18 @@ def mlflow_server(root: Path, timeout: float = 300.0) -> Iterator[str]:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
     ]
     log = root / "mlflow-server.log"
     with process_group(command, log, env=dict(os.environ)) as process:

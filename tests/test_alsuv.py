@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from raylab.methods.alsuv.attack import METHODS, pseudo_target_select, run_attack, select_outputs
-from raylab.methods.alsuv.config import AttackConfig, EncoderConfig, EncoderTrainConfig, FaceCropConfig, GanTrainConfig, InversionConfig
+from raylab.methods.alsuv.config import (
+    AttackConfig,
+    EncoderConfig,
+    EncoderTrainConfig,
+    FaceCropConfig,
+    GanTrainConfig,
+    InversionConfig,
+)
 from raylab.methods.alsuv.encoders import FaceEncoder, build_backbone, load_mobilefacenet, make_encoder
 from raylab.methods.alsuv.faces import NotAFaceError, check_face_like
 from raylab.methods.alsuv.inversion import invert_image, invert_targets, pixel_errors
@@ -44,11 +51,29 @@ def test_rosinality_layout_keys_and_shapes():
     """The state dict uses the rosinality/stylegan2-pytorch names (what FFHQ checkpoints contain)."""
     state = Generator(TINY).state_dict()
     expected = {f"style.{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
-    expected |= {"input.input", "to_rgb1.bias", "to_rgb1.conv.weight", "to_rgb1.conv.modulation.weight", "to_rgb1.conv.modulation.bias"}
-    expected |= {f"conv1.{p}" for p in ("conv.weight", "conv.modulation.weight", "conv.modulation.bias", "noise.weight", "activate.bias")}
+    expected |= {
+        "input.input",
+        "to_rgb1.bias",
+        "to_rgb1.conv.weight",
+        "to_rgb1.conv.modulation.weight",
+        "to_rgb1.conv.modulation.bias",
+    }
+    expected |= {
+        f"conv1.{p}"
+        for p in ("conv.weight", "conv.modulation.weight", "conv.modulation.bias", "noise.weight", "activate.bias")
+    }
     for j in range(TINY.log_size - 2):  # one upsampling conv pair and one ToRGB per resolution above 4
         for k in (2 * j, 2 * j + 1):
-            expected |= {f"convs.{k}.{p}" for p in ("conv.weight", "conv.modulation.weight", "conv.modulation.bias", "noise.weight", "activate.bias")}
+            expected |= {
+                f"convs.{k}.{p}"
+                for p in (
+                    "conv.weight",
+                    "conv.modulation.weight",
+                    "conv.modulation.bias",
+                    "noise.weight",
+                    "activate.bias",
+                )
+            }
         expected |= {f"convs.{2 * j}.conv.blur.kernel", f"to_rgbs.{j}.upsample.kernel", f"to_rgbs.{j}.bias"}
         expected |= {f"to_rgbs.{j}.conv.{p}" for p in ("weight", "modulation.weight", "modulation.bias")}
     expected |= {f"noises.noise_{i}" for i in range(TINY.num_layers)}
@@ -75,7 +100,9 @@ def test_loaded_checkpoint_reproduces_saved_output(tmp_path):
             param.data.fill_(0.5)
     latent_avg = generator.mean_latent(128)
     with torch.no_grad():
-        w = generator.broadcast(generator.mapping(torch.randn(3, TINY.style_dim, generator=torch.Generator().manual_seed(7))))
+        w = generator.broadcast(
+            generator.mapping(torch.randn(3, TINY.style_dim, generator=torch.Generator().manual_seed(7)))
+        )
         saved = generator.synthesis(generator.truncate(w, 0.8, latent_avg), noise_mode="const")
     path = save_rosinality(tmp_path / "g.pt", generator, latent_avg=latent_avg)
     torch.save({"w": w, "image": saved}, tmp_path / "reference.pt")
@@ -121,7 +148,9 @@ def test_averaged_latent_is_the_mean_of_the_recorded_iterates():
     assert not torch.allclose(batch.averaged, batch.last)
     # The optimisation moves towards the target: the last iterate's cosine beats the start's.
     with torch.no_grad():
-        start = torch.nn.functional.cosine_similarity(source(renderer(renderer.generator.broadcast(renderer.initial_latents(3, 0)))), target[None])
+        start = torch.nn.functional.cosine_similarity(
+            source(renderer(renderer.generator.broadcast(renderer.initial_latents(3, 0)))), target[None]
+        )
     assert float(batch.cosine_last.mean()) > float(start.mean())
 
 
@@ -152,8 +181,12 @@ def test_pseudo_target_picks_the_planted_candidate():
     assert pseudo_target_select(canvas, source_cosine, _pixel_encoder(), top_k=1) == 1  # k = 1 is best-by-source
     # Through select_outputs: alsuv (averaged + pseudo target), best_by_source and single_search differ as planted.
     batch = SearchBatch(
-        last=torch.zeros(6, 1), averaged=torch.zeros(6, 1), canvas_last=canvas.flip(0), canvas_averaged=canvas,
-        cosine_last=source_cosine.flip(0), cosine_averaged=source_cosine,
+        last=torch.zeros(6, 1),
+        averaged=torch.zeros(6, 1),
+        canvas_last=canvas.flip(0),
+        canvas_averaged=canvas,
+        cosine_last=source_cosine.flip(0),
+        cosine_averaged=source_cosine,
     )
     chosen = select_outputs(batch, _pixel_encoder(), AttackConfig(num_searches=6, top_k=3))
     assert set(chosen) == set(METHODS)
@@ -197,7 +230,9 @@ def test_pixel_inversion_recovers_a_face_the_generator_can_render(ray_session):
     together = invert_targets(faces.numpy(), renderer, config, seed=0)
     apart = invert_targets(faces.numpy(), renderer, dataclasses.replace(config, searches_per_task=1), seed=0)
     assert [inv.start for inv in together] == [inv.start for inv in apart]
-    assert together[0].start == int(torch.argmin(errors)) and together[0].pixel_mse == pytest.approx(float(errors.min()), rel=1e-4)
+    assert together[0].start == int(torch.argmin(errors)) and together[0].pixel_mse == pytest.approx(
+        float(errors.min()), rel=1e-4
+    )
     for a, b in zip(together, apart):
         np.testing.assert_allclose(a.canvas, b.canvas, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(3, 8, 8\) canvas, got \(3, 16, 16\)"):
@@ -208,7 +243,8 @@ def _rows(encoder: str, type1: dict[str, list[float]]) -> list[dict]:
     """Summary-like rows: one per method and seed, with the given type-1 values."""
     return [
         {"method": method, "encoder": encoder, "seed": seed, "metrics": {"type1_far1e-2": value, "type1_far1e-3": 0.0}}
-        for method, values in type1.items() for seed, value in enumerate(values)
+        for method, values in type1.items()
+        for seed, value in enumerate(values)
     ]
 
 
@@ -216,22 +252,42 @@ def test_verdict_names_the_ceiling_and_the_floor():
     rule = {"encoder": "mobilefacenet", "metric": "type1_far1e-2", "ceiling": 0.5}
     attacks_zero = {m: [0.0, 0.0] for m in METHODS}
     # The audited case: the ceiling itself is 0 on the real encoder, every attack too.
-    low = informative_verdict(_rows("mobilefacenet", {**attacks_zero, "pixel_inversion": [0.0, 0.1]}) + _rows("resnet10t", {
-        **{m: [0.9, 0.9] for m in METHODS}, "pixel_inversion": [1.0, 1.0]}), **rule)
+    low = informative_verdict(
+        _rows("mobilefacenet", {**attacks_zero, "pixel_inversion": [0.0, 0.1]})
+        + _rows("resnet10t", {**{m: [0.9, 0.9] for m in METHODS}, "pixel_inversion": [1.0, 1.0]}),
+        **rule,
+    )
     assert low["informative"] is False
-    assert "only 0.050 type1_far1e-2 on mobilefacenet (< 0.5)" in low["reason"] and "every attack method is at 0" in low["reason"]
+    assert (
+        "only 0.050 type1_far1e-2 on mobilefacenet (< 0.5)" in low["reason"]
+        and "every attack method is at 0" in low["reason"]
+    )
     # A high ceiling but attacks all at the floor: still nothing to compare.
     floor = informative_verdict(_rows("mobilefacenet", {**attacks_zero, "pixel_inversion": [0.8, 0.9]}), **rule)
-    assert floor["informative"] is False and "every attack method is at 0" in floor["reason"] and "pixel inversion" not in floor["reason"]
+    assert (
+        floor["informative"] is False
+        and "every attack method is at 0" in floor["reason"]
+        and "pixel inversion" not in floor["reason"]
+    )
     # A ceiling just under the gate with attacks above 0: the ceiling alone decides.
-    under = informative_verdict(_rows("mobilefacenet", {**{m: [0.1, 0.2] for m in METHODS}, "pixel_inversion": [0.5, 0.4]}), **rule)
+    under = informative_verdict(
+        _rows("mobilefacenet", {**{m: [0.1, 0.2] for m in METHODS}, "pixel_inversion": [0.5, 0.4]}), **rule
+    )
     assert under["informative"] is False and "0.450" in under["reason"] and "every attack" not in under["reason"]
     # Both gates passed: informative, the numbers named.
-    ok = informative_verdict(_rows("mobilefacenet", {"alsuv": [0.3, 0.2], "single_search": [0.0, 0.0], "pixel_inversion": [0.6, 0.5]}), **rule)
-    assert ok["informative"] is True and "pixel_inversion reaches 0.550" in ok["reason"] and "alsuv 0.250" in ok["reason"]
+    ok = informative_verdict(
+        _rows("mobilefacenet", {"alsuv": [0.3, 0.2], "single_search": [0.0, 0.0], "pixel_inversion": [0.6, 0.5]}),
+        **rule,
+    )
+    assert (
+        ok["informative"] is True and "pixel_inversion reaches 0.550" in ok["reason"] and "alsuv 0.250" in ok["reason"]
+    )
     # No ceiling row, or no rows on the encoder at all: not informative, said so.
     assert "no pixel_inversion row" in informative_verdict(_rows("mobilefacenet", {"alsuv": [0.3]}), **rule)["reason"]
-    assert informative_verdict(_rows("resnet10t", {"alsuv": [0.3], "pixel_inversion": [1.0]}), **rule)["informative"] is False
+    assert (
+        informative_verdict(_rows("resnet10t", {"alsuv": [0.3], "pixel_inversion": [1.0]}), **rule)["informative"]
+        is False
+    )
 
 
 # ------------------------------------------------------------------------ faces and encoders
@@ -277,13 +333,17 @@ def test_stylegan2_and_encoder_training_on_ray_train(ray_session, tmp_path):
 
     rng = np.random.default_rng(0)
     images = np.tanh(rng.normal(size=(12, 3, 8, 8))).astype(np.float32)
-    train = GanTrainConfig(iterations=3, batch_size=4, num_workers=2, checkpoint_every=3, d_reg_every=2, g_reg_every=2, ema_kimg=0.01)
+    train = GanTrainConfig(
+        iterations=3, batch_size=4, num_workers=2, checkpoint_every=3, d_reg_every=2, g_reg_every=2, ema_kimg=0.01
+    )
     first = train_generator(images, TINY, train, storage_path=str(tmp_path), mean_latent_samples=64)
     assert first.path.name == "generator.pt" and first.metrics["iteration"] == 2
     assert np.isfinite([first.metrics["d_loss"], first.metrics["g_loss"]]).all()
     torch.manual_seed(train.seed)
     initial = Generator(TINY)
-    assert not torch.equal(initial.state_dict()["convs.0.conv.weight"], first.generator.state_dict()["convs.0.conv.weight"])
+    assert not torch.equal(
+        initial.state_dict()["convs.0.conv.weight"], first.generator.state_dict()["convs.0.conv.weight"]
+    )
     again = train_generator(images, TINY, train, storage_path=str(tmp_path))  # cached: no new run
     assert again.path == first.path and torch.equal(again.latent_avg, first.latent_avg)
 
@@ -304,10 +364,15 @@ def test_margin_logits_by_hand():
     torch.testing.assert_close(logits, torch.tensor([[10 * np.cos(0.8), 10 * np.sin(0.3)]], dtype=torch.float32))
     # Past theta = pi - m the ArcFace logit falls back to cos(theta) - m sin(m) (stays monotone).
     far = torch.tensor([[np.cos(2.9), np.sin(2.9)]], dtype=torch.float32)
-    torch.testing.assert_close(head(far, torch.tensor([0]))[0, 0], torch.tensor(10 * (np.cos(2.9) - 0.5 * np.sin(0.5)), dtype=torch.float32))
+    torch.testing.assert_close(
+        head(far, torch.tensor([0]))[0, 0], torch.tensor(10 * (np.cos(2.9) - 0.5 * np.sin(0.5)), dtype=torch.float32)
+    )
     cosface = MarginHead(2, 2, loss="cosface", margin=0.35, scale=10.0)
     cosface.weight.data = head.weight.data.clone()
-    torch.testing.assert_close(cosface(embedding, torch.tensor([1])), torch.tensor([[10 * np.cos(0.3), 10 * (np.sin(0.3) - 0.35)]], dtype=torch.float32))
+    torch.testing.assert_close(
+        cosface(embedding, torch.tensor([1])),
+        torch.tensor([[10 * np.cos(0.3), 10 * (np.sin(0.3) - 0.35)]], dtype=torch.float32),
+    )
 
 
 # ------------------------------------------------------------------------ the job
@@ -335,7 +400,9 @@ class _Tripwire(nn.Module):
 
 @pytest.mark.e2e
 @pytest.mark.shared_data
-def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session, shared_data, shared_weights, tmp_path, monkeypatch):
+def test_job_contract_and_unseen_encoders_never_called_during_search(
+    ray_session, shared_data, shared_weights, tmp_path, monkeypatch
+):
     # The job imports these inside its functions (its --help stays torch-free): patch them at home.
     import raylab.methods.alsuv.attack as attack_module
     import raylab.methods.alsuv.encoders as encoders_module
@@ -350,14 +417,28 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     config = {
         # The config describes the file it loads; its whole 8 px output is the face, on an 8 px canvas.
         "data": {"canvas": {"size": 8}},
-        "generator": {"checkpoint": str(tmp_path / "g.pt"), "model": dataclasses.asdict(TINY), "crop": {"size_fraction": 1.0, "v_offset_fraction": 0.0}},
+        "generator": {
+            "checkpoint": str(tmp_path / "g.pt"),
+            "model": dataclasses.asdict(TINY),
+            "crop": {"size_fraction": 1.0, "v_offset_fraction": 0.0},
+        },
         "encoders": {
             "source": {**encoder, "weights": str(tmp_path / "source.pt")},
             "validation": {**encoder, "weights": str(tmp_path / "validation.pt")},
             # Two unseen encoders (MobileFaceNet has its own test above; here it would only cost time).
-            "unseen": {"other": {**encoder, "weights": str(tmp_path / "other.pt")}, "other_b": {**encoder, "weights": str(tmp_path / "other_b.pt")}},
+            "unseen": {
+                "other": {**encoder, "weights": str(tmp_path / "other.pt")},
+                "other_b": {**encoder, "weights": str(tmp_path / "other_b.pt")},
+            },
         },
-        "quick": {"max_targets": 2, "num_searches": 4, "searches_per_task": 2, "iterations": 2, "top_k": 2, "inversion_steps": 3},
+        "quick": {
+            "max_targets": 2,
+            "num_searches": 4,
+            "searches_per_task": 2,
+            "iterations": 2,
+            "top_k": 2,
+            "inversion_steps": 3,
+        },
         "evaluation": {"verdict_encoder": "other"},
     }
     path = tmp_path / "alsuv.yaml"
@@ -387,10 +468,24 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     monkeypatch.setattr(encoders_module, "make_encoder", make)
     monkeypatch.setattr(attack_module, "run_attack", attack)
     out = tmp_path / "out.json"
-    result = run(get_experiment("alsuv_attack"), [
-        "--dataset", "orl", "--data-root", str(shared_data), "--weights-root", str(shared_weights),
-        "--config", str(path), "--quick", "--seeds", "0,1", "--summary-json", str(out),
-    ])
+    result = run(
+        get_experiment("alsuv_attack"),
+        [
+            "--dataset",
+            "orl",
+            "--data-root",
+            str(shared_data),
+            "--weights-root",
+            str(shared_weights),
+            "--config",
+            str(path),
+            "--quick",
+            "--seeds",
+            "0,1",
+            "--summary-json",
+            str(out),
+        ],
+    )
     assert len(wires) == 2 and all(w.calls > 0 for w in wires)  # they did evaluate, outside the attack
     summary = json.loads(out.read_text())
     assert summary["job"] == "alsuv_attack"
@@ -403,7 +498,12 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     for row in rows:
         for key in ("type1_far1e-2", "type1_far1e-3", "type2_far1e-2", "type2_far1e-3", "rank1"):
             assert 0.0 <= row["metrics"][key] <= 1.0
-        assert "noise_ratio" not in row and row["targets"] == 2 and -1.0 <= row["source_cosine"] <= 1.0 and 0.0 <= row["pixel_mse"] <= 4.0
+        assert (
+            "noise_ratio" not in row
+            and row["targets"] == 2
+            and -1.0 <= row["source_cosine"] <= 1.0
+            and 0.0 <= row["pixel_mse"] <= 4.0
+        )
         assert set(row["verification"]) == {"other", "other_b", "source", "validation"}
     assert {"alsuv", "pixel_inversion"} <= set(result["table"]["method"].tolist())
     # The verdict is the rule applied to these very rows, in the summary and on the console.
@@ -411,7 +511,9 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
 
     assert summary["verdict"] == rule(rows, encoder="other", metric="type1_far1e-2", ceiling=0.5)
     assert f"verdict: {summary['verdict']['reason']}" in result["text"]
-    assert result["text"].startswith("ALSUV on orl: 2 targets from 10 held-out identities, N=4 searches x 2 iterations, seeds [0, 1]")
+    assert result["text"].startswith(
+        "ALSUV on orl: 2 targets from 10 held-out identities, N=4 searches x 2 iterations, seeds [0, 1]"
+    )
 
     # MLflow: the shared models run (logged once, by the first seed's trial), one attack run
     # per seed and one run per method x seed, all nested under the sweep's parent run.
@@ -424,16 +526,26 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.info.run_name == result["name"])
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-    assert children == sorted(["models", "attack-s0", "attack-s1", *(f"{m}-s{s}" for m in (*METHODS, "pixel_inversion") for s in (0, 1))])
+    assert children == sorted(
+        ["models", "attack-s0", "attack-s1", *(f"{m}-s{s}" for m in (*METHODS, "pixel_inversion") for s in (0, 1))]
+    )
     models = next(r for r in runs if r.info.run_name == "models")
     assert models.data.metrics["generator_loaded"] == 1.0 and models.data.metrics["data/held_out_identities"] == 10
-    assert {"generator_samples.png", "targets.txt", "generator.txt"} <= {a.path for a in client.list_artifacts(models.info.run_id)}
+    assert {"generator_samples.png", "targets.txt", "generator.txt"} <= {
+        a.path for a in client.list_artifacts(models.info.run_id)
+    }
     # The search reports each seed's final cosines (no per-iteration curve): one value per
     # seed's attack run, at step 0, never the seed posing as a step.
     for seed in (0, 1):
         attack_run = next(r for r in runs if r.info.run_name == f"attack-s{seed}")
         assert attack_run.data.tags["raylab.seed"] == str(seed)
-        for key in ("search/mean_cosine_last", "search/mean_cosine_averaged", "search/max_cosine_averaged", "attack_seconds", "inversion_seconds"):
+        for key in (
+            "search/mean_cosine_last",
+            "search/mean_cosine_averaged",
+            "search/max_cosine_averaged",
+            "attack_seconds",
+            "inversion_seconds",
+        ):
             assert [m.step for m in client.get_metric_history(attack_run.info.run_id, key)] == [0]
 
     # The tripwire itself works: an unseen encoder sent to a search task fails the attack.
@@ -444,7 +556,14 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(ray_session
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     renderer = _tiny_renderer()
     with pytest.raises(Exception, match="called during the attack"):
-        run_attack(torch.randn(1, 8), renderer, _Tripwire(_tiny_encoder(4)), _tiny_encoder(2), AttackConfig(num_searches=1, searches_per_task=1, iterations=1, top_k=1), seed=0)
+        run_attack(
+            torch.randn(1, 8),
+            renderer,
+            _Tripwire(_tiny_encoder(4)),
+            _tiny_encoder(2),
+            AttackConfig(num_searches=1, searches_per_task=1, iterations=1, top_k=1),
+            seed=0,
+        )
 
 
 def test_bad_inputs_fail_before_ray_naming_the_key(capsys, tmp_path):
@@ -456,7 +575,9 @@ def test_bad_inputs_fail_before_ray_naming_the_key(capsys, tmp_path):
         assert exit_info.value.code == 2
         return capsys.readouterr().err
 
-    assert "attack.iterations: expected int, got str 'notanumber'" in refused(["--print-config", "--set", "attack.iterations=notanumber"])
+    assert "attack.iterations: expected int, got str 'notanumber'" in refused(
+        ["--print-config", "--set", "attack.iterations=notanumber"]
+    )
     assert "attack.top_k: must be in [1, num_searches=12]" in refused(["--print-config", "--set", "attack.top_k=13"])
     assert "data.fold: must be in [0, n_folds=4)" in refused(["--print-config", "--set", "data.fold=4"])
     # --dataset decides the face set: a config that names one is refused, not overwritten.
@@ -464,7 +585,18 @@ def test_bad_inputs_fail_before_ray_naming_the_key(capsys, tmp_path):
     (tmp_path / "named.yaml").write_text("data: {dataset: face_folder}\n")
     assert "data.dataset is decided" in refused(["--print-config", "--config", str(tmp_path / "named.yaml")])
     assert "--seeds '0,a': 'a' is not a valid int" in refused(["--seeds", "0,a"])
-    assert "generator: " in refused(["--data-root", str(tmp_path), "--set", "generator.checkpoint=missing.pt", "--weights-root", str(tmp_path)])
-    full = run(get_experiment("alsuv_attack"), ["--profile", "full", "--config", "alsuv/ffhq256", "--print-config"])["config"]
-    assert full.attack.num_searches == 100 and full.generator.checkpoint == "stylegan2-ffhq-256_550000.pt" and full.data.canvas.size == 112
-    assert run(get_experiment("alsuv_attack"), ["--dataset", "face_folder", "--print-config"])["config"].data.dataset == "face_folder"
+    assert "generator: " in refused(
+        ["--data-root", str(tmp_path), "--set", "generator.checkpoint=missing.pt", "--weights-root", str(tmp_path)]
+    )
+    full = run(get_experiment("alsuv_attack"), ["--profile", "full", "--config", "alsuv/ffhq256", "--print-config"])[
+        "config"
+    ]
+    assert (
+        full.attack.num_searches == 100
+        and full.generator.checkpoint == "stylegan2-ffhq-256_550000.pt"
+        and full.data.canvas.size == 112
+    )
+    assert (
+        run(get_experiment("alsuv_attack"), ["--dataset", "face_folder", "--print-config"])["config"].data.dataset
+        == "face_folder"
+    )

@@ -38,4 +38,6 @@ def test_a_dlib_model_file_that_does_not_exist_is_named(tmp_path):
     from raylab.methods.alsuv.encoders import make_encoder
 
     with pytest.raises(RuntimeError, match="missing.dat"):
-        make_encoder(dataclasses.replace(dlib_encoder(), weights="missing.dat"), name="dlib_resnet", weights_root=tmp_path)
+        make_encoder(
+            dataclasses.replace(dlib_encoder(), weights="missing.dat"), name="dlib_resnet", weights_root=tmp_path
+        )

@@ -40,7 +40,9 @@ def _packaged(role: str) -> EncoderConfig:
 def _released_iresnet_keys(layers: tuple[int, ...]) -> set[str]:
     """The state-dict keys of arcface_torch's ``iresnet`` as its source names them (not raylab's modules)."""
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-    keys = {"conv1.weight", "prelu.weight", "fc.weight", "fc.bias"} | {f"{m}.{p}" for m in ("bn1", "bn2", "features") for p in bn}
+    keys = {"conv1.weight", "prelu.weight", "fc.weight", "fc.bias"} | {
+        f"{m}.{p}" for m in ("bn1", "bn2", "features") for p in bn
+    }
     for stage, blocks in enumerate(layers, start=1):
         for block in range(blocks):
             prefix = f"layer{stage}.{block}"
@@ -72,7 +74,9 @@ def weights(tmp_path_factory) -> Path:
 
 
 def test_iresnet100_has_the_released_parameter_count_and_keys():
-    assert IRESNET_LAYERS[100] == (3, 13, 30, 3) and _released_iresnet_parameters(IRESNET_LAYERS[100]) == IR100_PARAMETERS
+    assert (
+        IRESNET_LAYERS[100] == (3, 13, 30, 3) and _released_iresnet_parameters(IRESNET_LAYERS[100]) == IR100_PARAMETERS
+    )
     for depth, layers in IRESNET_LAYERS.items():
         with torch.device("meta"):
             model = iresnet(depth)
@@ -108,9 +112,13 @@ def test_iresnet_file_with_a_renamed_key_is_refused_naming_it(weights, tmp_path)
     config = _packaged("source")
     with pytest.raises(ValueError, match=r"renamed_backbone\.pth: weights do not match") as error:
         make_encoder(replace(config, weights=str(renamed)), name="source")
-    assert "missing keys (1): ['fc.bias']" in str(error.value) and "unexpected keys (1): ['fc.biases']" in str(error.value)
+    assert "missing keys (1): ['fc.bias']" in str(error.value) and "unexpected keys (1): ['fc.biases']" in str(
+        error.value
+    )
 
-    wrapped = tmp_path / "wrapped_backbone.pth"  # a training checkpoint around the state dict is not the released layout
+    wrapped = (
+        tmp_path / "wrapped_backbone.pth"
+    )  # a training checkpoint around the state dict is not the released layout
     torch.save({"state_dict": {"fc.bias": torch.zeros(512)}}, wrapped)
     with pytest.raises(ValueError, match=r"wrapped_backbone\.pth: expected a plain state dict"):
         make_encoder(replace(config, weights=str(wrapped)), name="source")
@@ -128,8 +136,12 @@ def test_swin_tiny_file_loads_strictly_and_embeds(weights):
     assert set(model.state_dict()) == set(state) and tuple(state["head.fc.weight"].shape) == (512, 768)
     assert 27e6 < sum(p.numel() for p in model.parameters()) < 29e6  # Swin-T: 28 M with its 512-d head
     encoder = make_encoder(config, name="validation", weights_root=weights)
-    assert torch.equal(encoder.backbone.state_dict()["layers.2.blocks.5.attn.qkv.weight"], state["layers.2.blocks.5.attn.qkv.weight"])
-    canvas = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1  # upsampled to 224 by the encoder
+    assert torch.equal(
+        encoder.backbone.state_dict()["layers.2.blocks.5.attn.qkv.weight"], state["layers.2.blocks.5.attn.qkv.weight"]
+    )
+    canvas = (
+        torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    )  # upsampled to 224 by the encoder
     with torch.no_grad():
         embeddings = encoder(canvas)
     assert embeddings.shape == (2, 512) and torch.isfinite(embeddings).all()
@@ -141,7 +153,9 @@ def test_swin_file_with_a_missing_key_is_refused_naming_it(weights, tmp_path):
     broken = tmp_path / "swin_missing_norm.pth"
     torch.save(state, broken)
     config = _packaged("validation")
-    with pytest.raises(ValueError, match=r"swin_missing_norm\.pth: weights do not match the validation encoder") as error:
+    with pytest.raises(
+        ValueError, match=r"swin_missing_norm\.pth: weights do not match the validation encoder"
+    ) as error:
         make_encoder(replace(config, weights=str(broken)), name="validation")
     assert "missing keys (1): ['norm.weight']" in str(error.value)
     # The same check holds when the caller read the file itself and passes the state dict.
@@ -149,5 +163,7 @@ def test_swin_file_with_a_missing_key_is_refused_naming_it(weights, tmp_path):
         make_encoder(replace(config, weights=str(broken)), name="validation", state_dict=state)
     # A 1000-class ImageNet head is a shape mismatch, not a silently truncated layer.
     imagenet = timm_pth("swin_tiny_patch4_window7_224", tmp_path / "swin_imagenet.pth")
-    with pytest.raises(ValueError, match=r"swin_imagenet\.pth: .*shape mismatches \(2\): \['head.fc.bias', 'head.fc.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"swin_imagenet\.pth: .*shape mismatches \(2\): \['head.fc.bias', 'head.fc.weight'\]"
+    ):
         make_encoder(replace(config, weights=str(imagenet)), name="validation")

@@ -37,8 +37,16 @@ def test_an_intact_entry_passes(entry):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda d: (d / "a.bin").write_bytes((d / "a.bin").read_bytes()[:100]), r"a.bin: 100 bytes, the manifest says 4096"),
-        (lambda d: (d / "a.bin").write_bytes(bytes([(d / "a.bin").read_bytes()[0] ^ 1]) + (d / "a.bin").read_bytes()[1:]), r"a.bin: checksum differs"),
+        (
+            lambda d: (d / "a.bin").write_bytes((d / "a.bin").read_bytes()[:100]),
+            r"a.bin: 100 bytes, the manifest says 4096",
+        ),
+        (
+            lambda d: (d / "a.bin").write_bytes(
+                bytes([(d / "a.bin").read_bytes()[0] ^ 1]) + (d / "a.bin").read_bytes()[1:]
+            ),
+            r"a.bin: checksum differs",
+        ),
         (lambda d: (d / "b.txt").unlink(), r"b.txt: missing \(listed in"),
         (lambda d: (d / MANIFEST).unlink(), r"manifest.json: missing"),
         (lambda d: (d / MANIFEST).write_text("{not json"), r"manifest.json: unreadable manifest"),

@@ -50,34 +50,72 @@ JOB_CASES = {
     "seeds-not-int": JobCase("meds_sweep", ("--seeds", "0,x"), ("--seeds '0,x'", "'x' is not a valid int")),
     "seeds-repeated": JobCase("tailedcore_sweep", ("--seeds", "1,1"), ("--seeds '1,1'", "repeated")),
     "noise-ratios-empty-item": JobCase("meds_sweep", ("--noise-ratios", "0,,x"), ("--noise-ratios '0,,x'",)),
-    "noise-ratio-nan": JobCase("meds_sweep", ("--noise-ratios", "0,nan"), ("--noise-ratios", "'nan' is not a finite number")),
+    "noise-ratio-nan": JobCase(
+        "meds_sweep", ("--noise-ratios", "0,nan"), ("--noise-ratios", "'nan' is not a finite number")
+    ),
     "noise-ratio-one": JobCase("meds_sweep", ("--noise-ratios", "1.0"), ("--noise-ratios", "[0, 1)", "1.0")),
     "noise-ratio-negative": JobCase("patchcore_eval", ("--noise-ratios", "-0.1"), ("--noise-ratios", "[0, 1)")),
-    "dataset-unknown": JobCase("meds_sweep", ("--dataset", "magnetic_tiles"), ("unknown dataset 'magnetic_tiles'", "magnetic_tile")),
-    "data-root-missing": JobCase("meds_sweep", ("--dataset", "magnetic_tile"), ("--dataset magnetic_tile reads its files from a folder",)),
-    "data-root-absent": JobCase("patchcore_eval", ("--dataset", "mvtec", "--data-root", "/no/such/folder"), ("--data-root /no/such/folder: no such folder",)),
-    "config-absent": JobCase("meds_sweep", ("--config", "meds/no_such_config"), ("--config meds/no_such_config: no such file",)),
+    "dataset-unknown": JobCase(
+        "meds_sweep", ("--dataset", "magnetic_tiles"), ("unknown dataset 'magnetic_tiles'", "magnetic_tile")
+    ),
+    "data-root-missing": JobCase(
+        "meds_sweep", ("--dataset", "magnetic_tile"), ("--dataset magnetic_tile reads its files from a folder",)
+    ),
+    "data-root-absent": JobCase(
+        "patchcore_eval",
+        ("--dataset", "mvtec", "--data-root", "/no/such/folder"),
+        ("--data-root /no/such/folder: no such folder",),
+    ),
+    "config-absent": JobCase(
+        "meds_sweep", ("--config", "meds/no_such_config"), ("--config meds/no_such_config: no such file",)
+    ),
     "set-without-equals": JobCase("meds_sweep", ("--set", "meds.stage1.rho"), ("meds.stage1.rho",)),
     "set-unknown-key": JobCase("dcae_sweep", ("--set", "train.epoch=3"), ("unknown keys ['epoch']",)),
-    "set-wrong-type": JobCase("meds_sweep", ("--set", "meds.stage1.bootstraps=ten"), ("meds.stage1.bootstraps: expected int, got str 'ten'",)),
+    "set-wrong-type": JobCase(
+        "meds_sweep", ("--set", "meds.stage1.bootstraps=ten"), ("meds.stage1.bootstraps: expected int, got str 'ten'",)
+    ),
     "set-nan": JobCase("meds_sweep", ("--set", "meds.stage1.rho=.nan"), ("meds.stage1.rho",)),
     "search-negative": JobCase("meds_sweep", ("--search", "-1"), ("--search -1: expected a number of trials >= 0",)),
-    "quick-and-full": JobCase("meds_sweep", ("--quick", "--profile", "full"), ("--quick and --profile full: choose one",)),
+    "quick-and-full": JobCase(
+        "meds_sweep", ("--quick", "--profile", "full"), ("--quick and --profile full: choose one",)
+    ),
     "smoke-and-quick": JobCase("meds_sweep", ("--smoke", "--quick"), ("--smoke and --quick: choose one",)),
-    "setting-owned-key": JobCase("meds_sweep", ("--set", "meds.stage1.seed=3"), ("meds.stage1.seed is decided by each setting",)),
-    "images-per-group-zero": JobCase("meds_sweep", ("--set", "images_per_group=0"), ("images_per_group: must be >= 1 or null, got 0",)),
+    "setting-owned-key": JobCase(
+        "meds_sweep", ("--set", "meds.stage1.seed=3"), ("meds.stage1.seed is decided by each setting",)
+    ),
+    "images-per-group-zero": JobCase(
+        "meds_sweep", ("--set", "images_per_group=0"), ("images_per_group: must be >= 1 or null, got 0",)
+    ),
     "noise-ratios-empty-list": JobCase("meds_sweep", ("--set", "noise_ratios=[]"), ("no values for noise_ratio",)),
-    "seeds-empty-list": JobCase("ckd_train", ("--set", "seeds=[]", "--data-root", "."), ("seeds: must list at least one seed",)),
+    "seeds-empty-list": JobCase(
+        "ckd_train", ("--set", "seeds=[]", "--data-root", "."), ("seeds: must list at least one seed",)
+    ),
     "methods-without-meds": JobCase("meds_sweep", ("--set", "methods=[patchcore]"), ("methods: must include meds",)),
     "methods-unknown": JobCase("meds_sweep", ("--set", "methods=[meds,padim]"), ("methods:", "padim")),
-    "coreset-ratio-zero": JobCase("patchcore_eval", ("--set", "patchcore.coreset_ratio=0"), ("coreset_ratio: must lie in (0, 1], got 0",)),
-    "coreset-ratio-above-one": JobCase("meds_sweep", ("--set", "patchcore.coreset_ratio=1.5"), ("coreset_ratio: must lie in (0, 1], got 1.5",)),
-    "baseline-features-disagree": JobCase("meds_sweep", ("--set", "patchcore.features.image_size=320"), ("patchcore.features: must be left unset",)),
+    "coreset-ratio-zero": JobCase(
+        "patchcore_eval", ("--set", "patchcore.coreset_ratio=0"), ("coreset_ratio: must lie in (0, 1], got 0",)
+    ),
+    "coreset-ratio-above-one": JobCase(
+        "meds_sweep", ("--set", "patchcore.coreset_ratio=1.5"), ("coreset_ratio: must lie in (0, 1], got 1.5",)
+    ),
+    "baseline-features-disagree": JobCase(
+        "meds_sweep", ("--set", "patchcore.features.image_size=320"), ("patchcore.features: must be left unset",)
+    ),
     "accelerator-empty": JobCase("meds_sweep", ("--set", "resources.accelerator="), ("accelerator",)),
-    "accelerators-negative": JobCase("meds_sweep", ("--set", "resources.accelerators_per_train_worker=-1"), ("accelerators_per_train_worker: must be >= 0",)),
+    "accelerators-negative": JobCase(
+        "meds_sweep",
+        ("--set", "resources.accelerators_per_train_worker=-1"),
+        ("accelerators_per_train_worker: must be >= 0",),
+    ),
     "profile-unknown": JobCase("meds_sweep", ("--profile", "huge"), ("--profile", "invalid choice: 'huge'")),
-    "nnguide-bank-seed": JobCase("nnguide_eval", ("--set", "detectors.knn_k50={kind: knn, bank_seed: 3}"), ("detectors.knn_k50.bank_seed is decided by each setting's seed",)),
-    "alsuv-dataset-key": JobCase("alsuv_attack", ("--set", "data.dataset=face_folder"), ("data.dataset is decided by each setting",)),
+    "nnguide-bank-seed": JobCase(
+        "nnguide_eval",
+        ("--set", "detectors.knn_k50={kind: knn, bank_seed: 3}"),
+        ("detectors.knn_k50.bank_seed is decided by each setting's seed",),
+    ),
+    "alsuv-dataset-key": JobCase(
+        "alsuv_attack", ("--set", "data.dataset=face_folder"), ("data.dataset is decided by each setting",)
+    ),
 }
 
 YAML_CASES = {
@@ -97,7 +135,7 @@ def _written() -> dict[str, str]:
     roots = [Path(os.environ["RAYLAB_CACHE_DIR"]), Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))]
     files = {}
     for root in roots:
-        for path in ([root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []):
+        for path in [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []:
             if path.is_file():
                 files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
@@ -134,7 +172,12 @@ def test_config_file(case, no_ray, capsys, tmp_path):
 def test_noise_ratio_beyond_the_defects_a_class_has(no_ray, capsys, shared_data):
     """0.9 x 666 good tiles would need 599 defective ones: refused before Ray, not in a trial after extraction."""
     argv = ["--dataset", "magnetic_tile", "--data-root", str(shared_data), "--noise-ratios", "0.1,0.9"]
-    _job_fails("patchcore_eval", argv, ("class 'magnetic_tile': noise ratio 0.9 asks for", "only 392 exist", "lower --noise-ratios"), capsys)
+    _job_fails(
+        "patchcore_eval",
+        argv,
+        ("class 'magnetic_tile': noise ratio 0.9 asks for", "only 392 exist", "lower --noise-ratios"),
+        capsys,
+    )
 
 
 # --- the tracking endpoint --------------------------------------------------------------
@@ -206,31 +249,40 @@ def _first(root: Path, pattern: str) -> Path:
 ADAPTER_CASES: dict[str, tuple[Callable[[Path], None], type[Exception], tuple[str, ...]]] = {
     "mvtec-mask-missing": (
         lambda root: _first(root, "mvtec/tile/ground_truth/crack/*_mask.png").unlink(),
-        FileNotFoundError, ("defective image without its mask", "allow_missing_masks"),
+        FileNotFoundError,
+        ("defective image without its mask", "allow_missing_masks"),
     ),
     "mvtec-corrupt-image": (
         lambda root: (root / "mvtec/tile/test/good/broken.jpg").write_bytes(b"\xff\xd8 not a jpeg"),
-        CorruptSampleError, ("broken.jpg", "cannot decode image"),
+        CorruptSampleError,
+        ("broken.jpg", "cannot decode image"),
     ),
     "mvtec-truncated-image": (
-        lambda root: (root / "mvtec/tile/train/good/cut.jpg").write_bytes(_first(root, "mvtec/tile/train/good/*.jpg").read_bytes()[:2000]),
-        CorruptSampleError, ("cut.jpg",),
+        lambda root: (root / "mvtec/tile/train/good/cut.jpg").write_bytes(
+            _first(root, "mvtec/tile/train/good/*.jpg").read_bytes()[:2000]
+        ),
+        CorruptSampleError,
+        ("cut.jpg",),
     ),
     "mvtec-mask-wrong-size": (
         lambda root: Image.new("L", (8, 8)).save(_first(root, "mvtec/tile/ground_truth/crack/*_mask.png")),
-        CorruptSampleError, ("mask is 8x8",),
+        CorruptSampleError,
+        ("mask is 8x8",),
     ),
     "mvtec-decompression-bomb": (
         lambda root: _bomb(root / "mvtec/tile/test/good/bomb.png"),
-        CorruptSampleError, ("bomb.png", "cannot decode image"),
+        CorruptSampleError,
+        ("bomb.png", "cannot decode image"),
     ),
     "mvtec-empty-defect-folder": (
         lambda root: (root / "mvtec/tile/test/scratch").mkdir(),
-        ValueError, ("test/scratch holds no images",),
+        ValueError,
+        ("test/scratch holds no images",),
     ),
     "mvtec-no-classes": (
         lambda root: shutil.rmtree(root / "mvtec/tile/train"),
-        DatasetNotFoundError, ("no MVTec-style classes under",),
+        DatasetNotFoundError,
+        ("no MVTec-style classes under",),
     ),
 }
 
@@ -301,7 +353,9 @@ def small_corpus(tile_corpus):
     return subsample_corpus(tile_corpus, 3)
 
 
-@pytest.mark.parametrize("ratio", [float("nan"), float("inf"), -0.1, "0.2"], ids=["nan", "infinite", "negative", "string"])
+@pytest.mark.parametrize(
+    "ratio", [float("nan"), float("inf"), -0.1, "0.2"], ids=["nan", "infinite", "negative", "string"]
+)
 def test_noise_ratio_out_of_range(small_corpus, ratio):
     with pytest.raises(ValueError, match="noise_ratio must be a finite number >= 0"):
         inject_noise(small_corpus, NoiseProtocol(ratio))

@@ -38,7 +38,10 @@ def probe(body: str) -> tuple[int, str, dict]:
     """Run ``body`` in a fresh interpreter in the checkout; its stdout and the probe's verdict."""
     result = subprocess.run(
         [sys.executable, "-c", PROBE.format(heavy=HEAVY, body=body)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     verdict = json.loads(result.stderr.strip().splitlines()[-1])
@@ -47,7 +50,10 @@ def probe(body: str) -> tuple[int, str, dict]:
 
 # How a user asks each job for its help: the job script, and the ``raylab run`` command.
 HELP_ENTRY_POINTS = {
-    "job script": ("jobs/{name}.py --help", "sys.argv = ['jobs/{name}.py', '--help']; runpy.run_path('jobs/{name}.py', run_name='__main__')"),
+    "job script": (
+        "jobs/{name}.py --help",
+        "sys.argv = ['jobs/{name}.py', '--help']; runpy.run_path('jobs/{name}.py', run_name='__main__')",
+    ),
     "raylab run": ("raylab run {name} --help", "from raylab.cli import main; main(['run', '{name}', '--help'])"),
 }
 
@@ -63,7 +69,10 @@ def test_help_imports_nothing_heavy(name, entry):
 
 
 def test_typed_configs_import_without_torch():
-    modules = ["raylab.features", *(f"raylab.methods.{m}.config" for m in ("meds", "patchcore", "tailedcore", "dcae", "nnguide", "ckd", "alsuv"))]
+    modules = [
+        "raylab.features",
+        *(f"raylab.methods.{m}.config" for m in ("meds", "patchcore", "tailedcore", "dcae", "nnguide", "ckd", "alsuv")),
+    ]
     code, _, verdict = probe("; ".join(f"import {module}" for module in modules))
     assert code == 0
     assert verdict["heavy"] == [], f"importing the typed configs imported {verdict['heavy']}"

@@ -21,7 +21,9 @@ from raylab.methods.ckd.model import PeriocularEncoder, build_ckd_net
 from raylab.methods.ckd.pairs import PairSet, fold_roles, make_pair
 from raylab.methods.ckd.training import _flipped, train_ckd
 
-TINY = NetworkConfig(layers=(1, 1, 1, 1), widths=(8, 8, 16, 16), embedding_dim=32, face_size=(16, 16), periocular_size=(8, 16))
+TINY = NetworkConfig(
+    layers=(1, 1, 1, 1), widths=(8, 8, 16, 16), embedding_dim=32, face_size=(16, 16), periocular_size=(8, 16)
+)
 
 
 def _batch(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +79,9 @@ def test_kl_terms_are_zero_for_equal_logits_and_never_reach_the_teacher() -> Non
     assert float(distillation_kl(logits, logits.clone(), 2.5)) == pytest.approx(0.0, abs=1e-6)
     labels = torch.tensor([0, 1, 2, 3])
     terms = ckd_loss(logits.clone(), logits.clone(), labels, VARIANTS["ckd"], 2.5)
-    assert float(terms["kl_f2p"]) == pytest.approx(0.0, abs=1e-6) and float(terms["kl_p2f"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(terms["kl_f2p"]) == pytest.approx(0.0, abs=1e-6) and float(terms["kl_p2f"]) == pytest.approx(
+        0.0, abs=1e-6
+    )
 
     student = torch.randn(4, 7, requires_grad=True)
     teacher = torch.randn(4, 7, requires_grad=True)
@@ -104,7 +108,11 @@ def test_schedule_scales_the_official_milestones() -> None:
     assert TrainConfig().milestone_epochs() == (30, 60, 80)
     assert TrainConfig(epochs=30).milestone_epochs() == (10, 20, 27)
     train = TrainConfig(epochs=30, lr=0.01)
-    assert train.lr_at(9) == pytest.approx(0.01) and train.lr_at(10) == pytest.approx(0.001) and train.lr_at(29) == pytest.approx(1e-5)
+    assert (
+        train.lr_at(9) == pytest.approx(0.01)
+        and train.lr_at(10) == pytest.approx(0.001)
+        and train.lr_at(29) == pytest.approx(1e-5)
+    )
 
 
 def test_eye_band_comes_from_the_same_image_and_flips_with_it() -> None:
@@ -257,7 +265,11 @@ def test_profiles_and_overlays_keep_the_documented_sizes(capsys) -> None:
     assert dataclasses.replace(orl, seeds=cpu_config().seeds) == cpu_config()
     full = resolved("--profile", "full", "--config", "ckd/orl_full")
     assert full == resolved("--config", "ckd/orl_full") == load_config(CKDJobConfig, configs / "orl_full.yaml")
-    assert full.ckd.network.widths == (64, 128, 256, 512) and full.ckd.train.epochs == 90 and full.protocol.folds == (0, 1, 2, 3)
+    assert (
+        full.ckd.network.widths == (64, 128, 256, 512)
+        and full.ckd.train.epochs == 90
+        and full.protocol.folds == (0, 1, 2, 3)
+    )
     quick = resolved("--dataset", "orl", "--quick")
     assert quick.ckd.train.epochs == 4 and quick.methods == ("ckd", "periocular_only") and quick.protocol.folds == (0,)
     assert dataclasses.replace(quick.ckd.train, epochs=30) == orl.ckd.train and quick.ckd.network == orl.ckd.network
@@ -274,8 +286,20 @@ def test_job_end_to_end_on_orl(ray_session, shared_data: Path, tmp_path: Path) -
         "protocol: {folds: [1], gallery_draws: 2}\nmethods: [ckd, periocular_only]\nseeds: [0]\n"
     )
     summary = tmp_path / "ckd.json"
-    out = run(get_experiment("ckd_train"), ["--dataset", "orl", "--data-root", str(shared_data), "--config", str(config),
-                                            "--summary-json", str(summary), "--no-progress"])
+    out = run(
+        get_experiment("ckd_train"),
+        [
+            "--dataset",
+            "orl",
+            "--data-root",
+            str(shared_data),
+            "--config",
+            str(config),
+            "--summary-json",
+            str(summary),
+            "--no-progress",
+        ],
+    )
     written = json.loads(summary.read_text())
     rows = written["rows"]
     assert written["folds"] == [1] and written["table"] == out["text"]
@@ -299,9 +323,13 @@ def test_job_end_to_end_on_orl(ray_session, shared_data: Path, tmp_path: Path) -
     assert {child.data.tags["raylab.method"] for child in children} == {"ckd", "periocular_only"}
     for child in children:
         assert child.data.tags.get("mlflow.parentRunId")
-        assert {"figures/cmc.png", "figures/roc.png"} <= {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
+        assert {"figures/cmc.png", "figures/roc.png"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id, "figures")
+        }
         (logged,) = mlflow.search_logged_models(
-            experiment_ids=[child.info.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'", output_format="list"
+            experiment_ids=[child.info.experiment_id],
+            filter_string=f"source_run_id = '{child.info.run_id}'",
+            output_format="list",
         )
         uri = json.loads(child.data.tags["raylab.models"])["periocular_encoder"]
         assert logged.name == "periocular_encoder" and uri.endswith(logged.model_id)

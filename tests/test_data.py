@@ -156,7 +156,9 @@ def test_write_shards_without_directory_reuses_fingerprint_dir(mt_corpus, tmp_pa
     assert other_dir != first
     assert read_table(other_dir).column("sample_id").to_pylist() == other.column("sample_id").to_pylist()
     # Content decides, not the memory layout: a copy has the slice's fingerprint.
-    assert corpus_fingerprint(pa.Table.from_pylist(table.to_pylist(), schema=CORPUS_SCHEMA)) == corpus_fingerprint(table)
+    assert corpus_fingerprint(pa.Table.from_pylist(table.to_pylist(), schema=CORPUS_SCHEMA)) == corpus_fingerprint(
+        table
+    )
 
 
 def test_concurrent_writers_of_one_corpus_all_get_the_shards(mt_corpus, tmp_path, monkeypatch):
@@ -312,7 +314,9 @@ def test_mvtec_folder_adapter_counts_and_masks(tmp_path, mt_root):
 
 def test_corrupt_image_error_names_the_file(tmp_path, mt_root):
     make_mvtec_tree(tmp_path, mt_root)
-    (tmp_path / "mvtec" / "tile" / "test" / "good" / "broken_tile.jpg").write_bytes(b"\xff\xd8 these are not jpeg bytes")
+    (tmp_path / "mvtec" / "tile" / "test" / "good" / "broken_tile.jpg").write_bytes(
+        b"\xff\xd8 these are not jpeg bytes"
+    )
     with pytest.raises(CorruptSampleError, match="broken_tile.jpg"):
         load_corpus("mvtec", tmp_path)
 
@@ -454,7 +458,9 @@ def test_image_transform_batch(mt_root):
     grey_mask[:20, :20] = 100  # below threshold: off
     batch = {
         "sample_id": np.array(["a", "b", "c"]),
-        "image": np.array([paths[0].read_bytes(), paths[1].read_bytes(), png_bytes(np.full((40, 40, 3), 128, np.uint8))], dtype=object),
+        "image": np.array(
+            [paths[0].read_bytes(), paths[1].read_bytes(), png_bytes(np.full((40, 40, 3), 128, np.uint8))], dtype=object
+        ),
         "mask": np.array([paths[0].with_suffix(".png").read_bytes(), None, png_bytes(grey_mask)], dtype=object),
     }
     out = ImageTransform(size=64)(batch)
@@ -485,7 +491,9 @@ def test_subsample_corpus_is_stratified_and_seeded(mt_corpus):
     # Groups smaller than per_group are kept whole.
     big = subsample_corpus(mt_corpus, per_group=300, seed=0)
     assert Counter(zip(big["split"].to_pylist(), big["label"].to_pylist())) == {
-        ("train", 0): 300, ("test", 0): 286, ("test", 1): 300,
+        ("train", 0): 300,
+        ("test", 0): 286,
+        ("test", 1): 300,
     }
 
 

@@ -30,7 +30,15 @@ from raylab.methods.dcae.data import DecodedCorpus, decode_corpus, load_one_clas
 from raylab.methods.dcae.model import DCAE, feature_distance
 from raylab.methods.dcae.selection import make_pseudo_novelties, quadrant_shuffle, select_for_split, select_loss_weights
 from raylab.methods.dcae.losses import to_unit_range
-from raylab.methods.dcae.training import build_model, make_trainers, run_epoch, score_images, train_in_process, train_variants
+from raylab.methods.dcae.training import (
+    build_model,
+    make_trainers,
+    run_epoch,
+    score_images,
+    train_in_process,
+    train_variants,
+)
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -83,7 +91,9 @@ def test_latent_stays_in_the_compact_cube_for_any_input():
     torch.manual_seed(0)
     dcae = build_model(TINY, TRAINED["dcae"], 1, 16).eval()
     plain = build_model(TINY, TRAINED["ae"], 1, 16).eval()
-    wild = torch.cat([torch.randn(8, 1, 16, 16) * 1e4, torch.full((1, 1, 16, 16), -1e6), torch.full((1, 1, 16, 16), 1e6)])
+    wild = torch.cat(
+        [torch.randn(8, 1, 16, 16) * 1e4, torch.full((1, 1, 16, 16), -1e6), torch.full((1, 1, 16, 16), 1e6)]
+    )
     with torch.no_grad():
         codes = dcae.encoder(wild)
         plain_codes = plain.encoder(wild)
@@ -115,7 +125,9 @@ def test_feature_distance_levels_scales_and_calibration():
     assert torch.allclose(rescaled, feature_distance(a, b), rtol=1e-4)
     by_hand = sum(((x - y) ** 2).flatten(1).mean(1) / (x**2).mean() for x, y in zip(a, b))
     assert torch.allclose(feature_distance(a, b), by_hand, rtol=1e-5)
-    assert torch.allclose(feature_distance(a, b, [1.0, 0.0]) + feature_distance(a, b, [0.0, 1.0]), feature_distance(a, b))
+    assert torch.allclose(
+        feature_distance(a, b, [1.0, 0.0]) + feature_distance(a, b, [0.0, 1.0]), feature_distance(a, b)
+    )
     with pytest.raises(ValueError, match="level weights"):
         feature_distance(a, b, [1.0])
     with pytest.raises(ValueError, match="positive scale"):
@@ -135,7 +147,14 @@ def test_discriminator_metric_ranks_training_images_above_far_away_images():
     """After a short training on blobs, a blob's reconstruction is closer (in D's feature space)
     than the reconstruction of a far-away striped image."""
     train = blobs(96, seed=3)
-    trained = train_in_process(train, {"dcae": (TRAINED["dcae"], LossWeights())}, TINY, dataclasses.replace(TRAIN, batch_size=32), seed=0, epochs=15)
+    trained = train_in_process(
+        train,
+        {"dcae": (TRAINED["dcae"], LossWeights())},
+        TINY,
+        dataclasses.replace(TRAIN, batch_size=32),
+        seed=0,
+        epochs=15,
+    )
     model = trained.models["dcae"]
     inside = score_images(model, train[:32], "discriminator")
     far = score_images(model, stripes(32), "discriminator")
@@ -151,7 +170,17 @@ def test_methods_map_onto_three_trained_variants():
     with pytest.raises(KeyError, match="unknown DCAE methods"):
         trained_for(("dcae", "ocgan"))
     with pytest.raises(ValueError, match="bounded_latent"):
-        DCAE(1, 16, width=8, latent_dim=4, downsamplings=2, latent_hidden=8, bounded_latent=False, image_gan=True, latent_adversarial=True)
+        DCAE(
+            1,
+            16,
+            width=8,
+            latent_dim=4,
+            downsamplings=2,
+            latent_hidden=8,
+            bounded_latent=False,
+            image_gan=True,
+            latent_adversarial=True,
+        )
 
 
 # ---------------------------------------------------------------------------- Ray Train
@@ -175,13 +204,24 @@ def test_checkpoint_then_resume_gives_the_same_next_epoch(ray_session, tmp_path)
     trainers = make_trainers(variants, TINY, one, 1, 16, seed=1)
     for name, trainer in trainers.items():
         trainer.load_state_dict(saved["variants"][name])
-    expected = run_epoch(trainers, to_unit_range(torch.from_numpy(images)), 1, seed=1, batch_size=16, latent_dim=TINY.latent_dim)
-    for key in ("dcae/first_step_loss", "dcae/loss", "dcae/image_discriminator", "dcae/latent_discriminator", "ae/first_step_loss"):
+    expected = run_epoch(
+        trainers, to_unit_range(torch.from_numpy(images)), 1, seed=1, batch_size=16, latent_dim=TINY.latent_dim
+    )
+    for key in (
+        "dcae/first_step_loss",
+        "dcae/loss",
+        "dcae/image_discriminator",
+        "dcae/latent_discriminator",
+        "ae/first_step_loss",
+    ):
         assert resumed.history[1][key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
     for name, trainer in trainers.items():
         for key, value in trainer.model.state_dict().items():
             if key not in ("feature_scales", "calibrated"):
-                assert torch.allclose(resumed.models[name].state_dict()[key].float(), value.float(), atol=1e-6), (name, key)
+                assert torch.allclose(resumed.models[name].state_dict()[key].float(), value.float(), atol=1e-6), (
+                    name,
+                    key,
+                )
     again = train_variants(images, variants, TINY, one, seed=1, epochs=2, storage_path=storage, name="interrupted")
     assert again.history == resumed.history  # a finished run is reused, not retrained
 
@@ -239,7 +279,9 @@ def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(KeyError, match="normal class 7 is not in the dataset"):
         one_class_split(data, 7)
     with pytest.raises(ValueError, match="no training images"):
-        train_in_process(np.zeros((0, 1, 16, 16), np.uint8), {"ae": (TRAINED["ae"], LossWeights())}, TINY, TRAIN, seed=0, epochs=1)
+        train_in_process(
+            np.zeros((0, 1, 16, 16), np.uint8), {"ae": (TRAINED["ae"], LossWeights())}, TINY, TRAIN, seed=0, epochs=1
+        )
     with pytest.raises(ValueError, match="not divisible by 2\\^2"):
         build_model(TINY, TRAINED["ae"], 1, 18)
 
@@ -301,7 +343,15 @@ def test_selection_trials_are_ray_tasks_with_their_own_resources(ray_session):
     one_at_a_time = SelectionConfig(n_trials=3, epochs=1, val_fraction=0.25, max_concurrent=1, cpus_per_trial=0.5)
     on_ray = select_for_split(split, TINY, TRAIN, one_at_a_time, LossWeights(), seed=0)
     in_process = select_loss_weights(split.train_images, TINY, TRAIN, one_at_a_time, seed=0, on_ray=False)
-    assert list(on_ray.trials.columns) == ["trial", "feature", "pixel", "image_adversarial", "latent_adversarial", "val_pseudo_auroc", "state"]
+    assert list(on_ray.trials.columns) == [
+        "trial",
+        "feature",
+        "pixel",
+        "image_adversarial",
+        "latent_adversarial",
+        "val_pseudo_auroc",
+        "state",
+    ]
     assert on_ray.trials.to_dict() == in_process.trials.to_dict() and on_ray.best == in_process.best
     assert in_process.placements == []
     assert [p["trial"] for p in on_ray.placements] == [0, 1, 2]
@@ -347,13 +397,31 @@ def test_sweep_job_end_to_end(ray_session, tmp_path):
         "reconstructions_per_side: 2\n"
     )
     out = tmp_path / "summary.json"
-    result = run(get_experiment("dcae_sweep"), ["--dataset", "class_folders", "--data-root", str(root), "--config", str(config),
-                                                "--seeds", "0", "--summary-json", str(out), "--no-progress"])
+    result = run(
+        get_experiment("dcae_sweep"),
+        [
+            "--dataset",
+            "class_folders",
+            "--data-root",
+            str(root),
+            "--config",
+            str(config),
+            "--seeds",
+            "0",
+            "--summary-json",
+            str(out),
+            "--no-progress",
+        ],
+    )
     summary = json.loads(out.read_text())
     rows = summary["rows"]
     assert summary["classes"] == [0, 1] and summary["seeds"] == [0] and summary["selection"] is True
-    assert all("noise_ratio" not in r and r["class_name"] in ("blob", "stripes") and set(r["loss_weights"]) == {
-        "feature", "pixel", "image_adversarial", "latent_adversarial"} for r in rows)
+    assert all(
+        "noise_ratio" not in r
+        and r["class_name"] in ("blob", "stripes")
+        and set(r["loss_weights"]) == {"feature", "pixel", "image_adversarial", "latent_adversarial"}
+        for r in rows
+    )
     assert {(r["method"], r["normal_class"], r["seed"]) for r in rows} == {
         (m, c, 0) for m in ("dcae", "ae_pixel", "dcae_pixel_metric", "dcae_no_adv") for c in (0, 1)
     }
@@ -369,13 +437,19 @@ def test_sweep_job_end_to_end(ray_session, tmp_path):
     trial = next(r for r in trial_runs if r.info.run_name == "c0-s0")
     artifacts = {a.path for a in client.list_artifacts(trial.info.run_id)}
     assert {"reconstructions.png", "selection_trials.csv"} <= artifacts
-    method_runs = {r.data.tags["raylab.method"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id}
+    method_runs = {
+        r.data.tags["raylab.method"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id
+    }
     assert sorted(method_runs) == sorted(METHODS)
 
     # Each method's network is an MLflow model: loaded from the store and fed the test images
     # as encoded files, it reproduces the method's logged AUROC (DCAE scores in discriminator space).
     resolved = result["config"]
-    data = decode_corpus(load_one_class_corpus("class_folders", root, resolved.protocol), resolved.protocol.color, resolved.protocol.resize_to)
+    data = decode_corpus(
+        load_one_class_corpus("class_folders", root, resolved.protocol),
+        resolved.protocol.color,
+        resolved.protocol.resize_to,
+    )
     split = one_class_split(data, 0, max_test=resolved.max_test_images, seed=resolved.protocol.split_seed)
     images = pd.DataFrame({"image": [encode_png(image[0]) for image in split.test_images]})
     for method in ("dcae", "ae_pixel"):

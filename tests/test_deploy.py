@@ -59,7 +59,9 @@ class _InProcessFeatures:
 
     def take(self, sample_ids) -> np.ndarray:
         ids = list(sample_ids)
-        return self.extractor({"image": np.asarray(images_of(self.corpus, ids), dtype=object), "sample_id": np.asarray(ids)})["patches"]
+        return self.extractor(
+            {"image": np.asarray(images_of(self.corpus, ids), dtype=object), "sample_id": np.asarray(ids)}
+        )["patches"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,14 @@ def evaluation(corpus, extractor):
 
 
 def test_scorer_scores_exactly_as_the_fitted_detector(evaluation, corpus, tmp_path):
-    folder = save_scorer(tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics=evaluation.metrics)
+    folder = save_scorer(
+        tmp_path / "scorer",
+        evaluation.detector,
+        SPEC,
+        image_threshold=0.5,
+        class_name="magnetic_tile",
+        metrics=evaluation.metrics,
+    )
     scorer = AnomalyScorer(folder, threads=2)
     prediction = scorer.score(images_of(corpus, evaluation.test_ids), evaluation.test_ids, with_maps=True)
     np.testing.assert_array_equal(prediction.image_scores, evaluation.prediction.image_scores)
@@ -99,7 +108,9 @@ def test_backbone_weights_are_built_once_per_spec_and_again_for_a_rewritten_file
 
 
 def test_scorer_refuses_a_changed_or_missing_file(evaluation, tmp_path):
-    folder = save_scorer(tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics={})
+    folder = save_scorer(
+        tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics={}
+    )
     weights = folder / "backbone.safetensors"
     original = weights.read_bytes()
     flipped = bytearray(original)
@@ -115,7 +126,9 @@ def test_scorer_refuses_a_changed_or_missing_file(evaluation, tmp_path):
 
 
 def test_scorer_names_an_image_it_cannot_decode(evaluation, tmp_path):
-    folder = save_scorer(tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics={})
+    folder = save_scorer(
+        tmp_path / "scorer", evaluation.detector, SPEC, image_threshold=0.5, class_name="magnetic_tile", metrics={}
+    )
     with pytest.raises(ValueError, match="upload-7: cannot decode image"):
         AnomalyScorer(folder).score([b"not an image"], ["upload-7"])
 
@@ -127,7 +140,9 @@ def test_logged_model_loads_through_mlflow_and_scores_the_same(evaluation, corpu
     finished = mlflow.MlflowClient().get_run(run.run_id)
     assert finished.info.status == "FINISHED"
     (logged,) = mlflow.search_logged_models(
-        experiment_ids=[finished.info.experiment_id], filter_string=f"source_run_id = '{run.run_id}'", output_format="list"
+        experiment_ids=[finished.info.experiment_id],
+        filter_string=f"source_run_id = '{run.run_id}'",
+        output_format="list",
     )
     assert logged.name == "model-magnetic_tile"
     model = mlflow.pyfunc.load_model(uri)
@@ -146,10 +161,14 @@ def test_logged_model_loads_through_mlflow_and_scores_the_same(evaluation, corpu
 @pytest.fixture(scope="module")
 def logged_model(evaluation, corpus, tmp_path_factory) -> str:
     with tracked_run("deploy_test", "patchcore-for-serving", tags={"method": "patchcore"}) as run:
-        return log_anomaly_model(run, evaluation, SPEC, images_of(corpus, evaluation.test_ids[:1])[0], tmp_path_factory.mktemp("model"))
+        return log_anomaly_model(
+            run, evaluation, SPEC, images_of(corpus, evaluation.test_ids[:1])[0], tmp_path_factory.mktemp("model")
+        )
 
 
-def test_batch_predict_scores_a_folder_as_in_process_and_resumes(logged_model, evaluation, corpus, ray_session, tmp_path):
+def test_batch_predict_scores_a_folder_as_in_process_and_resumes(
+    logged_model, evaluation, corpus, ray_session, tmp_path
+):
     folder = tmp_path / "incoming"
     folder.mkdir()
     images = images_of(corpus, evaluation.test_ids)
@@ -160,7 +179,9 @@ def test_batch_predict_scores_a_folder_as_in_process_and_resumes(logged_model, e
     first = predict(logged_model, folder, out, options)
     assert first["scored"] == first["images"] == len(images) and first["skipped"] == 0
     results = pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))]).set_index("sample_id")
-    expected = dict(zip([f"{s.replace('/', '_')}.png" for s in evaluation.test_ids], evaluation.prediction.image_scores))
+    expected = dict(
+        zip([f"{s.replace('/', '_')}.png" for s in evaluation.test_ids], evaluation.prediction.image_scores)
+    )
     assert set(results.index) == set(expected)
     np.testing.assert_allclose(results["image_score"].to_numpy(), [expected[i] for i in results.index], rtol=1e-5)
     scorer_threshold = mlflow.pyfunc.load_model(logged_model).unwrap_python_model().scorer.threshold
@@ -193,7 +214,9 @@ def test_batch_predict_rejects_bad_inputs_before_ray(logged_model, tmp_path, no_
 def promoted(logged_model) -> Promotion:
     """Two finished runs of one job share the model; the better one by AUROC at noise 0.1 is promoted."""
     for value, ratio in ((0.71, "0.1"), (0.93, "0.1"), (0.99, "0.2")):
-        with tracked_run("deploy_promote_test", f"patchcore-{value}", tags={"method": "patchcore", "noise_ratio": ratio}) as run:
+        with tracked_run(
+            "deploy_promote_test", f"patchcore-{value}", tags={"method": "patchcore", "noise_ratio": ratio}
+        ) as run:
             run.log_metrics({"image_auroc": value})
             run.client.set_tag(run.run_id, MODELS_TAG, json.dumps({"magnetic_tile": logged_model}))
             if value == 0.93:
@@ -223,7 +246,9 @@ def service(promoted, ray_session):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    url = start(promoted.registry_uri(), ServeOptions(port=port, cpus_per_replica=0.5, max_batch_size=4), app_name="deploy-test")
+    url = start(
+        promoted.registry_uri(), ServeOptions(port=port, cpus_per_replica=0.5, max_batch_size=4), app_name="deploy-test"
+    )
     _wait_healthy(url)
     yield url
     serve.delete("deploy-test")

@@ -165,9 +165,7 @@ def test_aupro_connectivity_changes_region_count() -> None:
 @pytest.mark.parametrize("max_fpr", [0.05, 0.3, 1.0])
 def test_aupro_matches_literal_reference(seed: int, max_fpr: float) -> None:
     masks, maps = _random_pixel_case(seed)
-    assert aupro(masks, maps, max_fpr=max_fpr) == pytest.approx(
-        _reference_aupro(masks, maps, max_fpr), abs=1e-12
-    )
+    assert aupro(masks, maps, max_fpr=max_fpr) == pytest.approx(_reference_aupro(masks, maps, max_fpr), abs=1e-12)
 
 
 def test_aupro_invariant_to_monotone_transform() -> None:
@@ -273,9 +271,7 @@ def test_ood_matches_openood_formulas() -> None:
     labels_id = np.r_[np.ones(500), np.zeros(300)]
     fpr, tpr, _ = roc_curve(labels_id, -np.r_[id_scores, ood_scores])
     assert result["fpr95"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)])
-    assert result["aupr_in"] == pytest.approx(
-        average_precision_score(labels_id, -np.r_[id_scores, ood_scores])
-    )
+    assert result["aupr_in"] == pytest.approx(average_precision_score(labels_id, -np.r_[id_scores, ood_scores]))
     expected_auroc = roc_auc_score(1 - labels_id, np.r_[id_scores, ood_scores])
     assert result["auroc"] == pytest.approx(expected_auroc)
 

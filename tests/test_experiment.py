@@ -25,7 +25,20 @@ from raylab.tracking import tracking_uri
 from support_meds import MEDS_SMOKE, run_meds_smoke
 
 NAMES = experiment_names()
-STANDARD = ("--dataset", "--data-root", "--profile", "--quick", "--config", "--set", "--print-config", "--seeds", "--name", "--summary-json", "--no-progress", "--verbose")
+STANDARD = (
+    "--dataset",
+    "--data-root",
+    "--profile",
+    "--quick",
+    "--config",
+    "--set",
+    "--print-config",
+    "--seeds",
+    "--name",
+    "--summary-json",
+    "--no-progress",
+    "--verbose",
+)
 
 
 def _rejected(name: str, argv: list[str], capsys) -> str:
@@ -107,10 +120,14 @@ def test_meds_config_types_and_ranges_are_checked_by_key_path(no_ray, capsys):
 
 
 def test_keys_a_setting_decides_are_refused(no_ray, capsys):
-    assert "meds.stage1.seed is decided by each setting" in _rejected("meds_sweep", ["--set", "meds.stage1.seed=3"], capsys)
+    assert "meds.stage1.seed is decided by each setting" in _rejected(
+        "meds_sweep", ["--set", "meds.stage1.seed=3"], capsys
+    )
     err = _rejected("nnguide_eval", ["--set", "detectors.knn_k50={kind: knn, bank_seed: 3}"], capsys)
     assert "detectors.knn_k50.bank_seed is decided by each setting's seed" in err
-    assert "data.dataset is decided by each setting" in _rejected("alsuv_attack", ["--set", "data.dataset=face_folder"], capsys)
+    assert "data.dataset is decided by each setting" in _rejected(
+        "alsuv_attack", ["--set", "data.dataset=face_folder"], capsys
+    )
 
 
 def test_profiles_take_their_own_dataset_overlay(no_ray, capsys):
@@ -136,7 +153,9 @@ def test_config_errors_name_file_key_and_value(tmp_path):
     with pytest.raises(ConfigError, match=rf"{bad}.injected_in_test: expected str, got int 1"):
         load_config(MeDSSweepConfig, bad)
     bad.write_text("injected_in_test: sometimes\n")
-    with pytest.raises(ConfigError, match=rf"{bad}.*injected_in_test: must be one of removed, kept, both, got 'sometimes'"):
+    with pytest.raises(
+        ConfigError, match=rf"{bad}.*injected_in_test: must be one of removed, kept, both, got 'sometimes'"
+    ):
         load_config(MeDSSweepConfig, bad)
     with pytest.raises(ConfigError, match="expected key.path=value"):
         parse_assignment("meds.stage1.rho")
@@ -208,7 +227,9 @@ def test_unchanged_rerun_reuses_every_result(meds_reruns):
 
 @pytest.mark.e2e
 def test_a_name_holding_other_inputs_is_refused(meds_reruns, capsys):
-    err = _rejected("meds_sweep", [*MEDS_SMOKE, "--noise-ratios", "0.2", "--name", meds_reruns["first"]["name"]], capsys)
+    err = _rejected(
+        "meds_sweep", [*MEDS_SMOKE, "--noise-ratios", "0.2", "--name", meds_reruns["first"]["name"]], capsys
+    )
     assert "already holds results of other inputs (changed: axes.noise_ratio)" in err
 
 

@@ -72,7 +72,9 @@ def test_stream_batchnorm_joint_statistics_cover_every_stream() -> None:
     face_j, eyes_j = joint([face, eyes])
     face_s, eyes_s = separate([face, eyes])
     both = torch.cat([face.transpose(0, 1).flatten(1), eyes.transpose(0, 1).flatten(1)], 1)
-    expected = (face - both.mean(1)[None, :, None, None]) / (both.var(1, unbiased=False)[None, :, None, None] + 1e-5).sqrt()
+    expected = (face - both.mean(1)[None, :, None, None]) / (
+        both.var(1, unbiased=False)[None, :, None, None] + 1e-5
+    ).sqrt()
     torch.testing.assert_close(face_j, expected, atol=1e-5, rtol=1e-5)
     assert face_s.mean().abs() < 1e-5 and eyes_s.mean().abs() < 1e-5  # each stream centred on its own
     assert face_j.mean() - eyes_j.mean() > 1.5  # jointly: the modalities keep their offset

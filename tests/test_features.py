@@ -190,7 +190,12 @@ def test_feature_cache_reuses_entry_and_keys_by_spec(extracted):
     assert not isinstance(first.patches, np.memmap)  # the first call extracted
     entries = list(root.iterdir())
     assert [p.name for p in entries] == [feature_key(table, SPEC)]
-    assert sorted(p.name for p in entries[0].iterdir()) == ["manifest.json", "patches.npy", "sample_ids.npy", "spec.json"]
+    assert sorted(p.name for p in entries[0].iterdir()) == [
+        "manifest.json",
+        "patches.npy",
+        "sample_ids.npy",
+        "spec.json",
+    ]
     stamp = (entries[0] / "patches.npy").stat().st_mtime_ns
 
     second = cached_patch_features(table, SPEC, root=root)
@@ -202,7 +207,9 @@ def test_feature_cache_reuses_entry_and_keys_by_spec(extracted):
 
     assert feature_key(table, dataclasses.replace(SPEC, image_size=96)) != feature_key(table, SPEC)
     assert feature_key(table.slice(0, 8), SPEC) != feature_key(table, SPEC)  # another corpus
-    assert feature_key(table, dataclasses.replace(SPEC, backbone=BackboneSpec(weights=None))) != feature_key(table, SPEC)
+    assert feature_key(table, dataclasses.replace(SPEC, backbone=BackboneSpec(weights=None))) != feature_key(
+        table, SPEC
+    )
     assert feature_key(table, FeatureSpec(image_size=112)) == feature_key(table, SPEC)
 
 

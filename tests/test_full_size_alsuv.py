@@ -39,30 +39,55 @@ def test_ffhq256_smoke_reaches_a_summary_with_one_face_size(ray_session, shared_
 
     out = tmp_path / "summary.json"
     started = time.monotonic()
-    result = run(get_experiment("alsuv_attack"), [
-        "--profile", "full", "--config", "alsuv/ffhq256", "--smoke",
-        "--data-root", str(shared_data), "--weights-root", str(shared_weights),
-        *smoke_weight_arguments("alsuv/ffhq256", tmp_path / "weights"),
-        # Packing only: searches are independent, so two tasks of five give the results of one of ten.
-        "--set", "attack.searches_per_task=5",
-        "--summary-json", str(out),
-    ])
+    result = run(
+        get_experiment("alsuv_attack"),
+        [
+            "--profile",
+            "full",
+            "--config",
+            "alsuv/ffhq256",
+            "--smoke",
+            "--data-root",
+            str(shared_data),
+            "--weights-root",
+            str(shared_weights),
+            *smoke_weight_arguments("alsuv/ffhq256", tmp_path / "weights"),
+            # Packing only: searches are independent, so two tasks of five give the results of one of ten.
+            "--set",
+            "attack.searches_per_task=5",
+            "--summary-json",
+            str(out),
+        ],
+    )
     print(f"alsuv/ffhq256 smoke: {time.monotonic() - started:.0f} s")
 
     config = result["config"]
     assert config.generator.model.size == 256 and config.generator.face_side == 192 and config.face_size == 112
-    assert config.encoders.source.kind == "iresnet" and config.encoders.source.layers == (3, 13, 30, 3)  # architecture untouched
+    assert config.encoders.source.kind == "iresnet" and config.encoders.source.layers == (
+        3,
+        13,
+        30,
+        3,
+    )  # architecture untouched
     assert config.encoders.validation.timm_name == "swin_tiny_patch4_window7_224" and config.attack.top_k == 10
     summary = json.loads(out.read_text())
     assert summary["targets"] == 1 and summary["num_searches"] == 10
     assert {row["encoder"] for row in summary["rows"]} == {"mobilefacenet", "dlib_resnet", "resnet50"}
     for row in summary["rows"]:
-        assert all(math.isfinite(row["metrics"][key]) for key in ("type1_far1e-2", "type1_far1e-3", "rank1", "mean_type1_cosine"))
+        assert all(
+            math.isfinite(row["metrics"][key])
+            for key in ("type1_far1e-2", "type1_far1e-3", "rank1", "mean_type1_cosine")
+        )
         assert math.isfinite(row["source_cosine"])
 
     client = mlflow.MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("raylab/alsuv_attack")
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{_parent_id(client, experiment, result['name'])}'")}
+    runs = {
+        r.info.run_name: r
+        for r in client.search_runs(
+            [experiment.experiment_id], f"tags.mlflow.parentRunId = '{_parent_id(client, experiment, result['name'])}'"
+        )
+    }
     cell = cell_side(112)
     grid = Image.open(_artifact(client, runs["attack-s0"].info.run_id, "reconstructions_s0.png", tmp_path))
     grid.load()
@@ -95,8 +120,12 @@ def test_face_sizes_are_reconciled_before_ray_starts(capsys, tmp_path):
         return capsys.readouterr().err
 
     full = ["--profile", "full", "--config", "alsuv/ffhq256"]
-    assert "data.canvas.size: is 224 but the generator's face crop is only 192 px" in refused([*full, "--print-config", "--set", "data.canvas.size=224"])
-    assert "generator.model.size: is 32 but data.canvas.size is 64" in refused(["--print-config", "--set", "data.canvas.size=64"])
+    assert "data.canvas.size: is 224 but the generator's face crop is only 192 px" in refused(
+        [*full, "--print-config", "--set", "data.canvas.size=224"]
+    )
+    assert "generator.model.size: is 32 but data.canvas.size is 64" in refused(
+        ["--print-config", "--set", "data.canvas.size=64"]
+    )
     # The file's shapes, not its name, say what it holds: an 8 px generator under the 256 px config.
     small = GeneratorConfig(size=8, style_dim=16, n_mlp=2, channel_multiplier=1, channel_base=64, channel_max=16)
     save_rosinality(tmp_path / "stylegan2-ffhq-256_550000.pt", Generator(small))

@@ -54,7 +54,9 @@ def _assert_report_figure_opens(job: str, sweep: str, figure: str, tmp_path: Pat
     # Only the parent carries the sweep's name (nested runs are named method-setting-trial).
     runs = mlflow.search_runs(experiment_names=[f"raylab/{job}"], filter_string=f"tags.mlflow.runName = '{sweep}'")
     assert len(runs) == 1, f"one parent run named {sweep}"
-    path = mlflow.artifacts.download_artifacts(run_id=runs["run_id"].iloc[0], artifact_path=figure, dst_path=str(tmp_path))
+    path = mlflow.artifacts.download_artifacts(
+        run_id=runs["run_id"].iloc[0], artifact_path=figure, dst_path=str(tmp_path)
+    )
     with Image.open(path) as image:
         image.load()
         assert image.width > 100 and image.height > 100
@@ -62,24 +64,32 @@ def _assert_report_figure_opens(job: str, sweep: str, figure: str, tmp_path: Pat
 
 def test_meds_full_dinov2_at_smoke_budget(ray_session, weight_folder: Path, tmp_path: Path):
     argv = [
-        "--config", "meds/full_dinov2", *smoke_weight_arguments("meds/full_dinov2", weight_folder),
+        "--config",
+        "meds/full_dinov2",
+        *smoke_weight_arguments("meds/full_dinov2", weight_folder),
         # Resources, not architecture: 2 DDP workers sharing the test Ray's 2 CPUs (the registry's
         # small-machine settings, also what benchmarks/full_size_costs.py measures).
         *FULL_SIZE_CONFIGS["meds/full_dinov2"].small_machine,
     ]
     summary, _ = _smoke_run("meds_sweep", argv, tmp_path / "meds.json")
     # ELPV has no pixel masks: image-level metrics only.
-    _assert_finite_rows(summary, {"meds", "clean_oracle", "patchcore", "partial_memory", "distilled"}, ("image_auroc", "image_ap"))
+    _assert_finite_rows(
+        summary, {"meds", "clean_oracle", "patchcore", "partial_memory", "distilled"}, ("image_auroc", "image_ap")
+    )
     assert {row["noise_ratio"] for row in summary["rows"]} == {0.2}
     _assert_report_figure_opens("meds_sweep", summary["sweep"], "image_auroc_vs_noise.png", tmp_path)
 
 
 def test_tailedcore_full_wrn50_at_smoke_budget(ray_session, shared_data: Path, weight_folder: Path, tmp_path: Path):
     argv = [
-        "--data-root", str(shared_data),  # longtail_mix, the default (its smoke classes: three DTD textures, magnetic tile)
-        "--config", "tailedcore/full_wrn50", *smoke_weight_arguments("tailedcore/full_wrn50", weight_folder),
+        "--data-root",
+        str(shared_data),  # longtail_mix, the default (its smoke classes: three DTD textures, magnetic tile)
+        "--config",
+        "tailedcore/full_wrn50",
+        *smoke_weight_arguments("tailedcore/full_wrn50", weight_folder),
         # Resources: the one trial's tail-view extraction may use both CPUs.
-        "--set", "threads_per_trial=2",
+        "--set",
+        "threads_per_trial=2",
     ]
     summary, _ = _smoke_run("tailedcore_sweep", argv, tmp_path / "tailedcore.json")
     # One TailSampler row (its tail precision and recall, no AUROC) beside the detectors' rows.

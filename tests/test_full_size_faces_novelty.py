@@ -72,10 +72,20 @@ def _opens_as_image(run_id: str, artifact: str, scratch: Path) -> None:
 
 def test_ckd_official_size_smoke(ray_session, shared_data: Path, tmp_path: Path) -> None:
     """IR-SE ResNet-18 at 128x128 faces and 48x128 bands, two DDP workers per run, all five methods."""
-    out = _run("ckd_train", [
-        "--config", "ckd/orl_full", "--data-root", str(shared_data),
-        "--set", "ckd.train.cpus_per_worker=0.3", "--set", "resources.max_concurrent_trials=3",
-    ], tmp_path / "ckd.json")
+    out = _run(
+        "ckd_train",
+        [
+            "--config",
+            "ckd/orl_full",
+            "--data-root",
+            str(shared_data),
+            "--set",
+            "ckd.train.cpus_per_worker=0.3",
+            "--set",
+            "resources.max_concurrent_trials=3",
+        ],
+        tmp_path / "ckd.json",
+    )
     assert out["config"].ckd.network.widths == (64, 128, 256, 512) and out["config"].ckd.train.num_workers == 2
     children = _runs_under(out["name"])
     assert len(children) == 5
@@ -85,10 +95,20 @@ def test_ckd_official_size_smoke(ray_session, shared_data: Path, tmp_path: Path)
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_dcae_full_size_smoke(ray_session, shared_data: Path, tmp_path: Path, dataset: str) -> None:
     """Width 64, latent 64, the full discriminators; selection, three trained variants, scoring."""
-    out = _run("dcae_sweep", [
-        "--dataset", dataset, "--config", f"dcae/{dataset}_full", "--data-root", str(shared_data),
-        "--set", "train.cpus_per_worker=0.45",
-    ], tmp_path / "dcae.json")
+    out = _run(
+        "dcae_sweep",
+        [
+            "--dataset",
+            dataset,
+            "--config",
+            f"dcae/{dataset}_full",
+            "--data-root",
+            str(shared_data),
+            "--set",
+            "train.cpus_per_worker=0.45",
+        ],
+        tmp_path / "dcae.json",
+    )
     assert out["config"].network.width == 64 and out["config"].train.num_workers == 2
     trial_runs = [r for r in _runs_under(out["name"]) if r.info.run_name == "c0-s0"]
     assert len(trial_runs) == 1

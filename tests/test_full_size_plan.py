@@ -22,7 +22,9 @@ from raylab.testing.random_weights import smoke_weight_arguments
 
 def _arguments(key: str, shared_data: Path, weights: Path) -> list[str]:
     """The config's full-size command line (no ``--smoke``) with random weights where it loads files."""
-    argv = full_size_arguments(key, str(shared_data), str(shared_data.parent / "weights"), smoke_weight_arguments(key, weights))
+    argv = full_size_arguments(
+        key, str(shared_data), str(shared_data.parent / "weights"), smoke_weight_arguments(key, weights)
+    )
     argv.remove("--smoke")
     return argv
 
@@ -73,7 +75,10 @@ def test_the_meds_baseline_scores_the_sweeps_own_features(no_ray, capsys):
 
 @pytest.mark.parametrize("key", sorted(FULL_SIZE_CONFIGS))
 def test_dry_run_prints_the_plan_and_its_cost_before_ray(key, no_ray, shared_data, full_size_weights, capsys):
-    plan = run(get_experiment(FULL_SIZE_CONFIGS[key].experiment), [*_arguments(key, shared_data, full_size_weights), "--dry-run"])
+    plan = run(
+        get_experiment(FULL_SIZE_CONFIGS[key].experiment),
+        [*_arguments(key, shared_data, full_size_weights), "--dry-run"],
+    )
     text = capsys.readouterr().out
     assert plan["trials"] >= 1 and f"= {plan['trials']} trials" in text
     estimate = plan["estimate"]

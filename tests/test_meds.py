@@ -65,7 +65,9 @@ def test_network_maps_are_per_token_cosine_distances():
     encoded, decoded = net(tokens)
     assert [e.shape for e in encoded] == [(3, 5, 4), (3, 5, 6)] == [d.shape for d in decoded]
     amap = net.anomaly_map(tokens)
-    manual = torch.stack([1 - torch.nn.functional.cosine_similarity(e, d, dim=-1) for e, d in zip(encoded, decoded)]).mean(0)
+    manual = torch.stack(
+        [1 - torch.nn.functional.cosine_similarity(e, d, dim=-1) for e, d in zip(encoded, decoded)]
+    ).mean(0)
     assert torch.allclose(amap, manual) and amap.shape == (3, 5)
 
 
@@ -112,7 +114,11 @@ def test_distillation_resumes_from_its_checkpoint(ray_session, tmp_path):
     assert list(second.metrics_dataframe["epoch"]) == [2, 3]
 
 
-FLAG_NAMES = {"injected_noise", "train_injected", "injected"}  # the corpus column, the split's copy, filter_quality's argument
+FLAG_NAMES = {
+    "injected_noise",
+    "train_injected",
+    "injected",
+}  # the corpus column, the split's copy, filter_quality's argument
 
 
 def test_meds_never_reads_injected_noise_flags():
@@ -139,7 +145,13 @@ def test_meds_never_reads_injected_noise_flags():
         for function in ast.walk(tree):
             if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(function):
-                    name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+                    name = (
+                        node.attr
+                        if isinstance(node, ast.Attribute)
+                        else node.id
+                        if isinstance(node, ast.Name)
+                        else None
+                    )
                     if isinstance(node, ast.Constant) and isinstance(node.value, str):
                         name = node.value
                     if name in FLAG_NAMES:
@@ -148,7 +160,9 @@ def test_meds_never_reads_injected_noise_flags():
     assert readers == {"experiment.py": {"clean_training_mask", "filter_quality", "trial"}}, readers
     trial_source = inspect.getsource(experiment.trial)
     assert trial_source.count("train_injected") == 1
-    assert trial_source.index("meds.fit(") < trial_source.index("filter_quality(meds.selection_history, split.train_injected)")
+    assert trial_source.index("meds.fit(") < trial_source.index(
+        "filter_quality(meds.selection_history, split.train_injected)"
+    )
 
 
 def test_meds_refuses_to_score_or_retrain_before_it_is_fitted(tmp_path):
@@ -175,12 +189,17 @@ def test_stage3_defaults_are_the_released_recipe():
     s = MeDSConfig().selection
     assert (s.iterations, s.batch_size, s.lr, s.final_lr, s.warmup_iterations) == (10_000, 16, 2e-3, 2e-4, 100)
     assert (s.hard_mining_p, s.hard_mining_ramp_iterations, s.hard_mining_factor, s.mad_k) == (0.5, 1_000, 0.1, 3.0)
-    lr = [warm_cosine_lr(i, base_lr=s.lr, final_lr=s.final_lr, warmup=s.warmup_iterations, total=s.iterations) for i in range(s.iterations)]
+    lr = [
+        warm_cosine_lr(i, base_lr=s.lr, final_lr=s.final_lr, warmup=s.warmup_iterations, total=s.iterations)
+        for i in range(s.iterations)
+    ]
     assert lr[0] < 1e-4 and lr[99] == pytest.approx(2e-3) and lr[-1] == pytest.approx(2e-4, rel=1e-3)
     assert hard_mining_fraction(500, s.hard_mining_p, s.hard_mining_ramp_iterations) == pytest.approx(0.25)
     # The CPU size scales the warm-up and the ramp with its iterations (800 of 10k).
     cpu = cpu_config().selection
-    assert cpu.warmup_iterations == round(100 * cpu.iterations / 10_000) and cpu.hard_mining_ramp_iterations == round(1_000 * cpu.iterations / 10_000)
+    assert cpu.warmup_iterations == round(100 * cpu.iterations / 10_000) and cpu.hard_mining_ramp_iterations == round(
+        1_000 * cpu.iterations / 10_000
+    )
     assert (cpu.lr, cpu.final_lr, cpu.hard_mining_factor) == (2e-3, 2e-4, 0.1)
     with pytest.raises(ValueError, match="epochs"):
         SelectionConfig(iterations=4, epochs=5)
@@ -204,7 +223,9 @@ def test_selection_score_is_the_release_top_token_mean():
 
     maps = np.arange(2 * 196, dtype=np.float64).reshape(2, 196)
     np.testing.assert_allclose(token_top_mean(maps, 0.01), [195.0, 391.0])  # int(1.96) = 1 token
-    np.testing.assert_allclose(token_top_mean(np.arange(784.0)[None], 0.01), [np.arange(777.0, 784.0).mean()])  # 7 of 784
+    np.testing.assert_allclose(
+        token_top_mean(np.arange(784.0)[None], 0.01), [np.arange(777.0, 784.0).mean()]
+    )  # 7 of 784
 
 
 def _fused_config(selection, epochs: int = 2) -> dict:
@@ -229,7 +250,9 @@ def test_fused_run_resumes_in_the_stage_it_was_in(ray_session, tmp_path):
     from raylab.methods.meds.training import meds_loop
     from raylab.train import TrainSpec, fit, load_result_state
 
-    selection = SelectionConfig(iterations=8, epochs=2, batch_size=4, warmup_iterations=1, hard_mining_ramp_iterations=2)
+    selection = SelectionConfig(
+        iterations=8, epochs=2, batch_size=4, warmup_iterations=1, hard_mining_ramp_iterations=2
+    )
     spec = TrainSpec("fused-resume", num_workers=2, storage_path=str(tmp_path))
     # Stage 2 only (selection None), then the same run with stage 3: stage 2 is not redone.
     stage2 = fit(meds_loop, _fused_config(None), spec)
@@ -278,9 +301,14 @@ def test_clean_oracle_trains_on_the_clean_training_images_only(ray_session, tmp_
     table = inject_noise(corpus, NoiseProtocol(0.4, seed=0)).table
     split = class_splits(table, image_size=224)[0]
     keep = clean_training_mask(split)
-    injected = {r["sample_id"] for r in table.select(["sample_id", "injected_noise"]).to_pylist() if r["injected_noise"]}
-    originals = {r["sample_id"] for r in corpus.select(["sample_id", "split", "class_name"]).to_pylist()
-                 if r["split"] == "train" and r["class_name"] == split.class_name}
+    injected = {
+        r["sample_id"] for r in table.select(["sample_id", "injected_noise"]).to_pylist() if r["injected_noise"]
+    }
+    originals = {
+        r["sample_id"]
+        for r in corpus.select(["sample_id", "split", "class_name"]).to_pylist()
+        if r["split"] == "train" and r["class_name"] == split.class_name
+    }
     kept_ids = {i for i, k in zip(split.train_ids, keep) if k}
     assert injected and not (kept_ids & injected)
     assert kept_ids == originals and len(kept_ids) < len(split.train_ids)

@@ -127,7 +127,9 @@ def test_react_clips_at_the_percentile_of_fit_activations_and_recomputes_logits(
 
 def test_sign_guard_with_negative_energy():
     # Logits all below -10: every energy (logsumexp) is negative, bank and queries.
-    bank = ModelOutputs(np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([[-11.0, -14.0], [-12.0, -13.0]], np.float32))
+    bank = ModelOutputs(
+        np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([[-11.0, -14.0], [-12.0, -13.0]], np.float32)
+    )
     near = np.array([[1.0, 0.0]], np.float32)  # on top of a bank entry: strong guidance
     far = np.array([[0.6, 0.8]], np.float32)  # between them: weaker top-1 guidance
     same_logits = np.array([[-11.5, -13.0]], np.float32)
@@ -153,7 +155,9 @@ def test_sign_guard_with_negative_energy():
     assert np.allclose(parts["confidence"], np.maximum(parts["guidance"], 0) * shifted)
     # A query less confident than every bank entry scores its (negative) shifted confidence,
     # below every guided score, and stays ordered by confidence.
-    hopeless = ModelOutputs(np.array([[1.0, 0.0], [1.0, 0.0]], np.float32), np.array([[-20.0, -20.0], [-30.0, -30.0]], np.float32))
+    hopeless = ModelOutputs(
+        np.array([[1.0, 0.0], [1.0, 0.0]], np.float32), np.array([[-20.0, -20.0], [-30.0, -30.0]], np.float32)
+    )
     low = guarded.confidence(hopeless)
     assert np.allclose(low, _lse(hopeless.logits) - guarded.offset)
     assert low[1] < low[0] < 0 < parts["confidence"].min()
@@ -215,8 +219,12 @@ def _resnet_config(shared_weights: Path, arch: str):
     from raylab.methods.nnguide.config import ClassifierConfig
 
     return ClassifierConfig(
-        kind="cifar_resnet", arch=arch, num_classes=10, weights=str(shared_weights / f"cifar10_{arch}.th"),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        kind="cifar_resnet",
+        arch=arch,
+        num_classes=10,
+        weights=str(shared_weights / f"cifar10_{arch}.th"),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
 
 
@@ -404,30 +412,78 @@ def _refused(capsys, argv: list[str]) -> str:
 
 def test_cli_picks_the_network_config_and_overrides_weights(shared_weights: Path, tmp_path, capsys):
     weights = shared_weights / "cifar10_resnet20.th"
-    config = _job(["--dataset", "cifar10", "--network", "resnet20", "--weights", str(weights), "--print-config"])["config"]
+    config = _job(["--dataset", "cifar10", "--network", "resnet20", "--weights", str(weights), "--print-config"])[
+        "config"
+    ]
     assert config.benchmark.id_dataset == "cifar10_test" and config.classifier.arch == "resnet20"
     assert config.classifier.weights == str(weights)
     default = _job(["--dataset", "cifar10", "--print-config"])["config"]
-    assert default.classifier.arch == "resnet56" and default.benchmark.ood_sets.keys() == {"dtd", "tiny_imagenet", "mnist"}
+    assert default.classifier.arch == "resnet56" and default.benchmark.ood_sets.keys() == {
+        "dtd",
+        "tiny_imagenet",
+        "mnist",
+    }
     # The (dataset, network) config sits under --set, as a dataset overlay does.
-    config = _job(["--dataset", "cifar10", "--set", "classifier.weights=other.th", "--set", "sweep.num_samples=7", "--print-config"])["config"]
-    assert config.classifier.arch == "resnet56" and config.classifier.weights == "other.th" and config.sweep.num_samples == 7
+    config = _job(
+        [
+            "--dataset",
+            "cifar10",
+            "--set",
+            "classifier.weights=other.th",
+            "--set",
+            "sweep.num_samples=7",
+            "--print-config",
+        ]
+    )["config"]
+    assert (
+        config.classifier.arch == "resnet56"
+        and config.classifier.weights == "other.th"
+        and config.sweep.num_samples == 7
+    )
     assert not _job(["--no-sweep", "--print-config"])["config"].sweep.enabled
-    assert "no default config for cifar10" in _refused(capsys, ["--dataset", "cifar10", "--network", "resnet18", "--print-config"])
-    assert "no such file" in _refused(capsys, ["--dataset", "cifar10", "--weights", str(tmp_path / "missing.th"), "--print-config"])
+    assert "no default config for cifar10" in _refused(
+        capsys, ["--dataset", "cifar10", "--network", "resnet18", "--print-config"]
+    )
+    assert "no such file" in _refused(
+        capsys, ["--dataset", "cifar10", "--weights", str(tmp_path / "missing.th"), "--print-config"]
+    )
     # A packaged config named by its old path still resolves, and contradicts --network here.
-    mismatch = ["--dataset", "cifar10", "--network", "resnet20", "--config", "configs/nnguide/cifar10_resnet56.yaml", "--print-config"]
+    mismatch = [
+        "--dataset",
+        "cifar10",
+        "--network",
+        "resnet20",
+        "--config",
+        "configs/nnguide/cifar10_resnet56.yaml",
+        "--print-config",
+    ]
     assert "classifier.arch is resnet56" in _refused(capsys, mismatch)
-    same = _job(["--dataset", "cifar10", "--network", "resnet56", "--config", "configs/nnguide/cifar10_resnet56.yaml", "--print-config"])["config"]
+    same = _job(
+        [
+            "--dataset",
+            "cifar10",
+            "--network",
+            "resnet56",
+            "--config",
+            "configs/nnguide/cifar10_resnet56.yaml",
+            "--print-config",
+        ]
+    )["config"]
     assert same == default
-    assert "benchmark.id_dataset is cifar10_test" in _refused(capsys, ["--dataset", "mnist_open_set", "--config", "nnguide/cifar10_resnet20", "--print-config"])
+    assert "benchmark.id_dataset is cifar10_test" in _refused(
+        capsys, ["--dataset", "mnist_open_set", "--config", "nnguide/cifar10_resnet20", "--print-config"]
+    )
 
 
 def test_bad_values_fail_before_ray_naming_the_key(capsys):
     config_error = ["--print-config", "--set"]
-    assert "sweep.num_samples: expected int, got str 'notanumber'" in _refused(capsys, [*config_error, "sweep.num_samples=notanumber"])
+    assert "sweep.num_samples: expected int, got str 'notanumber'" in _refused(
+        capsys, [*config_error, "sweep.num_samples=notanumber"]
+    )
     assert "sweep.num_samples: must be >= 1" in _refused(capsys, [*config_error, "sweep.num_samples=0"])
-    assert "benchmark.validation_fraction: must be in (0, 1)" in _refused(capsys, [*config_error, "benchmark.validation_fraction=1.5"])
+    assert "benchmark.validation_fraction: must be in (0, 1)" in _refused(
+        capsys, [*config_error, "benchmark.validation_fraction=1.5"]
+    )
     assert "--seeds '0,x': 'x' is not a valid int" in _refused(capsys, ["--seeds", "0,x"])
     assert "--seeds '0,,1'" in _refused(capsys, ["--seeds", "0,,1"])
     assert "unknown detector kind 'nope'" in _refused(capsys, ["--seeds", "0", "--set", "detectors.x.kind=nope"])

@@ -68,4 +68,3 @@ def test_damaged_or_unvouched_final_weights_are_named_discarded_and_retrained(ra
     with pytest.warns(RuntimeWarning, match=rf"{MANIFEST}: missing"):
         train_classifier(pixels, labels, model, train, seed=0, storage_path=str(tmp_path))
     verify(run, [FINAL_STATE])
-

@@ -20,11 +20,22 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def _run_on_one_cpu(script: str, tmp_path: Path, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "RAYLAB_CACHE_DIR": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "RAYLAB_CACHE_DIR": str(tmp_path / "cache"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
     env.pop("RAY_ADDRESS", None)
     prologue = "import ray\nray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", prologue + script], env=env, cwd=REPOSITORY, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", prologue + script],
+        env=env,
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done, time.perf_counter() - started
 
 

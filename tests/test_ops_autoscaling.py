@@ -40,19 +40,36 @@ def _cluster_config(gcs_port: int) -> dict:
         "idle_timeout_minutes": 0.2,
         "upscaling_speed": 2.0,
         "provider": {
-            "type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-            "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{gcs_port}",
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{gcs_port}",
         },
         "head_node_type": "head",
         "available_node_types": {
             "head": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
             # Two trials of the smoke sweep fit one node each: 2 Train workers x (0.99 CPU + 1 accel).
-            WORKER_TYPE: {"resources": {"CPU": 2, ACCELERATOR: 2}, "node_config": {}, "min_workers": 0, "max_workers": 2},
+            WORKER_TYPE: {
+                "resources": {"CPU": 2, ACCELERATOR: 2},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 2,
+            },
         },
-        "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
-        "head_start_ray_commands": [], "worker_start_ray_commands": [],
+        "auth": {"ssh_user": "ubuntu"},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
     }
 
 
@@ -69,7 +86,9 @@ print(json.dumps({"nodes": nodes, "actors": actors}))
 
 
 def _state(dashboard: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", STATE, dashboard], env=cli_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", STATE, dashboard], env=cli_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -82,9 +101,19 @@ def scaled_sweep(tmp_path_factory):
     config = root / "cluster.yaml"
     config.write_text(yaml.safe_dump(_cluster_config(gcs_port)))
     command = [
-        str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=0", f"--autoscaling-config={config}",
-        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-        "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={gcs_port}",
+        "--num-cpus=0",
+        f"--autoscaling-config={config}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        "--include-dashboard=true",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
     ]
     env = cli_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     dashboard = f"http://127.0.0.1:{dashboard_port}"
@@ -93,14 +122,31 @@ def scaled_sweep(tmp_path_factory):
         assert [n for n in _state(dashboard)["nodes"] if not n["is_head"]] == []  # from zero
         summary = root / "summary.json"
         job_env = cli_env(
-            RAY_ADDRESS=f"127.0.0.1:{gcs_port}", MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
-            RAYLAB_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1",
+            RAY_ADDRESS=f"127.0.0.1:{gcs_port}",
+            MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+            RAYLAB_CACHE_DIR=str(root / "cache"),
+            HF_HUB_OFFLINE="1",
         )
         started = time.monotonic()
         job = subprocess.run(
-            [sys.executable, "jobs/meds_sweep.py", *SMOKE, "--resources", "gpu", "--accelerator", ACCELERATOR,
-             "--set", "resources.max_concurrent_trials=2", "--summary-json", str(summary)],
-            cwd=ROOT, env=job_env, capture_output=True, text=True, timeout=1200,
+            [
+                sys.executable,
+                "jobs/meds_sweep.py",
+                *SMOKE,
+                "--resources",
+                "gpu",
+                "--accelerator",
+                ACCELERATOR,
+                "--set",
+                "resources.max_concurrent_trials=2",
+                "--summary-json",
+                str(summary),
+            ],
+            cwd=ROOT,
+            env=job_env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
         )
         job_seconds = time.monotonic() - started
         assert job.returncode == 0, (job.stdout + job.stderr)[-6000:]
@@ -114,8 +160,11 @@ def scaled_sweep(tmp_path_factory):
         print(f"autoscaling sweep: {job_seconds:.0f} s")
         sweep = json.loads(summary.read_text())["sweep"]
         yield {
-            "rows": json.loads(summary.read_text())["rows"], "after_job": after_job, "later": later,
-            "trial_spans": _trial_spans(root / "cache" / "ray_results" / sweep), "log": job.stdout + job.stderr,
+            "rows": json.loads(summary.read_text())["rows"],
+            "after_job": after_job,
+            "later": later,
+            "trial_spans": _trial_spans(root / "cache" / "ray_results" / sweep),
+            "log": job.stdout + job.stderr,
         }
 
 
@@ -149,9 +198,15 @@ def test_trials_ran_at_once_with_workers_on_two_nodes(scaled_sweep):
 
 def test_train_workers_and_extraction_actors_sit_on_accelerator_nodes(scaled_sweep):
     nodes = _accelerator_nodes(scaled_sweep["after_job"])
-    placed = [a for a in scaled_sweep["after_job"]["actors"] if a["class_name"] == "RayTrainWorker" or a["class_name"].startswith("MapWorker")]
+    placed = [
+        a
+        for a in scaled_sweep["after_job"]["actors"]
+        if a["class_name"] == "RayTrainWorker" or a["class_name"].startswith("MapWorker")
+    ]
     assert any(a["class_name"].startswith("MapWorker") for a in placed)
-    assert len([a for a in placed if a["class_name"] == "RayTrainWorker"]) == 2 * 2  # 2 trials x 2 workers (one Train run for stages 2+3)
+    assert (
+        len([a for a in placed if a["class_name"] == "RayTrainWorker"]) == 2 * 2
+    )  # 2 trials x 2 workers (one Train run for stages 2+3)
     assert {a["node_id"] for a in placed} <= nodes
 
 
@@ -161,7 +216,9 @@ def test_idle_nodes_are_removed(scaled_sweep):
 
 
 def test_rows_equal_a_local_run(scaled_sweep, meds_smoke_runs):
-    local = meds_smoke_runs["first"]["rows"] + meds_smoke_runs["changed"]["rows"]  # noise 0, noise 0.2, on the local Ray
+    local = (
+        meds_smoke_runs["first"]["rows"] + meds_smoke_runs["changed"]["rows"]
+    )  # noise 0, noise 0.2, on the local Ray
     key = lambda row: (row["method"], row["noise_ratio"], row["seed"])  # noqa: E731
     assert sorted(map(key, local)) == sorted(map(key, scaled_sweep["rows"]))
     scaled = {key(r): r["metrics"] for r in scaled_sweep["rows"]}

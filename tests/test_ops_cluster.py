@@ -22,10 +22,17 @@ pytestmark = pytest.mark.ops
 
 
 def test_two_nodes_share_the_work_and_match_one_node(tmp_path, shared_data):
-    env = dict(os.environ, MULTINODE_OUT=str(tmp_path / "arrays"), RAYLAB_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    env = dict(
+        os.environ, MULTINODE_OUT=str(tmp_path / "arrays"), RAYLAB_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1"
+    )
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "multinode_cluster.py")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200
+        [sys.executable, str(ROOT / "tests" / "multinode_cluster.py")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("MULTINODE_RESULT ")]
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-6000:]

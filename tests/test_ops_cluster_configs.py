@@ -72,7 +72,10 @@ def test_launcher_config_passes_ray_validation_and_matches_raylab(path):
     assert all(0 == t["min_workers"] <= t["max_workers"] <= prepared["max_workers"] for t in workers.values())
     for t in workers.values():  # spot capacity for the GPU workers
         config = t["node_config"]
-        spot = config.get("InstanceMarketOptions", {}).get("MarketType") == "spot" or config.get("scheduling", {}).get("provisioningModel") == "SPOT"
+        spot = (
+            config.get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+            or config.get("scheduling", {}).get("provisioningModel") == "SPOT"
+        )
         assert spot, config
     head_start = " ".join(prepared["head_start_ray_commands"])
     worker_start = " ".join(prepared["worker_start_ray_commands"])
@@ -115,7 +118,9 @@ def test_dockerfile_installs_dependencies_before_the_source_on_one_cuda_major():
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     first_copy = next(i for i, line in enumerate(lines) if line.startswith("COPY"))
     source_copy = next(i for i, line in enumerate(lines) if re.match(r"COPY .* \. /home/ray/raylab$", line))
-    install = next(i for i, line in enumerate(lines) if "pip install" in line and "-r /tmp/raylab-requirements.txt" in line)
+    install = next(
+        i for i, line in enumerate(lines) if "pip install" in line and "-r /tmp/raylab-requirements.txt" in line
+    )
     assert "pyproject.toml" in lines[first_copy] and first_copy < install < source_copy
     assert "--no-deps" in next(line for line in lines[source_copy:] if "pip install" in line)
     assert "ENV RAYLAB_GIT_COMMIT=${RAYLAB_GIT_COMMIT}" in text and "RAYLAB_GIT_COMMIT" in args
@@ -171,8 +176,12 @@ def test_kuberay_operator_rules_hold_for_the_raycluster():
     cluster = _documents(CLUSTER / "kuberay" / "raycluster.yaml")["RayCluster"]
     assert kuberay_operator_errors(cluster) == []
     both = copy.deepcopy(cluster)  # what the manifest used to say: rejected by the operator
-    both["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append({"name": "RAY_enable_autoscaler_v2", "value": "1"})
-    assert kuberay_operator_errors(both) == ["both spec.autoscalerOptions.version v2 and the head's RAY_enable_autoscaler_v2 are set"]
+    both["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "RAY_enable_autoscaler_v2", "value": "1"}
+    )
+    assert kuberay_operator_errors(both) == [
+        "both spec.autoscalerOptions.version v2 and the head's RAY_enable_autoscaler_v2 are set"
+    ]
 
 
 def test_kuberay_pods_are_non_root_authenticated_and_fenced():
@@ -181,10 +190,16 @@ def test_kuberay_pods_are_non_root_authenticated_and_fenced():
     spec = cluster["spec"]
     assert spec["authOptions"] == {"mode": "token"}
     job = _documents(CLUSTER / "kuberay" / "rayjob-meds-sweep.yaml")["RayJob"]
-    templates = [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"]), job["spec"]["submitterPodTemplate"]]
+    templates = [
+        spec["headGroupSpec"]["template"],
+        *(g["template"] for g in spec["workerGroupSpecs"]),
+        job["spec"]["submitterPodTemplate"],
+    ]
     for template in templates:
         pod = template["spec"]["securityContext"]
-        assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0 and pod["seccompProfile"]["type"] == "RuntimeDefault"
+        assert (
+            pod["runAsNonRoot"] is True and pod["runAsUser"] != 0 and pod["seccompProfile"]["type"] == "RuntimeDefault"
+        )
         for container in template["spec"]["containers"]:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -194,11 +209,18 @@ def test_kuberay_pods_are_non_root_authenticated_and_fenced():
     submitter = job["spec"]["submitterPodTemplate"]
     env = {e["name"]: e for e in submitter["spec"]["containers"][0]["env"]}
     assert env["RAY_AUTH_MODE"]["value"] == "token"
-    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": cluster["metadata"]["name"], "key": "auth_token"}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": cluster["metadata"]["name"],
+        "key": "auth_token",
+    }
     policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
     cluster_pods = {"ray.io/cluster": cluster["metadata"]["name"]}
     head_pods = cluster_pods | {"ray.io/node-type": "head"}
-    covering = [p for p in policies.values() if cluster_pods.items() <= p["spec"]["podSelector"]["matchLabels"].items() <= head_pods.items()]
+    covering = [
+        p
+        for p in policies.values()
+        if cluster_pods.items() <= p["spec"]["podSelector"]["matchLabels"].items() <= head_pods.items()
+    ]
     assert covering and all(p["spec"]["policyTypes"] == ["Ingress"] for p in covering)
     for policy in covering:
         for rule in policy["spec"]["ingress"]:
@@ -206,7 +228,13 @@ def test_kuberay_pods_are_non_root_authenticated_and_fenced():
                 assert "ipBlock" not in peer  # pods only, never an address range
                 if peer.get("namespaceSelector") is not None and "podSelector" not in peer:
                     assert {p["port"] for p in rule["ports"]} == {8080}  # another namespace: metrics only
-    inside = [peer["podSelector"]["matchLabels"] for p in covering for r in p["spec"]["ingress"] for peer in r["from"] if "namespaceSelector" not in peer]
+    inside = [
+        peer["podSelector"]["matchLabels"]
+        for p in covering
+        for r in p["spec"]["ingress"]
+        for peer in r["from"]
+        if "namespaceSelector" not in peer
+    ]
     assert cluster_pods in inside and submitter["metadata"]["labels"] in inside
     head = spec["headGroupSpec"]["template"]["spec"]["containers"]
     assert all("0.0.0.0" not in " ".join(c.get("args", [])) or c["name"] == "mlflow" for c in head)
@@ -241,7 +269,10 @@ def test_kuberay_raycluster_has_required_fields_and_gpu_autoscaling():
             assert container["image"] == image
             assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
             env = {e["name"]: e["value"] for e in container["env"]}
-            assert env["RAYLAB_CACHE_DIR"].startswith("/mnt/raylab") and env["MLFLOW_TRACKING_URI"] == "http://raylab-mlflow:5000"
+            assert (
+                env["RAYLAB_CACHE_DIR"].startswith("/mnt/raylab")
+                and env["MLFLOW_TRACKING_URI"] == "http://raylab-mlflow:5000"
+            )
         volumes = group["template"]["spec"]["volumes"]
         assert {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v} <= claims
     service = docs["Service"]

@@ -37,11 +37,26 @@ def _loop_config() -> dict:
     return {
         "tokens": rng.normal(size=(32, 49, 16)).astype(np.float32),
         "targets": rng.random((32, 49)).astype(np.float32),
-        "model": {"groups": [[[0, 8]], [[8, 16]]], "in_dim": 16, "hidden_dim": 32, "decoder_blocks": 2, "heads": 2, "dropout": DROPOUT},
+        "model": {
+            "groups": [[[0, 8]], [[8, 16]]],
+            "in_dim": 16,
+            "hidden_dim": 32,
+            "decoder_blocks": 2,
+            "heads": 2,
+            "dropout": DROPOUT,
+        },
         "seed": 0,
         "schedule": DistillationConfig(
-            lr=2e-3, final_lr=2e-4, warmup_iterations=10, weight_decay=1e-4, grad_clip=0.1,
-            loss_weight=10.0, loss="mse", batch_size=8, epochs=EPOCHS, iterations=EPOCHS * 40,
+            lr=2e-3,
+            final_lr=2e-4,
+            warmup_iterations=10,
+            weight_decay=1e-4,
+            grad_clip=0.1,
+            loss_weight=10.0,
+            loss="mse",
+            batch_size=8,
+            epochs=EPOCHS,
+            iterations=EPOCHS * 40,
         ),
     }
 
@@ -88,12 +103,19 @@ def _selection_config(distilled_state: dict) -> dict:
 
     config = _loop_config()
     return {
-        "tokens": config["tokens"], "model": config["model"], "seed": 0,
-        "schedule": SelectionConfig(iterations=EPOCHS * 40, epochs=EPOCHS, batch_size=8, hard_mining_ramp_iterations=40, hard_mining_factor=0.1),
+        "tokens": config["tokens"],
+        "model": config["model"],
+        "seed": 0,
+        "schedule": SelectionConfig(
+            iterations=EPOCHS * 40, epochs=EPOCHS, batch_size=8, hard_mining_ramp_iterations=40, hard_mining_factor=0.1
+        ),
         "class_ids": np.zeros(32, dtype=np.int64),
         "distilled_scores": np.random.default_rng(1).random(32),
         "initial_state": distilled_state,
-        "grid": 7, "image_size": 28, "blur_sigma": 1.0, "top_fraction": 0.1,
+        "grid": 7,
+        "image_size": 28,
+        "blur_sigma": 1.0,
+        "top_fraction": 0.1,
     }
 
 
@@ -137,11 +159,21 @@ def test_killed_train_worker_resumes_from_checkpoint_and_matches(ray_session, tm
     from raylab.train import TrainSpec, fit, load_result_state
 
     config = _loop_config()
-    reference = fit(distillation_loop, config, TrainSpec("uninterrupted", num_workers=2, storage_path=str(tmp_path / "a"), checkpoints_to_keep=EPOCHS * 2))
-    distilled = _assert_identical(reference, _kill_one_worker_mid_run(distillation_loop, config, tmp_path / "b"), "distillation_loss")
+    reference = fit(
+        distillation_loop,
+        config,
+        TrainSpec("uninterrupted", num_workers=2, storage_path=str(tmp_path / "a"), checkpoints_to_keep=EPOCHS * 2),
+    )
+    distilled = _assert_identical(
+        reference, _kill_one_worker_mid_run(distillation_loop, config, tmp_path / "b"), "distillation_loss"
+    )
 
     selection = _selection_config(distilled["model"])
-    reference = fit(selection_loop, selection, TrainSpec("uninterrupted", num_workers=2, storage_path=str(tmp_path / "c"), checkpoints_to_keep=EPOCHS * 2))
+    reference = fit(
+        selection_loop,
+        selection,
+        TrainSpec("uninterrupted", num_workers=2, storage_path=str(tmp_path / "c"), checkpoints_to_keep=EPOCHS * 2),
+    )
     resumed = _kill_one_worker_mid_run(selection_loop, selection, tmp_path / "d")
     final = _assert_identical(reference, resumed, "selection_loss")
     assert [m.tolist() for m in final["history"]] == [m.tolist() for m in load_result_state(resumed)["history"]]

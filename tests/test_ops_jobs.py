@@ -80,12 +80,36 @@ def _submit(head, tracking: str, root: Path, summary: Path, name: str = SWEEP) -
     submission_id = f"raylab-test-{uuid.uuid4().hex[:8]}"
     submit = subprocess.run(
         [
-            RAY, "job", "submit", "--address", head.dashboard_url, "--submission-id", submission_id, "--no-wait",
-            "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
-            "python", "jobs/meds_sweep.py", "--quick", "--config", SMOKE, "--noise-ratios", "0,0.2",
-            "--name", name, "--summary-json", str(summary),
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            head.dashboard_url,
+            "--submission-id",
+            submission_id,
+            "--no-wait",
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            "jobs/meds_sweep.py",
+            "--quick",
+            "--config",
+            SMOKE,
+            "--noise-ratios",
+            "0,0.2",
+            "--name",
+            name,
+            "--summary-json",
+            str(summary),
         ],
-        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert submit.returncode == 0, submit.stdout + submit.stderr
     return submission_id
@@ -129,7 +153,13 @@ def restarted_sweep(tmp_path_factory):
                 break
             time.sleep(2)
         first_status_before_stop = client.get_job_status(first).value
-        stop = subprocess.run([RAY, "job", "stop", "--address", head.dashboard_url, first], env=cli_env(), capture_output=True, text=True, timeout=120)
+        stop = subprocess.run(
+            [RAY, "job", "stop", "--address", head.dashboard_url, first],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         stopped_at = time.time()
         first_status, first_logs = _wait_for_job(client, first, timeout=120)
         trials_at_stop = _tune_trials(experiment)
@@ -143,9 +173,18 @@ def restarted_sweep(tmp_path_factory):
         uncut_status, uncut_logs = _wait_for_job(client, uncut, timeout=900)
         timings["uncut_job_s"] = time.monotonic() - started - sum(timings.values())
         yield {
-            "tracking": tracking, "summary": summary, "root": root, "timings": timings,
-            "first": {"status": first_status, "before_stop": first_status_before_stop, "logs": first_logs, "stop": stop.stdout + stop.stderr},
-            "trials_at_stop": trials_at_stop, "stopped_at_ms": int(stopped_at * 1000),
+            "tracking": tracking,
+            "summary": summary,
+            "root": root,
+            "timings": timings,
+            "first": {
+                "status": first_status,
+                "before_stop": first_status_before_stop,
+                "logs": first_logs,
+                "stop": stop.stdout + stop.stderr,
+            },
+            "trials_at_stop": trials_at_stop,
+            "stopped_at_ms": int(stopped_at * 1000),
             "second": {"status": second_status, "logs": second_logs},
             "uncut": {"status": uncut_status, "logs": uncut_logs, "summary": uncut_summary},
         }
@@ -168,7 +207,9 @@ def test_stopped_sweep_resumes_when_submitted_again(restarted_sweep):
     assert first["before_stop"] == "RUNNING", first["logs"][-6000:]
     assert first["status"] == "STOPPED", first["stop"]
     # The stop fell between the two trials' ends: one finished, one not.
-    assert sorted(restarted_sweep["trials_at_stop"].values()).count("TERMINATED") == 1, restarted_sweep["trials_at_stop"]
+    assert sorted(restarted_sweep["trials_at_stop"].values()).count("TERMINATED") == 1, restarted_sweep[
+        "trials_at_stop"
+    ]
     assert second["status"] == "SUCCEEDED", second["logs"][-6000:]
     rows = json.loads(restarted_sweep["summary"].read_text())["rows"]
     assert {(r["method"], r["noise_ratio"]) for r in rows} == {
@@ -205,7 +246,9 @@ def _trained(state: dict) -> dict:
     generator, which is compared."""
     kept = {k: v for k, v in state.items() if not str(k).endswith("_seconds")}
     if "rng_states" in kept:
-        kept["rng_states"] = [{k: v for k, v in rank.items() if k not in ("numpy", "python")} for rank in kept["rng_states"]]
+        kept["rng_states"] = [
+            {k: v for k, v in rank.items() if k not in ("numpy", "python")} for rank in kept["rng_states"]
+        ]
     return kept
 
 
@@ -249,7 +292,15 @@ def _runs(tracking: str, experiment_name: str) -> list[dict]:
     experiment = _rest(tracking, f"experiments/get-by-name?experiment_name={experiment_name}")["experiment"]
     runs, token = [], None
     while True:
-        page = _rest(tracking, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 500, **({"page_token": token} if token else {})})
+        page = _rest(
+            tracking,
+            "runs/search",
+            {
+                "experiment_ids": [experiment["experiment_id"]],
+                "max_results": 500,
+                **({"page_token": token} if token else {}),
+            },
+        )
         runs.extend(page.get("runs", []))
         token = page.get("next_page_token")
         if not token:
@@ -296,7 +347,9 @@ def test_mlflow_server_has_one_parent_with_nested_trial_runs(restarted_sweep):
     run_id = finished[("meds", "0.2")][0]["info"]["run_id"]
     png = requests.get(f"{tracking}/get-artifact", params={"path": "roc_image.png", "run_uuid": run_id}, timeout=30)
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
-    parent_files = {f["path"] for f in _rest(tracking, f"artifacts/list?run_id={parent['info']['run_id']}").get("files", [])}
+    parent_files = {
+        f["path"] for f in _rest(tracking, f"artifacts/list?run_id={parent['info']['run_id']}").get("files", [])
+    }
     assert {"results_table.csv", "image_auroc_vs_noise.png"} <= parent_files
 
 
@@ -332,22 +385,47 @@ def test_report_renders_in_headless_chromium(restarted_sweep, tmp_path):
     text = report.read_text()
     assert "<script" not in text and "http://" not in text.replace(restarted_sweep["tracking"], "")  # self-contained
     sections = re.findall(r"<h2>(.*?)</h2>", text)
-    assert sections[:4] == ["Results (mean ± std over seeds)", "Metrics vs noise ratio", "Per class (image_auroc)", "Trials over hyperparameters (image_auroc)"]
+    assert sections[:4] == [
+        "Results (mean ± std over seeds)",
+        "Metrics vs noise ratio",
+        "Per class (image_auroc)",
+        "Trials over hyperparameters (image_auroc)",
+    ]
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     sizes = [Image.open(io.BytesIO(base64.b64decode(data))).size for data in embedded]
     assert len(sizes) >= 4  # three plots of this report + the figure the sweep logged
     probed = tmp_path / "probed.html"
     probed.write_text(text.replace("</body>", PROBE + "</body>"))
     dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
-        capture_output=True, text=True, timeout=180,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     rendered = re.findall(r'data-natural="(\d+)x(\d+)"', dom.stdout)
     assert [(int(w), int(h)) for w, h in rendered] == sizes, dom.stderr[-2000:]
     shot = tmp_path / "report.png"
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1600", f"--screenshot={shot}", report.as_uri()],
-        capture_output=True, timeout=180,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        timeout=180,
     )
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # plots and tables on the page, not a blank one

@@ -123,17 +123,23 @@ def test_raylab_metrics_reach_the_prometheus_endpoint(ray_session, isolated_outp
     worker = ray_session.remote(num_cpus=0)(Exerciser).remote()
     try:
         assert ray_session.get(worker.run.remote(), timeout=300) == 0
-        with tracked_run(job, "trial", tags={"method": "meds", "dataset": "elpv", "noise_ratio": 0.1, "seed": 0}) as run:
+        with tracked_run(
+            job, "trial", tags={"method": "meds", "dataset": "elpv", "noise_ratio": 0.1, "seed": 0}
+        ) as run:
             run.log_metrics({"image_auroc": 0.875})
 
         def complete(samples):
-            return RAYLAB_NAMES <= set(samples) and any(job in line for line in samples.get("ray_raylab_run_metric", []))
+            return RAYLAB_NAMES <= set(samples) and any(
+                job in line for line in samples.get("ray_raylab_run_metric", [])
+            )
 
         samples = scrape_until(ray_session, complete)
     finally:
         ray_session.kill(worker)
     assert RAYLAB_NAMES <= set(samples), sorted(RAYLAB_NAMES - set(samples))
     run_lines = [line for line in samples["ray_raylab_run_metric"] if f'job="{job}"' in line]
-    assert any('metric="image_auroc"' in line and 'noise_ratio="0.1"' in line and line.endswith(" 0.875") for line in run_lines), run_lines
+    assert any(
+        'metric="image_auroc"' in line and 'noise_ratio="0.1"' in line and line.endswith(" 0.875") for line in run_lines
+    ), run_lines
     assert any('backbone="efficientnet_lite0"' in line for line in samples["ray_raylab_feature_images_total"])
     assert any(line.endswith(" 100.0") or line.endswith(" 100") for line in samples["ray_raylab_memory_bank_vectors"])

@@ -63,7 +63,9 @@ def test_a_planted_checkpoint_is_refused_by_load_result_state(tmp_path):
     marker = tmp_path / "pwned"
     checkpoint_dir = tmp_path / "run" / "checkpoint_000000"
     _plant(checkpoint_dir / harness.STATE_FILE, marker)
-    result = SimpleNamespace(checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)), path=str(tmp_path / "run"))
+    result = SimpleNamespace(
+        checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)), path=str(tmp_path / "run")
+    )
     _refused(lambda: harness.load_result_state(result), marker)
 
 
@@ -91,7 +93,9 @@ def test_a_planted_final_state_is_refused_by_the_nnguide_classifier_cache(tmp_pa
     planted = _plant(tmp_path / "runs" / run_name(pixels, labels, model, train, 0) / FINAL_STATE, marker)
     # Whoever can plant the file can plant its manifest too: the check passes, the load must refuse.
     write_manifest(planted.parent, [planted.name])
-    _refused(lambda: train_classifier(pixels, labels, model, train, seed=0, storage_path=str(tmp_path / "runs")), marker)
+    _refused(
+        lambda: train_classifier(pixels, labels, model, train, seed=0, storage_path=str(tmp_path / "runs")), marker
+    )
 
 
 def test_a_planted_final_state_is_refused_by_the_ckd_cache(tmp_path):
@@ -120,11 +124,16 @@ def test_a_planted_final_state_is_refused_by_the_dcae_cache(tmp_path):
 
     images = np.zeros((4, 1, 16, 16), np.uint8)
     variants = {"ae": (TRAINED["ae"], LossWeights())}
-    network, train = NetworkConfig(width=8, latent_dim=4, downsamplings=2, latent_hidden=16), TrainConfig(epochs=1, num_workers=1)
+    network, train = (
+        NetworkConfig(width=8, latent_dim=4, downsamplings=2, latent_hidden=16),
+        TrainConfig(epochs=1, num_workers=1),
+    )
     marker = tmp_path / "pwned"
     _plant(tmp_path / "runs" / "planted" / FINAL_STATE.format(epochs=1), marker)
     _refused(
-        lambda: train_variants(images, variants, network, train, seed=0, storage_path=str(tmp_path / "runs"), name="planted"),
+        lambda: train_variants(
+            images, variants, network, train, seed=0, storage_path=str(tmp_path / "runs"), name="planted"
+        ),
         marker,
     )
 

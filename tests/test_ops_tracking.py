@@ -35,7 +35,9 @@ def _orphan(job: str, name: str, driver: str) -> tuple[str, str]:
     client = mlflow.MlflowClient()
     exp = experiment_id(job)
     parent = client.create_run(exp, run_name=name, tags={DRIVER_TAG: driver})
-    child = client.create_run(exp, run_name=f"{name}-trial", tags={DRIVER_TAG: driver, "mlflow.parentRunId": parent.info.run_id})
+    child = client.create_run(
+        exp, run_name=f"{name}-trial", tags={DRIVER_TAG: driver, "mlflow.parentRunId": parent.info.run_id}
+    )
     client.log_param(parent.info.run_id, "lr", "0.1")
     return parent.info.run_id, child.info.run_id
 

@@ -25,8 +25,21 @@ def installed(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(source)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(root / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = (root / "dist").glob("raylab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -34,7 +47,9 @@ def installed(tmp_path_factory) -> Path:
     assert "raylab/configs/cost_measurements.yaml" in names  # what --dry-run scales
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(root / "site"), str(wheel)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return root / "site"
 
@@ -42,19 +57,38 @@ def installed(tmp_path_factory) -> Path:
 def _raylab(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = "import sys, raylab, raylab.cli; print(raylab.__file__, file=sys.stderr); sys.exit(raylab.cli.main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_installed_experiments_resolve_the_same_configs(installed, tmp_path):
-    for argv in (["meds_sweep", "--quick"], ["meds_sweep", "--config", "meds/smoke", "--set", "seeds=[1, 2]"], ["dcae_sweep"], ["tailedcore_sweep", "--quick"]):
+    for argv in (
+        ["meds_sweep", "--quick"],
+        ["meds_sweep", "--config", "meds/smoke", "--set", "seeds=[1, 2]"],
+        ["dcae_sweep"],
+        ["tailedcore_sweep", "--quick"],
+    ):
         from_wheel = _raylab(installed, tmp_path, "run", *argv, "--print-config")
         assert from_wheel.returncode == 0, from_wheel.stderr
         assert str(installed) in from_wheel.stderr.splitlines()[0]  # the installed copy ran, not the checkout
         from_checkout = subprocess.run(
-            [sys.executable, "-m", "raylab.cli", "run", *argv, "--print-config"], cwd=ROOT, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "raylab.cli", "run", *argv, "--print-config"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert from_checkout.returncode == 0, from_checkout.stderr
         assert from_wheel.stdout == from_checkout.stdout
         assert "seeds:" in from_wheel.stdout
     listed = _raylab(installed, tmp_path, "jobs")
-    assert listed.stdout.split() == ["alsuv_attack", "ckd_train", "dcae_sweep", "meds_sweep", "nnguide_eval", "patchcore_eval", "tailedcore_sweep"]
+    assert listed.stdout.split() == [
+        "alsuv_attack",
+        "ckd_train",
+        "dcae_sweep",
+        "meds_sweep",
+        "nnguide_eval",
+        "patchcore_eval",
+        "tailedcore_sweep",
+    ]

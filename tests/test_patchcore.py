@@ -162,10 +162,21 @@ def test_setting_task_logs_nested_run(shared_data, ray_session, tmp_path):
     result = run(
         get_experiment("patchcore_eval"),
         [
-            "--dataset", "magnetic_tile", "--data-root", str(shared_data), "--quick",
-            "--set", "quick_images_per_group=10", "--set", "quick_coreset_ratio=0.05",
-            "--set", f"patchcore.features.image_size={IMAGE_SIZE}",
-            "--noise-ratios", "0.1", "--seeds", "1",
+            "--dataset",
+            "magnetic_tile",
+            "--data-root",
+            str(shared_data),
+            "--quick",
+            "--set",
+            "quick_images_per_group=10",
+            "--set",
+            "quick_coreset_ratio=0.05",
+            "--set",
+            f"patchcore.features.image_size={IMAGE_SIZE}",
+            "--noise-ratios",
+            "0.1",
+            "--seeds",
+            "1",
         ],
     )
     (row,) = result["rows"]
@@ -214,7 +225,9 @@ def test_setting_task_logs_nested_run(shared_data, ray_session, tmp_path):
     (view,) = class_splits(inject_noise(tiny, NoiseProtocol(0.1, seed=1)).table, IMAGE_SIZE)
     by_id = dict(zip(tiny.column("sample_id").to_pylist(), tiny.column("image").to_pylist()))
     scored = model.predict(pd.DataFrame({"image": [by_id[base_sample_id(i)] for i in view.test_ids]}))
-    assert anomaly_metrics(view.test_labels, scored["image_score"].to_numpy())["image_auroc"] == pytest.approx(row["metrics"]["image_auroc"])
+    assert anomaly_metrics(view.test_labels, scored["image_score"].to_numpy())["image_auroc"] == pytest.approx(
+        row["metrics"]["image_auroc"]
+    )
 
 
 @pytest.mark.e2e
@@ -227,14 +240,21 @@ def test_patchcore_job_summary_contract(shared_data, corpus, features, ray_sessi
     result = run(
         get_experiment("patchcore_eval"),
         [
-            "--dataset", "magnetic_tile",
-            "--data-root", str(shared_data),
+            "--dataset",
+            "magnetic_tile",
+            "--data-root",
+            str(shared_data),
             "--quick",
-            "--config", str(config),
-            "--seeds", "0",
-            "--noise-ratios", "0.05",
-            "--injected-in-test", "both",
-            "--summary-json", str(summary),
+            "--config",
+            str(config),
+            "--seeds",
+            "0",
+            "--noise-ratios",
+            "0.05",
+            "--injected-in-test",
+            "both",
+            "--summary-json",
+            str(summary),
         ],
     )
     data = json.loads(summary.read_text())
@@ -257,12 +277,15 @@ def test_patchcore_job_summary_contract(shared_data, corpus, features, ray_sessi
     client = mlflow.MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("raylab/patchcore_eval")
     runs = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.raylab.noise_ratio = '0.05' and tags.raylab.injected_in_test = 'removed'"
+        [experiment.experiment_id],
+        filter_string="tags.raylab.noise_ratio = '0.05' and tags.raylab.injected_in_test = 'removed'",
     )
     assert len(runs) == 1 and runs[0].data.params["quick_images_per_group"] == str(PER_GROUP)
     parent_id = runs[0].data.tags["mlflow.parentRunId"]
     assert parent_id == _parent_run(client, result["name"]).info.run_id
-    assert {"results_table.txt", "results_table.csv", "config.yaml"} <= {a.path for a in client.list_artifacts(parent_id)}
+    assert {"results_table.txt", "results_table.csv", "config.yaml"} <= {
+        a.path for a in client.list_artifacts(parent_id)
+    }
 
 
 def test_quick_reductions_are_the_readme_ones(capsys):
@@ -283,7 +306,10 @@ def test_bad_values_fail_before_ray_naming_the_key(monkeypatch, capsys):
 
     monkeypatch.setattr(session, "init_ray", refuse)
     cases = {
-        ("--set", "patchcore.coreset_ratio=notanumber"): "--set: patchcore.coreset_ratio: expected float, got str 'notanumber'",
+        (
+            "--set",
+            "patchcore.coreset_ratio=notanumber",
+        ): "--set: patchcore.coreset_ratio: expected float, got str 'notanumber'",
         ("--set", "patchcore.coreset_ratio=0"): "--set: patchcore.coreset_ratio: must lie in (0, 1], got 0.0",
         ("--set", "quick_images_per_group=0"): "--set: quick_images_per_group: must be >= 1, got 0",
         ("--noise-ratios", "0,x"): "--noise-ratios '0,x': 'x' is not a valid float",

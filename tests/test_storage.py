@@ -30,7 +30,13 @@ def plain_env(tmp_path, monkeypatch):
 
 def working_dir_of_a_submitted_job(temp_root: Path) -> Path:
     """What Ray 2.60 gives a ``ray job submit --working-dir .`` driver as its cwd."""
-    cwd = temp_root / "session_2026-01-02_03-04-05_123456_789" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    cwd = (
+        temp_root
+        / "session_2026-01-02_03-04-05_123456_789"
+        / "runtime_resources"
+        / "working_dir_files"
+        / "_ray_pkg_0123abcd"
+    )
     cwd.mkdir(parents=True)
     return cwd
 

@@ -25,7 +25,12 @@ from raylab.data.synthetic_defects import SyntheticDefectConfig, perlin_noise, s
 from raylab.experiment import get_experiment, run
 from raylab.methods.tailedcore import PatchLOFConfig, SoftPatchConfig, TailedCoreConfig, TailSamplerConfig
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
-from raylab.methods.tailedcore.tail_sampler import TailSampler, elbow_value, largest_k_within_share, partition_class_sizes
+from raylab.methods.tailedcore.tail_sampler import (
+    TailSampler,
+    elbow_value,
+    largest_k_within_share,
+    partition_class_sizes,
+)
 from raylab.methods.tailedcore.diagnostics import tail_quality
 from raylab.methods.tailedcore.model import TailedCore, predict_tail, tail_coreset
 from raylab.methods.tailedcore.softpatch import SoftPatch, coreset_rows, flat_patches
@@ -156,7 +161,9 @@ def test_patch_mean_tail_embedding_keeps_defects_out_of_the_tail():
     assert release.is_tail[defective].all() and release.is_tail[true_tail].all()
     np.testing.assert_array_equal(patch_mean.is_tail, true_tail)
     # TailedCore takes the same prediction, and ignores (may be given no) stage embeddings.
-    model = TailedCore(TailedCoreConfig(tail_embedding="patch_mean", lof=PatchLOFConfig(tasks=1), coreset_ratio=0.5)).fit(grids, None)
+    model = TailedCore(
+        TailedCoreConfig(tail_embedding="patch_mean", lof=PatchLOFConfig(tasks=1), coreset_ratio=0.5)
+    ).fit(grids, None)
     np.testing.assert_array_equal(model.tail.is_tail, true_tail)
     with pytest.raises(ValueError, match="backbone_stage"):
         predict_tail(TailedCoreConfig(), grids, None)
@@ -238,7 +245,9 @@ def test_softpatch_and_tailedcore_memories(tmp_path):
     # Saved and loaded back (what a deployed model holds), both score exactly as fitted.
     for fitted, name in ((model, "tailedcore"), (softpatch, "softpatch")):
         loaded = type(fitted).load(fitted.save(tmp_path / name))
-        np.testing.assert_array_equal(loaded.predict(patches, with_maps=False).patch_scores, fitted.predict(patches, with_maps=False).patch_scores)
+        np.testing.assert_array_equal(
+            loaded.predict(patches, with_maps=False).patch_scores, fitted.predict(patches, with_maps=False).patch_scores
+        )
     with pytest.raises(ValueError, match="global embeddings"):
         TailedCore(config).fit(patches, embeddings[:5])
     with pytest.raises(ValueError, match="at least 2"):
@@ -439,14 +448,31 @@ def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
         "tailedcore: {tail_rotation_step: 90, coreset_ratio: 0.1, tail_embedding: patch_mean}\n"
     )
     out = tmp_path / "summary.json"
-    argv = ["--dataset", "dtd_defects", "--data-root", str(shared_data), "--config", str(config), "--summary-json", str(out), "--name", "tc-test"]
+    argv = [
+        "--dataset",
+        "dtd_defects",
+        "--data-root",
+        str(shared_data),
+        "--config",
+        str(config),
+        "--summary-json",
+        str(out),
+        "--name",
+        "tc-test",
+    ]
     result = run(get_experiment("tailedcore_sweep"), argv)
     summary = json.loads(out.read_text())
     assert summary["job"] == "tailedcore_sweep" and summary["sweep"] == "tc-test"
     assert summary["axes"] == ["protocol", "noise_ratio", "injected_in_test", "seed"]
     rows = summary["rows"]
     # The default methods (TailedCore's true-tail ceiling among them) and one tailsampler row.
-    assert sorted(r["method"] for r in rows) == ["patchcore", "softpatch", "tailedcore", "tailedcore_true_tail", "tailsampler"]
+    assert sorted(r["method"] for r in rows) == [
+        "patchcore",
+        "softpatch",
+        "tailedcore",
+        "tailedcore_true_tail",
+        "tailsampler",
+    ]
     sampler = next(r for r in rows if r["method"] == "tailsampler")
     assert sampler["seed"] == 0 and sampler["injected_in_test"] == "removed"
     quality = sampler["metrics"]
@@ -477,7 +503,13 @@ def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
     assert result["config"].tailedcore.features == result["config"].softpatch.features == result["config"].features
     runs = mlflow.search_runs(experiment_names=["raylab/tailedcore_sweep"])
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
-    assert set(children["tags.raylab.method"]) == {"tailedcore", "softpatch", "patchcore", "tailedcore_true_tail", "tailsampler"}
+    assert set(children["tags.raylab.method"]) == {
+        "tailedcore",
+        "softpatch",
+        "patchcore",
+        "tailedcore_true_tail",
+        "tailsampler",
+    }
     parents = runs[runs["tags.mlflow.parentRunId"].isna()]
     assert len(parents) == 1 and set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])
     # TailedCore's one memory for every class is one MLflow model; it scores its input example.
@@ -511,9 +543,15 @@ def test_tailedcore_bad_values_fail_before_ray_naming_the_key(monkeypatch, capsy
     monkeypatch.setattr(session, "init_ray", refuse)
     cases = {
         ("--set", "threads_per_trial=notanumber"): "--set: threads_per_trial: expected int, got str 'notanumber'",
-        ("--set", "tailedcore.lof.keep_fraction=1.5"): "--set: tailedcore.lof.keep_fraction: must lie in (0, 1], got 1.5",
+        (
+            "--set",
+            "tailedcore.lof.keep_fraction=1.5",
+        ): "--set: tailedcore.lof.keep_fraction: must lie in (0, 1], got 1.5",
         ("--set", "protocols=[zipf]"): "--set: protocols: unknown long-tail protocol 'zipf'",
-        ("--set", "tailedcore.tail_embedding=avgpool"): "--set: tailedcore.tail_embedding: expected one of 'backbone_stage', 'patch_mean', got str 'avgpool'",
+        (
+            "--set",
+            "tailedcore.tail_embedding=avgpool",
+        ): "--set: tailedcore.tail_embedding: expected one of 'backbone_stage', 'patch_mean', got str 'avgpool'",
         ("--protocols", "step_k1,,pareto"): "--protocols 'step_k1,,pareto': expected comma-separated values",
         ("--protocols", "step_k1,zipf"): "--protocols 'zipf': unknown long-tail protocol 'zipf'",
         ("--noise-ratios", "0.1,abc"): "--noise-ratios '0.1,abc': 'abc' is not a valid float",

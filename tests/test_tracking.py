@@ -127,7 +127,11 @@ def test_tracked_run_marks_failed_runs(session_store):
     with tracked_run(job, "after") as after:
         pass
     runs = client.search_runs([experiment_id(job)])
-    assert {r.info.run_name: r.info.status for r in runs} == {"parent": "FAILED", "child": "FAILED", "after": "FINISHED"}
+    assert {r.info.run_name: r.info.status for r in runs} == {
+        "parent": "FAILED",
+        "child": "FAILED",
+        "after": "FINISHED",
+    }
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert after.run_id in {r.info.run_id for r in runs}
 

@@ -158,8 +158,16 @@ def _random_crop_resized(source: np.ndarray, size: tuple[int, int], rng: np.rand
 def _distorted_self(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """The image itself, shifted by a random offset and rotated: a misplaced copy of its own structure."""
     height, width = image.shape[:2]
-    shifted = np.roll(image, (int(rng.integers(height // 4, 3 * height // 4 + 1)), int(rng.integers(width // 4, 3 * width // 4 + 1))), axis=(0, 1))
-    return Image.fromarray(shifted).rotate(float(rng.choice([90, 180, 270])), resample=Image.BILINEAR).resize((width, height))
+    shifted = np.roll(
+        image,
+        (int(rng.integers(height // 4, 3 * height // 4 + 1)), int(rng.integers(width // 4, 3 * width // 4 + 1))),
+        axis=(0, 1),
+    )
+    return (
+        Image.fromarray(shifted)
+        .rotate(float(rng.choice([90, 180, 270])), resample=Image.BILINEAR)
+        .resize((width, height))
+    )
 
 
 def synthesize_defect(
@@ -176,7 +184,9 @@ def synthesize_defect(
     """
     pixels = np.asarray(image)
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or min(pixels.shape[:2]) < 8:
-        raise ValueError(f"{sample}: synthetic defects need an (H, W[, 3]) uint8 image of at least 8 px, got {pixels.shape} {pixels.dtype}")
+        raise ValueError(
+            f"{sample}: synthetic defects need an (H, W[, 3]) uint8 image of at least 8 px, got {pixels.shape} {pixels.dtype}"
+        )
     rgb = np.asarray(Image.fromarray(pixels).convert("RGB"))
     shape = rgb.shape[:2]
     area = shape[0] * shape[1]
@@ -199,14 +209,30 @@ def synthesize_defect(
     m = mask[..., None].astype(np.float32)
     base = rgb.astype(np.float32)
     blended = base * (1 - m) + (1 - beta) * anomaly * m + beta * base * m
-    return SyntheticDefect(np.clip(np.rint(blended), 0, 255).astype(np.uint8), mask, "foreign" if use_foreign else "self", beta)
+    return SyntheticDefect(
+        np.clip(np.rint(blended), 0, 255).astype(np.uint8), mask, "foreign" if use_foreign else "self", beta
+    )
 
 
 # Bundled with scikit-image (no download): photographs and textures that are in no raylab
 # anomaly corpus, so pasted content is foreign to every class's memory.
 SKIMAGE_SOURCES = (
-    "astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
-    "hubble_deep_field", "immunohistochemistry", "moon", "page", "rocket", "text", "clock", "colorwheel",
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "rocket",
+    "text",
+    "clock",
+    "colorwheel",
 )
 
 

@@ -64,7 +64,9 @@ DETECTOR_KINDS = {
     "patchcore": DetectorKind("raylab.methods.patchcore.model", "PatchCore", ("PatchCore",)),
     "softpatch": DetectorKind("raylab.methods.tailedcore.softpatch", "SoftPatch", ("SoftPatch",)),
     "tailedcore": DetectorKind("raylab.methods.tailedcore.model", "TailedCore", ("TailedCore",)),
-    "reconstruction": DetectorKind("raylab.methods.meds.method", "ReconstructionDetector", ("MeDS", "ReconstructionDetector")),
+    "reconstruction": DetectorKind(
+        "raylab.methods.meds.method", "ReconstructionDetector", ("MeDS", "ReconstructionDetector")
+    ),
     "partial_memory": DetectorKind(
         "raylab.methods.meds.partial_memory", "PartialMemoryDetector", ("PartialMemoryDetector",), (("use_ray", False),)
     ),
@@ -80,7 +82,13 @@ def detector_kind(detector: object) -> str | None:
 
 
 def save_scorer(
-    directory: Path, detector: object, spec: FeatureSpec, *, image_threshold: float, class_name: str, metrics: dict[str, float]
+    directory: Path,
+    detector: object,
+    spec: FeatureSpec,
+    *,
+    image_threshold: float,
+    class_name: str,
+    metrics: dict[str, float],
 ) -> Path:
     """Write a scorer folder for a fitted ``detector`` on ``spec``'s features (manifest last)."""
     from safetensors.torch import save_file
@@ -94,8 +102,13 @@ def save_scorer(
     detector.save(directory / DETECTOR_DIR)
     save_file(warm_backbone_state(spec), str(directory / BACKBONE_FILE))
     info = {
-        "format": FORMAT, "version": VERSION, "kind": kind, "class_name": class_name,
-        "feature_spec": dataclasses.asdict(spec), "image_threshold": image_threshold, "metrics": metrics,
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "class_name": class_name,
+        "feature_spec": dataclasses.asdict(spec),
+        "image_threshold": image_threshold,
+        "metrics": metrics,
     }
     return finish_folder(directory, info)
 
@@ -124,14 +137,19 @@ class AnomalyScorer:
     def image_size(self) -> int:
         return self.spec.image_size
 
-    def score(self, images: Sequence[bytes], sample_ids: Sequence[str] | None = None, *, with_maps: bool = False) -> AnomalyPrediction:
+    def score(
+        self, images: Sequence[bytes], sample_ids: Sequence[str] | None = None, *, with_maps: bool = False
+    ) -> AnomalyPrediction:
         """Score encoded images in batches; ``sample_ids`` name them in decoding errors."""
         from raylab.methods.anomaly_maps import AnomalyPrediction
 
         ids = list(sample_ids) if sample_ids is not None else [f"image {i}" for i in range(len(images))]
         parts = []
         for start in range(0, len(images), BATCH_SIZE):
-            batch = {"image": np.asarray(images[start : start + BATCH_SIZE], dtype=object), "sample_id": np.asarray(ids[start : start + BATCH_SIZE])}
+            batch = {
+                "image": np.asarray(images[start : start + BATCH_SIZE], dtype=object),
+                "sample_id": np.asarray(ids[start : start + BATCH_SIZE]),
+            }
             parts.append(self.detector.predict(self.extractor(batch)["patches"], with_maps=with_maps))
         if not parts:
             raise ValueError("no images to score")
@@ -166,14 +184,23 @@ def pooled_evaluation(evaluations: Sequence[ClassEvaluation]) -> ClassEvaluation
     if any(e.detector is not first.detector for e in evaluations):
         raise ValueError("pooled_evaluation needs one detector evaluated on several classes")
     prediction = AnomalyPrediction(
-        np.concatenate([e.prediction.image_scores for e in evaluations]), np.concatenate([e.prediction.patch_scores for e in evaluations])
+        np.concatenate([e.prediction.image_scores for e in evaluations]),
+        np.concatenate([e.prediction.patch_scores for e in evaluations]),
     )
     return ClassEvaluation(
-        "all", {}, [i for e in evaluations for i in e.test_ids], np.concatenate([e.labels for e in evaluations]), prediction, None, first.detector,
+        "all",
+        {},
+        [i for e in evaluations for i in e.test_ids],
+        np.concatenate([e.labels for e in evaluations]),
+        prediction,
+        None,
+        first.detector,
     )
 
 
-def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: FeatureSpec, example_image: bytes, scratch: Path) -> str | None:
+def log_anomaly_model(
+    run: TrackedRun, evaluation: ClassEvaluation, spec: FeatureSpec, example_image: bytes, scratch: Path
+) -> str | None:
     """Log ``evaluation``'s fitted detector as an MLflow model named ``model-<class>`` attached
     to ``run``; returns its model URI (None for a detector that cannot be deployed yet)."""
     from raylab.eval.anomaly import best_f1_threshold
@@ -182,11 +209,20 @@ def log_anomaly_model(run: TrackedRun, evaluation: ClassEvaluation, spec: Featur
         return None
     _, threshold = best_f1_threshold(evaluation.labels, evaluation.prediction.image_scores)
     folder = save_scorer(
-        scratch / f"scorer-{evaluation.class_name}", evaluation.detector, spec,
-        image_threshold=threshold, class_name=evaluation.class_name, metrics=dict(evaluation.metrics),
+        scratch / f"scorer-{evaluation.class_name}",
+        evaluation.detector,
+        spec,
+        image_threshold=threshold,
+        class_name=evaluation.class_name,
+        metrics=dict(evaluation.metrics),
     )
     signature = image_signature({"image_score": "double", "is_anomalous": "boolean"}, {"with_maps": ("boolean", False)})
     return log_scorer(
-        run, folder, name=f"model-{evaluation.class_name}", model_file="anomaly_pyfunc.py", signature=signature,
-        example_image=example_image, metadata={"class_name": evaluation.class_name},
+        run,
+        folder,
+        name=f"model-{evaluation.class_name}",
+        model_file="anomaly_pyfunc.py",
+        signature=signature,
+        example_image=example_image,
+        metadata={"class_name": evaluation.class_name},
     )

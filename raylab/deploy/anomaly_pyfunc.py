@@ -28,7 +28,9 @@ class AnomalyDetectorModel(PythonModel):
         self.scorer = AnomalyScorer(context.artifacts["scorer"])
 
     def predict(self, context, model_input, params=None):
-        prediction = self.scorer.score(model_input["image"].tolist(), with_maps=bool((params or {}).get("with_maps", False)))
+        prediction = self.scorer.score(
+            model_input["image"].tolist(), with_maps=bool((params or {}).get("with_maps", False))
+        )
         return self.scorer.frame(prediction)
 
 

@@ -43,7 +43,9 @@ class PredictOptions:
         if self.actors < 1 or self.chunk_size < 1:
             raise ValueError(f"--actors and --chunk-size must be >= 1, got {self.actors} and {self.chunk_size}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
-            raise ValueError(f"--cpus-per-actor and --gpus-per-actor must be >= 0, got {self.cpus_per_actor} and {self.gpus_per_actor}")
+            raise ValueError(
+                f"--cpus-per-actor and --gpus-per-actor must be >= 0, got {self.cpus_per_actor} and {self.gpus_per_actor}"
+            )
         if self.overlays not in OVERLAY_CHOICES:
             raise ValueError(f"--overlays must be one of {', '.join(OVERLAY_CHOICES)}, got {self.overlays!r}")
 
@@ -71,8 +73,14 @@ def list_sources(input_path: str | Path) -> list[Source]:
 
         schema = pq.read_schema(path)
         if "image" not in schema.names:
-            raise ValueError(f"{path}: no 'image' column (found {', '.join(schema.names)}); raylab predict reads encoded images from it")
-        ids = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist() if "sample_id" in schema.names else None
+            raise ValueError(
+                f"{path}: no 'image' column (found {', '.join(schema.names)}); raylab predict reads encoded images from it"
+            )
+        ids = (
+            pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
+            if "sample_id" in schema.names
+            else None
+        )
         count = pq.ParquetFile(path).metadata.num_rows
         if count == 0:
             raise ValueError(f"{path}: no rows to score")
@@ -118,12 +126,14 @@ class ChunkScorer:
         images = [_read_image(source) for source in sources]
         with_maps = self.overlays != "none"
         scored = self.model.predict(pd.DataFrame({"image": images}), params={"with_maps": with_maps})
-        table = pd.DataFrame({
-            "sample_id": [s.sample_id for s in sources],
-            "source": [s.source for s in sources],
-            "image_score": scored["image_score"].to_numpy(),
-            "is_anomalous": scored["is_anomalous"].to_numpy(),
-        })
+        table = pd.DataFrame(
+            {
+                "sample_id": [s.sample_id for s in sources],
+                "source": [s.source for s in sources],
+                "image_score": scored["image_score"].to_numpy(),
+                "is_anomalous": scored["is_anomalous"].to_numpy(),
+            }
+        )
         if with_maps:
             self._write_overlays(sources, images, scored)
         staging = self.output / f".{name}.{os.getpid()}.tmp"
@@ -186,14 +196,22 @@ def predict(model_uri: str, input_path: str | Path, output: str | Path, options:
             done += len(chunk)
         else:
             todo.append((name, chunk))
-    (output / "predict.json").write_text(json.dumps({"model_uri": model_uri, "input": str(input_path), "options": asdict(options)}, indent=2))
+    (output / "predict.json").write_text(
+        json.dumps({"model_uri": model_uri, "input": str(input_path), "options": asdict(options)}, indent=2)
+    )
     if todo:
         init_ray()
         items = [{"chunk": name, "sources": json.dumps([asdict(s) for s in chunk])} for name, chunk in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(todo))
         results = dataset.map_batches(
             ChunkScorer,
-            fn_constructor_args=(model_uri, tracking_uri(), str(output.resolve()), options.overlays, max(1, int(options.cpus_per_actor))),
+            fn_constructor_args=(
+                model_uri,
+                tracking_uri(),
+                str(output.resolve()),
+                options.overlays,
+                max(1, int(options.cpus_per_actor)),
+            ),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=options.actors),
             num_cpus=options.cpus_per_actor,

@@ -25,7 +25,9 @@ def require_loopback(url: str) -> None:
         raise ValueError(f"{url}: the load test only targets a loopback address (127.0.0.1, ::1), got host {host!r}")
 
 
-def run_load(url: str, body: bytes, *, requests_total: int, concurrency: int, timeout_s: float = 60.0) -> dict[str, float]:
+def run_load(
+    url: str, body: bytes, *, requests_total: int, concurrency: int, timeout_s: float = 60.0
+) -> dict[str, float]:
     import requests
 
     require_loopback(url)
@@ -66,7 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args(argv)
-    print(json.dumps(run_load(args.url, Path(args.image).read_bytes(), requests_total=args.requests, concurrency=args.concurrency)))
+    print(
+        json.dumps(
+            run_load(
+                args.url, Path(args.image).read_bytes(), requests_total=args.requests, concurrency=args.concurrency
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from raylab.tracking.mlflow_conventions import TrackedRun
 
-SCORING_STACK = ("torch", "timm", "numpy", "pandas", "pillow", "safetensors", "scipy", "mlflow", "faiss-cpu", "faiss-gpu")
+SCORING_STACK = (
+    "torch",
+    "timm",
+    "numpy",
+    "pandas",
+    "pillow",
+    "safetensors",
+    "scipy",
+    "mlflow",
+    "faiss-cpu",
+    "faiss-gpu",
+)
 
 
 @contextlib.contextmanager

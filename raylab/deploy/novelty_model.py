@@ -32,17 +32,35 @@ NETWORK_FILE = "network.safetensors"
 
 
 def save_novelty_scorer(
-    directory: Path, model: DCAE, *, network: NetworkConfig, variant: TrainedVariant, space: str, color: str,
-    channels: int, image_size: int, threshold: float, class_name: str, metrics: dict[str, float],
+    directory: Path,
+    model: DCAE,
+    *,
+    network: NetworkConfig,
+    variant: TrainedVariant,
+    space: str,
+    color: str,
+    channels: int,
+    image_size: int,
+    threshold: float,
+    class_name: str,
+    metrics: dict[str, float],
 ) -> Path:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / NETWORK_FILE))
     info = {
-        "format": FORMAT, "version": VERSION, "network": dataclasses.asdict(network), "variant": dataclasses.asdict(variant),
-        "channels": channels, "image_size": image_size, "color": color, "score_space": space,
-        "threshold": threshold, "normal_class": class_name, "metrics": metrics,
+        "format": FORMAT,
+        "version": VERSION,
+        "network": dataclasses.asdict(network),
+        "variant": dataclasses.asdict(variant),
+        "channels": channels,
+        "image_size": image_size,
+        "color": color,
+        "score_space": space,
+        "threshold": threshold,
+        "normal_class": class_name,
+        "metrics": metrics,
     }
     return finish_folder(directory, info)
 
@@ -87,8 +105,20 @@ class NoveltyScorer:
 
 
 def log_novelty_model(
-    run: TrackedRun, model: DCAE, *, method: str, network: NetworkConfig, variant: TrainedVariant, space: str, color: str,
-    test_images: np.ndarray, test_scores: np.ndarray, test_novel: np.ndarray, class_name: str, metrics: dict[str, float], scratch: Path,
+    run: TrackedRun,
+    model: DCAE,
+    *,
+    method: str,
+    network: NetworkConfig,
+    variant: TrainedVariant,
+    space: str,
+    color: str,
+    test_images: np.ndarray,
+    test_scores: np.ndarray,
+    test_novel: np.ndarray,
+    class_name: str,
+    metrics: dict[str, float],
+    scratch: Path,
 ) -> str:
     """Log one method's trained network as the MLflow model ``model-<method>`` attached to ``run``.
 
@@ -101,11 +131,27 @@ def log_novelty_model(
     _, threshold = best_f1_threshold(test_novel.astype(int), test_scores)
     channels, image_size = int(test_images.shape[1]), int(test_images.shape[2])
     folder = save_novelty_scorer(
-        scratch / f"scorer-{method}", model, network=network, variant=variant, space=space, color=color,
-        channels=channels, image_size=image_size, threshold=threshold, class_name=class_name, metrics=metrics,
+        scratch / f"scorer-{method}",
+        model,
+        network=network,
+        variant=variant,
+        space=space,
+        color=color,
+        channels=channels,
+        image_size=image_size,
+        threshold=threshold,
+        class_name=class_name,
+        metrics=metrics,
     )
     first = test_images[0]
     example_image = encode_png(first[0] if channels == 1 else first.transpose(1, 2, 0))
     signature = image_signature({"novelty_score": "double", "is_novel": "boolean"})
-    return log_scorer(run, folder, name=f"model-{method}", model_file="novelty_pyfunc.py", signature=signature,
-                      example_image=example_image, metadata={"normal_class": class_name, "method": method})
+    return log_scorer(
+        run,
+        folder,
+        name=f"model-{method}",
+        model_file="novelty_pyfunc.py",
+        signature=signature,
+        example_image=example_image,
+        metadata={"normal_class": class_name, "method": method},
+    )

@@ -38,8 +38,15 @@ def detector_kind_name(config: DetectorConfig) -> str:
 
 
 def save_ood_scorer(
-    directory: Path, classifier: ClassifierConfig, state: Mapping[str, Any], detector: DetectorConfig, source: ModelOutputs,
-    *, class_names: Sequence[str], threshold: float, metrics: dict[str, float],
+    directory: Path,
+    classifier: ClassifierConfig,
+    state: Mapping[str, Any],
+    detector: DetectorConfig,
+    source: ModelOutputs,
+    *,
+    class_names: Sequence[str],
+    threshold: float,
+    metrics: dict[str, float],
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -48,10 +55,15 @@ def save_ood_scorer(
     np.save(directory / "source_features.npy", np.asarray(source.features, dtype=np.float32))
     np.save(directory / "source_logits.npy", np.asarray(source.logits, dtype=np.float32))
     info = {
-        "format": FORMAT, "version": VERSION,
-        "classifier": dataclasses.asdict(dataclasses.replace(classifier, weights=None)),  # the weights are the file beside
+        "format": FORMAT,
+        "version": VERSION,
+        "classifier": dataclasses.asdict(
+            dataclasses.replace(classifier, weights=None)
+        ),  # the weights are the file beside
         "detector": {"kind": detector_kind_name(detector), "values": dataclasses.asdict(detector)},
-        "class_names": list(class_names), "threshold": threshold, "metrics": metrics,
+        "class_names": list(class_names),
+        "threshold": threshold,
+        "metrics": metrics,
     }
     return finish_folder(directory, info)
 
@@ -73,16 +85,21 @@ class OODScorer:
         self.classifier = ClassifierActor(classifier, load_file(str(directory / CLASSIFIER_FILE)), threads)
         self.transform = transform_for(classifier)
         source = ModelOutputs(
-            np.load(directory / "source_features.npy", allow_pickle=False), np.load(directory / "source_logits.npy", allow_pickle=False)
+            np.load(directory / "source_features.npy", allow_pickle=False),
+            np.load(directory / "source_logits.npy", allow_pickle=False),
         )
-        config = detector_config(info["detector"]["kind"], info["detector"]["values"], where=str(directory / "scorer.json"))
+        config = detector_config(
+            info["detector"]["kind"], info["detector"]["values"], where=str(directory / "scorer.json")
+        )
         self.detector = fit_detector(config, source, linear_head(self.classifier.model))
         self.threshold = finite(info["threshold"])
 
     def outputs(self, images: Sequence[bytes], sample_ids: Sequence[str]) -> ModelOutputs:
         from raylab.methods.nnguide.detectors import ModelOutputs
 
-        pixels = self.transform({"image": np.asarray(images, dtype=object), "sample_id": np.asarray(sample_ids)})["pixels"]
+        pixels = self.transform({"image": np.asarray(images, dtype=object), "sample_id": np.asarray(sample_ids)})[
+            "pixels"
+        ]
         out = self.classifier({"pixels": pixels, "sample_id": np.asarray(sample_ids)})
         return ModelOutputs(out["features"], out["logits"])
 
@@ -99,13 +116,25 @@ class OODScorer:
 
         names = self.info["class_names"]
         scores = np.asarray(scores, dtype=np.float64)
-        return pd.DataFrame({"ood_score": scores, "is_ood": scores >= self.threshold, "predicted_class": [names[c] for c in classes]})
+        return pd.DataFrame(
+            {"ood_score": scores, "is_ood": scores >= self.threshold, "predicted_class": [names[c] for c in classes]}
+        )
 
 
 def log_ood_model(
-    run: TrackedRun, *, name: str, classifier: ClassifierConfig, state: Mapping[str, Any], detector: DetectorConfig,
-    source: ModelOutputs, class_names: Sequence[str], id_scores: np.ndarray, ood_scores: np.ndarray,
-    metrics: dict[str, float], example_image: bytes, scratch: Path,
+    run: TrackedRun,
+    *,
+    name: str,
+    classifier: ClassifierConfig,
+    state: Mapping[str, Any],
+    detector: DetectorConfig,
+    source: ModelOutputs,
+    class_names: Sequence[str],
+    id_scores: np.ndarray,
+    ood_scores: np.ndarray,
+    metrics: dict[str, float],
+    example_image: bytes,
+    scratch: Path,
 ) -> str:
     """Log one detector (with its classifier) as the MLflow model ``model-<name>`` attached to ``run``."""
     from raylab.eval.anomaly import best_f1_threshold
@@ -113,8 +142,22 @@ def log_ood_model(
     labels = np.r_[np.zeros(len(id_scores), int), np.ones(len(ood_scores), int)]
     _, threshold = best_f1_threshold(labels, np.r_[id_scores, ood_scores])
     folder = save_ood_scorer(
-        scratch / f"scorer-{name}", classifier, state, detector, source, class_names=class_names, threshold=threshold, metrics=metrics,
+        scratch / f"scorer-{name}",
+        classifier,
+        state,
+        detector,
+        source,
+        class_names=class_names,
+        threshold=threshold,
+        metrics=metrics,
     )
     signature = image_signature({"ood_score": "double", "is_ood": "boolean", "predicted_class": "string"})
-    return log_scorer(run, folder, name=f"model-{name}", model_file="ood_pyfunc.py", signature=signature,
-                      example_image=example_image, metadata={"detector": name})
+    return log_scorer(
+        run,
+        folder,
+        name=f"model-{name}",
+        model_file="ood_pyfunc.py",
+        signature=signature,
+        example_image=example_image,
+        metadata={"detector": name},
+    )

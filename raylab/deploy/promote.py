@@ -43,7 +43,14 @@ def parse_filters(items: Sequence[str]) -> dict[str, str]:
     return filters
 
 
-def best_run(experiment: str, metric: str, *, mode: str = "max", where: Mapping[str, str] | None = None, class_name: str | None = None):
+def best_run(
+    experiment: str,
+    metric: str,
+    *,
+    mode: str = "max",
+    where: Mapping[str, str] | None = None,
+    class_name: str | None = None,
+):
     """The finished run with deployable models that is best by ``metric`` under ``where``."""
     import mlflow
 
@@ -67,25 +74,42 @@ def best_run(experiment: str, metric: str, *, mode: str = "max", where: Mapping[
         candidates.append((value, run))
     if not candidates:
         described = ", ".join(f"{k}={v}" for k, v in (where or {}).items()) or "no filter"
-        raise LookupError(f"{name}: no finished run with models and metric {metric!r} ({described}{', class ' + class_name if class_name else ''})")
+        raise LookupError(
+            f"{name}: no finished run with models and metric {metric!r} ({described}{', class ' + class_name if class_name else ''})"
+        )
     return (max if mode == "max" else min)(candidates, key=lambda pair: pair[0])
 
 
 def promote(
-    experiment: str, metric: str, *, name: str, alias: str = "champion", mode: str = "max",
-    where: Mapping[str, str] | None = None, class_name: str | None = None,
+    experiment: str,
+    metric: str,
+    *,
+    name: str,
+    alias: str = "champion",
+    mode: str = "max",
+    where: Mapping[str, str] | None = None,
+    class_name: str | None = None,
 ) -> Promotion:
     import mlflow
 
     value, run = best_run(experiment, metric, mode=mode, where=where, class_name=class_name)
     models: dict[str, str] = json.loads(run.data.tags[MODELS_TAG])
     if class_name is None and len(models) > 1:
-        raise ValueError(f"run {run.info.run_id} has one model per class ({', '.join(sorted(models))}): choose one with --class")
+        raise ValueError(
+            f"run {run.info.run_id} has one model per class ({', '.join(sorted(models))}): choose one with --class"
+        )
     chosen_class = class_name or next(iter(models))
-    setting = {k.removeprefix("raylab."): v for k, v in run.data.tags.items() if k.startswith("raylab.") and k not in (MODELS_TAG,)}
+    setting = {
+        k.removeprefix("raylab."): v
+        for k, v in run.data.tags.items()
+        if k.startswith("raylab.") and k not in (MODELS_TAG,)
+    }
     tags: dict[str, Any] = {
-        "raylab.experiment": experiment, "raylab.run_id": run.info.run_id, "raylab.metric": metric,
-        "raylab.metric_value": repr(value), "raylab.class_name": chosen_class,
+        "raylab.experiment": experiment,
+        "raylab.run_id": run.info.run_id,
+        "raylab.metric": metric,
+        "raylab.metric_value": repr(value),
+        "raylab.class_name": chosen_class,
         "raylab.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
         **{f"raylab.setting.{k}": v for k, v in setting.items() if k not in ("driver", "version", "git_commit")},
     }

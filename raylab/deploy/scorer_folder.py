@@ -30,7 +30,9 @@ def _json_value(value: Any) -> Any:
 def finish_folder(directory: Path, info: dict[str, Any]) -> Path:
     """Write ``scorer.json`` and then the manifest over every file of ``directory``."""
     (directory / SCORER_FILE).write_text(json.dumps(info, indent=2, default=_json_value))
-    files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json")
+    files = sorted(
+        str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
     write_manifest(directory, files)
     return directory
 
@@ -40,7 +42,9 @@ def read_folder(directory: Path, fmt: str, version: int) -> dict[str, Any]:
     verify(directory)  # every file the manifest lists: changed, truncated or missing
     info = json.loads((directory / SCORER_FILE).read_text())
     if info.get("format") != fmt or info.get("version") != version:
-        raise ValueError(f"{directory / SCORER_FILE}: not a {fmt} v{version} folder (format {info.get('format')!r}, version {info.get('version')!r})")
+        raise ValueError(
+            f"{directory / SCORER_FILE}: not a {fmt} v{version} folder (format {info.get('format')!r}, version {info.get('version')!r})"
+        )
     return info
 
 
@@ -56,7 +60,9 @@ def image_signature(outputs: dict[str, str], params: dict[str, tuple[str, Any]] 
     return ModelSignature(
         inputs=Schema([ColSpec("binary", "image")]),
         outputs=Schema([ColSpec(kind, name) for name, kind in outputs.items()]),
-        params=ParamSchema([ParamSpec(name, kind, default) for name, (kind, default) in (params or {}).items()]) if params else None,
+        params=ParamSchema([ParamSpec(name, kind, default) for name, (kind, default) in (params or {}).items()])
+        if params
+        else None,
     )
 
 
@@ -65,7 +71,16 @@ def model_name(name: str) -> str:
     return re.sub(r"[/:.%\"']", "_", name)
 
 
-def log_scorer(run: TrackedRun, folder: Path, *, name: str, model_file: str, signature, example_image: bytes, metadata: dict[str, Any]) -> str:
+def log_scorer(
+    run: TrackedRun,
+    folder: Path,
+    *,
+    name: str,
+    model_file: str,
+    signature,
+    example_image: bytes,
+    metadata: dict[str, Any],
+) -> str:
     """Log ``folder`` as the MLflow model ``name`` attached to ``run``; returns its URI."""
     import mlflow
     import pandas as pd

@@ -40,7 +40,9 @@ class ServeOptions:
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"replicas: need 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
         if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
-            raise ValueError(f"batching: max_batch_size >= 1 and batch_wait_timeout_s >= 0, got {self.max_batch_size}, {self.batch_wait_timeout_s}")
+            raise ValueError(
+                f"batching: max_batch_size >= 1 and batch_wait_timeout_s >= 0, got {self.max_batch_size}, {self.batch_wait_timeout_s}"
+            )
 
 
 class BadRequest(ValueError):
@@ -63,13 +65,18 @@ def check_image(body: bytes, options: ServeOptions) -> None:
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise BadRequest(415, f"not an image Pillow can read ({error})") from None
     if width * height > options.max_image_pixels:
-        raise BadRequest(413, f"image of {width}x{height} pixels exceeds the limit of {options.max_image_pixels} pixels")
+        raise BadRequest(
+            413, f"image of {width}x{height} pixels exceeds the limit of {options.max_image_pixels} pixels"
+        )
     if mode not in ACCEPTED_MODES:
         try:
             channels = Image.getmodebands(mode)
         except ValueError:  # a mode Pillow reads but cannot count
             channels = "?"
-        raise BadRequest(422, f"image mode {mode} ({channels} channels): the model scores grey (1 channel) or colour (3 channels) images")
+        raise BadRequest(
+            422,
+            f"image mode {mode} ({channels} channels): the model scores grey (1 channel) or colour (3 channels) images",
+        )
 
 
 def model_description(model_uri: str) -> dict[str, Any]:
@@ -77,14 +84,22 @@ def model_description(model_uri: str) -> dict[str, Any]:
     import mlflow
 
     info = mlflow.models.get_model_info(model_uri)
-    description: dict[str, Any] = {"model_uri": model_uri, "model_id": getattr(info, "model_id", None), "run_id": info.run_id}
+    description: dict[str, Any] = {
+        "model_uri": model_uri,
+        "model_id": getattr(info, "model_id", None),
+        "run_id": info.run_id,
+    }
     if model_uri.startswith("models:/") and "@" in model_uri:
         name, alias = model_uri.removeprefix("models:/").split("@", 1)
         version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-        description.update({"registered_model": name, "alias": alias, "version": version.version, "tags": dict(version.tags)})
+        description.update(
+            {"registered_model": name, "alias": alias, "version": version.version, "tags": dict(version.tags)}
+        )
     if info.run_id:
         run = mlflow.get_run(info.run_id)
-        description["setting"] = {k.removeprefix("raylab."): v for k, v in run.data.tags.items() if k.startswith("raylab.")}
+        description["setting"] = {
+            k.removeprefix("raylab."): v for k, v in run.data.tags.items() if k.startswith("raylab.")
+        }
         description["metrics"] = dict(run.data.metrics)
     return description
 
@@ -112,7 +127,11 @@ class AnomalyService:
         answers = []
         for i, (image, heatmap) in enumerate(requests):
             score = float(prediction.image_scores[i])
-            answer = {"image_score": score, "is_anomalous": bool(score >= self.scorer.threshold), "threshold": self.scorer.threshold}
+            answer = {
+                "image_score": score,
+                "is_anomalous": bool(score >= self.scorer.threshold),
+                "threshold": self.scorer.threshold,
+            }
             if heatmap:
                 png = heatmap_overlay_png(image, prediction.maps[i], self.scorer.threshold, sample=f"request {i}")
                 answer["heatmap_png_base64"] = base64.b64encode(png).decode()
@@ -135,7 +154,10 @@ class AnomalyService:
                 return JSONResponse({"error": str(error)}, status_code=error.status)
             heatmap = request.query_params.get("heatmap", "false").lower() in ("1", "true", "yes")
             return JSONResponse(await self.score_batch((body, heatmap)))
-        return JSONResponse({"error": f"no route {request.method} {path}: use POST /predict, GET /healthz or GET /model"}, status_code=404)
+        return JSONResponse(
+            {"error": f"no route {request.method} {path}: use POST /predict, GET /healthz or GET /model"},
+            status_code=404,
+        )
 
 
 def start(model_uri: str, options: ServeOptions, *, app_name: str = "raylab") -> str:
@@ -150,12 +172,18 @@ def start(model_uri: str, options: ServeOptions, *, app_name: str = "raylab") ->
     serve.start(http_options={"host": options.host, "port": options.port})
     autoscaling = None
     if options.max_replicas > options.min_replicas:
-        autoscaling = {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas, "target_ongoing_requests": options.max_batch_size}
+        autoscaling = {
+            "min_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "target_ongoing_requests": options.max_batch_size,
+        }
     deployment = AnomalyService.options(
         num_replicas=None if autoscaling else options.min_replicas,
         autoscaling_config=autoscaling,
         max_ongoing_requests=4 * options.max_batch_size,
         ray_actor_options={"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica},
     )
-    serve.run(deployment.bind(model_uri, tracking_uri(), asdict(options)), name=app_name, route_prefix="/", blocking=False)
+    serve.run(
+        deployment.bind(model_uri, tracking_uri(), asdict(options)), name=app_name, route_prefix="/", blocking=False
+    )
     return f"http://{options.host}:{options.port}"

@@ -72,8 +72,7 @@ def check_finite(name: str, values: ArrayLike) -> NDArray[np.floating]:
         first = np.unravel_index(flat_first, arr.shape) if arr.ndim > 1 else flat_first
         where = tuple(int(i) for i in first) if isinstance(first, tuple) else first
         raise ValueError(
-            f"{name} contains {count} non-finite value(s) (NaN or inf) out of {arr.size}; "
-            f"first at index {where}"
+            f"{name} contains {count} non-finite value(s) (NaN or inf) out of {arr.size}; first at index {where}"
         )
     return arr
 
@@ -300,9 +299,7 @@ def _pixel_inputs(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.nda
     m = check_binary("masks", masks)
     a = check_finite("anomaly maps", maps)
     if m.ndim != 3:
-        raise ValueError(
-            f"masks must have shape (N, H, W), got {m.shape}; squeeze any channel axis first"
-        )
+        raise ValueError(f"masks must have shape (N, H, W), got {m.shape}; squeeze any channel axis first")
     _check_same_shape("masks", m, "anomaly maps", a)
     if m.size == 0:
         raise ValueError("masks are empty")
@@ -331,9 +328,7 @@ def _region_pixel_weights(masks: NDArray[np.bool_], connectivity: int) -> NDArra
     return per_region[region_of_pixel]
 
 
-def _truncated_pro_area(
-    fpr: NDArray[np.float64], pro: NDArray[np.float64], max_fpr: float
-) -> float:
+def _truncated_pro_area(fpr: NDArray[np.float64], pro: NDArray[np.float64], max_fpr: float) -> float:
     """Normalised area under PRO(FPR) on [0, max_fpr], linearly interpolated at max_fpr.
 
     ``fpr``/``pro`` are curve points in descending-threshold order (the implicit (0, 0)
@@ -386,9 +381,7 @@ def _validate_options(max_fpr: float, connectivity: int) -> None:
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
 
 
-def aupro(
-    masks: ArrayLike, maps: ArrayLike, max_fpr: float = 0.3, connectivity: int = 8
-) -> float:
+def aupro(masks: ArrayLike, maps: ArrayLike, max_fpr: float = 0.3, connectivity: int = 8) -> float:
     """Area under the per-region-overlap curve up to ``max_fpr``, normalised to [0, 1].
 
     Bergmann et al. (MVTec AD): regions are the connected components of each image's
@@ -424,9 +417,7 @@ def _pixel_metrics_checked(
     return result
 
 
-def pixel_metrics(
-    masks: ArrayLike, maps: ArrayLike, max_fpr: float = 0.3, connectivity: int = 8
-) -> dict[str, float]:
+def pixel_metrics(masks: ArrayLike, maps: ArrayLike, max_fpr: float = 0.3, connectivity: int = 8) -> dict[str, float]:
     """Pixel-level AUROC, AP, F1-max and AUPRO over a stack of maps.
 
     ``masks``: (N, H, W) binary ground truth (bool or 0/1 integers); ``maps``: (N, H, W)

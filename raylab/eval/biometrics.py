@@ -49,8 +49,7 @@ def _normalised(name: str, embeddings: ArrayLike) -> NDArray[np.floating]:
     zero = np.flatnonzero(norms[:, 0] == 0)
     if zero.size:
         raise ValueError(
-            f"{name} has {zero.size} all-zero row(s) (first at {int(zero[0])}); "
-            "cosine similarity is undefined for them"
+            f"{name} has {zero.size} all-zero row(s) (first at {int(zero[0])}); cosine similarity is undefined for them"
         )
     return emb / norms
 
@@ -58,9 +57,7 @@ def _normalised(name: str, embeddings: ArrayLike) -> NDArray[np.floating]:
 def _ids(name: str, identities: ArrayLike, n: int) -> NDArray[np.generic]:
     ids = np.asarray(identities)
     if ids.ndim != 1 or ids.shape[0] != n:
-        raise ValueError(
-            f"{name} must be 1-D with {n} entries (one per embedding), got shape {ids.shape}"
-        )
+        raise ValueError(f"{name} must be 1-D with {n} entries (one per embedding), got shape {ids.shape}")
     return ids
 
 
@@ -80,9 +77,7 @@ def far_key(prefix: str, far: float) -> str:
 # ------------------------------------------------------------------------ verification
 
 
-def pair_scores(
-    embeddings: ArrayLike, identities: ArrayLike
-) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+def pair_scores(embeddings: ArrayLike, identities: ArrayLike) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
     """Cosine similarities of all unordered pairs ``i < j``, split into (genuine, impostor).
 
     Genuine = same identity, impostor = different identity.  A sample is never compared
@@ -243,9 +238,7 @@ def identification_cmc(
     gallery = _normalised("gallery_emb", gallery_emb)
     probes = _normalised("probe_emb", probe_emb)
     if gallery.shape[1] != probes.shape[1]:
-        raise ValueError(
-            f"gallery dim {gallery.shape[1]} does not match probe dim {probes.shape[1]}"
-        )
+        raise ValueError(f"gallery dim {gallery.shape[1]} does not match probe dim {probes.shape[1]}")
     g_ids = _ids("gallery_ids", gallery_ids, gallery.shape[0])
     p_ids = _ids("probe_ids", probe_ids, probes.shape[0])
     classes, g_label = np.unique(g_ids, return_inverse=True)

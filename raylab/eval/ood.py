@@ -39,9 +39,7 @@ def _scores(name: str, values: ArrayLike) -> NDArray[np.floating]:
     return arr
 
 
-def fpr_at_tpr(
-    id_scores: ArrayLike, ood_scores: ArrayLike, tpr: float = 0.95
-) -> tuple[float, float]:
+def fpr_at_tpr(id_scores: ArrayLike, ood_scores: ArrayLike, tpr: float = 0.95) -> tuple[float, float]:
     """False-positive rate on OOD data when ``tpr`` of the ID data is accepted.
 
     A sample is accepted as ID iff ``score <= t``.  The threshold is the smallest ID score

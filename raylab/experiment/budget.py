@@ -19,16 +19,39 @@ from raylab.experiment.identity import flatten
 
 # Leaf names of the config keys that say how much work a run does. A key is a budget key
 # when its last component is one of these; everything else is architecture or method.
-BUDGET_LEAVES = frozenset({
-    # steps and passes
-    "iterations", "warmup_iterations", "hard_mining_ramp_iterations", "epochs", "steps", "kimg",
-    "search_iterations", "n_trials",
-    # how much data
-    "images_per_group", "targets_per_identity", "identities", "max_images", "tail_images", "max_test_images",
-    "images_per_identity", "max_targets", "max_classes",
-    # how many runs and searches
-    "seeds", "folds", "noise_ratios", "protocols", "classes", "normal_classes", "searches", "bootstraps", "num_searches",
-})
+BUDGET_LEAVES = frozenset(
+    {
+        # steps and passes
+        "iterations",
+        "warmup_iterations",
+        "hard_mining_ramp_iterations",
+        "epochs",
+        "steps",
+        "kimg",
+        "search_iterations",
+        "n_trials",
+        # how much data
+        "images_per_group",
+        "targets_per_identity",
+        "identities",
+        "max_images",
+        "tail_images",
+        "max_test_images",
+        "images_per_identity",
+        "max_targets",
+        "max_classes",
+        # how many runs and searches
+        "seeds",
+        "folds",
+        "noise_ratios",
+        "protocols",
+        "classes",
+        "normal_classes",
+        "searches",
+        "bootstraps",
+        "num_searches",
+    }
+)
 
 
 def budget_violations(overlay: Mapping[str, Any]) -> list[str]:

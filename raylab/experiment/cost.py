@@ -82,18 +82,24 @@ class Estimate:
     def text(self) -> str:
         model, lines = self.model, []
         if self.measurement is None:
-            lines.append("  time, host memory: no smoke measurement of this config (benchmarks/full_size_costs.py makes one)")
+            lines.append(
+                "  time, host memory: no smoke measurement of this config (benchmarks/full_size_costs.py makes one)"
+            )
         elif self.trial_seconds is None:
             lines.append("  time per trial:      not estimated (the smoke measurement has no slope for this work unit)")
             lines.append(f"  peak host memory:    {self.peak_host_bytes / GB:.1f} GB per trial")
         else:
             seconds = self.trial_seconds
-            lines.append(f"  time per trial:      {_duration(seconds)} on {self.measurement.device} "
-                         f"({self.trials} trials: {_duration(seconds * self.trials)} one at a time)")
+            lines.append(
+                f"  time per trial:      {_duration(seconds)} on {self.measurement.device} "
+                f"({self.trials} trials: {_duration(seconds * self.trials)} one at a time)"
+            )
             lines.append(f"  peak host memory:    {self.peak_host_bytes / GB:.1f} GB per trial")
         if model.accelerator_bytes is not None:
-            lines.append(f"  accelerator memory:  >= {model.accelerator_bytes / GB:.2f} GB per worker ({model.accelerator_step}; "
-                         "tensors only, without the CUDA context and workspaces)")
+            lines.append(
+                f"  accelerator memory:  >= {model.accelerator_bytes / GB:.2f} GB per worker ({model.accelerator_step}; "
+                "tensors only, without the CUDA context and workspaces)"
+            )
         lines.append(f"  work per trial:      {model.work:.3g} {model.work_unit}")
         lines.append(f"  arrays per trial:    {model.array_bytes / GB:.2f} GB")
         lines.append(f"  disk, checkpoints:   {model.checkpoint_bytes / GB:.2f} GB (after retention)")
@@ -103,10 +109,15 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "trials": self.trials, "trial_seconds": self.trial_seconds, "peak_host_gb": _gb(self.peak_host_bytes),
+            "trials": self.trials,
+            "trial_seconds": self.trial_seconds,
+            "peak_host_gb": _gb(self.peak_host_bytes),
             "accelerator_gb": _gb(self.model.accelerator_bytes),
-            "work": self.model.work, "work_unit": self.model.work_unit, "array_gb": _gb(self.model.array_bytes),
-            "checkpoint_gb": _gb(self.model.checkpoint_bytes), "cache_gb": _gb(self.model.cache_bytes),
+            "work": self.model.work,
+            "work_unit": self.model.work_unit,
+            "array_gb": _gb(self.model.array_bytes),
+            "checkpoint_gb": _gb(self.model.checkpoint_bytes),
+            "cache_gb": _gb(self.model.cache_bytes),
             "device": self.measurement.device if self.measurement else None,
         }
 

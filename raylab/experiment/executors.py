@@ -46,7 +46,9 @@ class Sweep:
     resources: Resources = Resources()
 
 
-def trial_context(sweep_context: Mapping[str, Any], identity_hash: str, setting: Setting, executor: str) -> TrialContext:
+def trial_context(
+    sweep_context: Mapping[str, Any], identity_hash: str, setting: Setting, executor: str
+) -> TrialContext:
     trial_id = content_hash([identity_hash, setting.values, setting.search], 8)
     return TrialContext(**sweep_context, trial_id=trial_id, executor=executor)
 
@@ -76,7 +78,9 @@ def _gather_phases(payload: str | None, since: float) -> None:
                 record(name, seconds)
 
 
-def _trial_in_worker(trial, setting: Setting, inputs, config, context: TrialContext, resources: Resources) -> tuple[TrialResult, str]:
+def _trial_in_worker(
+    trial, setting: Setting, inputs, config, context: TrialContext, resources: Resources
+) -> tuple[TrialResult, str]:
     """One trial in a Tune or task worker under the sweep's resources: its result and the phases it timed."""
     use_resources(resources)
     drain()  # a reused worker process may hold an earlier trial's phases
@@ -85,11 +89,15 @@ def _trial_in_worker(trial, setting: Setting, inputs, config, context: TrialCont
     return result, _phases_payload()
 
 
-def _tune_trainable(params: dict[str, Any], *, trial, inputs, config, axes, search_keys, sweep_context, identity_hash, resources) -> None:
+def _tune_trainable(
+    params: dict[str, Any], *, trial, inputs, config, axes, search_keys, sweep_context, identity_hash, resources
+) -> None:
     from ray import tune
 
     setting = Setting({a: params[a] for a in axes}, {k: params[k] for k in search_keys})
-    result, phases = _trial_in_worker(trial, setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tune"), resources)
+    result, phases = _trial_in_worker(
+        trial, setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tune"), resources
+    )
     tune.report({**result.objective, ROWS_KEY: _rows_payload(result), PHASES_KEY: phases})
 
 
@@ -101,8 +109,14 @@ def run_tune(sweep: Sweep, resources: Mapping[str, float], max_concurrent: int) 
     space = dict(search.space()) if search else {}
     trainable = tune.with_resources(
         tune.with_parameters(
-            _tune_trainable, trial=experiment.trial, inputs=sweep.inputs, config=sweep.config, axes=tuple(sweep.axes),
-            search_keys=tuple(space), sweep_context=dict(sweep.context), identity_hash=sweep.identity_hash,
+            _tune_trainable,
+            trial=experiment.trial,
+            inputs=sweep.inputs,
+            config=sweep.config,
+            axes=tuple(sweep.axes),
+            search_keys=tuple(space),
+            sweep_context=dict(sweep.context),
+            identity_hash=sweep.identity_hash,
             resources=sweep.resources,
         ),
         {k.lower(): v for k, v in resources.items()},
@@ -149,15 +163,27 @@ def _run_search(sweep: Sweep, trainable, space: Mapping[str, Any], max_concurren
     rows: list[Row] = []
     for setting in sweep.settings:
         seed = int(setting.values.get("seed", 0))
-        scheduler = ASHAScheduler(time_attr=search.time_attr, max_t=search.max_t, grace_period=search.grace_period, reduction_factor=2) if search.time_attr else None
+        scheduler = (
+            ASHAScheduler(
+                time_attr=search.time_attr, max_t=search.max_t, grace_period=search.grace_period, reduction_factor=2
+            )
+            if search.time_attr
+            else None
+        )
         tuner = tune.Tuner(
             trainable,
             param_space={**space, **setting.values},
             tune_config=tune.TuneConfig(
-                metric=search.metric, mode=search.mode, num_samples=sweep.search_trials, max_concurrent_trials=max_concurrent,
-                search_alg=OptunaSearch(seed=seed), scheduler=scheduler,
+                metric=search.metric,
+                mode=search.mode,
+                num_samples=sweep.search_trials,
+                max_concurrent_trials=max_concurrent,
+                search_alg=OptunaSearch(seed=seed),
+                scheduler=scheduler,
             ),
-            run_config=tune.RunConfig(name=f"{sweep.name}-search-{setting.tag()}", storage_path=sweep.storage_path, verbose=tune_verbosity()),
+            run_config=tune.RunConfig(
+                name=f"{sweep.name}-search-{setting.tag()}", storage_path=sweep.storage_path, verbose=tune_verbosity()
+            ),
         )
         started = time.time()
         results = tuner.fit()
@@ -165,7 +191,12 @@ def _run_search(sweep: Sweep, trainable, space: Mapping[str, Any], max_concurren
         for r in results:
             _gather_phases((r.metrics or {}).get(PHASES_KEY), started)
         # Trials ASHA stopped early never reached their final report: they have no rows.
-        rows += [row for r in results if r.metrics and ROWS_KEY in r.metrics for row in _rows_from_payload(r.metrics[ROWS_KEY])]
+        rows += [
+            row
+            for r in results
+            if r.metrics and ROWS_KEY in r.metrics
+            for row in _rows_from_payload(r.metrics[ROWS_KEY])
+        ]
     return rows
 
 
@@ -175,7 +206,9 @@ def _raise_errors(sweep: Sweep, errors: list[Any]) -> None:
 
 
 def _task(setting: Setting, trial, inputs, config, sweep_context, identity_hash, resources) -> tuple[str, str]:
-    result, phases = _trial_in_worker(trial, setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tasks"), resources)
+    result, phases = _trial_in_worker(
+        trial, setting, inputs, config, trial_context(sweep_context, identity_hash, setting, "tasks"), resources
+    )
     return _rows_payload(result), phases
 
 
@@ -185,7 +218,18 @@ def run_tasks(sweep: Sweep, resources: Mapping[str, float]) -> list[Row]:
 
     inputs_ref = ray.put(sweep.inputs)
     task = ray.remote(num_cpus=resources.get("CPU", 1.0))(_task)
-    refs = [task.remote(s, sweep.experiment.trial, inputs_ref, sweep.config, dict(sweep.context), sweep.identity_hash, sweep.resources) for s in sweep.settings]
+    refs = [
+        task.remote(
+            s,
+            sweep.experiment.trial,
+            inputs_ref,
+            sweep.config,
+            dict(sweep.context),
+            sweep.identity_hash,
+            sweep.resources,
+        )
+        for s in sweep.settings
+    ]
     rows: list[Row] = []
     with heartbeat(f"sweep {sweep.name} ({len(refs)} tasks)"):
         finished = ray.get(refs)

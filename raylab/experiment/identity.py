@@ -78,7 +78,9 @@ def claim(directory: str | Path, identity: Mapping[str, Any], *, name: str) -> b
         try:
             stored = json.loads(record.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise IdentityConflict(f"{record}: unreadable identity record ({error}); remove {directory} to start fresh") from None
+            raise IdentityConflict(
+                f"{record}: unreadable identity record ({error}); remove {directory} to start fresh"
+            ) from None
         if stored == document:
             return True
         keys = changed_keys(stored, document)

@@ -42,21 +42,39 @@ FULL_SIZE_CONFIGS: dict[str, FullSizeConfig] = {
     # state and the class's tokens (about 3 GB); MeDS's and the clean oracle's Train runs of 4
     # meet Ray's memory monitor on a 24 GB machine.
     "meds/full_dinov2": FullSizeConfig(
-        "meds_sweep", ("--config", "meds/full_dinov2"), small_machine=("--set", "meds.train_workers=2", "--set", "meds.cpus_per_train_worker=0.9")),
+        "meds_sweep",
+        ("--config", "meds/full_dinov2"),
+        small_machine=("--set", "meds.train_workers=2", "--set", "meds.cpus_per_train_worker=0.9"),
+    ),
     "tailedcore/full_wrn50": FullSizeConfig(
-        "tailedcore_sweep", ("--config", "tailedcore/full_wrn50"), needs_data_root=True, small_machine=("--set", "threads_per_trial=2")),
+        "tailedcore_sweep",
+        ("--config", "tailedcore/full_wrn50"),
+        needs_data_root=True,
+        small_machine=("--set", "threads_per_trial=2"),
+    ),
     "ckd/orl_full": FullSizeConfig(
-        "ckd_train", ("--config", "ckd/orl_full"), needs_data_root=True,
-        small_machine=("--set", "ckd.train.cpus_per_worker=0.3", "--set", "resources.max_concurrent_trials=3")),
+        "ckd_train",
+        ("--config", "ckd/orl_full"),
+        needs_data_root=True,
+        small_machine=("--set", "ckd.train.cpus_per_worker=0.3", "--set", "resources.max_concurrent_trials=3"),
+    ),
     "dcae/mnist_full": FullSizeConfig(
-        "dcae_sweep", ("--config", "dcae/mnist_full"), small_machine=("--set", "train.cpus_per_worker=0.45")),
+        "dcae_sweep", ("--config", "dcae/mnist_full"), small_machine=("--set", "train.cpus_per_worker=0.45")
+    ),
     "dcae/cifar10_full": FullSizeConfig(
-        "dcae_sweep", ("--dataset", "cifar10", "--config", "dcae/cifar10_full"), needs_data_root=True,
-        small_machine=("--set", "train.cpus_per_worker=0.45")),
+        "dcae_sweep",
+        ("--dataset", "cifar10", "--config", "dcae/cifar10_full"),
+        needs_data_root=True,
+        small_machine=("--set", "train.cpus_per_worker=0.45"),
+    ),
     "alsuv/ffhq256": FullSizeConfig(
-        "alsuv_attack", ("--profile", "full", "--config", "alsuv/ffhq256"), needs_data_root=True, needs_weights_root=True,
+        "alsuv_attack",
+        ("--profile", "full", "--config", "alsuv/ffhq256"),
+        needs_data_root=True,
+        needs_weights_root=True,
         # Searches are independent: two tasks of five give the results of one task of ten.
-        small_machine=("--set", "attack.searches_per_task=5")),
+        small_machine=("--set", "attack.searches_per_task=5"),
+    ),
 }
 
 
@@ -64,7 +82,10 @@ def full_size_arguments(key: str, data_root: str, weights_root: str, weight_argu
     """The complete command line of a full-size config's smoke run on a small machine."""
     entry = FULL_SIZE_CONFIGS[key]
     return [
-        *entry.arguments, "--smoke", *entry.small_machine, *weight_arguments,
+        *entry.arguments,
+        "--smoke",
+        *entry.small_machine,
+        *weight_arguments,
         *(["--data-root", data_root] if entry.needs_data_root else []),
         *(["--weights-root", weights_root] if entry.needs_weights_root else []),
     ]

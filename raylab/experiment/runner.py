@@ -54,7 +54,9 @@ def config_file(text: str) -> Path:
     if path.is_file():
         return path
     folder, _, name = text.removesuffix(".yaml").rpartition("/")
-    packaged = packaged_config(folder.removeprefix("configs/").removeprefix("raylab/configs/"), name) if folder else None
+    packaged = (
+        packaged_config(folder.removeprefix("configs/").removeprefix("raylab/configs/"), name) if folder else None
+    )
     if packaged is not None:
         return packaged
     raise ConfigError(f"--config {text}: no such file, and no packaged config of that name (see raylab/configs/)")
@@ -88,7 +90,9 @@ def resolve_config(experiment: Experiment, args: argparse.Namespace) -> Resolved
         raise ConfigError(f"--quick and --profile {args.profile}: choose one")
     smoke = getattr(args, "smoke", False)
     if smoke and (args.quick or args.profile == "quick"):
-        raise ConfigError("--smoke and --quick: choose one (--smoke keeps the config's architecture, --quick shrinks it)")
+        raise ConfigError(
+            "--smoke and --quick: choose one (--smoke keeps the config's architecture, --quick shrinks it)"
+        )
     profile = args.profile or ("quick" if args.quick else experiment.default_profile)
     quick = profile == "quick"
     base = experiment.profiles[experiment.default_profile if quick else profile]()
@@ -110,12 +114,16 @@ def resolve_config(experiment: Experiment, args: argparse.Namespace) -> Resolved
     for where, values in layers:
         values = dict(values)
         if "resources" in values:
-            resources = from_mapping(Resources, values.pop("resources"), where=join_key(where, "resources"), base=resources)
+            resources = from_mapping(
+                Resources, values.pop("resources"), where=join_key(where, "resources"), base=resources
+            )
         given = flatten(values)
         # A value equal to the default is harmless (a printed config carries every key).
         owned = sorted(k for k in set(given) & set(experiment.setting_keys) if given[k] != defaults.get(k))
         if owned:
-            raise ConfigError(f"{where.rstrip(':')}: {', '.join(owned)} is decided by each setting (use --seeds / --dataset), not by the config")
+            raise ConfigError(
+                f"{where.rstrip(':')}: {', '.join(owned)} is decided by each setting (use --seeds / --dataset), not by the config"
+            )
         config = from_mapping(type(base), values, where=where, base=config)
     if experiment.apply_arguments is not None:
         config = experiment.apply_arguments(config, args)
@@ -207,20 +215,31 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         init_ray(verbose=args.verbose)
     shortfall = local_shortfall(experiment.trial_cpus(config))
     if shortfall:
-        _fail(parser, ValueError(
-            f"{experiment.name}: one trial cannot run here: {shortfall}; lower its Train workers or CPUs per worker "
-            "(see --print-config), or submit it to a cluster"))
+        _fail(
+            parser,
+            ValueError(
+                f"{experiment.name}: one trial cannot run here: {shortfall}; lower its Train workers or CPUs per worker "
+                "(see --print-config), or submit it to a cluster"
+            ),
+        )
     # Auto sizes become numbers here, in the driver, so every trial process asks for the same.
-    resources = dataclasses.replace(resources, extraction_actors=resources.extraction_pool(), task_slots=resources.parallel_tasks())
+    resources = dataclasses.replace(
+        resources, extraction_actors=resources.extraction_pool(), task_slots=resources.parallel_tasks()
+    )
     use_resources(resources)
     with phase("shared inputs: corpus, shards, features"):
         prepared = experiment.prepare(request)
     if not isinstance(prepared, Prepared):
         raise TypeError(f"{experiment.name}: prepare must return a Prepared, got {type(prepared).__name__}")
     identity = {
-        "experiment": experiment.name, "raylab_version": raylab.__version__, "dataset": args.dataset,
-        "data": prepared.data_fingerprint, "profile": "quick" if quick else (args.profile or experiment.default_profile),
-        "config": config, "axes": axes, "search_trials": search_trials,
+        "experiment": experiment.name,
+        "raylab_version": raylab.__version__,
+        "dataset": args.dataset,
+        "data": prepared.data_fingerprint,
+        "profile": "quick" if quick else (args.profile or experiment.default_profile),
+        "config": config,
+        "axes": axes,
+        "search_trials": search_trials,
         # Where the numbers are computed can change them (CUDA kernels); how many at once cannot.
         "accelerator": resources.accelerator if resources.uses_accelerator else None,
     }
@@ -231,16 +250,41 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         resume = claim(Path(storage_path) / name, identity, name=name)
     except IdentityConflict as error:
         _fail(parser, error)
-    parent_params = {"config": config, **{f"axes.{k}": list(v) for k, v in axes.items()}, "search_trials": search_trials}
-    with tracked_run(experiment.name, name, params=parent_params, tags={"dataset": args.dataset, "method": "sweep", "identity": identity_hash}, resume=resume) as parent:
+    parent_params = {
+        "config": config,
+        **{f"axes.{k}": list(v) for k, v in axes.items()},
+        "search_trials": search_trials,
+    }
+    with tracked_run(
+        experiment.name,
+        name,
+        params=parent_params,
+        tags={"dataset": args.dataset, "method": "sweep", "identity": identity_hash},
+        resume=resume,
+    ) as parent:
         parent.log_text(yaml.safe_dump(to_plain(config), sort_keys=False), "config.yaml")
         context = {
-            "experiment": experiment.name, "dataset": args.dataset, "data_root": args.data_root, "sweep": name,
-            "parent_run_id": parent.run_id, "tracking_uri": tracking_uri(), "storage_path": storage_path, "quick": quick,
+            "experiment": experiment.name,
+            "dataset": args.dataset,
+            "data_root": args.data_root,
+            "sweep": name,
+            "parent_run_id": parent.run_id,
+            "tracking_uri": tracking_uri(),
+            "storage_path": storage_path,
+            "quick": quick,
         }
         sweep = Sweep(
-            experiment=experiment, config=config, inputs=prepared.inputs, settings=settings, axes=axes, name=name,
-            identity_hash=identity_hash, context=context, storage_path=storage_path, resume=resume, search_trials=search_trials,
+            experiment=experiment,
+            config=config,
+            inputs=prepared.inputs,
+            settings=settings,
+            axes=axes,
+            name=name,
+            identity_hash=identity_hash,
+            context=context,
+            storage_path=storage_path,
+            resume=resume,
+            search_trials=search_trials,
             resources=resources,
         )
         with phase("trials, wall time"):
@@ -274,7 +318,9 @@ def _report(experiment: Experiment, rows: Sequence[Row], request: Request, paren
     return report
 
 
-def dry_run(experiment: Experiment, request: Request, settings: Sequence[Setting], resources: Resources, search_trials: int) -> dict[str, Any]:
+def dry_run(
+    experiment: Experiment, request: Request, settings: Sequence[Setting], resources: Resources, search_trials: int
+) -> dict[str, Any]:
     """The plan and its cost, from the validated config alone: nothing starts, nothing is written."""
     from raylab.experiment.cost import Estimate, load_measurements, measurement_key
 
@@ -283,7 +329,8 @@ def dry_run(experiment: Experiment, request: Request, settings: Sequence[Setting
     held = dict(experiment.trial_resources(config))
     lines = [
         f"{experiment.name} on {request.dataset}: {len(settings)} settings"
-        + (f" x {search_trials} search trials" if search_trials else "") + f" = {trials} trials ({experiment.executor})",
+        + (f" x {search_trials} search trials" if search_trials else "")
+        + f" = {trials} trials ({experiment.executor})",
         f"  each trial holds {held}; its Train workers / actors ask for theirs: {to_plain(resources)}",
     ]
     estimate = None
@@ -295,14 +342,23 @@ def dry_run(experiment: Experiment, request: Request, settings: Sequence[Setting
         lines.append(estimate.text())
     else:
         lines.append("cost: this experiment has no cost model (it has no paper-size config)")
-    return {"text": "\n".join(lines), "trials": trials, "estimate": estimate.to_dict() if estimate else None, "config": config}
+    return {
+        "text": "\n".join(lines),
+        "trials": trials,
+        "estimate": estimate.to_dict() if estimate else None,
+        "config": config,
+    }
 
 
 def _execute(sweep: Sweep) -> list[Row]:
     experiment, config, policy = sweep.experiment, sweep.config, sweep.resources
     held = dict(experiment.trial_resources(config))
     if experiment.executor == "tune":
-        concurrent = policy.max_concurrent_trials or experiment.max_concurrent(config) or policy.concurrent_trials(experiment.trial_cpus(config))
+        concurrent = (
+            policy.max_concurrent_trials
+            or experiment.max_concurrent(config)
+            or policy.concurrent_trials(experiment.trial_cpus(config))
+        )
         return run_tune(sweep, held, concurrent)
     if experiment.executor == "tasks":
         return run_tasks(sweep, held)

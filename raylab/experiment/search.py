@@ -64,12 +64,20 @@ def optuna_search(
     if num_samples < 1:
         raise ValueError(f"optuna_search {name}: num_samples must be >= 1, got {num_samples}")
     searcher = OptunaSearch(
-        space=space, metric=metric, mode=mode, seed=seed,
+        space=space,
+        metric=metric,
+        mode=mode,
+        seed=seed,
         points_to_evaluate=[dict(p) for p in points_to_evaluate] if points_to_evaluate else None,
     )
     tuner = tune.Tuner(
         tune.with_parameters(_report, objective=objective),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples, max_concurrent_trials=max_concurrent, reuse_actors=reuse_actors),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=reuse_actors,
+        ),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0),
     )
     grid = tuner.fit()

@@ -33,11 +33,22 @@ class Setting:
 
     def tag(self) -> str:
         """Short readable label: ``nr0.2-s0`` style, used in run names beside the hash."""
-        parts = [f"{_ABBREVIATIONS.get(k, k)}{v:g}" if isinstance(v, float) else f"{_ABBREVIATIONS.get(k, k)}{v}" for k, v in self.values.items()]
+        parts = [
+            f"{_ABBREVIATIONS.get(k, k)}{v:g}" if isinstance(v, float) else f"{_ABBREVIATIONS.get(k, k)}{v}"
+            for k, v in self.values.items()
+        ]
         return "-".join(parts)
 
 
-_ABBREVIATIONS = {"noise_ratio": "nr", "injected_in_test": "inj-", "seed": "s", "protocol": "", "normal_class": "c", "fold": "f", "method": ""}
+_ABBREVIATIONS = {
+    "noise_ratio": "nr",
+    "injected_in_test": "inj-",
+    "seed": "s",
+    "protocol": "",
+    "normal_class": "c",
+    "fold": "f",
+    "method": "",
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,10 @@ class Row:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        metrics = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)) for k, v in self.metrics.items()}
+        metrics = {
+            k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v))
+            for k, v in self.metrics.items()
+        }
         return {"method": self.method, "dataset": self.dataset, **self.setting, "metrics": metrics, **self.extra}
 
 
@@ -83,7 +97,9 @@ class TrialContext:
         return "-".join([self.sweep, self.trial_id, *parts])
 
     @contextlib.contextmanager
-    def nested_run(self, name: str, *, params: Any = None, tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> Iterator[Any]:
+    def nested_run(
+        self, name: str, *, params: Any = None, tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None
+    ) -> Iterator[Any]:
         """An MLflow run nested under the sweep's parent run (or under ``parent_run_id``)."""
         import mlflow
 
@@ -91,7 +107,10 @@ class TrialContext:
 
         mlflow.set_tracking_uri(self.tracking_uri)
         with tracked_run(
-            self.experiment, name, params=params, tags={"dataset": self.dataset, **(tags or {})},
+            self.experiment,
+            name,
+            params=params,
+            tags={"dataset": self.dataset, **(tags or {})},
             parent_run_id=parent_run_id or self.parent_run_id,
         ) as run:
             yield run

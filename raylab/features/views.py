@@ -36,7 +36,12 @@ class ViewSpec:
 
     def pairs(self) -> list[tuple[int, int]]:
         """The (angle, flip) of each view, angle-major, in the order the views are stacked."""
-        return [(angle, flip) for angle in range(0, 360, self.rotation_step) for flip in ((0, 1) if self.hflip else (0,)) if (angle, flip) != (0, 0)]
+        return [
+            (angle, flip)
+            for angle in range(0, 360, self.rotation_step)
+            for flip in ((0, 1) if self.hflip else (0,))
+            if (angle, flip) != (0, 0)
+        ]
 
     def count(self) -> int:
         return len(range(0, 360, self.rotation_step)) * (2 if self.hflip else 1) - 1

@@ -254,9 +254,13 @@ class MemoryBank:
         except FileNotFoundError:
             raise
         except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CorruptArtefactError(f"{path}: cannot read the memory bank ({type(error).__name__}: {error})") from error
+            raise CorruptArtefactError(
+                f"{path}: cannot read the memory bank ({type(error).__name__}: {error})"
+            ) from error
         if "sha256" in header and hashlib.sha256(index_bytes.tobytes()).hexdigest() != header["sha256"]:
-            raise CorruptArtefactError(f"{path}: the memory bank's index differs from its checksum (the file changed after it was written)")
+            raise CorruptArtefactError(
+                f"{path}: the memory bank's index differs from its checksum (the file changed after it was written)"
+            )
         if header.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a raylab memory bank file (format {header.get('format')!r})")
         if header.get("version") != _FORMAT_VERSION:

@@ -88,7 +88,9 @@ class ClassEvaluation:
 def evaluate_per_class(
     make_detector: Callable[[ClassSplit], AnomalyDetector], splits: Sequence[ClassSplit], features: FeatureSet
 ) -> list[ClassEvaluation]:
-    return [evaluate_fitted(make_detector(split).fit(features.take(split.train_ids)), split, features) for split in splits]
+    return [
+        evaluate_fitted(make_detector(split).fit(features.take(split.train_ids)), split, features) for split in splits
+    ]
 
 
 def evaluate_fitted(detector: AnomalyDetector, split: ClassSplit, features: FeatureSet) -> ClassEvaluation:
@@ -96,7 +98,9 @@ def evaluate_fitted(detector: AnomalyDetector, split: ClassSplit, features: Feat
     with phase("evaluation: scoring test images and metrics"):
         prediction = detector.predict(features.take(split.test_ids), with_maps=split.test_masks is not None)
         metrics = anomaly_metrics(split.test_labels, prediction.image_scores, split.test_masks, prediction.maps)
-    return ClassEvaluation(split.class_name, metrics, split.test_ids, split.test_labels, prediction, split.test_masks, detector)
+    return ClassEvaluation(
+        split.class_name, metrics, split.test_ids, split.test_labels, prediction, split.test_masks, detector
+    )
 
 
 def mean_over_classes(evaluations: Sequence[ClassEvaluation]) -> dict[str, float]:

@@ -41,19 +41,29 @@ INJECTED_IN_TEST_CHOICES = (*INJECTED_IN_TEST, "both")
 
 def check_injected_in_test(value: str) -> None:
     """``__post_init__`` check for a config's ``injected_in_test``."""
-    require(value in INJECTED_IN_TEST_CHOICES, "injected_in_test", f"must be one of {', '.join(INJECTED_IN_TEST_CHOICES)}, got {value!r}")
+    require(
+        value in INJECTED_IN_TEST_CHOICES,
+        "injected_in_test",
+        f"must be one of {', '.join(INJECTED_IN_TEST_CHOICES)}, got {value!r}",
+    )
 
 
 def injected_in_test_option(parser) -> None:
     parser.add_argument(
-        "--injected-in-test", choices=INJECTED_IN_TEST_CHOICES, default=None,
+        "--injected-in-test",
+        choices=INJECTED_IN_TEST_CHOICES,
+        default=None,
         help="test protocol for the injected defect images: removed from the test set (SoftPatch, raylab's default), "
         "kept there as well (the MeDS and TailedCore releases), or both side by side (default: the config's)",
     )
 
 
 def noise_ratio_option(parser, default: str) -> None:
-    parser.add_argument("--noise-ratios", default=None, help=f"comma-separated noise ratios in [0, 1) (default: the config's, {default})")
+    parser.add_argument(
+        "--noise-ratios",
+        default=None,
+        help=f"comma-separated noise ratios in [0, 1) (default: the config's, {default})",
+    )
     injected_in_test_option(parser)
 
 
@@ -96,7 +106,9 @@ def _corpus(dataset: str, data_root: str | None, options: str, images_per_group:
 
 def corpus_of(request: Request) -> pa.Table:
     config = request.config
-    return _corpus(request.dataset, request.data_root, json.dumps(config.dataset_options, sort_keys=True), config.images_per_group)
+    return _corpus(
+        request.dataset, request.data_root, json.dumps(config.dataset_options, sort_keys=True), config.images_per_group
+    )
 
 
 def check_noise_supply(request: Request) -> None:

@@ -68,4 +68,6 @@ def max_score_prediction(
     """The memory-bank detectors' output (PatchCore, SoftPatch, TailedCore): image score =
     the largest patch score, map = the upsampled, blurred patch grid."""
     maps = patch_scores_to_maps(patch_scores, image_size, blur_sigma) if with_maps else None
-    return AnomalyPrediction(image_scores=reduce_to_image_scores(patch_scores, "max"), patch_scores=patch_scores, maps=maps)
+    return AnomalyPrediction(
+        image_scores=reduce_to_image_scores(patch_scores, "max"), patch_scores=patch_scores, maps=maps
+    )

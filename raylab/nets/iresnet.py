@@ -48,7 +48,9 @@ class IBasicBlock(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
         self.downsample = None
         if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes, eps=1e-5))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes, eps=1e-5)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
@@ -113,7 +115,9 @@ def load_state_strictly(model: nn.Module, path: str | Path, what: str) -> nn.Mod
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
         keys = list(state)[:5] if isinstance(state, dict) else []
-        raise ValueError(f"{path}: expected a plain state dict of {what} (name -> tensor), got {type(state).__name__} {keys}")
+        raise ValueError(
+            f"{path}: expected a plain state dict of {what} (name -> tensor), got {type(state).__name__} {keys}"
+        )
     load_state_dict_strictly(model, state, path, what)
     return model
 
@@ -128,7 +132,11 @@ def load_state_dict_strictly(model: nn.Module, state: dict, path: str | Path, wh
     if missing or unexpected or shapes:
         parts = [
             f"{label} ({len(keys)}): {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", shapes),
+            )
             if keys
         ]
         raise ValueError(f"{path}: weights do not match {what}: {'; '.join(parts)}")

@@ -177,7 +177,9 @@ class IRSEStem(nn.Module):
 class EmbeddingHead(nn.Module):
     """``BN2d -> flatten -> FC -> BN1d``: the fixed-size face embedding of a final feature map."""
 
-    def __init__(self, channels: int, map_size: tuple[int, int], embedding_dim: int = 512, dropout: float = 0.0) -> None:
+    def __init__(
+        self, channels: int, map_size: tuple[int, int], embedding_dim: int = 512, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.map_size = tuple(map_size)
         self.bn = nn.BatchNorm2d(channels)

@@ -27,8 +27,18 @@ from raylab.report.runs import SweepRuns, download_artifact, load_sweep
 
 # Metrics in the order a reader looks for them; the report shows those present.
 PRIMARY_METRICS = (
-    "image_auroc", "pixel_auroc", "aupro", "auroc", "fpr95", "aupr_in", "aupr_out",
-    "accuracy", "eer", "tar_at_far", "rank1", "attack_success_rate",
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "auroc",
+    "fpr95",
+    "aupr_in",
+    "aupr_out",
+    "accuracy",
+    "eer",
+    "tar_at_far",
+    "rank1",
+    "attack_success_rate",
 )
 MAX_PER_CLASS_RUNS = 400
 MAX_SCATTER_PARAMS = 6
@@ -73,7 +83,8 @@ def results_table(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     table = pd.DataFrame(index=mean.index)
     for column, metric in zip(columns, metrics):
         table[metric] = [
-            "n/a" if pd.isna(m) else f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}" for m, s in zip(mean[column], std[column])
+            "n/a" if pd.isna(m) else f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}"
+            for m, s in zip(mean[column], std[column])
         ]
     table["runs"] = count
     return table.reset_index()
@@ -111,7 +122,9 @@ def per_class_bars(sweep: SweepRuns, metric: str, tracking_uri: str | None) -> s
     frames = []
     for row in sweep.runs.head(MAX_PER_CLASS_RUNS).itertuples():
         if "per_class_metrics.csv" in sweep.artifacts.get(row.run_id, []):
-            table = pd.read_csv(io.BytesIO(download_artifact(row.run_id, "per_class_metrics.csv", tracking_uri=tracking_uri)))
+            table = pd.read_csv(
+                io.BytesIO(download_artifact(row.run_id, "per_class_metrics.csv", tracking_uri=tracking_uri))
+            )
             if metric in table and "class_name" in table:
                 frames.append(table.assign(method=row.method, noise_ratio=getattr(row, "noise_ratio", None)))
     if not frames:
@@ -119,7 +132,9 @@ def per_class_bars(sweep: SweepRuns, metric: str, tracking_uri: str | None) -> s
     data = pd.concat(frames)
     ratios = sorted(data["noise_ratio"].dropna().unique())[:4] or [None]
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(ratios), figsize=(max(4.5, 1.2 * data["class_name"].nunique()) * len(ratios) ** 0.7, 3.8), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(ratios), figsize=(max(4.5, 1.2 * data["class_name"].nunique()) * len(ratios) ** 0.7, 3.8), squeeze=False
+    )
     for axis, ratio in zip(axes[0], ratios):
         subset = data if ratio is None else data[data["noise_ratio"] == ratio]
         means = subset.groupby(["class_name", "method"])[metric].mean().unstack("method")
@@ -165,7 +180,9 @@ def trial_scatter(runs: pd.DataFrame, metric: str) -> str | None:
     return _png(figure)
 
 
-def overlay_images(sweep: SweepRuns, metric: str, tracking_uri: str | None, per_method: int = 2) -> list[tuple[str, str]]:
+def overlay_images(
+    sweep: SweepRuns, metric: str, tracking_uri: str | None, per_method: int = 2
+) -> list[tuple[str, str]]:
     """The overlays logged by the best run of each method (at the lowest noise ratio)."""
     column = f"metric.{metric}"
     images = []
@@ -176,7 +193,11 @@ def overlay_images(sweep: SweepRuns, metric: str, tracking_uri: str | None, per_
         runs = runs[runs["noise_ratio"] == runs["noise_ratio"].min()]
     for method, group in runs.groupby("method"):
         best = group.sort_values(column, ascending=False).iloc[0]
-        paths = [p for p in sweep.artifacts.get(best.run_id, []) if Path(p).name.startswith("overlays") and p.endswith(".png")]
+        paths = [
+            p
+            for p in sweep.artifacts.get(best.run_id, [])
+            if Path(p).name.startswith("overlays") and p.endswith(".png")
+        ]
         for path in sorted(paths)[:per_method]:
             data = base64.b64encode(download_artifact(best.run_id, path, tracking_uri=tracking_uri)).decode("ascii")
             images.append((data, f"{method}: {path} (run {best.run_name}, {metric} {best[column]:.3f})"))
@@ -191,7 +212,9 @@ def parent_figures(sweep: SweepRuns, tracking_uri: str | None) -> list[tuple[str
     for item in client.list_artifacts(sweep.parent.info.run_id):
         if item.path.endswith(".png"):
             data = download_artifact(sweep.parent.info.run_id, item.path, tracking_uri=tracking_uri)
-            figures.append((base64.b64encode(data).decode("ascii"), f"logged by {sweep.parent.info.run_name}: {item.path}"))
+            figures.append(
+                (base64.b64encode(data).decode("ascii"), f"logged by {sweep.parent.info.run_name}: {item.path}")
+            )
     return figures
 
 
@@ -221,8 +244,16 @@ def render(sweep: SweepRuns, tracking_uri: str | None = None) -> str:
     ]
     sections = [
         ("Metrics vs noise ratio", lambda: metric_vs_noise(runs, metrics), "one noise ratio only"),
-        (f"Per class ({metrics[0]})", lambda: per_class_bars(sweep, metrics[0], tracking_uri), "no per_class_metrics.csv artifacts"),
-        (f"Trials over hyperparameters ({metrics[0]})", lambda: trial_scatter(runs, metrics[0]), "no numeric parameter varies"),
+        (
+            f"Per class ({metrics[0]})",
+            lambda: per_class_bars(sweep, metrics[0], tracking_uri),
+            "no per_class_metrics.csv artifacts",
+        ),
+        (
+            f"Trials over hyperparameters ({metrics[0]})",
+            lambda: trial_scatter(runs, metrics[0]),
+            "no numeric parameter varies",
+        ),
     ]
     for title, make, missing in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
@@ -239,10 +270,16 @@ def render(sweep: SweepRuns, tracking_uri: str | None = None) -> str:
         parts.append("<h2>Figures logged by the sweep</h2>")
         parts.extend(_img(data, caption) for data, caption in logged)
     title = html.escape(f"raylab report: {sweep.experiment} / {parent.info.run_name}")
-    return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head><body>\n' + "\n".join(parts) + "\n</body></html>\n"
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head><body>\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
-def write_report(experiment: str, output: str | Path, *, parent: str | None = None, tracking_uri: str | None = None) -> Path:
+def write_report(
+    experiment: str, output: str | Path, *, parent: str | None = None, tracking_uri: str | None = None
+) -> Path:
     sweep = load_sweep(experiment, parent=parent, tracking_uri=tracking_uri)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

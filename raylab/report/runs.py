@@ -116,5 +116,7 @@ def download_artifact(run_id: str, path: str, *, tracking_uri: str | None = None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
 
     with tempfile.TemporaryDirectory() as scratch:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=scratch, tracking_uri=tracking_uri)
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=scratch, tracking_uri=tracking_uri
+        )
         return Path(local).read_bytes()

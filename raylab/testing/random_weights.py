@@ -100,9 +100,12 @@ def smoke_weight_arguments(config: str, folder: Path) -> list[str]:
         if not validation.is_file():
             timm_pth("swin_tiny_patch4_window7_224", validation, seed=1, num_classes=512)
         return [
-            "--set", f"generator.checkpoint={path}",
-            "--set", f"encoders.source.weights={source}",
-            "--set", f"encoders.validation.weights={validation}",
+            "--set",
+            f"generator.checkpoint={path}",
+            "--set",
+            f"encoders.source.weights={source}",
+            "--set",
+            f"encoders.validation.weights={validation}",
         ]
     if config in ("ckd/orl_full", "dcae/mnist_full", "dcae/cifar10_full"):
         return []  # trained from scratch: no weight file to stand in for
@@ -123,6 +126,8 @@ def stylegan2_rosinality(path: Path, *, size: int = 256, channel_multiplier: int
 
     torch.manual_seed(seed)
     generator = Generator(GeneratorConfig(size=size, channel_multiplier=channel_multiplier))
-    args = argparse.Namespace(size=size, latent=generator.style_dim, n_mlp=generator.config.n_mlp, channel_multiplier=channel_multiplier)
+    args = argparse.Namespace(
+        size=size, latent=generator.style_dim, n_mlp=generator.config.n_mlp, channel_multiplier=channel_multiplier
+    )
     torch.save({"g_ema": generator.state_dict(), "args": args}, path)
     return path

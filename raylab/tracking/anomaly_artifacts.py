@@ -86,7 +86,10 @@ def _overlay(evaluation: ClassEvaluation, corpus: pa.Table, per_side: int, path:
     picked = list(order[::-1][:per_side]) + list(order[:per_side])
     ids = [base_sample_id(evaluation.test_ids[i]) for i in picked]
     size = evaluation.prediction.maps.shape[-1]
-    images = [np.asarray(decode_image(data, sample=i, mode="L").resize((size, size), Image.BILINEAR)) for i, data in zip(ids, images_of(corpus, ids))]
+    images = [
+        np.asarray(decode_image(data, sample=i, mode="L").resize((size, size), Image.BILINEAR))
+        for i, data in zip(ids, images_of(corpus, ids))
+    ]
     masks = [evaluation.masks[i] if evaluation.masks is not None else None for i in picked]
     titles = [
         f"{'most' if n < per_side else 'least'} | label {evaluation.labels[i]} | {evaluation.prediction.image_scores[i]:.3g}"

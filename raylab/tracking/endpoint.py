@@ -52,7 +52,9 @@ def _check_server(uri: str, timeout: float) -> None:
         reason = error.reason
         raise TrackingEndpointError(f"MLflow tracking URI {uri}: cannot connect ({reason}); {hint}") from None
     except (TimeoutError, OSError) as error:
-        raise TrackingEndpointError(f"MLflow tracking URI {uri}: no answer within {timeout:g} s ({error or 'timed out'}); {hint}") from None
+        raise TrackingEndpointError(
+            f"MLflow tracking URI {uri}: no answer within {timeout:g} s ({error or 'timed out'}); {hint}"
+        ) from None
 
 
 def _check_folder(uri: str, folder: Path | None) -> None:

@@ -46,8 +46,12 @@ EXPERIMENT_KIND = "custom_model_development"
 # The context tags mlflow.start_run resolves (mlflow.tracking.context) that a nested run takes
 # from its parent: it is created in a trial process, whose own argv is Ray's worker script.
 CONTEXT_TAGS = (
-    "mlflow.user", "mlflow.source.name", "mlflow.source.type",
-    "mlflow.source.git.commit", "mlflow.source.git.branch", "mlflow.source.git.repoURL",
+    "mlflow.user",
+    "mlflow.source.name",
+    "mlflow.source.type",
+    "mlflow.source.git.commit",
+    "mlflow.source.git.branch",
+    "mlflow.source.git.repoURL",
 )
 
 
@@ -85,7 +89,9 @@ def experiment_id(job: str) -> str:
     if uri.startswith("sqlite:///"):
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACT_DIR).as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return mlflow.create_experiment(
+            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except Exception:  # created concurrently by another trial
         found = mlflow.get_experiment_by_name(name)
         if found is None:
@@ -122,8 +128,12 @@ def git_commit() -> str:
     whose context has no ``.git``); else ``"unknown"``."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(raylab.__file__).parent, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(raylab.__file__).parent,
+            timeout=5,
         ).stdout.strip()
         if commit:
             return commit
@@ -256,8 +266,12 @@ def _driver_alive(driver: str | None) -> bool | None:
 
 def _runs_named(client: Any, experiment: str, run_name: str, status: str | None = None) -> list[Any]:
     quote = '"' if "'" in run_name else "'"
-    query = f"attributes.run_name = {quote}{run_name}{quote}" + (f" and attributes.status = '{status}'" if status else "")
-    runs = client.search_runs([experiment], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1000)
+    query = f"attributes.run_name = {quote}{run_name}{quote}" + (
+        f" and attributes.status = '{status}'" if status else ""
+    )
+    runs = client.search_runs(
+        [experiment], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1000
+    )
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
 
@@ -288,7 +302,9 @@ def close_orphaned_runs(client: Any, experiment: str, run_name: str) -> list[str
 
 def _kill_tree(client: Any, experiment: str, run_id: str) -> list[str]:
     children = client.search_runs(
-        [experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'", max_results=10000
+        [experiment],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+        max_results=10000,
     )
     closed = [c for child in children for c in _kill_tree(client, experiment, child.info.run_id)]
     client.set_terminated(run_id, status="KILLED")
@@ -304,7 +320,8 @@ def _latest_resumable(client: Any, experiment: str, run_name: str) -> Any | None
         if run.info.status in ("FAILED", "KILLED"):
             # Nested runs an interrupted driver left RUNNING (its own status may be FAILED).
             for child in client.search_runs(
-                [experiment], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'"
+                [experiment],
+                filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'",
             ):
                 _kill_tree(client, experiment, child.info.run_id)
             return run
@@ -313,7 +330,9 @@ def _latest_resumable(client: Any, experiment: str, run_name: str) -> Any | None
 
 
 def _check_same_params(run: Any, params: Mapping[str, str]) -> None:
-    changed = {k: (run.data.params[k], v) for k, v in params.items() if k in run.data.params and run.data.params[k] != v}
+    changed = {
+        k: (run.data.params[k], v) for k, v in params.items() if k in run.data.params and run.data.params[k] != v
+    }
     if changed:
         detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items())[:5])
         raise ValueError(

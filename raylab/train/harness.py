@@ -259,7 +259,11 @@ def _rng_state() -> dict[str, Any]:
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached_gaussian),
         },
-        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -274,11 +278,17 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
     if "numpy" in state:
         saved = state["numpy"]
-        keys = np.asarray(saved["keys"].numpy() if isinstance(saved["keys"], torch.Tensor) else saved["keys"], dtype=np.uint32)
-        np.random.set_state(("MT19937", keys, int(saved["pos"]), int(saved["has_gauss"]), float(saved["cached_gaussian"])))
+        keys = np.asarray(
+            saved["keys"].numpy() if isinstance(saved["keys"], torch.Tensor) else saved["keys"], dtype=np.uint32
+        )
+        np.random.set_state(
+            ("MT19937", keys, int(saved["pos"]), int(saved["has_gauss"]), float(saved["cached_gaussian"]))
+        )
     if "python" in state:
         saved = state["python"]
-        internal = saved["internal"].tolist() if isinstance(saved["internal"], torch.Tensor) else list(saved["internal"])
+        internal = (
+            saved["internal"].tolist() if isinstance(saved["internal"], torch.Tensor) else list(saved["internal"])
+        )
         random.setstate((int(saved["version"]), tuple(int(x) for x in internal), saved["gauss_next"]))
 
 
@@ -301,7 +311,9 @@ def _previous_state(corrupt: Path, error: Exception) -> dict[str, Any] | None:
     """
     import warnings
 
-    older = sorted((p for p in corrupt.parent.glob("checkpoint_*") if p.is_dir() and p.name < corrupt.name), reverse=True)
+    older = sorted(
+        (p for p in corrupt.parent.glob("checkpoint_*") if p.is_dir() and p.name < corrupt.name), reverse=True
+    )
     for candidate in older:
         try:
             state = load_state(candidate / STATE_FILE)
@@ -309,7 +321,9 @@ def _previous_state(corrupt: Path, error: Exception) -> dict[str, Any] | None:
             continue
         warnings.warn(f"{error}; resuming from the previous checkpoint {candidate}", RuntimeWarning, stacklevel=3)
         return state
-    warnings.warn(f"{error}; no earlier checkpoint passes its check, so training starts over", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"{error}; no earlier checkpoint passes its check, so training starts over", RuntimeWarning, stacklevel=3
+    )
     return None
 
 

@@ -26,7 +26,9 @@ def load_class_folders(data_root: str | Path | None, folder: str | None = None) 
         raise DatasetNotFoundError(f"{root} does not exist")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if len(classes) < 2:
-        raise DatasetNotFoundError(f"{root} holds {len(classes)} class folder(s) {classes}; expected one per class, at least two")
+        raise DatasetNotFoundError(
+            f"{root} holds {len(classes)} class folder(s) {classes}; expected one per class, at least two"
+        )
     records = []
     for label, class_name in enumerate(classes):
         for path in image_files(root / class_name):

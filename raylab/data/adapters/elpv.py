@@ -49,7 +49,11 @@ def load_elpv(
     anomalous_from: float = 2 / 3,
 ) -> pa.Table:
     """``data_root`` may hold an ``elpv`` folder (``labels.csv`` + ``images/``); else the package's copy."""
-    root = Path(data_root) / "elpv" if data_root and (Path(data_root) / "elpv" / "labels.csv").exists() else elpv_package_root()
+    root = (
+        Path(data_root) / "elpv"
+        if data_root and (Path(data_root) / "elpv" / "labels.csv").exists()
+        else elpv_package_root()
+    )
     labels = np.genfromtxt(root / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "probability", "type"])
     rows = [(str(p), float(q), str(t)) for p, q, t in zip(labels["path"], labels["probability"], labels["type"])]
     unknown = sorted({t for _, _, t in rows} - set(MODULE_TYPES))
@@ -57,7 +61,9 @@ def load_elpv(
         raise ValueError(f"{root / 'labels.csv'}: unknown module types {unknown}")
     asked = sorted(set(classes) - set(MODULE_TYPES))
     if asked or not classes:
-        raise ValueError(f"elpv classes {list(classes)}: {asked or 'none given'} not known; the classes are {list(MODULE_TYPES)}")
+        raise ValueError(
+            f"elpv classes {list(classes)}: {asked or 'none given'} not known; the classes are {list(MODULE_TYPES)}"
+        )
     records = []
     for module_type in classes:
         cells = [(p, q) for p, q, t in rows if t == module_type]

@@ -17,7 +17,10 @@ from raylab.data.schema import CorpusRecord, records_to_table
 
 
 def load_anomaly_folders(
-    data_root: str | Path, folder: str = "mvtec", classes: tuple[str, ...] | None = None, allow_missing_masks: bool = False
+    data_root: str | Path,
+    folder: str = "mvtec",
+    classes: tuple[str, ...] | None = None,
+    allow_missing_masks: bool = False,
 ) -> pa.Table:
     """Every image of the layout; a defective test image must have its mask.
 
@@ -44,12 +47,29 @@ def load_anomaly_folders(
             for path in image_files(defect_dir):
                 defect = defect_dir.name
                 label = int(defect != "good")
-                records.append(_record(root, path, class_name, "test", label=label, defect=defect, allow_missing_mask=allow_missing_masks))
+                records.append(
+                    _record(
+                        root,
+                        path,
+                        class_name,
+                        "test",
+                        label=label,
+                        defect=defect,
+                        allow_missing_mask=allow_missing_masks,
+                    )
+                )
     return records_to_table(records)
 
 
 def _record(
-    root: Path, path: Path, class_name: str, split: str, *, label: int, defect: str | None = None, allow_missing_mask: bool = False
+    root: Path,
+    path: Path,
+    class_name: str,
+    split: str,
+    *,
+    label: int,
+    defect: str | None = None,
+    allow_missing_mask: bool = False,
 ) -> CorpusRecord:
     mask_path = None
     if label == 1:
@@ -62,19 +82,31 @@ def _record(
                 "(add the mask, or pass the dataset option allow_missing_masks: true for image-level-only defects)"
             )
     return file_record(
-        path, root, label=label, class_name=class_name, split=split, mask_path=mask_path, defect=defect if label else None
+        path,
+        root,
+        label=label,
+        class_name=class_name,
+        split=split,
+        mask_path=mask_path,
+        defect=defect if label else None,
     )
 
 
 @DATASETS.register("mvtec")
 def load_mvtec(
-    data_root: str | Path, classes: tuple[str, ...] | None = None, folder: str = "mvtec", allow_missing_masks: bool = False
+    data_root: str | Path,
+    classes: tuple[str, ...] | None = None,
+    folder: str = "mvtec",
+    allow_missing_masks: bool = False,
 ) -> pa.Table:
     return load_anomaly_folders(data_root, folder=folder, classes=classes, allow_missing_masks=allow_missing_masks)
 
 
 @DATASETS.register("visa")
 def load_visa(
-    data_root: str | Path, classes: tuple[str, ...] | None = None, folder: str = "visa", allow_missing_masks: bool = False
+    data_root: str | Path,
+    classes: tuple[str, ...] | None = None,
+    folder: str = "visa",
+    allow_missing_masks: bool = False,
 ) -> pa.Table:
     return load_anomaly_folders(data_root, folder=folder, classes=classes, allow_missing_masks=allow_missing_masks)

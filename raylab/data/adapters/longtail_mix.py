@@ -57,10 +57,14 @@ def class_photo(folder: Path) -> Path:
     return max(sizes, key=lambda path: sizes[path][0] * sizes[path][1])  # max keeps the first of equals
 
 
-def _crops(picture: Image.Image, top: int, bottom: int, side: int, count: int, size: int, rng: np.random.Generator, where: str) -> list[tuple[np.ndarray, str]]:
+def _crops(
+    picture: Image.Image, top: int, bottom: int, side: int, count: int, size: int, rng: np.random.Generator, where: str
+) -> list[tuple[np.ndarray, str]]:
     """``count`` square crops of ``side`` px lying in rows [top, bottom), resized to ``size``."""
     if bottom - top < side or picture.size[0] < side:
-        raise ValueError(f"{where}: a {side}-px crop does not fit rows {top}-{bottom} of a {picture.size[0]}x{picture.size[1]} photo")
+        raise ValueError(
+            f"{where}: a {side}-px crop does not fit rows {top}-{bottom} of a {picture.size[0]}x{picture.size[1]} photo"
+        )
     out = []
     for _ in range(count):
         y = int(rng.integers(top, bottom - side + 1))
@@ -94,7 +98,9 @@ def load_dtd_defects(
     if missing or not wanted:
         raise DatasetNotFoundError(f"DTD classes {missing or wanted} not found under {root}; found {found}")
     if not 0 < test_fraction < 1 or not 0 < crop_fraction <= min(test_fraction, 1 - test_fraction):
-        raise ValueError(f"need 0 < crop_fraction <= test region and training region; got crop {crop_fraction}, test {test_fraction}")
+        raise ValueError(
+            f"need 0 < crop_fraction <= test region and training region; got crop {crop_fraction}, test {test_fraction}"
+        )
     sources = skimage_anomaly_sources()
     records = []
     for class_name in wanted:
@@ -106,14 +112,24 @@ def load_dtd_defects(
         cut = int(round((1 - test_fraction) * picture.size[1]))
         rng = np.random.default_rng([split_seed, zlib.crc32(class_name.encode())])
         train = _crops(picture, 0, cut, side, train_images, crop_size, rng, relative)
-        test = _crops(picture, cut, picture.size[1], side, test_good_images + test_defective_images, crop_size, rng, relative)
+        test = _crops(
+            picture, cut, picture.size[1], side, test_good_images + test_defective_images, crop_size, rng, relative
+        )
         for i, (crop, box) in enumerate(train):
-            records.append(CorpusRecord(f"{stem}/train{i:03d}", encode_png(crop), 0, class_name, "train", relative + box))
+            records.append(
+                CorpusRecord(f"{stem}/train{i:03d}", encode_png(crop), 0, class_name, "train", relative + box)
+            )
         for i, (crop, box) in enumerate(test[:test_good_images]):
             records.append(CorpusRecord(f"{stem}/good{i:03d}", encode_png(crop), 0, class_name, "test", relative + box))
         for i, (crop, box) in enumerate(test[test_good_images:]):
             sample_id = f"{stem}/defect{i:03d}"
-            defect = synthesize_defect(crop, np.random.default_rng([split_seed, zlib.crc32(sample_id.encode())]), sources, DTD_DEFECTS, sample=relative + box)
+            defect = synthesize_defect(
+                crop,
+                np.random.default_rng([split_seed, zlib.crc32(sample_id.encode())]),
+                sources,
+                DTD_DEFECTS,
+                sample=relative + box,
+            )
             records.append(
                 CorpusRecord(
                     sample_id,
@@ -183,7 +199,9 @@ def load_longtail_mix(
         elpv = load_elpv(data_root)
         for module_type in ("mono", "poly"):
             rows = elpv.filter(pc.equal(elpv["class_name"], module_type))
-            parts.append(_renamed(take_per_group(rows, sizes, split_seed, where=f"elpv/{module_type}"), f"elpv_{module_type}"))
+            parts.append(
+                _renamed(take_per_group(rows, sizes, split_seed, where=f"elpv/{module_type}"), f"elpv_{module_type}")
+            )
     table = pa.concat_tables([p.cast(CORPUS_SCHEMA) for p in parts])
     validate_corpus(table)
     return table

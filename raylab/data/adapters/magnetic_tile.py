@@ -48,7 +48,9 @@ def _record(root: Path, path: Path, *, label: int, split: str, defect: str | Non
     if label == 1:
         mask_path = path.with_suffix(".png")
         if not mask_path.exists():
-            raise FileNotFoundError(f"{path.relative_to(root.parent)}: defective image without its mask {mask_path.name}")
+            raise FileNotFoundError(
+                f"{path.relative_to(root.parent)}: defective image without its mask {mask_path.name}"
+            )
     return file_record(
         path, root.parent, label=label, class_name="magnetic_tile", split=split, mask_path=mask_path, defect=defect
     )

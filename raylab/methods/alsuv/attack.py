@@ -37,10 +37,14 @@ from raylab.resources import current as current_resources
 METHODS = ("alsuv", "single_search", "no_averaging", "best_by_source")
 
 
-def pseudo_target_select(canvas: Tensor, source_cosine: Tensor, validation: FaceEncoder, top_k: int, *, flip: bool = True) -> int:
+def pseudo_target_select(
+    canvas: Tensor, source_cosine: Tensor, validation: FaceEncoder, top_k: int, *, flip: bool = True
+) -> int:
     """Index of the candidate closest (cosine, validation encoder) to the top-k pseudo target."""
     if len(canvas) != len(source_cosine) or len(canvas) == 0:
-        raise ValueError(f"need one source cosine per candidate, got {len(canvas)} candidates and {len(source_cosine)} cosines")
+        raise ValueError(
+            f"need one source cosine per candidate, got {len(canvas)} candidates and {len(source_cosine)} cosines"
+        )
     k = min(top_k, len(canvas))
     top = torch.argsort(source_cosine, descending=True, stable=True)[:k]
     with torch.no_grad():
@@ -62,9 +66,17 @@ class Selection:
 def select_outputs(batch: SearchBatch, validation: FaceEncoder, config: AttackConfig) -> dict[str, Selection]:
     """Every method's output among one target's searches."""
     chosen = {
-        "alsuv": ("averaged", pseudo_target_select(batch.canvas_averaged, batch.cosine_averaged, validation, config.top_k, flip=config.flip)),
+        "alsuv": (
+            "averaged",
+            pseudo_target_select(
+                batch.canvas_averaged, batch.cosine_averaged, validation, config.top_k, flip=config.flip
+            ),
+        ),
         "single_search": ("last", 0),
-        "no_averaging": ("last", pseudo_target_select(batch.canvas_last, batch.cosine_last, validation, config.top_k, flip=config.flip)),
+        "no_averaging": (
+            "last",
+            pseudo_target_select(batch.canvas_last, batch.cosine_last, validation, config.top_k, flip=config.flip),
+        ),
         "best_by_source": ("averaged", int(torch.argmax(batch.cosine_averaged))),
     }
     out = {}
@@ -83,13 +95,27 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _search_task(models: tuple[FaceRenderer, FaceEncoder], target: Tensor, initial_w: Tensor, config: AttackConfig) -> SearchBatch:
+def _search_task(
+    models: tuple[FaceRenderer, FaceEncoder], target: Tensor, initial_w: Tensor, config: AttackConfig
+) -> SearchBatch:
     torch.set_num_threads(1)
     renderer, source = models
     device = _device()
     renderer, source = renderer.to(device), source.to(device)
     batch = latent_search(renderer, source, target.to(device), initial_w.to(device), config)
-    return SearchBatch(*(t.cpu() for t in (batch.last, batch.averaged, batch.canvas_last, batch.canvas_averaged, batch.cosine_last, batch.cosine_averaged)))
+    return SearchBatch(
+        *(
+            t.cpu()
+            for t in (
+                batch.last,
+                batch.averaged,
+                batch.canvas_last,
+                batch.canvas_averaged,
+                batch.cosine_last,
+                batch.cosine_averaged,
+            )
+        )
+    )
 
 
 def _select_task(validation: FaceEncoder, config: AttackConfig, *parts: SearchBatch) -> dict:

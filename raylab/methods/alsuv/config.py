@@ -312,7 +312,9 @@ class EncoderSet:
         from raylab.config import from_mapping
 
         unseen = {
-            name: spec if isinstance(spec, EncoderConfig) else from_mapping(EncoderConfig, spec, where=f"encoders.unseen.{name}")
+            name: spec
+            if isinstance(spec, EncoderConfig)
+            else from_mapping(EncoderConfig, spec, where=f"encoders.unseen.{name}")
             for name, spec in self.unseen.items()
         }
         require(bool(unseen), "unseen", "is empty: the attack must be judged on at least one unseen encoder")
@@ -324,7 +326,10 @@ class EncoderSet:
 
     def by_role(self) -> dict[str, EncoderConfig]:
         """``source``, ``validation`` and the unseen encoders by name, each with the set's caps applied."""
-        return {name: self._capped(spec) for name, spec in {"source": self.source, "validation": self.validation, **self.unseen}.items()}
+        return {
+            name: self._capped(spec)
+            for name, spec in {"source": self.source, "validation": self.validation, **self.unseen}.items()
+        }
 
     def _capped(self, spec: EncoderConfig) -> EncoderConfig:
         train = spec.train
@@ -353,8 +358,14 @@ class AttackConfig:
     def __post_init__(self) -> None:
         for key in ("num_searches", "searches_per_task", "iterations", "mean_latent_samples"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        require(1 <= self.top_k <= self.num_searches, "top_k", f"must be in [1, num_searches={self.num_searches}], got {self.top_k}")
-        require(0.0 < self.average_fraction <= 1.0, "average_fraction", f"must be in (0, 1], got {self.average_fraction}")
+        require(
+            1 <= self.top_k <= self.num_searches,
+            "top_k",
+            f"must be in [1, num_searches={self.num_searches}], got {self.top_k}",
+        )
+        require(
+            0.0 < self.average_fraction <= 1.0, "average_fraction", f"must be in (0, 1], got {self.average_fraction}"
+        )
         require(0.0 <= self.lr_decay_at <= 1.0, "lr_decay_at", f"must be in [0, 1], got {self.lr_decay_at}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0.0 <= self.truncation <= 1.0, "truncation", f"must be in [0, 1], got {self.truncation}")
@@ -391,11 +402,16 @@ class DataConfig:
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
 
     def __post_init__(self) -> None:
-        require(self.n_folds >= 2, "n_folds", f"must be >= 2 (one fold held out, the others trained on), got {self.n_folds}")
-        require(0 <= self.fold < self.n_folds, "fold", f"must be in [0, n_folds={self.n_folds}), got {self.fold}")
-        require(self.targets_per_identity >= 1, "targets_per_identity", f"must be >= 1, got {self.targets_per_identity}")
         require(
-            self.images_per_identity is None or self.images_per_identity >= max(2, self.targets_per_identity), "images_per_identity",
+            self.n_folds >= 2, "n_folds", f"must be >= 2 (one fold held out, the others trained on), got {self.n_folds}"
+        )
+        require(0 <= self.fold < self.n_folds, "fold", f"must be in [0, n_folds={self.n_folds}), got {self.fold}")
+        require(
+            self.targets_per_identity >= 1, "targets_per_identity", f"must be >= 1, got {self.targets_per_identity}"
+        )
+        require(
+            self.images_per_identity is None or self.images_per_identity >= max(2, self.targets_per_identity),
+            "images_per_identity",
             f"must be null or >= max(2, targets_per_identity={self.targets_per_identity}) (genuine pairs need two images), "
             f"got {self.images_per_identity}",
         )
@@ -420,7 +436,11 @@ class EvaluationConfig:
     verdict_ceiling: float = 0.5
 
     def __post_init__(self) -> None:
-        require(self.verdict_far in self.fars, "verdict_far", f"must be one of fars {list(self.fars)}, got {self.verdict_far}")
+        require(
+            self.verdict_far in self.fars,
+            "verdict_far",
+            f"must be one of fars {list(self.fars)}, got {self.verdict_far}",
+        )
         require(0.0 < self.verdict_ceiling <= 1.0, "verdict_ceiling", f"must be in (0, 1], got {self.verdict_ceiling}")
 
 
@@ -470,7 +490,15 @@ class QuickConfig:
     inversion_steps: int = 10
 
     def __post_init__(self) -> None:
-        keys = ("num_searches", "searches_per_task", "iterations", "top_k", "gan_iterations", "encoder_epochs", "max_targets")
+        keys = (
+            "num_searches",
+            "searches_per_task",
+            "iterations",
+            "top_k",
+            "gan_iterations",
+            "encoder_epochs",
+            "max_targets",
+        )
         for key in (*keys, "inversion_searches", "inversion_steps"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
 
@@ -491,9 +519,14 @@ class AlsuvConfig:
     max_targets: int | None = None
 
     def __post_init__(self) -> None:
-        require(self.max_targets is None or self.max_targets >= 1, "max_targets", f"must be >= 1 or null, got {self.max_targets}")
         require(
-            self.evaluation.verdict_encoder in self.encoders.unseen, "evaluation.verdict_encoder",
+            self.max_targets is None or self.max_targets >= 1,
+            "max_targets",
+            f"must be >= 1 or null, got {self.max_targets}",
+        )
+        require(
+            self.evaluation.verdict_encoder in self.encoders.unseen,
+            "evaluation.verdict_encoder",
             f"is {self.evaluation.verdict_encoder!r}, not one of the unseen encoders {sorted(self.encoders.unseen)}",
         )
         self._check_face_sizes()
@@ -519,17 +552,20 @@ class AlsuvConfig:
         setup, canvas = self.generator, self.data.canvas.size
         if setup.checkpoint is None:
             require(
-                setup.model.size == canvas, "generator.model.size",
+                setup.model.size == canvas,
+                "generator.model.size",
                 f"is {setup.model.size} but data.canvas.size is {canvas}: a generator trained here learns the canvases, so they must agree",
             )
             require(
-                (setup.crop.size_fraction, setup.crop.v_offset_fraction) == (1.0, 0.0), "generator.crop",
+                (setup.crop.size_fraction, setup.crop.v_offset_fraction) == (1.0, 0.0),
+                "generator.crop",
                 f"must be {{size_fraction: 1.0, v_offset_fraction: 0.0}} for a generator trained here (its whole output is a "
                 f"canvas face), got {setup.crop}",
             )
         else:
             require(
-                setup.face_side >= canvas, "data.canvas.size",
+                setup.face_side >= canvas,
+                "data.canvas.size",
                 f"is {canvas} but the generator's face crop is only {setup.face_side} px (generator.model.size "
                 f"{setup.model.size} x generator.crop.size_fraction {setup.crop.size_fraction:g}): generated faces are "
                 f"resized down to the canvas, never up; use a canvas of at most {setup.face_side}",
@@ -559,9 +595,16 @@ def quick_config(config: AlsuvConfig) -> AlsuvConfig:
     """``config`` shrunk by its ``quick`` section."""
     q = config.quick
     attack = replace(
-        config.attack, num_searches=q.num_searches, searches_per_task=q.searches_per_task, iterations=q.iterations, top_k=q.top_k
+        config.attack,
+        num_searches=q.num_searches,
+        searches_per_task=q.searches_per_task,
+        iterations=q.iterations,
+        top_k=q.top_k,
     )
-    generator = replace(config.generator, train=replace(config.generator.train, iterations=q.gan_iterations, checkpoint_every=q.gan_iterations))
+    generator = replace(
+        config.generator,
+        train=replace(config.generator.train, iterations=q.gan_iterations, checkpoint_every=q.gan_iterations),
+    )
 
     def shrink(encoder: EncoderConfig) -> EncoderConfig:
         return replace(encoder, train=replace(encoder.train, epochs=min(encoder.train.epochs, q.encoder_epochs)))
@@ -572,5 +615,9 @@ def quick_config(config: AlsuvConfig) -> AlsuvConfig:
         validation=shrink(config.encoders.validation),
         unseen={name: shrink(e) for name, e in config.encoders.unseen.items()},
     )
-    inversion = replace(config.inversion, searches=q.inversion_searches, steps=q.inversion_steps, searches_per_task=q.inversion_searches)
-    return replace(config, attack=attack, generator=generator, encoders=encoders, inversion=inversion, max_targets=q.max_targets)
+    inversion = replace(
+        config.inversion, searches=q.inversion_searches, steps=q.inversion_steps, searches_per_task=q.inversion_searches
+    )
+    return replace(
+        config, attack=attack, generator=generator, encoders=encoders, inversion=inversion, max_targets=q.max_targets
+    )

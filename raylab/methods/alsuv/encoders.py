@@ -33,7 +33,9 @@ MOBILEFACENET_SETTING = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128,
 class ConvBlock(nn.Module):
     """conv (no bias) -> BN (-> PReLU unless ``linear``); depthwise when ``depthwise``."""
 
-    def __init__(self, inp: int, oup: int, kernel, stride: int, padding: int, *, depthwise: bool = False, linear: bool = False):
+    def __init__(
+        self, inp: int, oup: int, kernel, stride: int, padding: int, *, depthwise: bool = False, linear: bool = False
+    ):
         super().__init__()
         self.conv = nn.Conv2d(inp, oup, kernel, stride, padding, groups=inp if depthwise else 1, bias=False)
         self.bn = nn.BatchNorm2d(oup)
@@ -96,11 +98,15 @@ def load_mobilefacenet(path: str | Path) -> MobileFaceNet:
     """The pretrained MobileFaceNet from its checkpoint (``net_state_dict``), strictly."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"MobileFaceNet checkpoint {path} does not exist (see ../shared/data/README.md: weights)")
+        raise FileNotFoundError(
+            f"MobileFaceNet checkpoint {path} does not exist (see ../shared/data/README.md: weights)"
+        )
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("net_state_dict") if isinstance(checkpoint, dict) else None
     if state is None:
-        raise KeyError(f"{path}: expected a dict with 'net_state_dict', got {type(checkpoint).__name__} {list(checkpoint)[:5] if isinstance(checkpoint, dict) else ''}")
+        raise KeyError(
+            f"{path}: expected a dict with 'net_state_dict', got {type(checkpoint).__name__} {list(checkpoint)[:5] if isinstance(checkpoint, dict) else ''}"
+        )
     model = MobileFaceNet()
     try:
         model.load_state_dict(state, strict=True)
@@ -121,7 +127,10 @@ def build_backbone(config: EncoderConfig) -> nn.Module:
         widths = tuple(max(4, round(w * config.width_multiplier)) for w in (64, 128, 256, 512)[: len(config.layers)])
         return IRSEResNet(
             IRSEConfig(
-                layers=tuple(config.layers), widths=widths, stem_width=widths[0], input_size=tuple(config.input_size),
+                layers=tuple(config.layers),
+                widths=widths,
+                stem_width=widths[0],
+                input_size=tuple(config.input_size),
                 embedding_dim=config.embedding_dim,
             )
         )
@@ -139,7 +148,9 @@ def build_backbone(config: EncoderConfig) -> nn.Module:
         from raylab.nets.iresnet import IResNet
 
         if tuple(config.input_size) != IResNet.input_size:
-            raise ValueError(f"an IResNet takes 112x112 inputs (its head reads the 7x7 map), config says {tuple(config.input_size)}")
+            raise ValueError(
+                f"an IResNet takes 112x112 inputs (its head reads the 7x7 map), config says {tuple(config.input_size)}"
+            )
         return IResNet(tuple(config.layers), config.embedding_dim)
     raise ValueError(f"unknown encoder kind {config.kind!r}; use irse, timm, iresnet or mobilefacenet")
 
@@ -170,7 +181,9 @@ class FaceEncoder(nn.Module):
         x = canvas[:, :, top : top + crop_h, left : left + crop_w]
         if (crop_h, crop_w) != tuple(self.config.input_size):
             shrinking = crop_h > self.config.input_size[0] or crop_w > self.config.input_size[1]
-            x = F.interpolate(x, size=tuple(self.config.input_size), mode="bilinear", align_corners=False, antialias=shrinking)
+            x = F.interpolate(
+                x, size=tuple(self.config.input_size), mode="bilinear", align_corners=False, antialias=shrinking
+            )
         if self.config.normalisation == "mobilefacenet":
             x = ((x + 1.0) * 127.5 - 127.5) / 128.0
         return x
@@ -178,7 +191,9 @@ class FaceEncoder(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         out = self.backbone(x)
         if out.ndim != 2 or out.shape[1] != self.embedding_dim:
-            raise ValueError(f"{self.name}: backbone gave embeddings of shape {tuple(out.shape)}, config says {self.embedding_dim}-d")
+            raise ValueError(
+                f"{self.name}: backbone gave embeddings of shape {tuple(out.shape)}, config says {self.embedding_dim}-d"
+            )
         return out
 
     def forward(self, canvas: Tensor, flip: bool = True) -> Tensor:
@@ -189,7 +204,9 @@ class FaceEncoder(nn.Module):
         return 0.5 * both[: len(x)] + 0.5 * both[len(x) :]
 
 
-def make_encoder(config: EncoderConfig, *, name: str, state_dict: dict | None = None, weights_root: str | Path | None = None) -> FaceEncoder:
+def make_encoder(
+    config: EncoderConfig, *, name: str, state_dict: dict | None = None, weights_root: str | Path | None = None
+) -> FaceEncoder:
     """A :class:`FaceEncoder` in eval mode with frozen weights, from a state dict or a weights file.
 
     An encoder with ``config.weights`` is loaded strictly from that file (relative names
@@ -202,13 +219,19 @@ def make_encoder(config: EncoderConfig, *, name: str, state_dict: dict | None = 
             raise ValueError(f"{name}: a MobileFaceNet needs its pretrained weights file")
         backbone = load_mobilefacenet(resolved_weights(config.weights, weights_root))
     elif config.kind == "dlib":
-        backbone = build_backbone(replace(config, weights=None if config.weights is None else str(resolved_weights(config.weights, weights_root))))
+        backbone = build_backbone(
+            replace(
+                config, weights=None if config.weights is None else str(resolved_weights(config.weights, weights_root))
+            )
+        )
     elif config.weights is not None:
         from raylab.nets.iresnet import load_state_dict_strictly, load_state_strictly
 
         path = resolved_weights(config.weights, weights_root)
         backbone = build_backbone(config)
-        what = f"the {name} encoder ({config.kind} {config.timm_name if config.kind == 'timm' else list(config.layers)})"
+        what = (
+            f"the {name} encoder ({config.kind} {config.timm_name if config.kind == 'timm' else list(config.layers)})"
+        )
         if state_dict is None:
             load_state_strictly(backbone, path, what)
         else:

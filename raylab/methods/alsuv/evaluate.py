@@ -63,7 +63,9 @@ class EncoderReference:
     verification: dict[str, float]
 
 
-def reference(encoder: FaceEncoder, canvas: np.ndarray, identities: np.ndarray, fars: Sequence[float], *, flip: bool = True) -> EncoderReference:
+def reference(
+    encoder: FaceEncoder, canvas: np.ndarray, identities: np.ndarray, fars: Sequence[float], *, flip: bool = True
+) -> EncoderReference:
     embeddings = embed(encoder, canvas, flip=flip)
     genuine, impostor = pair_scores(embeddings, identities)
     thresholds = {far_label(far): threshold_at_far(impostor, far) for far in fars}
@@ -74,14 +76,18 @@ def reference(encoder: FaceEncoder, canvas: np.ndarray, identities: np.ndarray, 
     return EncoderReference(encoder.name, embeddings, np.asarray(identities), thresholds, verification)
 
 
-def attack_metrics(ref: EncoderReference, attack_embeddings: np.ndarray, target_rows: Sequence[int]) -> dict[str, float]:
+def attack_metrics(
+    ref: EncoderReference, attack_embeddings: np.ndarray, target_rows: Sequence[int]
+) -> dict[str, float]:
     """Success rates (type-1, type-2 at each threshold) and rank-1 of reconstructions.
 
     ``attack_embeddings[i]`` is the reconstruction of held-out image ``target_rows[i]``.
     """
     rows = np.asarray(target_rows, dtype=np.int64)
     if attack_embeddings.shape != (len(rows), ref.embeddings.shape[1]):
-        raise ValueError(f"expected {len(rows)} attack embeddings of dim {ref.embeddings.shape[1]}, got {attack_embeddings.shape}")
+        raise ValueError(
+            f"expected {len(rows)} attack embeddings of dim {ref.embeddings.shape[1]}, got {attack_embeddings.shape}"
+        )
     scores = _normalise(attack_embeddings) @ _normalise(ref.embeddings).T  # (targets, held-out)
     type1 = scores[np.arange(len(rows)), rows]
     same = ref.identities[None, :] == ref.identities[rows][:, None]
@@ -91,11 +97,21 @@ def attack_metrics(ref: EncoderReference, attack_embeddings: np.ndarray, target_
     for key, threshold in ref.thresholds.items():
         metrics[f"type1_{key}"] = float(np.mean(type1 > threshold))
         metrics[f"type2_{key}"] = float(np.mean(type2 > threshold)) if type2.size else float("nan")
-    metrics["rank1"] = float(identification_cmc(ref.embeddings, ref.identities, attack_embeddings, ref.identities[rows], max_rank=1)[0])
+    metrics["rank1"] = float(
+        identification_cmc(ref.embeddings, ref.identities, attack_embeddings, ref.identities[rows], max_rank=1)[0]
+    )
     hits = []
     for i, row in enumerate(rows):
         keep = np.arange(len(ref.identities)) != row
-        hits.append(identification_cmc(ref.embeddings[keep], ref.identities[keep], attack_embeddings[i : i + 1], ref.identities[[row]], max_rank=1)[0])
+        hits.append(
+            identification_cmc(
+                ref.embeddings[keep],
+                ref.identities[keep],
+                attack_embeddings[i : i + 1],
+                ref.identities[[row]],
+                max_rank=1,
+            )[0]
+        )
     metrics["rank1_type2"] = float(np.mean(hits))
     metrics["mean_type1_cosine"] = float(type1.mean())
     return metrics

@@ -71,7 +71,8 @@ METRICS_HELP = (
 
 def arguments(parser) -> None:
     parser.add_argument(
-        "--weights-root", default=None,
+        "--weights-root",
+        default=None,
         help="folder holding pretrained weights named in the config (MobileFaceNet, a StyleGAN2 checkpoint); "
         "relative weight paths are resolved against it",
     )
@@ -112,7 +113,9 @@ def check(request: Request[AlsuvConfig]) -> None:
     files = weight_files(config, request.args.weights_root)
     missing = [f"{role}: {path}" for role, path in files.items() if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"weight files not found (relative names resolve against --weights-root): {'; '.join(missing)}")
+        raise FileNotFoundError(
+            f"weight files not found (relative names resolve against --weights-root): {'; '.join(missing)}"
+        )
     if "generator" in files:
         from raylab.methods.alsuv.stylegan2 import checkpoint_config
 
@@ -152,7 +155,9 @@ class AttackInputs:
     first_seed: int
 
 
-def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog) -> FaceRenderer:
+def prepare_renderer(
+    config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog
+) -> FaceRenderer:
     """The generator (loaded or trained here) wrapped with truncation, fixed noise and the face crop."""
     from raylab.methods.alsuv.gan_training import train_generator
     from raylab.methods.alsuv.search import FaceRenderer
@@ -166,7 +171,11 @@ def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: 
         log.generator_source = str(path)
     else:
         trained = train_generator(
-            protocol.train.images, setup.model, setup.train, mean_latent_samples=config.attack.mean_latent_samples, grayscale=setup.grayscale
+            protocol.train.images,
+            setup.model,
+            setup.train,
+            mean_latent_samples=config.attack.mean_latent_samples,
+            grayscale=setup.grayscale,
         )
         generator, latent_avg = trained.generator, trained.latent_avg
         log.metrics |= {f"gan/{k}": v for k, v in trained.metrics.items()}
@@ -174,11 +183,18 @@ def prepare_renderer(config: AlsuvConfig, protocol: FaceProtocol, weights_root: 
     if latent_avg is None:
         latent_avg = generator.mean_latent(config.attack.mean_latent_samples)
     return FaceRenderer(
-        generator, latent_avg, truncation=config.attack.truncation, crop=setup.crop, grayscale=setup.grayscale, size=config.face_size
+        generator,
+        latent_avg,
+        truncation=config.attack.truncation,
+        crop=setup.crop,
+        grayscale=setup.grayscale,
+        size=config.face_size,
     )
 
 
-def prepare_encoders(config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog) -> dict[str, FaceEncoder]:
+def prepare_encoders(
+    config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog
+) -> dict[str, FaceEncoder]:
     """``source``, ``validation`` and every unseen encoder by name (trained here where needed)."""
     import torch
 
@@ -229,13 +245,28 @@ def prepare(request: Request[AlsuvConfig]) -> Prepared:
         targets = targets.take(range(min(config.max_targets, len(targets))))
     target_rows = [int(np.flatnonzero(protocol.held_out.sample_ids == sid)[0]) for sid in targets.sample_ids]
     references = {
-        name: reference(encoder, protocol.held_out.images, protocol.held_out.identities, config.evaluation.fars, flip=config.evaluation.flip)
+        name: reference(
+            encoder,
+            protocol.held_out.images,
+            protocol.held_out.identities,
+            config.evaluation.fars,
+            flip=config.evaluation.flip,
+        )
         for name, encoder in {**unseen, "source": source, "validation": validation}.items()
     }
     inputs = AttackInputs(
-        protocol, renderer, source, validation, unseen, targets, skipped, target_rows,
+        protocol,
+        renderer,
+        source,
+        validation,
+        unseen,
+        targets,
+        skipped,
+        target_rows,
         template=embed(source, targets.images, flip=True),  # the leaked source templates
-        references=references, models_log=log, first_seed=axes(request)["seed"][0],
+        references=references,
+        models_log=log,
+        first_seed=axes(request)["seed"][0],
     )
     data = {
         "corpus": corpus_fingerprint(protocol.corpus),
@@ -262,7 +293,13 @@ def log_models(inputs: AttackInputs, config: AlsuvConfig, context: TrialContext)
         run.log_text("\n".join(inputs.targets.sources.tolist()) + "\n", "targets.txt")
 
 
-def evaluate_seed(outputs: Mapping[str, np.ndarray], references: dict, unseen: dict[str, FaceEncoder], target_rows, config: AlsuvConfig) -> dict:
+def evaluate_seed(
+    outputs: Mapping[str, np.ndarray],
+    references: dict,
+    unseen: dict[str, FaceEncoder],
+    target_rows,
+    config: AlsuvConfig,
+) -> dict:
     """``{method: {encoder: metrics}}`` for one seed's reconstructions ``{method: (targets, 3, s, s)}``.
 
     The attacks' outputs and the pixel inversions go through this one function: same
@@ -296,7 +333,9 @@ def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: 
     if seed == inputs.first_seed:
         log_models(inputs, config, context)
     started = time.time()
-    results = run_attack(torch.from_numpy(inputs.template), inputs.renderer, inputs.source, inputs.validation, config.attack, seed=seed)
+    results = run_attack(
+        torch.from_numpy(inputs.template), inputs.renderer, inputs.source, inputs.validation, config.attack, seed=seed
+    )
     seconds = time.time() - started
     started = time.time()
     inversions = invert_targets(inputs.targets.images, inputs.renderer, config.inversion, seed=seed)
@@ -310,19 +349,40 @@ def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: 
     template = inputs.template / np.linalg.norm(inputs.template, axis=1, keepdims=True)
     source_cosines[CEILING] = float(np.mean(np.sum(template * ceiling_embeddings, axis=1)))
     pixel_mse = {m: float(np.mean((canvas - inputs.targets.images) ** 2)) for m, canvas in outputs.items()}
-    search_stats = {k: float(np.mean([r[k] for r in results])) for k in ("mean_cosine_last", "mean_cosine_averaged", "max_cosine_averaged")}
+    search_stats = {
+        k: float(np.mean([r[k] for r in results]))
+        for k in ("mean_cosine_last", "mean_cosine_averaged", "max_cosine_averaged")
+    }
     with context.nested_run(f"attack-s{seed}", tags={"seed": seed}) as run:
-        run.log_metrics({f"search/{k}": v for k, v in search_stats.items()} | {"attack_seconds": seconds, "inversion_seconds": inversion_seconds})
+        run.log_metrics(
+            {f"search/{k}": v for k, v in search_stats.items()}
+            | {"attack_seconds": seconds, "inversion_seconds": inversion_seconds}
+        )
         with tempfile.TemporaryDirectory() as scratch:
             attacks = {m: outputs[m] for m in METHODS}
-            run.log_artifact(face_grid(inputs.targets.images, attacks, Path(scratch) / f"reconstructions_s{seed}.png", size=config.face_size))
-            run.log_artifact(face_grid(
-                inputs.targets.images, {CEILING: outputs[CEILING]}, Path(scratch) / f"pixel_inversions_s{seed}.png", size=config.face_size,
-            ))
+            run.log_artifact(
+                face_grid(
+                    inputs.targets.images,
+                    attacks,
+                    Path(scratch) / f"reconstructions_s{seed}.png",
+                    size=config.face_size,
+                )
+            )
+            run.log_artifact(
+                face_grid(
+                    inputs.targets.images,
+                    {CEILING: outputs[CEILING]},
+                    Path(scratch) / f"pixel_inversions_s{seed}.png",
+                    size=config.face_size,
+                )
+            )
     shared = {
         "targets": len(inputs.targets),
         "held_out_identities": len(set(inputs.protocol.held_out.identities.tolist())),
-        "verification": {name: {k: ref.verification[k] for k in ("tar_far1e-2", "tar_far1e-3")} for name, ref in inputs.references.items()},
+        "verification": {
+            name: {k: ref.verification[k] for k in ("tar_far1e-2", "tar_far1e-3")}
+            for name, ref in inputs.references.items()
+        },
     }
     rows = []
     for method in (*METHODS, CEILING):
@@ -340,7 +400,9 @@ def verdict(rows: Sequence[Mapping[str, Any]], config: AlsuvConfig) -> dict[str,
     from raylab.methods.alsuv.verdict import informative_verdict
 
     rule = config.evaluation
-    return informative_verdict(rows, encoder=rule.verdict_encoder, metric=f"type1_{far_label(rule.verdict_far)}", ceiling=rule.verdict_ceiling)
+    return informative_verdict(
+        rows, encoder=rule.verdict_encoder, metric=f"type1_{far_label(rule.verdict_far)}", ceiling=rule.verdict_ceiling
+    )
 
 
 def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
@@ -351,11 +413,14 @@ def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
     dicts = [row.to_dict() for row in rows]
     table = aggregate(dicts, by=("encoder", "method"), metrics=PRINTED_METRICS)
     order = {m: i for i, m in enumerate((*METHODS, CEILING))}
-    table = table.sort_values(["encoder", "method"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+    table = table.sort_values(
+        ["encoder", "method"], key=lambda c: c.map(order) if c.name == "method" else c
+    ).reset_index(drop=True)
     first = dicts[0]
     seeds = list(dict.fromkeys(r["seed"] for r in dicts))
     verification = "; ".join(
-        f"{name}: TAR {tars['tar_far1e-2']:.3f} @ FAR 1e-2, {tars['tar_far1e-3']:.3f} @ 1e-3" for name, tars in first["verification"].items()
+        f"{name}: TAR {tars['tar_far1e-2']:.3f} @ FAR 1e-2, {tars['tar_far1e-3']:.3f} @ 1e-3"
+        for name, tars in first["verification"].items()
     )
     header = (
         f"ALSUV on {request.dataset}: {first['targets']} targets from {first['held_out_identities']} held-out identities, "
@@ -365,9 +430,12 @@ def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
         f"{config.inversion.steps} steps, the ceiling)\n"
     )
     shown = [m for m in order if m in set(table["method"])]
-    mse = {m: sum(r["pixel_mse"] for r in dicts if r["method"] == m) / sum(r["method"] == m for r in dicts) for m in shown}
+    mse = {
+        m: sum(r["pixel_mse"] for r in dicts if r["method"] == m) / sum(r["method"] == m for r in dicts) for m in shown
+    }
     footer = (
-        "\npixel MSE to the target image (canvas in [-1, 1]): " + ", ".join(f"{m} {v:.3f}" for m, v in mse.items())
+        "\npixel MSE to the target image (canvas in [-1, 1]): "
+        + ", ".join(f"{m} {v:.3f}" for m, v in mse.items())
         + f"\nverdict: {verdict(dicts, config)['reason']}"
     )
     text = header + format_table(table, PRINTED_METRICS) + footer
@@ -414,8 +482,14 @@ def search_step_bytes(config: AlsuvConfig) -> tuple[float, int]:
         def __init__(self) -> None:
             super().__init__()
             generator = Generator(config.generator.model)
-            self.renderer = FaceRenderer(generator, torch.zeros(generator.style_dim), truncation=config.attack.truncation,
-                                         crop=config.generator.crop, grayscale=config.generator.grayscale, size=config.face_size)
+            self.renderer = FaceRenderer(
+                generator,
+                torch.zeros(generator.style_dim),
+                truncation=config.attack.truncation,
+                crop=config.generator.crop,
+                grayscale=config.generator.grayscale,
+                size=config.face_size,
+            )
             self.encoder = FaceEncoder(build_backbone(source), source, "source").requires_grad_(False)
 
     def step(module: SearchStep) -> torch.Tensor:
@@ -438,7 +512,9 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
     from raylab.methods.alsuv.stylegan2 import Discriminator, Generator
 
     config, data = request.config, request.config.data
-    corpus = load_corpus(data.dataset, request.data_root, n_folds=data.n_folds, fold=data.fold, split_seed=data.split_seed)
+    corpus = load_corpus(
+        data.dataset, request.data_root, n_folds=data.n_folds, fold=data.fold, split_seed=data.split_seed
+    )
     rows = corpus.select(["class_name", "split"]).to_pylist()
     per_identity: dict[tuple[str, str], int] = {}
     for row in rows:
@@ -450,20 +526,31 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
     targets = min(targets, config.max_targets) if config.max_targets is not None else targets
     attack, inversion = config.attack, config.inversion
     renders = 1 if attack.averaged_iterates == 1 else 2
-    work = targets * attack.num_searches * (attack.iterations + renders) + targets * inversion.searches * (inversion.steps + 1)
+    work = targets * attack.num_searches * (attack.iterations + renders) + targets * inversion.searches * (
+        inversion.steps + 1
+    )
 
     face = 3 * config.face_size**2 * FLOAT32
     # All canvases stay in memory; each target's searches come back with two canvases each.
     array_bytes = images * face + targets * attack.num_searches * 2 * face
-    trained = {name: spec for name, spec in config.encoders.by_role().items() if spec.weights is None and spec.kind not in PRETRAINED_KINDS}
+    trained = {
+        name: spec
+        for name, spec in config.encoders.by_role().items()
+        if spec.weights is None and spec.kind not in PRETRAINED_KINDS
+    }
     loaded = sorted(set(config.encoders.by_role()) - set(trained))
     # A Train run keeps its last checkpoint (weights and SGD momentum) and raylab a final backbone state.
     sgd_copies = 2
-    checkpoints = sum(parameter_count(lambda spec=spec: build_backbone(spec)) * FLOAT32 * (sgd_copies + 1) for spec in trained.values())
+    checkpoints = sum(
+        parameter_count(lambda spec=spec: build_backbone(spec)) * FLOAT32 * (sgd_copies + 1)
+        for spec in trained.values()
+    )
     model = config.generator.model
     if config.generator.checkpoint is None:
         g, d = parameter_count(lambda: Generator(model)), parameter_count(lambda: Discriminator(model))
-        checkpoints += (g * (ADAM_STATE_COPIES + 1) + d * ADAM_STATE_COPIES) * FLOAT32  # G, its EMA copy, D, both optimisers
+        checkpoints += (
+            g * (ADAM_STATE_COPIES + 1) + d * ADAM_STATE_COPIES
+        ) * FLOAT32  # G, its EMA copy, D, both optimisers
         generator = f"a {model.size} px StyleGAN2 trained here for {config.generator.train.iterations} steps"
     else:
         generator = f"{config.generator.checkpoint} loaded ({model.size} px, face crop {config.generator.face_side} px -> {config.face_size} px canvas)"

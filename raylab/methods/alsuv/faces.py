@@ -55,7 +55,9 @@ def to_canvas(image: Image.Image, canvas: CanvasConfig) -> np.ndarray:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     square = image.convert("RGB").crop((left, top, left + side, top + side))
-    resized = square.resize((canvas.size, canvas.size), Image.Resampling.BOX if side >= canvas.size else Image.Resampling.BICUBIC)
+    resized = square.resize(
+        (canvas.size, canvas.size), Image.Resampling.BOX if side >= canvas.size else Image.Resampling.BICUBIC
+    )
     pixels = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)
     return pixels / 127.5 - 1.0
 
@@ -79,7 +81,11 @@ def find_faces(grey: np.ndarray, *, min_fraction: float = 0.2) -> list[dict]:
     height, width = grey.shape
     smallest = max(16, int(min_fraction * min(height, width)))
     return _face_cascade().detect_multi_scale(
-        img=grey.astype(np.float64), scale_factor=1.1, step_ratio=1, min_size=(smallest, smallest), max_size=(height, width)
+        img=grey.astype(np.float64),
+        scale_factor=1.1,
+        step_ratio=1,
+        min_size=(smallest, smallest),
+        max_size=(height, width),
     )
 
 
@@ -102,12 +108,19 @@ def check_face_like(data: bytes | np.ndarray, *, sample: str) -> None:
     if not np.isfinite(grey).all():
         raise NotAFaceError(f"{sample}: the image has non-finite values")
     if float(grey.std()) < 1e-3:
-        raise NotAFaceError(f"{sample}: the image is blank (constant value {float(grey.mean()):.3f}): no face to reconstruct")
+        raise NotAFaceError(
+            f"{sample}: the image is blank (constant value {float(grey.mean()):.3f}): no face to reconstruct"
+        )
     short = min(grey.shape)
     if short < 96:
         factor = 96 / short
         size = (round(grey.shape[1] * factor), round(grey.shape[0] * factor))
-        grey = np.asarray(Image.fromarray((grey * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC), dtype=np.float64) / 255.0
+        grey = (
+            np.asarray(
+                Image.fromarray((grey * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC), dtype=np.float64
+            )
+            / 255.0
+        )
     if not find_faces(grey):
         raise NotAFaceError(
             f"{sample}: no face found (LBP frontal-face cascade at scales from 20% of the image up); "
@@ -149,7 +162,9 @@ def first_per_identity(identities: list[str], count: int) -> list[int]:
 
 def load_protocol(config: DataConfig, data_root: str | Path | None) -> FaceProtocol:
     """The dataset's identity-disjoint split (fold ``config.fold`` held out), on the canvas."""
-    corpus = load_corpus(config.dataset, data_root, n_folds=config.n_folds, fold=config.fold, split_seed=config.split_seed)
+    corpus = load_corpus(
+        config.dataset, data_root, n_folds=config.n_folds, fold=config.fold, split_seed=config.split_seed
+    )
     if config.images_per_identity is not None:
         corpus = corpus.take(first_per_identity(corpus.column("class_name").to_pylist(), config.images_per_identity))
     ids = np.asarray(corpus.column("sample_id").to_pylist())
@@ -157,14 +172,19 @@ def load_protocol(config: DataConfig, data_root: str | Path | None) -> FaceProto
     identities = np.asarray(corpus.column("class_name").to_pylist())
     splits = np.asarray(corpus.column("split").to_pylist())
     images = np.stack(
-        [decode_to_canvas(data, config.canvas, sample=src) for data, src in zip(corpus.column("image").to_pylist(), sources)]
+        [
+            decode_to_canvas(data, config.canvas, sample=src)
+            for data, src in zip(corpus.column("image").to_pylist(), sources)
+        ]
     )
     everything = FaceSet(images, identities, ids, sources)
     train, test = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "test")
     train_ids = set(identities[train].tolist())
     overlap = train_ids & set(identities[test].tolist())
     if overlap:
-        raise ValueError(f"{config.dataset}: identities {sorted(overlap)[:5]} are in both the training and the held-out folds")
+        raise ValueError(
+            f"{config.dataset}: identities {sorted(overlap)[:5]} are in both the training and the held-out folds"
+        )
     return FaceProtocol(everything.take(train), everything.take(test), corpus)
 
 
@@ -190,5 +210,7 @@ def choose_targets(protocol: FaceProtocol, per_identity: int) -> tuple[FaceSet, 
             rows.append(int(row))
             taken += 1
         if taken < per_identity:
-            raise NotAFaceError(f"identity {identity}: only {taken} of its images pass the face check, {per_identity} needed")
+            raise NotAFaceError(
+                f"identity {identity}: only {taken} of its images pass the face check, {per_identity} needed"
+            )
     return held.take(rows), skipped

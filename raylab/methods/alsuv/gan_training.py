@@ -85,7 +85,9 @@ def _lazy_adam(params, lr: float, reg_every: int) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99**ratio))
 
 
-def _noises(batch: int, dim: int, mixing: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _noises(
+    batch: int, dim: int, mixing: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     z = torch.randn(batch, dim, generator=generator)
     if mixing > 0 and float(torch.rand((), generator=generator)) < mixing:
         return z, torch.randn(batch, dim, generator=generator)
@@ -251,15 +253,22 @@ def train_generator(
     if len(images) < 2:
         raise ValueError(f"need at least 2 training images, got {len(images)}")
     spec = TrainSpec(
-        name=run_name(images, model, train, grayscale), num_workers=train.num_workers, storage_path=storage_path,
-        checkpoints_to_keep=1, stage="StyleGAN2 generator",
+        name=run_name(images, model, train, grayscale),
+        num_workers=train.num_workers,
+        storage_path=storage_path,
+        checkpoints_to_keep=1,
+        stage="StyleGAN2 generator",
     )
     final = Path(spec.resolved_storage()) / spec.name / FINAL_GENERATOR
     if final.is_file():
         generator, latent_avg = load_rosinality(final, model)
         saved = torch.load(final, map_location="cpu", weights_only=True)
         return TrainedGenerator(generator, latent_avg, final, dict(saved.get("metrics", {})))
-    result = fit(gan_train_loop, {"data": ray.put(images), "model": model, "train": train, "grayscale": grayscale}, dataclasses.replace(spec, cpus_per_worker=0.99))
+    result = fit(
+        gan_train_loop,
+        {"data": ray.put(images), "model": model, "train": train, "grayscale": grayscale},
+        dataclasses.replace(spec, cpus_per_worker=0.99),
+    )
     if result.error is not None:
         raise RuntimeError(f"StyleGAN2 training {spec.name} failed") from result.error
     state = load_result_state(result)

@@ -42,11 +42,15 @@ class Inversion:
     start: int
 
 
-def invert_image(renderer: FaceRenderer, target: Tensor, initial_w: Tensor, config: InversionConfig) -> tuple[Tensor, Tensor]:
+def invert_image(
+    renderer: FaceRenderer, target: Tensor, initial_w: Tensor, config: InversionConfig
+) -> tuple[Tensor, Tensor]:
     """Invert one target canvas from ``len(initial_w)`` W starts (one batch); returns every start's final canvas and error."""
     target = torch.as_tensor(target, dtype=torch.float32)
     if target.shape != (3, renderer.size, renderer.size):
-        raise ValueError(f"the target must be a (3, {renderer.size}, {renderer.size}) canvas, got {tuple(target.shape)}")
+        raise ValueError(
+            f"the target must be a (3, {renderer.size}, {renderer.size}) canvas, got {tuple(target.shape)}"
+        )
     if initial_w.ndim != 2 or initial_w.shape[1] != renderer.style_dim:
         raise ValueError(f"initial latents must be (m, {renderer.style_dim}) W vectors, got {tuple(initial_w.shape)}")
     latent = renderer.generator.broadcast(initial_w.float()).clone().requires_grad_(True)
@@ -64,7 +68,9 @@ def invert_image(renderer: FaceRenderer, target: Tensor, initial_w: Tensor, conf
         return canvas, pixel_errors(canvas, target)
 
 
-def _invert_task(renderer: FaceRenderer, target: Tensor, initial_w: Tensor, config: InversionConfig) -> tuple[Tensor, Tensor]:
+def _invert_task(
+    renderer: FaceRenderer, target: Tensor, initial_w: Tensor, config: InversionConfig
+) -> tuple[Tensor, Tensor]:
     torch.set_num_threads(1)
     import ray
 
@@ -80,7 +86,9 @@ def _best_task(*parts: tuple[Tensor, Tensor]) -> Inversion:
     return Inversion(canvas[best].numpy(), float(errors[best]), best)
 
 
-def invert_targets(targets: np.ndarray, renderer: FaceRenderer, config: InversionConfig, *, seed: int, task_cpus: float = 1.0) -> list[Inversion]:
+def invert_targets(
+    targets: np.ndarray, renderer: FaceRenderer, config: InversionConfig, *, seed: int, task_cpus: float = 1.0
+) -> list[Inversion]:
     """Invert every target canvas ``(t, 3, s, s)``; the starts are the ``seed``'s, shared by all targets."""
     import ray
 

@@ -36,7 +36,9 @@ def _tile(canvas: np.ndarray, cell: int) -> Image.Image:
 
 def _check_size(name: str, images: np.ndarray, size: int) -> None:
     if images.ndim != 4 or images.shape[1:] != (3, size, size):
-        raise ValueError(f"{name}: faces of shape {images.shape[1:]} in a figure of {size} px faces (3, {size}, {size})")
+        raise ValueError(
+            f"{name}: faces of shape {images.shape[1:]} in a figure of {size} px faces (3, {size}, {size})"
+        )
 
 
 def grid_size(columns: int, rows: int, size: int) -> tuple[int, int]:
@@ -45,7 +47,9 @@ def grid_size(columns: int, rows: int, size: int) -> tuple[int, int]:
     return columns * (cell + GAP), LABEL_HEIGHT + rows * (cell + GAP)
 
 
-def face_grid(targets: np.ndarray, outputs: Mapping[str, np.ndarray], path: str | Path, *, size: int, max_rows: int = 12) -> Path:
+def face_grid(
+    targets: np.ndarray, outputs: Mapping[str, np.ndarray], path: str | Path, *, size: int, max_rows: int = 12
+) -> Path:
     """One row per target: the target image, then each method's reconstruction (column titles on top).
 
     ``size``: the face size every image must have (targets and reconstructions alike).

@@ -40,13 +40,21 @@ class FaceRenderer(nn.Module):
     """
 
     def __init__(
-        self, generator: Generator, mean_latent: Tensor, *, truncation: float, crop: FaceCropConfig, grayscale: bool = False,
+        self,
+        generator: Generator,
+        mean_latent: Tensor,
+        *,
+        truncation: float,
+        crop: FaceCropConfig,
+        grayscale: bool = False,
         size: int | None = None,
     ) -> None:
         super().__init__()
         side = round(generator.config.size * crop.size_fraction)
         if size is not None and size > side:
-            raise ValueError(f"a {side} px face crop of the {generator.config.size} px generator cannot fill a {size} px canvas")
+            raise ValueError(
+                f"a {side} px face crop of the {generator.config.size} px generator cannot fill a {size} px canvas"
+            )
         self.size = size or side
         self.generator = generator.eval()
         for p in self.generator.parameters():
@@ -82,7 +90,9 @@ class FaceRenderer(nn.Module):
         left = (size - side) // 2
         image = image[:, :, top : top + side, left : left + side]
         if side != self.size:
-            image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            image = F.interpolate(
+                image, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+            )
         low = image.amin(dim=(1, 2, 3), keepdim=True)
         high = image.amax(dim=(1, 2, 3), keepdim=True)
         return 2 * (image - low) / (high - low).clamp_min(1e-8) - 1
@@ -171,6 +181,11 @@ def latent_search(
             canvas_averaged = renderer(averaged)
             cosine_averaged = source_cosine(source, canvas_averaged, target, config.flip)
     return SearchBatch(
-        last, averaged, canvas_last, canvas_averaged, cosine_last, cosine_averaged,
+        last,
+        averaged,
+        canvas_last,
+        canvas_averaged,
+        cosine_last,
+        cosine_averaged,
         torch.stack(history) if history is not None else None,
     )

@@ -112,7 +112,9 @@ class FusedLeakyReLU(nn.Module):
 class EqualLinear(nn.Module):
     """Linear layer with the equalised learning rate (weights ~ N(0, 1), scaled at run time)."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, bias_init: float = 0.0, lr_mul: float = 1.0, activate: bool = False):
+    def __init__(
+        self, in_dim: int, out_dim: int, *, bias_init: float = 0.0, lr_mul: float = 1.0, activate: bool = False
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
@@ -127,7 +129,15 @@ class EqualLinear(nn.Module):
 
 
 class EqualConv2d(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
@@ -163,7 +173,16 @@ class Upsample(nn.Module):
 class ModulatedConv2d(nn.Module):
     """Style-modulated convolution with optional demodulation and 2x upsampling (Eq. 1-3)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int, *, demodulate: bool = True, upsample: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        style_dim: int,
+        *,
+        demodulate: bool = True,
+        upsample: bool = False,
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.upsample, self.demodulate = upsample, demodulate
@@ -250,7 +269,8 @@ class Generator(nn.Module):
         self.config = config
         c = config
         self.style = nn.Sequential(
-            PixelNorm(), *[EqualLinear(c.style_dim, c.style_dim, lr_mul=c.lr_mlp, activate=True) for _ in range(c.n_mlp)]
+            PixelNorm(),
+            *[EqualLinear(c.style_dim, c.style_dim, lr_mul=c.lr_mlp, activate=True) for _ in range(c.n_mlp)],
         )
         self.input = ConstantInput(c.channels(4))
         self.conv1 = StyledConv(c.channels(4), c.channels(4), c.style_dim)
@@ -313,7 +333,10 @@ class Generator(nn.Module):
         if mode == "const":
             return [getattr(self.noises, f"noise_{i}") for i in range(self.config.num_layers)]
         if mode == "random":
-            return [torch.randn(batch, 1, *getattr(self.noises, f"noise_{i}").shape[2:], device=device) for i in range(self.config.num_layers)]
+            return [
+                torch.randn(batch, 1, *getattr(self.noises, f"noise_{i}").shape[2:], device=device)
+                for i in range(self.config.num_layers)
+            ]
         if mode == "none":
             return [None] * self.config.num_layers
         raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {mode!r}")
@@ -331,7 +354,9 @@ class Generator(nn.Module):
         out = self.conv1(self.input(batch), latent[:, 0], noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
         i = 1
-        for up_conv, conv, noise1, noise2, to_rgb in zip(self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs):
+        for up_conv, conv, noise1, noise2, to_rgb in zip(
+            self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs
+        ):
             out = up_conv(out, latent[:, i], noise1)
             out = conv(out, latent[:, i + 1], noise2)
             skip = to_rgb(out, latent[:, i + 2], skip)
@@ -366,7 +391,16 @@ class Generator(nn.Module):
 class ConvLayer(nn.Sequential):
     """(blur ->) equalised conv (stride 2 when downsampling) (-> fused leaky ReLU)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, downsample: bool = False, bias: bool = True, activate: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        downsample: bool = False,
+        bias: bool = True,
+        activate: bool = True,
+    ):
         layers: list[nn.Module] = []
         stride, padding = 1, kernel_size // 2
         if downsample:
@@ -425,7 +459,9 @@ class Discriminator(nn.Module):
 # ------------------------------------------------------------------------ checkpoints
 
 
-def generator_state(checkpoint: Mapping[str, Any], *, source: str = "checkpoint") -> tuple[dict[str, Tensor], Tensor | None]:
+def generator_state(
+    checkpoint: Mapping[str, Any], *, source: str = "checkpoint"
+) -> tuple[dict[str, Tensor], Tensor | None]:
     """``(generator state dict, latent_avg or None)`` from a rosinality-layout checkpoint dict."""
     if "g_ema" in checkpoint:
         state = checkpoint["g_ema"]
@@ -457,7 +493,9 @@ def infer_config(state: Mapping[str, Tensor], *, source: str = "checkpoint") -> 
     widths[4] = channel_max
     # Fit channel_base * multiplier from the first resolution where the width drops below the cap.
     product = next((w * r for r, w in sorted(widths.items()) if w < channel_max), channel_max * size)
-    config = GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=1, channel_base=product, channel_max=channel_max)
+    config = GeneratorConfig(
+        size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=1, channel_base=product, channel_max=channel_max
+    )
     mismatch = {r: (w, config.channels(r)) for r, w in widths.items() if config.channels(r) != w}
     if mismatch:
         raise ValueError(f"{source}: channel widths {widths} follow no min(max, base // resolution) rule ({mismatch})")
@@ -512,7 +550,9 @@ def load_rosinality(path: str | Path, config: GeneratorConfig | None = None) -> 
     return generator.eval(), latent_avg
 
 
-def save_rosinality(path: str | Path, generator: Generator, *, latent_avg: Tensor | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+def save_rosinality(
+    path: str | Path, generator: Generator, *, latent_avg: Tensor | None = None, extra: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``{"g_ema": state, "latent_avg": ...}`` in the layout :func:`load_rosinality` reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

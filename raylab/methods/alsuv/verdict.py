@@ -31,7 +31,9 @@ def _method_means(rows: Sequence[Mapping[str, Any]], encoder: str, metric: str) 
     return {method: sum(v) / len(v) for method, v in values.items()}
 
 
-def informative_verdict(rows: Sequence[Mapping[str, Any]], *, encoder: str, metric: str, ceiling: float = 0.5) -> dict[str, Any]:
+def informative_verdict(
+    rows: Sequence[Mapping[str, Any]], *, encoder: str, metric: str, ceiling: float = 0.5
+) -> dict[str, Any]:
     """``{"informative": bool, "reason": str}``: the ceiling and floor rules above, the numbers in the reason."""
     means = _method_means(rows, encoder, metric)
     attacks = {method: value for method, value in means.items() if method != CEILING_METHOD}

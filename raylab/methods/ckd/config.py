@@ -54,7 +54,9 @@ class Variant:
 
     def __post_init__(self) -> None:
         if not self.use_face and (self.f2p or self.p2f or self.share_trunk):
-            raise ValueError("without a face branch there is nothing to share or distil: set share_trunk, f2p, p2f False")
+            raise ValueError(
+                "without a face branch there is nothing to share or distil: set share_trunk, f2p, p2f False"
+            )
         if self.joint_bn and not self.share_trunk:
             raise ValueError("joint_bn needs share_trunk (separate networks have no common BatchNorm)")
 
@@ -87,14 +89,24 @@ class NetworkConfig:
     periocular_size: tuple[int, int] = (48, 128)
 
     def __post_init__(self) -> None:
-        require(len(self.layers) >= 2 and len(self.layers) == len(self.widths), "layers",
-                f"need >= 2 stages with one width each, got layers={self.layers} widths={self.widths}")
+        require(
+            len(self.layers) >= 2 and len(self.layers) == len(self.widths),
+            "layers",
+            f"need >= 2 stages with one width each, got layers={self.layers} widths={self.widths}",
+        )
         require(min(self.layers) >= 1, "layers", f"every stage needs >= 1 block, got {self.layers}")
         # Measured with torch 2.14 (CPU): oneDNN's strided 1x1 convolution backward
         # corrupts the heap (the process aborts) when a stage has fewer than 8 channels.
-        require(min(self.widths) >= 8, "widths", f"stage widths must be >= 8 (torch's CPU convolution backward crashes below), got {self.widths}")
-        require(self.embedding_dim >= 1 and self.se_reduction >= 1, "embedding_dim",
-                f"embedding_dim and se_reduction must be >= 1, got {self.embedding_dim}, {self.se_reduction}")
+        require(
+            min(self.widths) >= 8,
+            "widths",
+            f"stage widths must be >= 8 (torch's CPU convolution backward crashes below), got {self.widths}",
+        )
+        require(
+            self.embedding_dim >= 1 and self.se_reduction >= 1,
+            "embedding_dim",
+            f"embedding_dim and se_reduction must be >= 1, got {self.embedding_dim}, {self.se_reduction}",
+        )
         for key in ("face_size", "periocular_size"):
             require(min(getattr(self, key)) >= 1, key, f"must be (height, width) >= 1, got {getattr(self, key)}")
 
@@ -150,7 +162,11 @@ class TrainConfig:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0 <= self.momentum < 1, "momentum", f"must lie in [0, 1), got {self.momentum}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(all(0 < f <= 1 for f in self.milestones), "milestones", f"must be fractions of the epochs in (0, 1], got {self.milestones}")
+        require(
+            all(0 < f <= 1 for f in self.milestones),
+            "milestones",
+            f"must be fractions of the epochs in (0, 1], got {self.milestones}",
+        )
         require(0 < self.gamma <= 1, "gamma", f"must lie in (0, 1], got {self.gamma}")
         require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         require(self.tau > 0, "tau", f"must be > 0, got {self.tau}")

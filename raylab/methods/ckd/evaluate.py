@@ -39,13 +39,17 @@ def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -
     return np.concatenate(out)
 
 
-def gallery_draws(identities: np.ndarray, per_identity: int, draws: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def gallery_draws(
+    identities: np.ndarray, per_identity: int, draws: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """``draws`` seeded (gallery rows, probe rows) splits with ``per_identity`` gallery images each."""
     names = sorted(set(identities.tolist()))
     rows_of = {name: np.flatnonzero(identities == name) for name in names}
     short = [f"{name} ({len(rows)} images)" for name, rows in rows_of.items() if len(rows) <= per_identity]
     if short:
-        raise ValueError(f"identities need more than gallery_per_identity={per_identity} images to have probes: {short[:5]}")
+        raise ValueError(
+            f"identities need more than gallery_per_identity={per_identity} images to have probes: {short[:5]}"
+        )
     rng = np.random.default_rng(seed)
     splits = []
     for _ in range(draws):
@@ -55,7 +59,9 @@ def gallery_draws(identities: np.ndarray, per_identity: int, draws: int, seed: i
     return splits
 
 
-def evaluate_embeddings(embeddings: np.ndarray, identities: np.ndarray, protocol: ProtocolConfig, seed: int = 0) -> PeriocularEvaluation:
+def evaluate_embeddings(
+    embeddings: np.ndarray, identities: np.ndarray, protocol: ProtocolConfig, seed: int = 0
+) -> PeriocularEvaluation:
     """Rank-k (mean over gallery draws), EER and TAR@FAR of test embeddings."""
     cmcs = [
         identification_cmc(embeddings[g], identities[g], embeddings[p], identities[p], max_rank=protocol.max_rank)

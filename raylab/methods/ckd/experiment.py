@@ -64,8 +64,12 @@ def quick(config: CKDJobConfig) -> CKDJobConfig:
 
 
 def arguments(parser) -> None:
-    parser.add_argument("--methods", default=None, help=f"comma-separated methods from {', '.join(VARIANTS)} (default: the config's)")
-    parser.add_argument("--folds", default=None, help="comma-separated fold indices in [0, protocol.n_folds) (default: the config's)")
+    parser.add_argument(
+        "--methods", default=None, help=f"comma-separated methods from {', '.join(VARIANTS)} (default: the config's)"
+    )
+    parser.add_argument(
+        "--folds", default=None, help="comma-separated fold indices in [0, protocol.n_folds) (default: the config's)"
+    )
     parser.add_argument(
         "--no-models",
         action="store_true",
@@ -82,7 +86,9 @@ def axes(request: Request[CKDJobConfig]) -> dict[str, tuple]:
     folds = parse_list(args.folds, int, "--folds") or config.protocol.folds
     outside = [f for f in folds if not 0 <= f < config.protocol.n_folds]
     if outside:
-        raise ValueError(f"--folds {args.folds}: folds {outside} are outside [0, {config.protocol.n_folds}) (protocol.n_folds)")
+        raise ValueError(
+            f"--folds {args.folds}: folds {outside} are outside [0, {config.protocol.n_folds}) (protocol.n_folds)"
+        )
     seeds = parse_list(args.seeds, int, "--seeds") or config.seeds
     return {"method": methods, "fold": folds, "seed": seeds}
 
@@ -110,9 +116,17 @@ def fold_roles_of(request: Request[CKDJobConfig], *, reuse: bool = False) -> tup
         return _ROLES.pop(key)
     roles, fingerprints = {}, []
     for fold in folds:
-        table = load_corpus(request.dataset, request.data_root, n_folds=protocol.n_folds, fold=fold, split_seed=protocol.split_seed)
+        table = load_corpus(
+            request.dataset, request.data_root, n_folds=protocol.n_folds, fold=fold, split_seed=protocol.split_seed
+        )
         fingerprints.append(corpus_fingerprint(table))
-        roles[fold] = fold_roles(table, config.ckd.pairs, config.ckd.network, val_per_identity=protocol.val_per_identity, split_seed=protocol.split_seed)
+        roles[fold] = fold_roles(
+            table,
+            config.ckd.pairs,
+            config.ckd.network,
+            val_per_identity=protocol.val_per_identity,
+            split_seed=protocol.split_seed,
+        )
     built = roles, content_hash(fingerprints, 20)
     if not reuse:
         _ROLES.clear()
@@ -149,10 +163,18 @@ def trial(setting: Setting, inputs: CKDInputs, config: CKDJobConfig, context: Tr
 
         callbacks = [TuneReportCallback()]
     result = run_ckd(
-        inputs.roles[fold], config.ckd, config.protocol, method, seed=seed, storage_path=context.storage_path, callbacks=callbacks
+        inputs.roles[fold],
+        config.ckd,
+        config.protocol,
+        method,
+        seed=seed,
+        storage_path=context.storage_path,
+        callbacks=callbacks,
     )
     params = {"ckd": config.ckd, "protocol": config.protocol, **setting.values}
-    with context.nested_run(f"{method}-fold{fold}-s{seed}", params=params, tags={"method": method, "fold": fold, "seed": seed}) as run:
+    with context.nested_run(
+        f"{method}-fold{fold}-s{seed}", params=params, tags={"method": method, "fold": fold, "seed": seed}
+    ) as run:
         log_ckd_run(run, result, log_model=inputs.log_models and seed == inputs.first_seed)
     return TrialResult([Row(method, context.dataset, dict(setting.values), dict(result.evaluation.metrics))])
 
@@ -221,7 +243,10 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
     methods, folds, seeds = grid["method"], grid["fold"], grid["seed"]
     largest = max(roles.values(), key=lambda r: len(r.fit))
     steps = min(len(largest.fit) // train.batch_size, train.steps or len(largest.fit))
-    parameters = {m: parameter_count(lambda m=m: build_ckd_net(config.ckd.network, largest.num_classes, variant(m))) for m in methods}
+    parameters = {
+        m: parameter_count(lambda m=m: build_ckd_net(config.ckd.network, largest.num_classes, variant(m)))
+        for m in methods
+    }
     final_bytes = sum(parameters.values()) * FLOAT32 * len(folds) * len(seeds)
     checkpoint_copies = 3  # last weights, SGD momentum, best weights
     concurrent = min(config.max_concurrent, len(methods) * len(folds) * len(seeds))
@@ -236,8 +261,15 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
         outputs = net(face, torch.empty(train.batch_size, 3, *network.periocular_size))
         return sum(t.float().mean() for t in outputs if t is not None)
 
-    accelerator = max(step_peak_bytes(lambda m=m: build_ckd_net(network, largest.num_classes, variant(m)), training_step,
-                                      train=True, optimizer_moments=1) for m in methods)
+    accelerator = max(
+        step_peak_bytes(
+            lambda m=m: build_ckd_net(network, largest.num_classes, variant(m)),
+            training_step,
+            train=True,
+            optimizer_moments=1,
+        )
+        for m in methods
+    )
     held = len(largest.fit) + len(largest.val) + len(largest.test)
     return CostModel(
         work=train.epochs * steps * train.batch_size,
@@ -248,10 +280,12 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
         cache_bytes=0.0,
         accelerator_bytes=accelerator,
         accelerator_step=f"the largest variant's training step of {train.batch_size} face/periocular pairs, SGD with momentum",
-        notes=(f"{len(largest.fit)} fit pairs, {largest.num_classes} training identities; {steps} steps of {train.batch_size} per epoch",
-               "parameters: " + ", ".join(f"{m} {n / 1e6:.1f} M" for m, n in parameters.items()),
-               f"disk: {final_bytes / GB:.1f} GB of finished runs' best weights + {in_flight / GB:.1f} GB of checkpoints "
-               f"in flight ({concurrent} trials at once)"),
+        notes=(
+            f"{len(largest.fit)} fit pairs, {largest.num_classes} training identities; {steps} steps of {train.batch_size} per epoch",
+            "parameters: " + ", ".join(f"{m} {n / 1e6:.1f} M" for m, n in parameters.items()),
+            f"disk: {final_bytes / GB:.1f} GB of finished runs' best weights + {in_flight / GB:.1f} GB of checkpoints "
+            f"in flight ({concurrent} trials at once)",
+        ),
     )
 
 

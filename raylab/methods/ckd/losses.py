@@ -23,7 +23,9 @@ from raylab.methods.ckd.config import Variant
 def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
     """``tau^2 KL(softmax(teacher/tau) || softmax(student/tau))``, batch mean; the teacher is detached."""
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"logit shapes differ: student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"logit shapes differ: student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}"
+        )
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
     target = F.softmax(teacher_logits.detach() / tau, dim=1)
@@ -35,7 +37,12 @@ def ckd_loss(
 ) -> dict[str, Tensor]:
     """The loss terms of ``variant`` and their sum (``"loss"``); absent terms are 0."""
     zero = periocular_logits.new_zeros(())
-    terms = {"ce_periocular": F.cross_entropy(periocular_logits, labels), "ce_face": zero, "kl_f2p": zero, "kl_p2f": zero}
+    terms = {
+        "ce_periocular": F.cross_entropy(periocular_logits, labels),
+        "ce_face": zero,
+        "kl_f2p": zero,
+        "kl_p2f": zero,
+    }
     if variant.use_face:
         if face_logits is None:
             raise ValueError("the variant trains a face branch but no face logits were given")

@@ -45,7 +45,9 @@ class Branch(nn.Module):
     def __init__(self, config: NetworkConfig, input_size: tuple[int, int], num_classes: int) -> None:
         super().__init__()
         stages = len(config.layers)
-        self.stage = make_stage(config.widths[-2], config.widths[-1], config.layers[-1], se_reduction=config.se_reduction)
+        self.stage = make_stage(
+            config.widths[-2], config.widths[-1], config.layers[-1], se_reduction=config.se_reduction
+        )
         map_size = (stage_output_size(input_size[0], stages), stage_output_size(input_size[1], stages))
         self.head = EmbeddingHead(config.widths[-1], map_size, config.embedding_dim)
         self.classifier = nn.Linear(config.embedding_dim, num_classes)

@@ -43,7 +43,9 @@ class PairSet:
         return len(self.labels)
 
     def take(self, rows: np.ndarray) -> PairSet:
-        return PairSet(self.faces[rows], self.periocular[rows], self.labels[rows], self.identities[rows], self.sample_ids[rows])
+        return PairSet(
+            self.faces[rows], self.periocular[rows], self.labels[rows], self.identities[rows], self.sample_ids[rows]
+        )
 
 
 def _rows(height: int, fractions: tuple[float, float]) -> tuple[int, int]:
@@ -58,7 +60,9 @@ def _normalised(picture: Image.Image, size: tuple[int, int], pairs: PairConfig) 
     return ((pixels - pairs.mean) / pairs.std).transpose(2, 0, 1)
 
 
-def make_pair(data: bytes, pairs: PairConfig, network: NetworkConfig, *, sample: str = "?") -> tuple[np.ndarray, np.ndarray]:
+def make_pair(
+    data: bytes, pairs: PairConfig, network: NetworkConfig, *, sample: str = "?"
+) -> tuple[np.ndarray, np.ndarray]:
     """``(face, periocular)`` arrays of one encoded face image."""
     picture = decode_image(data, sample=sample, mode="RGB")
     width, height = picture.size
@@ -69,7 +73,9 @@ def make_pair(data: bytes, pairs: PairConfig, network: NetworkConfig, *, sample:
     return face, band
 
 
-def pairs_from_table(table: pa.Table, pairs: PairConfig, network: NetworkConfig, labels: dict[str, int] | None = None) -> PairSet:
+def pairs_from_table(
+    table: pa.Table, pairs: PairConfig, network: NetworkConfig, labels: dict[str, int] | None = None
+) -> PairSet:
     """Every row of ``table`` as a pair; ``labels`` maps identity (``class_name``) to a label."""
     if table.num_rows == 0:
         raise ValueError("no images to make pairs of")
@@ -95,10 +101,14 @@ class FoldRoles:
     num_classes: int
 
 
-def fold_roles(table: pa.Table, pairs: PairConfig, network: NetworkConfig, *, val_per_identity: int, split_seed: int) -> FoldRoles:
+def fold_roles(
+    table: pa.Table, pairs: PairConfig, network: NetworkConfig, *, val_per_identity: int, split_seed: int
+) -> FoldRoles:
     """Split a fold's corpus (``train`` / ``test`` rows) into fit, validation and test pairs."""
     if val_per_identity < 1:
-        raise ValueError(f"val_per_identity must be >= 1 (the best checkpoint is chosen on validation), got {val_per_identity}")
+        raise ValueError(
+            f"val_per_identity must be >= 1 (the best checkpoint is chosen on validation), got {val_per_identity}"
+        )
     split = np.asarray(table.column("split").to_pylist())
     identity = np.asarray(table.column("class_name").to_pylist())
     train_rows, test_rows = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")

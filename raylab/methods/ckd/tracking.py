@@ -53,7 +53,10 @@ def log_ckd_run(run: TrackedRun, result: CKDRun, *, log_model: bool = True) -> N
 
             with attached_to(run):
                 info = mlflow.pytorch.log_model(
-                    result.encoder, name="periocular_encoder", input_example=result.example_input,
-                    serialization_format="pt2", pip_requirements=pinned_requirements(("torch", "numpy")),
+                    result.encoder,
+                    name="periocular_encoder",
+                    input_example=result.example_input,
+                    serialization_format="pt2",
+                    pip_requirements=pinned_requirements(("torch", "numpy")),
                 )
             run.set_tags(models=json.dumps({"periocular_encoder": info.model_uri}))

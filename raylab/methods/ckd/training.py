@@ -48,7 +48,17 @@ from raylab.methods.ckd.config import CKDConfig, Variant
 from raylab.methods.ckd.losses import ckd_loss
 from raylab.methods.ckd.model import CKDNet, build_ckd_net
 from raylab.methods.ckd.pairs import PairSet
-from raylab.train.harness import TrainSpec, fit, load_result_state, load_state, prepare, report_epoch, resume, save_state, unwrap
+from raylab.train.harness import (
+    TrainSpec,
+    fit,
+    load_result_state,
+    load_state,
+    prepare,
+    report_epoch,
+    resume,
+    save_state,
+    unwrap,
+)
 
 FINAL_STATE = "final_state.pt"
 LOSS_TERMS = ("loss", "ce_face", "ce_periocular", "kl_f2p", "kl_p2f")
@@ -122,7 +132,9 @@ def train_loop(config: dict[str, Any]) -> None:
     variant: Variant = config["variant"]
     train = ckd.train
     seed = config["seed"]
-    faces, periocular, labels, val_periocular, val_labels = (torch.from_numpy(np.array(a)) for a in ray.get(config["data"]))
+    faces, periocular, labels, val_periocular, val_labels = (
+        torch.from_numpy(np.array(a)) for a in ray.get(config["data"])
+    )
     if train.batch_size % world:
         raise ValueError(f"batch_size {train.batch_size} must be divisible by the {world} workers")
     chunk = train.batch_size // world
@@ -130,7 +142,9 @@ def train_loop(config: dict[str, Any]) -> None:
     optimizer = torch.optim.SGD(net.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
     start_epoch, state = resume(net, optimizer)
     history: list[dict[str, float]] = list(state["history"]) if state else []
-    best: dict[str, Any] = dict(state["best"]) if state else {"accuracy": -1.0, "loss": math.inf, "epoch": -1, "model": None}
+    best: dict[str, Any] = (
+        dict(state["best"]) if state else {"accuracy": -1.0, "loss": math.inf, "epoch": -1, "model": None}
+    )
     model = prepare(net)
     steps = len(labels) // train.batch_size
     if steps == 0:
@@ -159,7 +173,12 @@ def train_loop(config: dict[str, Any]) -> None:
         seen = totals[-1]
         val_accuracy, val_loss = validate(unwrap(model), (val_periocular, val_labels), rank, world)
         if val_accuracy > best["accuracy"] or (val_accuracy == best["accuracy"] and val_loss < best["loss"]):
-            best = {"accuracy": val_accuracy, "loss": val_loss, "epoch": epoch, "model": copy.deepcopy(unwrap(model).state_dict())}
+            best = {
+                "accuracy": val_accuracy,
+                "loss": val_loss,
+                "epoch": epoch,
+                "model": copy.deepcopy(unwrap(model).state_dict()),
+            }
         metrics = {key: totals[i] / seen for i, key in enumerate(LOSS_TERMS)}
         metrics.update(
             epoch=epoch,
@@ -181,11 +200,18 @@ def train_loop(config: dict[str, Any]) -> None:
         report_epoch(metrics, state)
 
 
-def run_name(fit_pairs: PairSet, val_pairs: PairSet, ckd: CKDConfig, variant: Variant, seed: int, num_workers: int) -> str:
+def run_name(
+    fit_pairs: PairSet, val_pairs: PairSet, ckd: CKDConfig, variant: Variant, seed: int, num_workers: int
+) -> str:
     digest = hashlib.sha256()
     for array in (fit_pairs.faces, fit_pairs.periocular, fit_pairs.labels, val_pairs.periocular, val_pairs.labels):
         digest.update(np.ascontiguousarray(array).tobytes())
-    settings = {"ckd": dataclasses.asdict(ckd), "variant": dataclasses.asdict(variant), "seed": seed, "workers": num_workers}
+    settings = {
+        "ckd": dataclasses.asdict(ckd),
+        "variant": dataclasses.asdict(variant),
+        "seed": seed,
+        "workers": num_workers,
+    }
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return f"ckd-{digest.hexdigest()[:16]}"
 

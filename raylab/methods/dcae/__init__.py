@@ -53,7 +53,15 @@ line does not load torch; the network and metric are :class:`.model.DCAE` and
 :func:`.model.feature_distance`.
 """
 
-from raylab.methods.dcae.config import METHODS, TRAINED, DCAESweepConfig, LossWeights, NetworkConfig, TrainConfig, cpu_config
+from raylab.methods.dcae.config import (
+    METHODS,
+    TRAINED,
+    DCAESweepConfig,
+    LossWeights,
+    NetworkConfig,
+    TrainConfig,
+    cpu_config,
+)
 
 __all__ = [
     "DCAESweepConfig",

@@ -42,7 +42,9 @@ class NetworkConfig:
         for key in ("width", "latent_dim", "downsamplings", "latent_hidden"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         weights = self.feature_level_weights
-        require(weights is None or all(w >= 0 for w in weights), "feature_level_weights", f"must be >= 0, got {weights}")
+        require(
+            weights is None or all(w >= 0 for w in weights), "feature_level_weights", f"must be >= 0, got {weights}"
+        )
 
 
 @dataclass
@@ -133,7 +135,11 @@ class SelectionConfig:
         require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must lie in (0, 1), got {self.val_fraction}")
         for key in ("feature_range", "pixel_range", "image_adversarial_range", "latent_adversarial_range"):
             low, high = getattr(self, key)
-            require(0 < low <= high, key, f"must be (low, high) with 0 < low <= high (a log-uniform range), got {(low, high)}")
+            require(
+                0 < low <= high,
+                key,
+                f"must be (low, high) with 0 < low <= high (a log-uniform range), got {(low, high)}",
+            )
         require(len(self.pseudo_novelties) >= 1, "pseudo_novelties", "must name at least one transform")
 
 
@@ -153,7 +159,9 @@ class ProtocolConfig:
 
     def __post_init__(self) -> None:
         require(0.0 < self.train_fraction < 1.0, "train_fraction", f"must lie in (0, 1), got {self.train_fraction}")
-        require(self.resize_to is None or self.resize_to >= 1, "resize_to", f"must be >= 1 or null, got {self.resize_to}")
+        require(
+            self.resize_to is None or self.resize_to >= 1, "resize_to", f"must be >= 1 or null, got {self.resize_to}"
+        )
 
 
 @dataclass
@@ -193,12 +201,26 @@ class DCAESweepConfig:
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
-        require(bool(self.methods) and not unknown, "methods", f"unknown {unknown} or none given; known: {sorted(METHODS)}")
+        require(
+            bool(self.methods) and not unknown, "methods", f"unknown {unknown} or none given; known: {sorted(METHODS)}"
+        )
         require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
-        require(self.normal_classes is None or len(self.normal_classes) >= 1, "normal_classes", "must list a class, or be null for all")
+        require(
+            self.normal_classes is None or len(self.normal_classes) >= 1,
+            "normal_classes",
+            "must list a class, or be null for all",
+        )
         require(self.score_batch_size >= 1, "score_batch_size", f"must be >= 1, got {self.score_batch_size}")
-        require(self.reconstructions_per_side >= 1, "reconstructions_per_side", f"must be >= 1, got {self.reconstructions_per_side}")
-        require(self.max_test_images is None or self.max_test_images >= 1, "max_test_images", f"must be >= 1 or null, got {self.max_test_images}")
+        require(
+            self.reconstructions_per_side >= 1,
+            "reconstructions_per_side",
+            f"must be >= 1, got {self.reconstructions_per_side}",
+        )
+        require(
+            self.max_test_images is None or self.max_test_images >= 1,
+            "max_test_images",
+            f"must be >= 1 or null, got {self.max_test_images}",
+        )
 
 
 ScoreSpace = Literal["discriminator", "pixel"]

@@ -40,10 +40,16 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def load_one_class_corpus(dataset: str, data_root: str | Path | None, protocol: ProtocolConfig, **options: Any) -> pa.Table:
+def load_one_class_corpus(
+    dataset: str, data_root: str | Path | None, protocol: ProtocolConfig, **options: Any
+) -> pa.Table:
     """The dataset's corpus with every class split into ``train`` / ``test`` by the protocol."""
     if dataset == "mnist":
-        name, base = ("mnist_t10k", {"limit": None}) if data_root is not None else ("mnist_open_set", {"known_classes": tuple(range(10))})
+        name, base = (
+            ("mnist_t10k", {"limit": None})
+            if data_root is not None
+            else ("mnist_open_set", {"known_classes": tuple(range(10))})
+        )
     else:
         name, base = ALIASES.get(dataset, (dataset, {}))
     corpus = load_corpus(name, data_root, **(base | options))
@@ -118,7 +124,9 @@ class OneClassSplit:
     test_novel: np.ndarray
 
 
-def one_class_split(data: DecodedCorpus, normal_class: int, *, max_test: int | None = None, seed: int = 0) -> OneClassSplit:
+def one_class_split(
+    data: DecodedCorpus, normal_class: int, *, max_test: int | None = None, seed: int = 0
+) -> OneClassSplit:
     """Train on ``normal_class``'s training images; test on all test images (novel = other classes).
 
     ``max_test`` keeps a seeded, class-stratified share of the test set (``--quick``).

@@ -65,13 +65,23 @@ def quick(config: DCAESweepConfig) -> DCAESweepConfig:
         normal_classes=reduced.normal_classes,
         max_test_images=reduced.max_test_images,
         train=dataclasses.replace(config.train, epochs=reduced.epochs),
-        selection=dataclasses.replace(config.selection, n_trials=reduced.selection_trials, epochs=reduced.selection_epochs),
+        selection=dataclasses.replace(
+            config.selection, n_trials=reduced.selection_trials, epochs=reduced.selection_epochs
+        ),
     )
 
 
 def arguments(parser) -> None:
-    parser.add_argument("--classes", default=None, help="comma-separated normal class ids, e.g. 0,3 (default: the config's normal_classes, else every class)")
-    parser.add_argument("--no-selection", action="store_true", help="train with the config's loss weights, no Optuna (sets selection.enabled false)")
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated normal class ids, e.g. 0,3 (default: the config's normal_classes, else every class)",
+    )
+    parser.add_argument(
+        "--no-selection",
+        action="store_true",
+        help="train with the config's loss weights, no Optuna (sets selection.enabled false)",
+    )
 
 
 def apply_arguments(config: DCAESweepConfig, args) -> DCAESweepConfig:
@@ -118,7 +128,9 @@ def axes(request: Request[DCAESweepConfig]) -> dict[str, tuple]:
     missing = sorted(set(classes) - set(data.class_names))
     if missing:
         source = f"--classes {request.args.classes}" if request.args.classes else "normal_classes"
-        raise ValueError(f"{source}: normal classes {missing} are not in {request.dataset}; its classes are {data.class_names}")
+        raise ValueError(
+            f"{source}: normal classes {missing} are not in {request.dataset}; its classes are {data.class_names}"
+        )
     return {"normal_class": tuple(classes), "seed": seeds}
 
 
@@ -151,11 +163,18 @@ def trial(setting: Setting, data: DecodedCorpus, config: DCAESweepConfig, contex
     split = one_class_split(data, normal_class, max_test=config.max_test_images, seed=config.protocol.split_seed)
     tags = {"normal_class": normal_class, "class_name": split.class_name, "seed": seed}
     trial_name = setting.tag()  # c<class>-s<seed>
-    with context.nested_run(trial_name, params={"config": config, "normal_class": normal_class, "seed": seed}, tags=tags) as run:
+    with context.nested_run(
+        trial_name, params={"config": config, "normal_class": normal_class, "seed": seed}, tags=tags
+    ) as run:
         weights = config.weights
         if config.selection.enabled:
             selected = select_for_split(
-                split, config.network, config.train, config.selection, config.weights, seed=seed,
+                split,
+                config.network,
+                config.train,
+                config.selection,
+                config.weights,
+                seed=seed,
                 cache_dir=cache_root() / "dcae_selection",
             )
             weights = selected.best
@@ -168,7 +187,9 @@ def trial(setting: Setting, data: DecodedCorpus, config: DCAESweepConfig, contex
                 "selection.txt",
             )
         variants = {name: (TRAINED[name], weights) for name in trained_for(config.methods)}
-        trained = train_variants(split.train_images, variants, config.network, config.train, seed=seed, storage_path=context.storage_path)
+        trained = train_variants(
+            split.train_images, variants, config.network, config.train, seed=seed, storage_path=context.storage_path
+        )
         for row in trained.history:
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         aurocs: dict[str, float] = {}
@@ -177,19 +198,40 @@ def trial(setting: Setting, data: DecodedCorpus, config: DCAESweepConfig, contex
             scores = score_images(trained.models[variant], split.test_images, space, config.score_batch_size)
             aurocs[method] = image_metrics(split.test_novel, scores)["image_auroc"]
             params = {"method": method, "score_space": space, "weights": weights}
-            with context.nested_run(f"{method}-{trial_name}", params=params, tags={**tags, "method": method}, parent_run_id=run.run_id) as method_run:
+            with context.nested_run(
+                f"{method}-{trial_name}", params=params, tags={**tags, "method": method}, parent_run_id=run.run_id
+            ) as method_run:
                 method_run.log_metrics({"auroc": aurocs[method]})
                 with tempfile.TemporaryDirectory() as scratch:
                     uri = log_novelty_model(
-                        method_run, trained.models[variant], method=method, network=config.network, variant=TRAINED[variant],
-                        space=space, color=config.protocol.color, test_images=split.test_images, test_scores=scores,
-                        test_novel=split.test_novel, class_name=split.class_name, metrics={"auroc": aurocs[method]}, scratch=Path(scratch),
+                        method_run,
+                        trained.models[variant],
+                        method=method,
+                        network=config.network,
+                        variant=TRAINED[variant],
+                        space=space,
+                        color=config.protocol.color,
+                        test_images=split.test_images,
+                        test_scores=scores,
+                        test_novel=split.test_novel,
+                        class_name=split.class_name,
+                        metrics={"auroc": aurocs[method]},
+                        scratch=Path(scratch),
                     )
                 method_run.set_tags(models=json.dumps({split.class_name: uri}))
         run.log_metrics({f"{m}/auroc": v for m, v in aurocs.items()})
-        _log_reconstructions(run, split, trained.models, config, seed, f"{context.dataset} class {normal_class} ({split.class_name}), seed {seed}")
+        _log_reconstructions(
+            run,
+            split,
+            trained.models,
+            config,
+            seed,
+            f"{context.dataset} class {normal_class} ({split.class_name}), seed {seed}",
+        )
     extra = {"class_name": split.class_name, "loss_weights": dataclasses.asdict(weights)}
-    return TrialResult([Row(m, context.dataset, dict(setting.values), {"auroc": aurocs[m]}, extra) for m in config.methods])
+    return TrialResult(
+        [Row(m, context.dataset, dict(setting.values), {"auroc": aurocs[m]}, extra) for m in config.methods]
+    )
 
 
 def _log_reconstructions(run, split, models, config: DCAESweepConfig, seed: int, title: str) -> None:
@@ -203,13 +245,17 @@ def _log_reconstructions(run, split, models, config: DCAESweepConfig, seed: int,
     k = config.reconstructions_per_side
     normal = np.flatnonzero(~split.test_novel)
     novel = np.flatnonzero(split.test_novel)
-    picks = np.r_[rng.choice(normal, min(k, normal.size), replace=False), rng.choice(novel, min(k, novel.size), replace=False)]
+    picks = np.r_[
+        rng.choice(normal, min(k, normal.size), replace=False), rng.choice(novel, min(k, novel.size), replace=False)
+    ]
     inputs = split.test_images[picks]
     reconstructions = {name: reconstruct(model, inputs) for name, model in models.items()}
     captions = [("normal" if i < min(k, normal.size) else "novel") for i in range(len(picks))]
     with tempfile.TemporaryDirectory() as scratch:
         reconstruction_grid(inputs, reconstructions, captions, Path(scratch) / "reconstructions.png", title)
-        np.savez_compressed(Path(scratch) / "reconstructions.npz", inputs=inputs, captions=np.asarray(captions), **reconstructions)
+        np.savez_compressed(
+            Path(scratch) / "reconstructions.npz", inputs=inputs, captions=np.asarray(captions), **reconstructions
+        )
         run.log_artifacts(scratch)
 
 
@@ -236,8 +282,11 @@ def report(rows: Sequence[Row], request: Request[DCAESweepConfig]) -> Report:
 # one training epoch, one selection trial of one epoch, and 500 test images (a seeded,
 # class-stratified subsample, so every novel class is still scored).
 SMOKE = {
-    "train": {"epochs": 1}, "selection": {"n_trials": 1, "epochs": 1},
-    "seeds": [0], "normal_classes": [0], "max_test_images": 500,
+    "train": {"epochs": 1},
+    "selection": {"n_trials": 1, "epochs": 1},
+    "seeds": [0],
+    "normal_classes": [0],
+    "max_test_images": 500,
 }
 
 
@@ -260,7 +309,9 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
     channels, side = data.images.shape[1], data.images.shape[-1]
     train_images = max(int(((data.labels == c) & (data.splits == "train")).sum()) for c in classes)
     variants = trained_for(config.methods)
-    parameters = {v: parameter_count(lambda v=v: build_model(config.network, TRAINED[v], channels, side)) for v in variants}
+    parameters = {
+        v: parameter_count(lambda v=v: build_model(config.network, TRAINED[v], channels, side)) for v in variants
+    }
     selection = config.selection
     fit_images = int(train_images * (1 - selection.val_fraction))
     search_steps = selection.n_trials * selection.epochs * fit_images if selection.enabled else 0
@@ -287,8 +338,15 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
             loss = loss + logits.mean() + sum(f.mean() for f in features)
         return loss
 
-    accelerator = max(step_peak_bytes(lambda v=v: build_model(config.network, TRAINED[v], channels, side), generator_step,
-                                      train=True, optimizer_moments=2) for v in variants)
+    accelerator = max(
+        step_peak_bytes(
+            lambda v=v: build_model(config.network, TRAINED[v], channels, side),
+            generator_step,
+            train=True,
+            optimizer_moments=2,
+        )
+        for v in variants
+    )
     runs = len(classes) * len(seeds)
     return CostModel(
         work=work,
@@ -299,12 +357,15 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
         cache_bytes=0.0,
         accelerator_bytes=accelerator,
         accelerator_step=f"the largest variant's autoencoder step of {batch} images and {batch} prior draws, Adam",
-        notes=(f"{len(classes)} classes x {len(seeds)} seeds; up to {train_images} training images per class, "
-               f"{test_images} test images scored per method",
-               f"selection: {selection.n_trials if selection.enabled else 0} trials x {selection.epochs} epochs "
-               f"on {fit_images} images ({search_steps / max(work, 1):.0%} of the work)",
-               "parameters: " + ", ".join(f"{v} {n / 1e6:.2f} M" for v, n in parameters.items())
-               + f"; {run_bytes / GB * 1024:.0f} MB per Train run on disk"),
+        notes=(
+            f"{len(classes)} classes x {len(seeds)} seeds; up to {train_images} training images per class, "
+            f"{test_images} test images scored per method",
+            f"selection: {selection.n_trials if selection.enabled else 0} trials x {selection.epochs} epochs "
+            f"on {fit_images} images ({search_steps / max(work, 1):.0%} of the work)",
+            "parameters: "
+            + ", ".join(f"{v} {n / 1e6:.2f} M" for v, n in parameters.items())
+            + f"; {run_bytes / GB * 1024:.0f} MB per Train run on disk",
+        ),
     )
 
 

@@ -47,7 +47,9 @@ def check_geometry(image_size: int, downsamplings: int) -> int:
 
 
 class Encoder(nn.Module):
-    def __init__(self, channels: int, image_size: int, width: int, latent_dim: int, downsamplings: int, bounded: bool) -> None:
+    def __init__(
+        self, channels: int, image_size: int, width: int, latent_dim: int, downsamplings: int, bounded: bool
+    ) -> None:
         super().__init__()
         side = check_geometry(image_size, downsamplings)
         layers: list[nn.Module] = []
@@ -78,7 +80,11 @@ class Decoder(nn.Module):
         in_channels = self.top_channels
         for i in reversed(range(downsamplings - 1)):
             out_channels = width * 2**i
-            layers += [nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU()]
+            layers += [
+                nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(),
+            ]
             in_channels = out_channels
         layers += [nn.ConvTranspose2d(in_channels, channels, 4, 2, 1), nn.Tanh()]
         self.body = nn.Sequential(*layers)
@@ -97,7 +103,9 @@ class ImageDiscriminator(nn.Module):
         in_channels = channels
         for i in range(downsamplings):
             out_channels = width * 2**i
-            blocks.append(nn.Sequential(spectral_norm(nn.Conv2d(in_channels, out_channels, 4, 2, 1)), nn.LeakyReLU(0.2)))
+            blocks.append(
+                nn.Sequential(spectral_norm(nn.Conv2d(in_channels, out_channels, 4, 2, 1)), nn.LeakyReLU(0.2))
+            )
             in_channels = out_channels
         blocks.append(nn.Sequential(spectral_norm(nn.Conv2d(in_channels, 2 * in_channels, 4, 2, 1)), nn.LeakyReLU(0.2)))
         self.blocks = nn.ModuleList(blocks)
@@ -120,8 +128,10 @@ class LatentDiscriminator(nn.Module):
     def __init__(self, latent_dim: int, hidden: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            spectral_norm(nn.Linear(latent_dim, hidden)), nn.LeakyReLU(0.2),
-            spectral_norm(nn.Linear(hidden, hidden)), nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(latent_dim, hidden)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(hidden, hidden)),
+            nn.LeakyReLU(0.2),
             spectral_norm(nn.Linear(hidden, 1)),
         )
 
@@ -190,7 +200,9 @@ class DCAE(nn.Module):
         if latent_adversarial and not bounded_latent:
             raise ValueError("the latent game matches a uniform prior on [-1, 1]^d: it needs bounded_latent=True")
         if feature_level_weights is not None and image_gan and len(feature_level_weights) != downsamplings + 1:
-            raise ValueError(f"{len(feature_level_weights)} feature level weights for {downsamplings + 1} discriminator levels")
+            raise ValueError(
+                f"{len(feature_level_weights)} feature level weights for {downsamplings + 1} discriminator levels"
+            )
         self.feature_level_weights = tuple(feature_level_weights) if feature_level_weights is not None else None
         self.score_space = "discriminator" if image_gan else "pixel"
         levels = downsamplings + 1 if image_gan else 0

@@ -46,7 +46,8 @@ def format_per_class_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
     shown = table[["normal_class", "class_name"]].copy()
     for method in methods:
         shown[method] = [
-            "n/a" if pd.isna(m) else f"{m:.3f} ± {s:.3f}" for m, s in zip(table[f"{method}_mean"], table[f"{method}_std"])
+            "n/a" if pd.isna(m) else f"{m:.3f} ± {s:.3f}"
+            for m, s in zip(table[f"{method}_mean"], table[f"{method}_std"])
         ]
     shown["n_seeds"] = table["n_seeds"]
     return shown.to_string(index=False)
@@ -70,8 +71,12 @@ def bar_chart(table: pd.DataFrame, methods: Sequence[str], path: str | Path, tit
     figure, axis = plt.subplots(figsize=(max(7.0, 0.9 * len(labels) + 2), 4.2))
     for i, method in enumerate(methods):
         axis.bar(
-            positions + (i - (len(methods) - 1) / 2) * width, table[f"{method}_mean"], width,
-            yerr=table[f"{method}_std"], capsize=2, label=method,
+            positions + (i - (len(methods) - 1) / 2) * width,
+            table[f"{method}_mean"],
+            width,
+            yerr=table[f"{method}_std"],
+            capsize=2,
+            label=method,
         )
     low = np.nanmin(table[[f"{m}_mean" for m in methods]].to_numpy(float))
     axis.set_ylim(max(0.0, low - 0.1), 1.0)

@@ -71,7 +71,9 @@ PSEUDO_NOVELTIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 def make_pseudo_novelties(images: np.ndarray, names: Sequence[str]) -> np.ndarray:
     unknown = sorted(set(names) - set(PSEUDO_NOVELTIES))
     if unknown or not names:
-        raise ValueError(f"selection.pseudo_novelties {list(names)}: unknown {unknown}; known {sorted(PSEUDO_NOVELTIES)}")
+        raise ValueError(
+            f"selection.pseudo_novelties {list(names)}: unknown {unknown}; known {sorted(PSEUDO_NOVELTIES)}"
+        )
     return np.concatenate([PSEUDO_NOVELTIES[name](images) for name in names])
 
 
@@ -96,7 +98,14 @@ def _clip(value: float, bounds: tuple[float, float]) -> float:
     return float(min(max(value, bounds[0]), bounds[1]))
 
 
-def selection_key(images: np.ndarray, network: NetworkConfig, train: TrainConfig, selection: SelectionConfig, default: LossWeights, seed: int) -> str:
+def selection_key(
+    images: np.ndarray,
+    network: NetworkConfig,
+    train: TrainConfig,
+    selection: SelectionConfig,
+    default: LossWeights,
+    seed: int,
+) -> str:
     """The selection's content key. Only what changes the result counts: ``cpus_per_trial`` does
     not, nor does a round of one (the sequential study, the key selections had before rounds)."""
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
@@ -110,20 +119,32 @@ def selection_key(images: np.ndarray, network: NetworkConfig, train: TrainConfig
 
 
 def evaluate_weights(
-    params: dict[str, float], fit: np.ndarray, queries: np.ndarray, is_pseudo: np.ndarray, network: NetworkConfig, train: TrainConfig,
-    *, seed: int, epochs: int, device: str | None = None,
+    params: dict[str, float],
+    fit: np.ndarray,
+    queries: np.ndarray,
+    is_pseudo: np.ndarray,
+    network: NetworkConfig,
+    train: TrainConfig,
+    *,
+    seed: int,
+    epochs: int,
+    device: str | None = None,
 ) -> float | None:
     """One selection trial: train DCAE with these weights on ``fit``, return the AUROC of its
     score on ``queries`` (held-out images vs their pseudo-novelties), ``None`` if a score is not finite."""
     weights = LossWeights(**params)
-    trained = train_in_process(fit, {"dcae": (TRAINED["dcae"], weights)}, network, train, seed=seed, epochs=epochs, device=device)
+    trained = train_in_process(
+        fit, {"dcae": (TRAINED["dcae"], weights)}, network, train, seed=seed, epochs=epochs, device=device
+    )
     scores = score_images(trained.models["dcae"], queries, "discriminator")
     if not np.all(np.isfinite(scores)):
         return None
     return image_metrics(is_pseudo, scores)["image_auroc"]
 
 
-def _selection_task(params, fit, queries, is_pseudo, network, train, seed, epochs) -> tuple[float | None, dict[str, Any]]:
+def _selection_task(
+    params, fit, queries, is_pseudo, network, train, seed, epochs
+) -> tuple[float | None, dict[str, Any]]:
     """A selection trial as a Ray task: the training's threads as in a Train worker, the
     accelerator when Ray gave the task one; returns the value and where it ran."""
     import ray
@@ -133,16 +154,25 @@ def _selection_task(params, fit, queries, is_pseudo, network, train, seed, epoch
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
     value = evaluate_weights(params, fit, queries, is_pseudo, network, train, seed=seed, epochs=epochs, device=device)
     context = ray.get_runtime_context()
-    placement = {"pid": os.getpid(), "node_id": context.get_node_id(), "resources": dict(context.get_assigned_resources()),
-                 "device": device or "cpu"}
+    placement = {
+        "pid": os.getpid(),
+        "node_id": context.get_node_id(),
+        "resources": dict(context.get_assigned_resources()),
+        "device": device or "cpu",
+    }
     return value, placement
 
 
-def _evaluate_round(candidates: list[dict[str, float]], fit, queries, is_pseudo, network, train, selection, *, seed, epochs, on_ray):
+def _evaluate_round(
+    candidates: list[dict[str, float]], fit, queries, is_pseudo, network, train, selection, *, seed, epochs, on_ray
+):
     """Evaluate one round of candidates: as concurrent Ray tasks with the selection's own
     resource request, or one after the other in this process when Ray is not running."""
     if not on_ray:
-        return [(evaluate_weights(c, fit, queries, is_pseudo, network, train, seed=seed, epochs=epochs), {}) for c in candidates]
+        return [
+            (evaluate_weights(c, fit, queries, is_pseudo, network, train, seed=seed, epochs=epochs), {})
+            for c in candidates
+        ]
     import ray
 
     resources = current()
@@ -181,10 +211,21 @@ def select_loss_weights(
     n_trials = selection.n_trials if n_trials is None else n_trials
     epochs = selection.epochs if epochs is None else epochs
     selection = dataclasses.replace(selection, n_trials=n_trials, epochs=epochs)
-    cache = Path(cache_dir) / f"{selection_key(train_images, network, train, selection, default, seed)}.json" if cache_dir else None
+    cache = (
+        Path(cache_dir) / f"{selection_key(train_images, network, train, selection, default, seed)}.json"
+        if cache_dir
+        else None
+    )
     if cache is not None and cache.is_file():
         saved = json.loads(cache.read_text())
-        return SelectionResult(LossWeights(**saved["best"]), saved["best_value"], pd.DataFrame(saved["trials"]), saved["n_fit"], saved["n_val"], cached=True)
+        return SelectionResult(
+            LossWeights(**saved["best"]),
+            saved["best_value"],
+            pd.DataFrame(saved["trials"]),
+            saved["n_fit"],
+            saved["n_val"],
+            cached=True,
+        )
 
     on_ray = ray.is_initialized() if on_ray is None else on_ray
     shortfall = local_shortfall(selection.cpus_per_trial) if on_ray else None
@@ -206,17 +247,24 @@ def select_loss_weights(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # constant_liar: within a round, candidates asked before their round-mates are told stay apart.
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, n_trials // 2), constant_liar=selection.max_concurrent > 1)
+    sampler = optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(1, n_trials // 2), constant_liar=selection.max_concurrent > 1
+    )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.enqueue_trial({name: _clip(getattr(default, name), bounds) for name, bounds in ranges.items()})
     placements: list[dict[str, Any]] = []
+
     def started() -> int:  # the enqueued default waits in study.trials until its first ask
         return sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
 
     while started() < n_trials:
         asked = [study.ask() for _ in range(min(selection.max_concurrent, n_trials - started()))]
-        candidates = [{name: t.suggest_float(name, *bounds, log=True) for name, bounds in ranges.items()} for t in asked]
-        outcomes = _evaluate_round(candidates, fit, queries, is_pseudo, network, train, selection, seed=seed, epochs=epochs, on_ray=on_ray)
+        candidates = [
+            {name: t.suggest_float(name, *bounds, log=True) for name, bounds in ranges.items()} for t in asked
+        ]
+        outcomes = _evaluate_round(
+            candidates, fit, queries, is_pseudo, network, train, selection, seed=seed, epochs=epochs, on_ray=on_ray
+        )
         for trial, (value, placement) in zip(asked, outcomes):
             if value is None:  # non-finite novelty scores
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -228,11 +276,16 @@ def select_loss_weights(
         [{"trial": t.number, **t.params, "val_pseudo_auroc": t.value, "state": t.state.name} for t in study.trials]
     )
     n_fit, n_val = len(fit_rows), len(val_rows)
-    result = SelectionResult(LossWeights(**study.best_params), float(study.best_value), trials, n_fit, n_val, placements=placements)
+    result = SelectionResult(
+        LossWeights(**study.best_params), float(study.best_value), trials, n_fit, n_val, placements=placements
+    )
     if cache is not None:
         payload = {
-            "best": dataclasses.asdict(result.best), "best_value": result.best_value,
-            "trials": trials.to_dict(orient="list"), "n_fit": result.n_fit, "n_val": result.n_val,
+            "best": dataclasses.asdict(result.best),
+            "best_value": result.best_value,
+            "trials": trials.to_dict(orient="list"),
+            "n_fit": result.n_fit,
+            "n_val": result.n_val,
         }
         cache.parent.mkdir(parents=True, exist_ok=True)
         staging = cache.with_name(f".{cache.name}.tmp")
@@ -255,6 +308,13 @@ def select_for_split(
 ) -> SelectionResult:
     """The selection of one normal class: only ``split.train_images`` goes in, never the test split."""
     return select_loss_weights(
-        split.train_images, network, train, selection, seed=seed, default=default, n_trials=n_trials, epochs=epochs,
+        split.train_images,
+        network,
+        train,
+        selection,
+        seed=seed,
+        default=default,
+        n_trials=n_trials,
+        epochs=epochs,
         cache_dir=cache_dir,
     )

@@ -117,7 +117,9 @@ class VariantTrainer:
         metrics: dict[str, float] = {}
 
         if gan:
-            fakes = [reconstructions.detach(), samples.detach()] if self.reconstructions_as_fakes else [samples.detach()]
+            fakes = (
+                [reconstructions.detach(), samples.detach()] if self.reconstructions_as_fakes else [samples.detach()]
+            )
             logits, _ = self.image_discriminator(torch.cat([images, *fakes]))
             loss_d = discriminator_loss(logits[:n], logits[n:])
             self._update("image_discriminator", loss_d)
@@ -182,7 +184,12 @@ def _generator(*parts: int) -> torch.Generator:
 
 
 def make_trainers(
-    variants: Mapping[str, VariantSpec], network: NetworkConfig, train: TrainConfig, channels: int, image_size: int, seed: int
+    variants: Mapping[str, VariantSpec],
+    network: NetworkConfig,
+    train: TrainConfig,
+    channels: int,
+    image_size: int,
+    seed: int,
 ) -> dict[str, VariantTrainer]:
     """Fresh variants; initial weights depend only on (seed, variant position), so every worker agrees."""
     trainers = {}
@@ -193,8 +200,15 @@ def make_trainers(
 
 
 def run_epoch(
-    trainers: Mapping[str, VariantTrainer], images: torch.Tensor, epoch: int, *, seed: int, batch_size: int, latent_dim: int,
-    rank: int = 0, world: int = 1,
+    trainers: Mapping[str, VariantTrainer],
+    images: torch.Tensor,
+    epoch: int,
+    *,
+    seed: int,
+    batch_size: int,
+    latent_dim: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, float]:
     """One pass over this worker's shard of a seeded permutation; mean metrics per variant.
 
@@ -236,7 +250,9 @@ def train_loop(config: dict[str, Any]) -> None:
     train: TrainConfig = config["train"]
     torch.set_num_threads(train.torch_threads)
     images = to_unit_range(torch.from_numpy(np.array(ray.get(config["images"]))))
-    trainers = make_trainers(config["variants"], config["network"], train, images.shape[1], images.shape[-1], config["seed"])
+    trainers = make_trainers(
+        config["variants"], config["network"], train, images.shape[1], images.shape[-1], config["seed"]
+    )
     state = restore_state()
     start, history = 0, []
     if state is not None:
@@ -248,8 +264,14 @@ def train_loop(config: dict[str, Any]) -> None:
         trainer.wrap(prepare, device)
     for epoch in range(start, config["epochs"]):
         metrics = {"epoch": epoch} | run_epoch(
-            trainers, images, epoch, seed=config["seed"], batch_size=train.batch_size,
-            latent_dim=config["network"].latent_dim, rank=rank, world=world,
+            trainers,
+            images,
+            epoch,
+            seed=config["seed"],
+            batch_size=train.batch_size,
+            latent_dim=config["network"].latent_dim,
+            rank=rank,
+            world=world,
         )
         history.append(metrics)
         state = {"variants": {n: t.state_dict() for n, t in trainers.items()}, "epoch": epoch, "history": history}
@@ -282,7 +304,9 @@ def _models_from_state(state: Mapping[str, Any], variants, network, images: np.n
     return models
 
 
-def run_name(images: np.ndarray, variants: Mapping[str, VariantSpec], network: NetworkConfig, train: TrainConfig, seed: int) -> str:
+def run_name(
+    images: np.ndarray, variants: Mapping[str, VariantSpec], network: NetworkConfig, train: TrainConfig, seed: int
+) -> str:
     """A content hash: the same data and settings resume (or reuse) the same run.
 
     The epoch count is left out on purpose: training longer continues the run from its last
@@ -340,8 +364,12 @@ def train_variants(
         state = load_state(final)
         return TrainedModels(_models_from_state(state, variants, network, images), state["history"], str(final.parent))
     loop_config = {
-        "images": ray.put(np.ascontiguousarray(images)), "variants": dict(variants), "network": network,
-        "train": train, "seed": seed, "epochs": epochs,
+        "images": ray.put(np.ascontiguousarray(images)),
+        "variants": dict(variants),
+        "network": network,
+        "train": train,
+        "seed": seed,
+        "epochs": epochs,
     }
     result = fit(train_loop, loop_config, spec)
     if result.error is not None:
@@ -354,7 +382,13 @@ def train_variants(
 
 
 def train_in_process(
-    images: np.ndarray, variants: Mapping[str, VariantSpec], network: NetworkConfig, train: TrainConfig, *, seed: int, epochs: int,
+    images: np.ndarray,
+    variants: Mapping[str, VariantSpec],
+    network: NetworkConfig,
+    train: TrainConfig,
+    *,
+    seed: int,
+    epochs: int,
     device: str | torch.device | None = None,
 ) -> TrainedModels:
     """The same epochs in this process, without a Train worker group: for the short selection
@@ -374,7 +408,9 @@ def train_in_process(
             trainer.wrap(lambda module: module, target)
     history = []
     for epoch in range(epochs):
-        metrics = run_epoch(trainers, tensor, epoch, seed=seed, batch_size=train.batch_size, latent_dim=network.latent_dim)
+        metrics = run_epoch(
+            trainers, tensor, epoch, seed=seed, batch_size=train.batch_size, latent_dim=network.latent_dim
+        )
         history.append({"epoch": epoch} | metrics)
     return TrainedModels({n: calibrated(t.model.to("cpu"), images) for n, t in trainers.items()}, history, None)
 

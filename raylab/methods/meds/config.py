@@ -46,9 +46,17 @@ class PartialMemoryConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(not isinstance(self.bootstraps, bool) and int(self.bootstraps) == self.bootstraps and self.bootstraps >= 1, "bootstraps", f"must be a positive integer, got {self.bootstraps!r}")
+        require(
+            not isinstance(self.bootstraps, bool) and int(self.bootstraps) == self.bootstraps and self.bootstraps >= 1,
+            "bootstraps",
+            f"must be a positive integer, got {self.bootstraps!r}",
+        )
         require(0.0 < float(self.rho) <= 1.0, "rho", f"must lie in (0, 1], got {self.rho!r}")
-        require(self.pool_grid is None or (int(self.pool_grid) == self.pool_grid and self.pool_grid >= 1), "pool_grid", f"must be null or a positive integer, got {self.pool_grid!r}")
+        require(
+            self.pool_grid is None or (int(self.pool_grid) == self.pool_grid and self.pool_grid >= 1),
+            "pool_grid",
+            f"must be null or a positive integer, got {self.pool_grid!r}",
+        )
 
 
 @dataclass
@@ -102,7 +110,11 @@ class SelectionConfig:
     grad_clip: float = 0.1
 
     def __post_init__(self) -> None:
-        require(self.iterations >= 1 and 1 <= self.epochs <= self.iterations, "epochs", f"must lie in [1, iterations], got {self.epochs} for {self.iterations} iterations")
+        require(
+            self.iterations >= 1 and 1 <= self.epochs <= self.iterations,
+            "epochs",
+            f"must lie in [1, iterations], got {self.epochs} for {self.iterations} iterations",
+        )
         require(0.0 <= self.hard_mining_p < 1.0, "hard_mining_p", f"must lie in [0, 1), got {self.hard_mining_p!r}")
 
 

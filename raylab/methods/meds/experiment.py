@@ -35,11 +35,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raylab.config import require
-from raylab.experiment import Experiment, Prepared, Report, Request, Row, SearchSpace, Setting, TrialContext, TrialResult
+from raylab.experiment import (
+    Experiment,
+    Prepared,
+    Report,
+    Request,
+    Row,
+    SearchSpace,
+    Setting,
+    TrialContext,
+    TrialResult,
+)
 from raylab.experiment.cost import CostModel
 from raylab.features import FeatureSpec
 from raylab.methods.anomaly_experiment import (
-    CorpusFeatures, check_injected_in_test, check_noise_supply, keeps_injected_in_test, noise_axes, noise_ratio_option, prepare_corpus_features,
+    CorpusFeatures,
+    check_injected_in_test,
+    check_noise_supply,
+    keeps_injected_in_test,
+    noise_axes,
+    noise_ratio_option,
+    prepare_corpus_features,
 )
 from raylab.methods.meds.config import MeDSConfig, cpu_config
 from raylab.methods.patchcore import PatchCoreConfig
@@ -74,15 +90,32 @@ class MeDSSweepConfig:
     quick_noise_ratios: tuple[float, ...] = (0.0, 0.2)
 
     def __post_init__(self) -> None:
-        require(all(0.0 <= r < 1.0 for r in self.noise_ratios + self.quick_noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
-        require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
-        require(self.quick_images_per_group >= 1, "quick_images_per_group", f"must be >= 1, got {self.quick_images_per_group}")
+        require(
+            all(0.0 <= r < 1.0 for r in self.noise_ratios + self.quick_noise_ratios),
+            "noise_ratios",
+            f"must lie in [0, 1), got {self.noise_ratios}",
+        )
+        require(
+            self.images_per_group is None or self.images_per_group >= 1,
+            "images_per_group",
+            f"must be >= 1 or null, got {self.images_per_group}",
+        )
+        require(
+            self.quick_images_per_group >= 1,
+            "quick_images_per_group",
+            f"must be >= 1, got {self.quick_images_per_group}",
+        )
         check_injected_in_test(self.injected_in_test)
-        require("meds" in self.methods and set(self.methods) <= set(METHODS), "methods", f"must include meds and come from {METHODS}, got {self.methods}")
+        require(
+            "meds" in self.methods and set(self.methods) <= set(METHODS),
+            "methods",
+            f"must include meds and come from {METHODS}, got {self.methods}",
+        )
         # One source of truth for the feature sizes: the baseline scores the sweep's own
         # cached features, so a second image size or backbone could only disagree with them.
         require(
-            self.patchcore.features in (self.features, FeatureSpec()), "patchcore.features",
+            self.patchcore.features in (self.features, FeatureSpec()),
+            "patchcore.features",
             "must be left unset: the PatchCore baseline evaluates on the sweep's own features (set features.* instead)",
         )
 
@@ -97,7 +130,9 @@ def full_config() -> MeDSSweepConfig:
 
 
 def quick(config: MeDSSweepConfig) -> MeDSSweepConfig:
-    return dataclasses.replace(config, images_per_group=config.quick_images_per_group, noise_ratios=config.quick_noise_ratios)
+    return dataclasses.replace(
+        config, images_per_group=config.quick_images_per_group, noise_ratios=config.quick_noise_ratios
+    )
 
 
 def prepare(request: Request[MeDSSweepConfig]) -> Prepared:
@@ -123,13 +158,20 @@ def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict
     return rows
 
 
-SEARCH_KEYS = {"rho": ("stage1", "rho"), "bootstraps": ("stage1", "bootstraps"), "mad_k": ("selection", "mad_k"), "lr": ("distillation", "lr")}
+SEARCH_KEYS = {
+    "rho": ("stage1", "rho"),
+    "bootstraps": ("stage1", "bootstraps"),
+    "mad_k": ("selection", "mad_k"),
+    "lr": ("distillation", "lr"),
+}
 
 
 def with_search(config: MeDSConfig, sampled: dict[str, Any]) -> MeDSConfig:
     for key, (section, name) in SEARCH_KEYS.items():
         if key in sampled:
-            config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: sampled[key]})})
+            config = dataclasses.replace(
+                config, **{section: dataclasses.replace(getattr(config, section), **{name: sampled[key]})}
+            )
     return config
 
 
@@ -140,14 +182,21 @@ def clean_training_mask(split) -> np.ndarray:
 
     injected = np.asarray(split.train_injected, dtype=bool)
     if injected.shape != (len(split.train_ids),):
-        raise ValueError(f"{split.class_name}: {injected.shape} injected flags for {len(split.train_ids)} training images")
+        raise ValueError(
+            f"{split.class_name}: {injected.shape} injected flags for {len(split.train_ids)} training images"
+        )
     return ~injected
 
 
 def search_space() -> dict[str, Any]:
     from ray import tune
 
-    return {"rho": tune.uniform(0.05, 0.3), "bootstraps": tune.randint(5, 40), "mad_k": tune.uniform(1.0, 5.0), "lr": tune.loguniform(5e-4, 5e-3)}
+    return {
+        "rho": tune.uniform(0.05, 0.3),
+        "bootstraps": tune.randint(5, 40),
+        "mad_k": tune.uniform(1.0, 5.0),
+        "lr": tune.loguniform(5e-4, 5e-3),
+    }
 
 
 def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, context: TrialContext) -> TrialResult:
@@ -184,7 +233,13 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
                 detector = PartialMemoryDetector(stage1, image_size=image_size).fit(train)
             evaluations["partial_memory"].append(evaluate_fitted(detector, split, inputs.features))
         context.report({"stage": 1, "image_auroc": _mean_auroc(evaluations.get("partial_memory"))})
-        meds = MeDS(meds_config, seed=seed, image_size=image_size, run_name=context.run_name(split.class_name), storage_path=context.storage_path)
+        meds = MeDS(
+            meds_config,
+            seed=seed,
+            image_size=image_size,
+            run_name=context.run_name(split.class_name),
+            storage_path=context.storage_path,
+        )
         meds.fit(train)
         if "distilled" in config.methods:
             evaluations["distilled"].append(evaluate_fitted(meds.distilled, split, inputs.features))
@@ -202,9 +257,10 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
         metrics = mean_over_classes(class_evaluations)
         tags = {"method": method, **values, "trial": context.trial_id}
         params = {**values, **setting.search, "config": config}
-        with phase("MLflow: per-method runs and artefacts"), context.nested_run(
-            f"{method}-{setting.tag()}-{context.trial_id}", params=params, tags=tags
-        ) as run:
+        with (
+            phase("MLflow: per-method runs and artefacts"),
+            context.nested_run(f"{method}-{setting.tag()}-{context.trial_id}", params=params, tags=tags) as run,
+        ):
             run.log_metrics(metrics)
             if method == "meds":
                 # One step per stage-3 pass (classes with fewer passes end earlier).
@@ -224,7 +280,11 @@ def log_training_curves(run, curves: dict[str, dict[str, list[dict[str, float]]]
     for class_name, stages in curves.items():
         for stage, reports in stages.items():
             for report in reports:
-                values = {f"train/{class_name}/{stage}/{k}": float(v) for k, v in report.items() if k not in ("epoch", "stage") and _is_number(v)}
+                values = {
+                    f"train/{class_name}/{stage}/{k}": float(v)
+                    for k, v in report.items()
+                    if k not in ("epoch", "stage") and _is_number(v)
+                }
                 run.log_metrics(values, step=int(report.get("epoch", 0)))
 
 
@@ -235,7 +295,9 @@ def _is_number(value: Any) -> bool:
 # --smoke: a paper-size config's architecture unchanged, its budget shrunk to seconds of compute
 # per stage (two images per (class, split, label) group, two bootstraps, two steps per stage).
 SMOKE = {
-    "images_per_group": 2, "noise_ratios": [0.2], "seeds": [0],
+    "images_per_group": 2,
+    "noise_ratios": [0.2],
+    "seeds": [0],
     "meds": {
         "stage1": {"bootstraps": 2},
         "distillation": {"iterations": 2, "warmup_iterations": 1, "epochs": 1},
@@ -269,7 +331,9 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     d = meds.distillation
 
     def decoder() -> ReconstructionScoreNet:
-        return ReconstructionScoreNet(meds.groups, dim, d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout)
+        return ReconstructionScoreNet(
+            meds.groups, dim, d.hidden_dim, d.decoder_blocks, d.heads, d.bottleneck_ratio, d.dropout
+        )
 
     parameters = parameter_count(decoder)
     tokens = (meds.token_grid or height) * (meds.token_grid or width)
@@ -290,17 +354,23 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     checkpoints = parameters * FLOAT32 * copies_per_class * len(train_per_class) * settings
     stage3_runs = 2 if oracle else 1
     return CostModel(
-        work=len(train_per_class) * (d.iterations * d.batch_size + stage3_runs * meds.selection.iterations * meds.selection.batch_size),
+        work=len(train_per_class)
+        * (d.iterations * d.batch_size + stage3_runs * meds.selection.iterations * meds.selection.batch_size),
         work_unit="decoder image-steps",
         # The class's training tokens, held by stage 1 and again as the Train workers' dataset.
         array_bytes=2 * largest * token_bytes,
         checkpoint_bytes=checkpoints,
         cache_bytes=corpus.num_rows * token_bytes,
-        accelerator_bytes=max(step_peak_bytes(decoder, decoder_step, train=True, optimizer_moments=2), extraction_peak_bytes(config.features)),
+        accelerator_bytes=max(
+            step_peak_bytes(decoder, decoder_step, train=True, optimizer_moments=2),
+            extraction_peak_bytes(config.features),
+        ),
         accelerator_step=f"the larger of a decoder training step ({batch} images x {tokens} tokens, AdamW) and an extraction batch "
-                         f"({EXTRACTION_BATCH} images)",
-        notes=(f"{len(train_per_class)} classes, up to {largest} training images each; tokens {height}x{width}x{dim}; "
-               f"decoder {parameters / 1e6:.1f} M parameters, the newest checkpoint kept per Train run",),
+        f"({EXTRACTION_BATCH} images)",
+        notes=(
+            f"{len(train_per_class)} classes, up to {largest} training images each; tokens {height}x{width}x{dim}; "
+            f"decoder {parameters / 1e6:.1f} M parameters, the newest checkpoint kept per Train run",
+        ),
     )
 
 
@@ -351,7 +421,12 @@ EXPERIMENT = Experiment(
     arguments=lambda parser: noise_ratio_option(parser, "0,0.1,0.2,0.4"),
     check=check_noise_supply,
     search=SearchSpace(
-        space=search_space, metric="image_auroc", mode="max", time_attr="stage", max_t=3, grace_period=2,
+        space=search_space,
+        metric="image_auroc",
+        mode="max",
+        time_attr="stage",
+        max_t=3,
+        grace_period=2,
         help="run N Optuna trials over rho, B, k, lr per setting with ASHA over the stages (a sensitivity "
         "study: the objective is test AUROC, so never report its best trial as a result)",
     ),

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 
-def distillation_loss(predicted_map: torch.Tensor, memory_map: torch.Tensor, weight: float = 10.0, kind: str = "mse") -> torch.Tensor:
+def distillation_loss(
+    predicted_map: torch.Tensor, memory_map: torch.Tensor, weight: float = 10.0, kind: str = "mse"
+) -> torch.Tensor:
     """Stage 2: ``weight x MSE(a(x), S_M(x))`` (or L1), regressing the stage-1 map per token."""
     if kind == "mse":
         return weight * F.mse_loss(predicted_map, memory_map)

@@ -40,7 +40,15 @@ from raylab.train.harness import LOOP_SECONDS
 class ReconstructionDetector:
     """A trained reconstruction network used as an anomaly detector (already fitted)."""
 
-    def __init__(self, model_kwargs: dict[str, Any], state: dict[str, torch.Tensor], grid: int | None, image_size: int, sigma: float, top_fraction: float) -> None:
+    def __init__(
+        self,
+        model_kwargs: dict[str, Any],
+        state: dict[str, torch.Tensor],
+        grid: int | None,
+        image_size: int,
+        sigma: float,
+        top_fraction: float,
+    ) -> None:
         self.model_kwargs, self.grid, self.image_size = model_kwargs, grid, image_size
         self.sigma, self.top_fraction = sigma, top_fraction
         self.network = build_network(model_kwargs)
@@ -65,7 +73,13 @@ class ReconstructionDetector:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.network.state_dict(), directory / "network.pt")
-        settings = {"model": self.model_kwargs, "grid": self.grid, "image_size": self.image_size, "sigma": self.sigma, "top_fraction": self.top_fraction}
+        settings = {
+            "model": self.model_kwargs,
+            "grid": self.grid,
+            "image_size": self.image_size,
+            "sigma": self.sigma,
+            "top_fraction": self.top_fraction,
+        }
         (directory / "detector.json").write_text(json.dumps(settings, indent=2))
         return directory
 
@@ -74,7 +88,14 @@ class ReconstructionDetector:
         directory = Path(directory)
         settings = json.loads((directory / "detector.json").read_text())
         state = torch.load(directory / "network.pt", map_location="cpu", weights_only=True)
-        return cls(settings["model"], state, settings["grid"], settings["image_size"], settings["sigma"], settings["top_fraction"])
+        return cls(
+            settings["model"],
+            state,
+            settings["grid"],
+            settings["image_size"],
+            settings["sigma"],
+            settings["top_fraction"],
+        )
 
 
 @dataclass(frozen=True)
@@ -93,7 +114,15 @@ _STAGE_NAMES = {DISTILLATION: "distillation", SELECTION: "selection"}
 
 
 class MeDS:
-    def __init__(self, config: MeDSConfig, *, seed: int = 0, image_size: int = 224, run_name: str = "meds", storage_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: MeDSConfig,
+        *,
+        seed: int = 0,
+        image_size: int = 224,
+        run_name: str = "meds",
+        storage_path: str | None = None,
+    ) -> None:
         self.config, self.seed, self.image_size = config, seed, image_size
         self.run_name, self.storage_path = run_name, storage_path
         self.memory_maps: np.ndarray | None = None
@@ -116,7 +145,9 @@ class MeDS:
         }
 
     def _detector(self, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> ReconstructionDetector:
-        return ReconstructionDetector(kwargs, state, self.config.token_grid, self.image_size, self.config.blur_sigma, self.config.top_fraction)
+        return ReconstructionDetector(
+            kwargs, state, self.config.token_grid, self.image_size, self.config.blur_sigma, self.config.top_fraction
+        )
 
     def _train(self, suffix: str, stage: str, loop, loop_config: dict[str, Any]):
         """One Train run named ``<run_name>-<suffix>``; its per-epoch metrics land in ``training_metrics``.
@@ -144,7 +175,9 @@ class MeDS:
             if rows:
                 self.training_metrics[name if suffix.startswith("stage") else suffix] = rows
         if "distillation_seconds" in state:
-            _record_stage_loops(float(state["distillation_seconds"]), float((result.metrics or {}).get(LOOP_SECONDS, 0.0)))
+            _record_stage_loops(
+                float(state["distillation_seconds"]), float((result.metrics or {}).get(LOOP_SECONDS, 0.0))
+            )
         return state
 
     def fit(self, train_patches: np.ndarray, class_ids: np.ndarray | None = None) -> MeDS:
@@ -176,7 +209,9 @@ class MeDS:
         stage2 = self._stage2
         keep = np.asarray(keep, dtype=bool)
         if keep.shape != (len(stage2.tokens),) or not keep.any():
-            raise ValueError(f"keep must be a non-empty mask over the {len(stage2.tokens)} training images, got shape {keep.shape} with {int(keep.sum())} kept")
+            raise ValueError(
+                f"keep must be a non-empty mask over the {len(stage2.tokens)} training images, got shape {keep.shape} with {int(keep.sum())} kept"
+            )
         loop_config = {
             **self._common(stage2.tokens, stage2.model_kwargs),
             "schedule": self.config.selection,
@@ -195,7 +230,9 @@ class MeDS:
         stage1 = dataclasses.replace(self.config.stage1, seed=self.seed)
         with phase("MeDS stage 1: partial memories"):
             self.memory_maps = self._per_class_maps(tokens_grid, class_ids, stage1)
-        return _DistilledStage(np.ascontiguousarray(tokens_grid.reshape(n, h * w, d)), class_ids, h, self._model_kwargs(d), {})
+        return _DistilledStage(
+            np.ascontiguousarray(tokens_grid.reshape(n, h * w, d)), class_ids, h, self._model_kwargs(d), {}
+        )
 
     def _fused_config(self, stage2: _DistilledStage, selection) -> dict[str, Any]:
         n = len(stage2.tokens)

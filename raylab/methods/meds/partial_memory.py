@@ -208,10 +208,15 @@ def _run_chunks_with_ray(
     queries_ref = None if queries is None else ray.put(queries)
     # "DEFAULT" scheduling: inside a Tune trial, tasks would otherwise be captured by the
     # trial's tiny placement group and could never be scheduled.
-    task = _remote_chunk().options(**resources.ray_options(resources.accelerators_per_task, cpus=1), scheduling_strategy="DEFAULT")
+    task = _remote_chunk().options(
+        **resources.ray_options(resources.accelerators_per_task, cpus=1), scheduling_strategy="DEFAULT"
+    )
     refs = [task.remote(features_ref, queries_ref, chunk, device, 1) for chunk in chunks]
     # The bar moves only when a chunk finishes; the heartbeat shows a wait on a slow or stuck one.
-    with bar(sum(len(chunk) for chunk in chunks), "partial memories", "bootstraps") as progress, heartbeat("partial-memory tasks"):
+    with (
+        bar(sum(len(chunk) for chunk in chunks), "partial memories", "bootstraps") as progress,
+        heartbeat("partial-memory tasks"),
+    ):
         pending, sizes = list(refs), {ref: len(chunk) for ref, chunk in zip(refs, chunks)}
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -361,7 +366,9 @@ class PartialMemoryDetector:
         _, h, w, _ = np.shape(patches)
         queries = _prepare_grid(patches, self.config)
         c = self.config
-        scores = bootstrap_memory_scores(memory, c.bootstraps, c.rho, c.seed, self.num_tasks, self.use_ray, queries=queries)
+        scores = bootstrap_memory_scores(
+            memory, c.bootstraps, c.rho, c.seed, self.num_tasks, self.use_ray, queries=queries
+        )
         return upsample_maps(scores, (h, w))
 
     def train_scores(self) -> np.ndarray:
@@ -371,7 +378,9 @@ class PartialMemoryDetector:
         scores = bootstrap_memory_scores(memory, c.bootstraps, c.rho, c.seed, self.num_tasks, self.use_ray)
         return scores.reshape(self.train_patches.shape[:3])  # type: ignore[union-attr]
 
-    def _smoothed_image_scores(self, scores: np.ndarray, keep_maps: bool, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    def _smoothed_image_scores(
+        self, scores: np.ndarray, keep_maps: bool, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Image scores from the smoothed maps, computed in batches so that the full-size
         maps of a large test set are only held in memory when the caller wants them."""
         image_scores: list[np.ndarray] = []
@@ -407,9 +416,7 @@ class PartialMemoryDetector:
         return directory
 
     @classmethod
-    def load(
-        cls, directory: str | Path, num_tasks: int | None = None, use_ray: bool = True
-    ) -> PartialMemoryDetector:
+    def load(cls, directory: str | Path, num_tasks: int | None = None, use_ray: bool = True) -> PartialMemoryDetector:
         """Read a detector written by :meth:`save`; it scores exactly as the saved one did."""
         directory = Path(directory)
         settings = json.loads((directory / cls._CONFIG_FILE).read_text())

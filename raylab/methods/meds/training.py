@@ -80,7 +80,9 @@ def token_top_mean(token_map: np.ndarray, fraction: float) -> np.ndarray:
     return np.sort(flat, axis=1)[:, -count:].mean(axis=1)
 
 
-def image_scores_from_tokens(token_map: np.ndarray, grid: int, image_size: int, sigma: float, top_fraction: float) -> np.ndarray:
+def image_scores_from_tokens(
+    token_map: np.ndarray, grid: int, image_size: int, sigma: float, top_fraction: float
+) -> np.ndarray:
     """Upsample + blur the token maps and take the mean of the top ``top_fraction`` (the test-time image score)."""
     maps = patch_scores_to_maps(token_map.reshape(-1, grid, grid), image_size, sigma)
     return reduce_to_image_scores(maps, "top_fraction_mean", top_fraction)
@@ -102,7 +104,13 @@ def _optimizer(network: torch.nn.Module, schedule) -> StableAdamW:
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, schedule, iteration: int) -> None:
-    lr = warm_cosine_lr(iteration, base_lr=schedule.lr, final_lr=schedule.final_lr, warmup=schedule.warmup_iterations, total=schedule.iterations)
+    lr = warm_cosine_lr(
+        iteration,
+        base_lr=schedule.lr,
+        final_lr=schedule.final_lr,
+        warmup=schedule.warmup_iterations,
+        total=schedule.iterations,
+    )
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -120,7 +128,9 @@ def _shard(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
     return indices[rank::world] if len(indices) >= world else indices
 
 
-def pass_batches(kept: np.ndarray, rank: int, world: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def pass_batches(
+    kept: np.ndarray, rank: int, world: int, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """One pass over this worker's share of the kept samples, shuffled, in whole batches.
 
     Every worker gets the same number of batches (DDP steps all workers in lock-step), counted
@@ -151,7 +161,14 @@ def _clone_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _distillation_epochs(
-    config: dict[str, Any], schedule, network: torch.nn.Module, optimizer, start_epoch: int, rank: int, world: int, reports: list[dict[str, float]],
+    config: dict[str, Any],
+    schedule,
+    network: torch.nn.Module,
+    optimizer,
+    start_epoch: int,
+    rank: int,
+    world: int,
+    reports: list[dict[str, float]],
 ) -> None:
     """Stage 2's epochs from ``start_epoch``: regress every image's stage-1 memory-score map.
 
@@ -169,12 +186,20 @@ def _distillation_epochs(
         for step, batch in enumerate(_batches(shard, rng, schedule.batch_size, per_epoch)):
             _set_lr(optimizer, schedule, epoch * per_epoch + step)
             encoded, decoded = network(tokens[batch])
-            loss = distillation_loss(token_distance(encoded, decoded), targets[batch], schedule.loss_weight, schedule.loss)
+            loss = distillation_loss(
+                token_distance(encoded, decoded), targets[batch], schedule.loss_weight, schedule.loss
+            )
             losses.append(_step(loss, network, optimizer, schedule.grad_clip))
         reports.append({"stage": DISTILLATION, "epoch": epoch, "distillation_loss": float(np.mean(losses))})
         report_epoch(
             reports[-1],
-            {"stage": "distillation", "model": unwrap(network).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "reports": reports},
+            {
+                "stage": "distillation",
+                "model": unwrap(network).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "reports": reports,
+            },
         )
 
 
@@ -192,7 +217,9 @@ def distillation_loop(config: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- stage 3
 
 
-def selection_scores(network: torch.nn.Module, tokens: np.ndarray, rank: int, world: int, fraction: float) -> np.ndarray:
+def selection_scores(
+    network: torch.nn.Module, tokens: np.ndarray, rank: int, world: int, fraction: float
+) -> np.ndarray:
     """Every training image's selection score under ``network``, each worker scoring a share.
 
     The shares are gathered, so every worker holds the very same scores: the kept set, and
@@ -212,7 +239,9 @@ def selection_scores(network: torch.nn.Module, tokens: np.ndarray, rank: int, wo
     return scores
 
 
-def _kept_set(config: dict[str, Any], schedule, network, distilled_scores, iteration: int, rank: int, world: int) -> np.ndarray:
+def _kept_set(
+    config: dict[str, Any], schedule, network, distilled_scores, iteration: int, rank: int, world: int
+) -> np.ndarray:
     """The kept mask for the next pass: the progressive rule, or a fixed mask (the oracle's)."""
     if config.get("fixed_keep") is not None:
         return np.asarray(config["fixed_keep"], dtype=bool)
@@ -220,13 +249,23 @@ def _kept_set(config: dict[str, Any], schedule, network, distilled_scores, itera
         current = distilled_scores  # weighted 0: skip scoring (at iteration 0 they are equal anyway)
     else:
         current = selection_scores(network, config["tokens"], rank, world, config["top_fraction"])
-    return select_samples(distilled_scores, current, np.asarray(config["class_ids"]), iteration, schedule.iterations, schedule.mad_k)
+    return select_samples(
+        distilled_scores, current, np.asarray(config["class_ids"]), iteration, schedule.iterations, schedule.mad_k
+    )
 
 
 def _selection_epochs(
-    config: dict[str, Any], schedule, network: torch.nn.Module, optimizer, start_epoch: int,
-    distilled_scores: np.ndarray | None, history: list[np.ndarray], rank: int, world: int,
-    reports: list[dict[str, float]], extra_state: dict[str, Any],
+    config: dict[str, Any],
+    schedule,
+    network: torch.nn.Module,
+    optimizer,
+    start_epoch: int,
+    distilled_scores: np.ndarray | None,
+    history: list[np.ndarray],
+    rank: int,
+    world: int,
+    reports: list[dict[str, float]],
+    extra_state: dict[str, Any],
 ) -> None:
     """Stage 3's epochs from ``start_epoch``; the kept set is chosen again before every pass.
 
@@ -256,12 +295,26 @@ def _selection_epochs(
                 losses.append(_step(loss, network, optimizer, schedule.grad_clip))
                 iteration += 1
             passes += 1
-        reports.append({"stage": SELECTION, "epoch": epoch, "passes": passes, "kept_fraction": float(np.mean(keep)) if keep is not None else float("nan"),
-                        "selection_loss": float(np.mean(losses)) if losses else float("nan")})
+        reports.append(
+            {
+                "stage": SELECTION,
+                "epoch": epoch,
+                "passes": passes,
+                "kept_fraction": float(np.mean(keep)) if keep is not None else float("nan"),
+                "selection_loss": float(np.mean(losses)) if losses else float("nan"),
+            }
+        )
         report_epoch(
             reports[-1],
-            {"stage": "selection", "model": unwrap(network).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-             "history": history, "reports": reports, **extra_state},
+            {
+                "stage": "selection",
+                "model": unwrap(network).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "reports": reports,
+                **extra_state,
+            },
         )
 
 
@@ -281,7 +334,9 @@ def selection_loop(config: dict[str, Any]) -> None:
     history = list(state["history"]) if state else []
     reports = list(state.get("reports", [])) if state else []
     distilled = config.get("distilled_scores")
-    _selection_epochs(config, schedule, prepare(network), optimizer, start_epoch, distilled, history, rank, world, reports, {})
+    _selection_epochs(
+        config, schedule, prepare(network), optimizer, start_epoch, distilled, history, rank, world, reports, {}
+    )
 
 
 # ----------------------------------------------------------------------------- stages 2 + 3
@@ -306,7 +361,9 @@ def meds_loop(config: dict[str, Any]) -> None:
             network.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         ddp_network = prepare(network)
-        _distillation_epochs(config, distil, ddp_network, optimizer, state["epoch"] + 1 if state else 0, rank, world, reports)
+        _distillation_epochs(
+            config, distil, ddp_network, optimizer, state["epoch"] + 1 if state else 0, rank, world, reports
+        )
         if select is None:
             return
         distilled, start_epoch, history = _clone_state(ddp_network), 0, []
@@ -324,4 +381,6 @@ def meds_loop(config: dict[str, Any]) -> None:
     scorer.load_state_dict(distilled)
     distilled_scores = selection_scores(scorer, config["tokens"], rank, world, config["top_fraction"])
     extra = {"distilled": distilled, "distillation_seconds": distillation_seconds}
-    _selection_epochs(config, select, ddp_network, optimizer, start_epoch, distilled_scores, history, rank, world, reports, extra)
+    _selection_epochs(
+        config, select, ddp_network, optimizer, start_epoch, distilled_scores, history, rank, world, reports, extra
+    )

@@ -210,7 +210,11 @@ class BenchmarkConfig:
         self.ood_sets = {name: ood_set(spec, f"ood_sets.{name}") for name, spec in self.ood_sets.items()}
         if self.validation_ood is not None and self.validation_ood not in self.ood_sets:
             raise KeyError(f"validation_ood {self.validation_ood!r} is not one of the OOD sets {sorted(self.ood_sets)}")
-        require(0.0 < self.validation_fraction < 1.0, "validation_fraction", f"must be in (0, 1), got {self.validation_fraction}")
+        require(
+            0.0 < self.validation_fraction < 1.0,
+            "validation_fraction",
+            f"must be in (0, 1), got {self.validation_fraction}",
+        )
 
 
 @dataclass
@@ -236,9 +240,17 @@ class SweepConfig:
         for key in ("num_samples", "max_concurrent", "k_max"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         low, high = self.bank_ratio_range
-        require(0.0 < low <= high <= 1.0, "bank_ratio_range", f"must satisfy 0 < low <= high <= 1, got {self.bank_ratio_range}")
+        require(
+            0.0 < low <= high <= 1.0,
+            "bank_ratio_range",
+            f"must satisfy 0 < low <= high <= 1, got {self.bank_ratio_range}",
+        )
         low, high = self.react_percentile_range
-        require(0.0 < low <= high <= 100.0, "react_percentile_range", f"must satisfy 0 < low <= high <= 100, got {self.react_percentile_range}")
+        require(
+            0.0 < low <= high <= 100.0,
+            "react_percentile_range",
+            f"must satisfy 0 < low <= high <= 100, got {self.react_percentile_range}",
+        )
 
 
 @dataclass
@@ -274,10 +286,13 @@ class NNGuideEvalConfig:
     max_test_images_per_role: int | None = None
 
     def __post_init__(self) -> None:
-        require(self.extraction_batch_size >= 1, "extraction_batch_size", f"must be >= 1, got {self.extraction_batch_size}")
+        require(
+            self.extraction_batch_size >= 1, "extraction_batch_size", f"must be >= 1, got {self.extraction_batch_size}"
+        )
         require(
             self.max_test_images_per_role is None or self.max_test_images_per_role >= 1,
-            "max_test_images_per_role", f"must be >= 1 or null, got {self.max_test_images_per_role}",
+            "max_test_images_per_role",
+            f"must be >= 1 or null, got {self.max_test_images_per_role}",
         )
 
     def detector_configs(self) -> dict[str, DetectorConfig]:
@@ -297,4 +312,3 @@ def with_seed(config: DetectorConfig, seed: int) -> DetectorConfig:
     if hasattr(config, "bank_seed"):
         return dataclasses.replace(config, bank_seed=seed)
     return config
-

@@ -52,7 +52,9 @@ class ModelOutputs:
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.logits.ndim != 2 or len(self.features) != len(self.logits):
-            raise ValueError(f"features (n, d) and logits (n, c) must match; got {self.features.shape} and {self.logits.shape}")
+            raise ValueError(
+                f"features (n, d) and logits (n, c) must match; got {self.features.shape} and {self.logits.shape}"
+            )
 
     def __len__(self) -> int:
         return len(self.features)
@@ -243,7 +245,6 @@ class NNGuideDetector(FittedDetector):
         else:
             confidence = np.where(shifted >= 0, np.maximum(guidance, 0.0) * shifted, shifted)
         return {"base": base, "guidance": guidance, "confidence": confidence}
-
 
 
 def fit_detector(config: DetectorConfig, source: ModelOutputs, head: LinearHead | None = None) -> FittedDetector:

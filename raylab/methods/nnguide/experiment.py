@@ -75,11 +75,14 @@ def quick(config: NNGuideEvalConfig) -> NNGuideEvalConfig:
 
 def arguments(parser) -> None:
     parser.add_argument(
-        "--network", default=None,
+        "--network",
+        default=None,
         help="classifier architecture; picks raylab/configs/nnguide/<dataset>_<network>.yaml when no --config is given "
         "(cifar10: resnet56 (default) or resnet20; mnist_open_set: small_cnn)",
     )
-    parser.add_argument("--weights", default=None, help="classifier checkpoint, loaded with strict=True (overrides classifier.weights)")
+    parser.add_argument(
+        "--weights", default=None, help="classifier checkpoint, loaded with strict=True (overrides classifier.weights)"
+    )
     parser.add_argument("--no-sweep", action="store_true", help="skip the Ray Tune hyperparameter selection")
 
 
@@ -138,7 +141,9 @@ def check(request: Request[NNGuideEvalConfig]) -> None:
     """
     seeded = sorted(name for name, values in request.config.detectors.items() if "bank_seed" in values)
     if seeded:
-        raise ConfigError(f"detectors.{seeded[0]}.bank_seed is decided by each setting's seed (use --seeds), not by the config")
+        raise ConfigError(
+            f"detectors.{seeded[0]}.bank_seed is decided by each setting's seed (use --seeds), not by the config"
+        )
     request.config.detector_configs()
     weights = request.config.classifier.weights
     if weights is not None and not Path(weights).is_file():
@@ -190,7 +195,9 @@ def training_data(bench: Benchmark, config: NNGuideEvalConfig) -> tuple[np.ndarr
     return pixels, bench.labels("id_fit")
 
 
-def classifier_state(bench: Benchmark, config: NNGuideEvalConfig, seed: int, run, storage_path: str | None = None) -> dict | None:
+def classifier_state(
+    bench: Benchmark, config: NNGuideEvalConfig, seed: int, run, storage_path: str | None = None
+) -> dict | None:
     """``None`` for a pretrained checkpoint; else train on ``id_fit`` with Ray Train and return the weights.
 
     The Train run keeps :func:`~raylab.methods.nnguide.train_classifier.run_name`, a hash of
@@ -207,7 +214,9 @@ def classifier_state(bench: Benchmark, config: NNGuideEvalConfig, seed: int, run
     return trained.state_dict
 
 
-def nnguide_diagnostics(detector: NNGuideDetector, id_test: ModelOutputs, ood: dict[str, ModelOutputs]) -> dict[str, float]:
+def nnguide_diagnostics(
+    detector: NNGuideDetector, id_test: ModelOutputs, ood: dict[str, ModelOutputs]
+) -> dict[str, float]:
     """Why NNGuide wins or loses: mean guidance / base per set, and each factor's own AUROC.
 
     ``auroc_guidance/<set>``: the AUROC of the guidance term alone (higher = more ID);
@@ -230,9 +239,14 @@ def nnguide_diagnostics(detector: NNGuideDetector, id_test: ModelOutputs, ood: d
     return values
 
 
-def _set_rows(method: str, dataset: str, seed: int, per_set: Mapping[str, Mapping[str, float]], **extra: Any) -> list[Row]:
+def _set_rows(
+    method: str, dataset: str, seed: int, per_set: Mapping[str, Mapping[str, float]], **extra: Any
+) -> list[Row]:
     """One row per OOD set (and ``average``) of one detector and seed."""
-    return [Row(method, dataset, {"seed": seed}, dict(metrics), {"ood_set": name, **extra}) for name, metrics in per_set.items()]
+    return [
+        Row(method, dataset, {"seed": seed}, dict(metrics), {"ood_set": name, **extra})
+        for name, metrics in per_set.items()
+    ]
 
 
 def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, context: TrialContext) -> TrialResult:
@@ -248,7 +262,9 @@ def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, conte
     tags = {"seed": seed, "classifier": arch}
     with context.nested_run(f"classifier-s{seed}", params=config.classifier, tags=tags) as run:
         state = classifier_state(bench, config, seed, run, storage_path=context.storage_path)
-        outputs: OutputSet = extract_outputs(bench.corpus, config.classifier, state, batch_size=config.extraction_batch_size)
+        outputs: OutputSet = extract_outputs(
+            bench.corpus, config.classifier, state, batch_size=config.extraction_batch_size
+        )
         id_test = outputs.take(bench.roles["id_test"])
         id_accuracy = accuracy(id_test, bench.labels("id_test"))
         run.log_metrics({"id_accuracy": id_accuracy})
@@ -264,7 +280,9 @@ def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, conte
         per_set = evaluate_detector(detector, id_test, ood)
         diagnostics = nnguide_diagnostics(detector, id_test, ood) if isinstance(detector, NNGuideDetector) else {}
         with context.nested_run(f"{name}-s{seed}", params=detector_config, tags={**tags, "method": name}) as run:
-            run.log_metrics(flat_metrics(per_set) | {"id_accuracy": id_accuracy} | {f"diag/{k}": v for k, v in diagnostics.items()})
+            run.log_metrics(
+                flat_metrics(per_set) | {"id_accuracy": id_accuracy} | {f"diag/{k}": v for k, v in diagnostics.items()}
+            )
             log_detector_model(run, name, detector, detector_config, source, id_test, ood, bench, config, weights)
         rows += _set_rows(name, context.dataset, seed, per_set, **extra)
     if config.sweep.enabled and bench.validation_ood is not None:
@@ -272,7 +290,18 @@ def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, conte
     return TrialResult(rows)
 
 
-def log_detector_model(run, name: str, detector, detector_config, source, id_test, ood, bench: Benchmark, config: NNGuideEvalConfig, weights) -> None:
+def log_detector_model(
+    run,
+    name: str,
+    detector,
+    detector_config,
+    source,
+    id_test,
+    ood,
+    bench: Benchmark,
+    config: NNGuideEvalConfig,
+    weights,
+) -> None:
     """The detector with its classifier as an MLflow model on the detector's run (``raylab.models``)."""
     import json
     import tempfile
@@ -289,15 +318,25 @@ def log_detector_model(run, name: str, detector, detector_config, source, id_tes
     example = bench.corpus.filter(pc.is_in(bench.corpus["sample_id"], pa.array([first]))).column("image")[0].as_py()
     with tempfile.TemporaryDirectory() as scratch:
         uri = log_ood_model(
-            run, name=name, classifier=config.classifier, state=weights, detector=detector_config, source=source,
-            class_names=bench.id_classes, id_scores=ood_scores(detector, id_test),
+            run,
+            name=name,
+            classifier=config.classifier,
+            state=weights,
+            detector=detector_config,
+            source=source,
+            class_names=bench.id_classes,
+            id_scores=ood_scores(detector, id_test),
             ood_scores=np.concatenate([ood_scores(detector, outputs) for outputs in ood.values()]),
-            metrics={}, example_image=example, scratch=Path(scratch),
+            metrics={},
+            example_image=example,
+            scratch=Path(scratch),
         )
     run.set_tags(models=json.dumps({"id": uri}))
 
 
-def tuned_rows(config: NNGuideEvalConfig, bench: Benchmark, outputs: OutputSet, seed: int, context: TrialContext, tags, extra) -> list[Row]:
+def tuned_rows(
+    config: NNGuideEvalConfig, bench: Benchmark, outputs: OutputSet, seed: int, context: TrialContext, tags, extra
+) -> list[Row]:
     """Select on (id_val, validation-OOD), refit on id_train, report on id_test vs the other OOD sets."""
     from raylab.methods.nnguide.benchmark import evaluate_detector, flat_metrics
     from raylab.methods.nnguide.detectors import fit_detector
@@ -321,10 +360,19 @@ def tuned_rows(config: NNGuideEvalConfig, bench: Benchmark, outputs: OutputSet, 
     with context.nested_run(f"nnguide_tuned-s{seed}", params=selected, tags={**tags, "method": "nnguide_tuned"}) as run:
         run.log_metrics(flat_metrics(per_set) | {f"val/{k}": v for k, v in result.best_metrics.items()})
         run.log_text(result.trials.to_csv(index=False), "sweep_trials.csv")
-        run.log_text(f"selected on id_val vs {validation}; reported on {sorted(reported)}\n{selected}\n", "selection.txt")
+        run.log_text(
+            f"selected on id_val vs {validation}; reported on {sorted(reported)}\n{selected}\n", "selection.txt"
+        )
     return _set_rows(
-        "nnguide_tuned", context.dataset, seed, per_set, **extra,
-        selected=selected, validation_ood=validation, validation_metrics=result.best_metrics, trials=len(result.trials),
+        "nnguide_tuned",
+        context.dataset,
+        seed,
+        per_set,
+        **extra,
+        selected=selected,
+        validation_ood=validation,
+        validation_metrics=result.best_metrics,
+        trials=len(result.trials),
     )
 
 
@@ -339,8 +387,12 @@ def report(rows: Sequence[Row], request: Request[NNGuideEvalConfig]) -> Report:
     table = detector_table(dicts, ood_names, validation_ood=validation)
     title = f"{request.dataset} / {config.classifier.arch}"
     first = dicts[0]["method"]
-    accuracies = ", ".join(f"seed {r['seed']}: {r['id_accuracy']:.4f}" for r in dicts if r["method"] == first and r["ood_set"] == AVERAGE)
-    text = f"{title}: ID test accuracy {accuracies}; AUROC / FPR95 in %, mean over seeds\n" + format_detector_table(table)
+    accuracies = ", ".join(
+        f"seed {r['seed']}: {r['id_accuracy']:.4f}" for r in dicts if r["method"] == first and r["ood_set"] == AVERAGE
+    )
+    text = f"{title}: ID test accuracy {accuracies}; AUROC / FPR95 in %, mean over seeds\n" + format_detector_table(
+        table
+    )
 
     def figures(scratch: Path) -> list[Path]:
         return [bar_chart(table, ood_names, scratch / "auroc_fpr95.png", title)]

@@ -61,7 +61,9 @@ def transform_for(config: ClassifierConfig) -> ImageTransform:
 
 def linear_head(model) -> LinearHead:
     head = model.head
-    return LinearHead(head.weight.detach().cpu().numpy().astype(np.float32), head.bias.detach().cpu().numpy().astype(np.float32))
+    return LinearHead(
+        head.weight.detach().cpu().numpy().astype(np.float32), head.bias.detach().cpu().numpy().astype(np.float32)
+    )
 
 
 class ClassifierActor:
@@ -129,7 +131,12 @@ def extract_outputs_local(
     features, logits = [], []
     with torch.inference_mode():
         for start in range(0, len(ids), batch_size):
-            pixels = np.stack([transform.image(image, str(sid)) for image, sid in zip(images[start : start + batch_size], ids[start : start + batch_size])])
+            pixels = np.stack(
+                [
+                    transform.image(image, str(sid))
+                    for image, sid in zip(images[start : start + batch_size], ids[start : start + batch_size])
+                ]
+            )
             f = model.features(torch.from_numpy(pixels))
             features.append(f.numpy())
             logits.append(model.head(f).numpy())
@@ -173,7 +180,11 @@ def _extract_with_ray(
         .map_batches(transform_for(config), batch_size=batch_size, batch_format="numpy")
         .map_batches(
             ClassifierActor,
-            fn_constructor_kwargs={"config": config, "state_dict": state_dict, "threads": 1 if accelerated else THREADS_PER_ACTOR},
+            fn_constructor_kwargs={
+                "config": config,
+                "state_dict": state_dict,
+                "threads": 1 if accelerated else THREADS_PER_ACTOR,
+            },
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors or resources.extraction_pool()),

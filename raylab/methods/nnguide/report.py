@@ -83,7 +83,9 @@ def bar_chart(table: pd.DataFrame, ood_names: Sequence[str], path: str | Path, t
         axis.set_title(f"{metric.upper()} ({'higher' if metric == 'auroc' else 'lower'} is better)", fontsize=9)
         axis.grid(axis="y", alpha=0.3)
         if metric == "auroc":
-            axis.set_ylim(max(0.0, np.nanmin(100 * table[[c for c in table if c.startswith("auroc")]].to_numpy(float)) - 5), 100)
+            axis.set_ylim(
+                max(0.0, np.nanmin(100 * table[[c for c in table if c.startswith("auroc")]].to_numpy(float)) - 5), 100
+            )
     axes[0].legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()

@@ -97,7 +97,9 @@ def sweep_nnguide(
         raise ValueError(f"bank_ratio_range starts at {low}: a bank of zero entries for {len(fit)} fit samples")
     mode = "max" if config.metric == "auroc" else "min"
     default = NNGuideConfig()
-    objective = functools.partial(_objective, fit=fit, val_id=val_id, val_ood=val_ood, head=head, base_score=config.base_score, seed=seed)
+    objective = functools.partial(
+        _objective, fit=fit, val_id=val_id, val_ood=val_ood, head=head, base_score=config.base_score, seed=seed
+    )
     outcome = optuna_search(
         objective,
         SearchSpace(len(fit), config),

@@ -34,7 +34,17 @@ import torch.nn.functional as F
 from raylab.artefacts import CorruptArtefactError, discard, verify, write_manifest
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
-from raylab.train.harness import TrainSpec, fit, load_result_state, load_state, prepare, report_epoch, resume, save_state, unwrap
+from raylab.train.harness import (
+    TrainSpec,
+    fit,
+    load_result_state,
+    load_state,
+    prepare,
+    report_epoch,
+    resume,
+    save_state,
+    unwrap,
+)
 
 
 FINAL_STATE = "final_state.pt"
@@ -100,7 +110,9 @@ def train_loop(config: dict[str, Any]) -> None:
             correct += int((logits.argmax(1) == targets[rows]).sum())
             seen += len(rows)
         metrics = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen}
-        report_epoch(metrics, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch})
+        report_epoch(
+            metrics, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        )
 
 
 def run_name(pixels: np.ndarray, labels: np.ndarray, model: ClassifierConfig, train: TrainConfig, seed: int) -> str:

@@ -20,6 +20,10 @@ class PatchCoreConfig:
 
     def __post_init__(self) -> None:
         require(0.0 < self.coreset_ratio <= 1.0, "coreset_ratio", f"must lie in (0, 1], got {self.coreset_ratio}")
-        require(self.coreset_projection_dim is None or self.coreset_projection_dim >= 1, "coreset_projection_dim", f"must be >= 1 or null, got {self.coreset_projection_dim}")
+        require(
+            self.coreset_projection_dim is None or self.coreset_projection_dim >= 1,
+            "coreset_projection_dim",
+            f"must be >= 1 or null, got {self.coreset_projection_dim}",
+        )
         require(self.num_neighbors >= 1, "num_neighbors", f"must be >= 1, got {self.num_neighbors}")
         require(self.blur_sigma >= 0.0, "blur_sigma", f"must be >= 0, got {self.blur_sigma}")

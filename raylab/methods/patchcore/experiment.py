@@ -20,7 +20,13 @@ from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.features import FeatureSpec
 from raylab.methods.anomaly_experiment import (
-    CorpusFeatures, check_injected_in_test, check_noise_supply, keeps_injected_in_test, noise_axes, noise_ratio_option, prepare_corpus_features,
+    CorpusFeatures,
+    check_injected_in_test,
+    check_noise_supply,
+    keeps_injected_in_test,
+    noise_axes,
+    noise_ratio_option,
+    prepare_corpus_features,
 )
 from raylab.methods.patchcore.config import PatchCoreConfig
 
@@ -42,11 +48,27 @@ class PatchCoreEvalConfig:
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
 
     def __post_init__(self) -> None:
-        require(all(0.0 <= r < 1.0 for r in self.noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
+        require(
+            all(0.0 <= r < 1.0 for r in self.noise_ratios),
+            "noise_ratios",
+            f"must lie in [0, 1), got {self.noise_ratios}",
+        )
         check_injected_in_test(self.injected_in_test)
-        require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
-        require(self.quick_images_per_group >= 1, "quick_images_per_group", f"must be >= 1, got {self.quick_images_per_group}")
-        require(0.0 < self.quick_coreset_ratio <= 1.0, "quick_coreset_ratio", f"must lie in (0, 1], got {self.quick_coreset_ratio}")
+        require(
+            self.images_per_group is None or self.images_per_group >= 1,
+            "images_per_group",
+            f"must be >= 1 or null, got {self.images_per_group}",
+        )
+        require(
+            self.quick_images_per_group >= 1,
+            "quick_images_per_group",
+            f"must be >= 1, got {self.quick_images_per_group}",
+        )
+        require(
+            0.0 < self.quick_coreset_ratio <= 1.0,
+            "quick_coreset_ratio",
+            f"must lie in (0, 1], got {self.quick_coreset_ratio}",
+        )
 
 
 def full_config() -> PatchCoreEvalConfig:

@@ -43,7 +43,9 @@ class PatchCore:
         if self.bank is None:
             raise RuntimeError("PatchCore.fit must run before scoring")
         n, h, w, d = patches.shape
-        distances, _ = self.bank.search(np.asarray(patches, dtype=np.float32).reshape(-1, d), k=self.config.num_neighbors)
+        distances, _ = self.bank.search(
+            np.asarray(patches, dtype=np.float32).reshape(-1, d), k=self.config.num_neighbors
+        )
         return distances.mean(axis=1).reshape(n, h, w)
 
     def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction:
@@ -66,7 +68,9 @@ class PatchCore:
         saved = json.loads((directory / "patchcore.json").read_text())
         config = saved["config"]
         features = config.pop("features")
-        backbone = BackboneSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in features.pop("backbone").items()})
+        backbone = BackboneSpec(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in features.pop("backbone").items()}
+        )
         model = cls(PatchCoreConfig(features=FeatureSpec(backbone=backbone, **features), **config), seed=saved["seed"])
         model.bank = MemoryBank.load(directory / "memory_bank")
         return model

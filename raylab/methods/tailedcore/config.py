@@ -90,9 +90,17 @@ class TailedCoreConfig:
 
     def __post_init__(self) -> None:
         _check_memory(self.coreset_ratio, self.blur_sigma)
-        require(0 < self.tail_rotation_step <= 360, "tail_rotation_step", f"must lie in (0, 360] degrees, got {self.tail_rotation_step}")
+        require(
+            0 < self.tail_rotation_step <= 360,
+            "tail_rotation_step",
+            f"must lie in (0, 360] degrees, got {self.tail_rotation_step}",
+        )
         require(self.embedding_stage >= 0, "embedding_stage", f"must be >= 0, got {self.embedding_stage}")
-        require(self.tail_embedding in TAIL_EMBEDDINGS, "tail_embedding", f"must be one of {TAIL_EMBEDDINGS}, got {self.tail_embedding!r}")
+        require(
+            self.tail_embedding in TAIL_EMBEDDINGS,
+            "tail_embedding",
+            f"must be one of {TAIL_EMBEDDINGS}, got {self.tail_embedding!r}",
+        )
 
 
 def _check_memory(coreset_ratio: float, blur_sigma: float) -> None:

@@ -65,6 +65,9 @@ def tail_quality(predicted: np.ndarray, truth: np.ndarray, injected: np.ndarray 
 def class_group_metrics(evaluations: list[ClassEvaluation], tail_classes: set[str]) -> dict[str, float]:
     """Means over all classes, plus image AUROC over the tail and over the head classes."""
     metrics = mean_over_classes(evaluations)
-    for group, members in (("tail", [e for e in evaluations if e.class_name in tail_classes]), ("head", [e for e in evaluations if e.class_name not in tail_classes])):
+    for group, members in (
+        ("tail", [e for e in evaluations if e.class_name in tail_classes]),
+        ("head", [e for e in evaluations if e.class_name not in tail_classes]),
+    ):
         metrics[f"{group}_image_auroc"] = mean_over_classes(members)["image_auroc"] if members else float("nan")
     return metrics

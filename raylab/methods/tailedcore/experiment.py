@@ -52,7 +52,12 @@ from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
-from raylab.methods.anomaly_experiment import check_injected_in_test, keeps_injected_in_test, noise_axes, noise_ratio_option
+from raylab.methods.anomaly_experiment import (
+    check_injected_in_test,
+    keeps_injected_in_test,
+    noise_axes,
+    noise_ratio_option,
+)
 from raylab.methods.patchcore import PatchCoreConfig
 from raylab.methods.tailedcore.config import SoftPatchConfig, TailedCoreConfig
 
@@ -76,7 +81,15 @@ DEFAULT_METHODS = METHODS + ("tailedcore_true_tail",)
 TAILSAMPLER_ROW = "tailsampler"
 TAILSAMPLER_METRICS = ("tail_precision", "tail_recall", "injected_called_tail", "tail_predicted", "tail_true")
 METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc", "image_ap", "aupro")
-TABLE_METRICS = ("image_auroc", "tail_image_auroc", "head_image_auroc", "pixel_auroc", "tail_precision", "tail_recall", "injected_called_tail")
+TABLE_METRICS = (
+    "image_auroc",
+    "tail_image_auroc",
+    "head_image_auroc",
+    "pixel_auroc",
+    "tail_precision",
+    "tail_recall",
+    "injected_called_tail",
+)
 CPU_FEATURES = FeatureSpec(image_size=112)
 # The longtail_mix loader's size options; other datasets' loaders take none of them.
 QUICK_OPTIONS_DATASET = "longtail_mix"
@@ -102,7 +115,9 @@ class TailedCoreSweepConfig:
     # The release's PatchCore baseline: exact greedy coreset 10%, like the other two.
     patchcore: PatchCoreConfig = field(default_factory=lambda: PatchCoreConfig(coreset_method="exact"))
     methods: tuple[str, ...] = DEFAULT_METHODS
-    max_concurrent_trials: int | None = None  # default: resources.max_concurrent_trials, else local CPUs / threads_per_trial
+    max_concurrent_trials: int | None = (
+        None  # default: resources.max_concurrent_trials, else local CPUs / threads_per_trial
+    )
     threads_per_trial: int = 1
     images_per_group: int | None = None  # stratified subsample (class, split, label); None keeps all
     # Keep this many classes, evenly spread over the sorted names (the long-tail protocol then
@@ -118,7 +133,11 @@ class TailedCoreSweepConfig:
     def __post_init__(self) -> None:
         from raylab.data.protocols import protocol_from_name
 
-        require(all(0.0 <= r < 1.0 for r in self.noise_ratios), "noise_ratios", f"must lie in [0, 1), got {self.noise_ratios}")
+        require(
+            all(0.0 <= r < 1.0 for r in self.noise_ratios),
+            "noise_ratios",
+            f"must lie in [0, 1), got {self.noise_ratios}",
+        )
         check_injected_in_test(self.injected_in_test)
         for key in ("protocols", "quick_protocols"):
             for name in getattr(self, key):
@@ -126,11 +145,27 @@ class TailedCoreSweepConfig:
                     protocol_from_name(name, 0.0, 0)
                 except ValueError as error:
                     require(False, key, str(error))
-        require(bool(self.methods) and set(self.methods) <= set(KNOWN_METHODS), "methods", f"must be non-empty and come from {KNOWN_METHODS}, got {self.methods}")
+        require(
+            bool(self.methods) and set(self.methods) <= set(KNOWN_METHODS),
+            "methods",
+            f"must be non-empty and come from {KNOWN_METHODS}, got {self.methods}",
+        )
         require(self.threads_per_trial >= 1, "threads_per_trial", f"must be >= 1, got {self.threads_per_trial}")
-        require(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1, "max_concurrent_trials", f"must be >= 1 or null, got {self.max_concurrent_trials}")
-        require(self.images_per_group is None or self.images_per_group >= 1, "images_per_group", f"must be >= 1 or null, got {self.images_per_group}")
-        require(self.max_classes is None or self.max_classes >= 2, "max_classes", f"must be >= 2 (a head and a tail class) or null, got {self.max_classes}")
+        require(
+            self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
+            "max_concurrent_trials",
+            f"must be >= 1 or null, got {self.max_concurrent_trials}",
+        )
+        require(
+            self.images_per_group is None or self.images_per_group >= 1,
+            "images_per_group",
+            f"must be >= 1 or null, got {self.images_per_group}",
+        )
+        require(
+            self.max_classes is None or self.max_classes >= 2,
+            "max_classes",
+            f"must be >= 2 (a head and a tail class) or null, got {self.max_classes}",
+        )
 
 
 def full_config() -> TailedCoreSweepConfig:
@@ -147,9 +182,17 @@ def quick(config: TailedCoreSweepConfig) -> TailedCoreSweepConfig:
 
 
 def arguments(parser) -> None:
-    parser.add_argument("--protocols", default=None, help="comma-separated long-tail protocols: step_k<K> (e.g. step_k1, step_k4) or pareto (default: the config's)")
+    parser.add_argument(
+        "--protocols",
+        default=None,
+        help="comma-separated long-tail protocols: step_k<K> (e.g. step_k1, step_k4) or pareto (default: the config's)",
+    )
     noise_ratio_option(parser, "0.1")
-    parser.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(KNOWN_METHODS)} (default: the config's: {', '.join(DEFAULT_METHODS)})")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated, from {', '.join(KNOWN_METHODS)} (default: the config's: {', '.join(DEFAULT_METHODS)})",
+    )
 
 
 def apply_arguments(config: TailedCoreSweepConfig, args) -> TailedCoreSweepConfig:
@@ -241,7 +284,12 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     from raylab.data.protocols import apply_long_tail, protocol_from_name
     from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
     from raylab.methods.patchcore.model import PatchCore
-    from raylab.methods.tailedcore.diagnostics import class_group_metrics, defect_patch_cells, filter_removal, tail_quality
+    from raylab.methods.tailedcore.diagnostics import (
+        class_group_metrics,
+        defect_patch_cells,
+        filter_removal,
+        tail_quality,
+    )
     from raylab.methods.tailedcore.model import TailedCore, predict_tail
     from raylab.methods.tailedcore.softpatch import SoftPatch
     from raylab.methods.tailedcore.views import RotationFlipViews
@@ -253,7 +301,12 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     torch.set_num_threads(config.threads_per_trial)
     faiss.omp_set_num_threads(config.threads_per_trial)
     seed = int(setting["seed"])
-    protocol = protocol_from_name(str(setting["protocol"]), float(setting["noise_ratio"]), seed, keep_injected_in_test=keeps_injected_in_test(setting))
+    protocol = protocol_from_name(
+        str(setting["protocol"]),
+        float(setting["noise_ratio"]),
+        seed,
+        keep_injected_in_test=keeps_injected_in_test(setting),
+    )
     result = apply_long_tail(inputs.corpus, protocol)
     features = inputs.features
     splits = class_splits(result.table, config.features.image_size)
@@ -263,13 +316,28 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     injected = np.asarray(train_rows.column("injected_noise").to_pylist(), dtype=bool)
     tail_classes = set(result.tail_classes)
     true_tail = np.array([c in tail_classes for c in train_rows.column("class_name").to_pylist()], dtype=bool)
-    defect_cells = defect_patch_cells(train_rows.column("mask").to_pylist(), train_ids, config.features.image_size, train.shape[1:3])
+    defect_cells = defect_patch_cells(
+        train_rows.column("mask").to_pylist(), train_ids, config.features.image_size, train.shape[1:3]
+    )
     defect_cells &= injected[:, None, None]
-    views = RotationFlipViews(inputs.corpus, config.features, config.tailedcore.tail_rotation_step, config.tailedcore.tail_hflip)
+    views = RotationFlipViews(
+        inputs.corpus, config.features, config.tailedcore.tail_rotation_step, config.tailedcore.tail_hflip
+    )
 
     values = dict(setting.values)
     prediction = predict_tail(config.tailedcore, train, inputs.embeddings.take(train_ids))
-    rows = [tailsampler_row(prediction, train_rows, true_tail, injected, sorted(tail_classes), f"{TAILSAMPLER_ROW}-{setting.tag()}-{context.trial_id}", values, context)]
+    rows = [
+        tailsampler_row(
+            prediction,
+            train_rows,
+            true_tail,
+            injected,
+            sorted(tail_classes),
+            f"{TAILSAMPLER_ROW}-{setting.tag()}-{context.trial_id}",
+            values,
+            context,
+        )
+    ]
     for method in config.methods:
         start = time.perf_counter()
         diagnostics: dict[str, float] = {}
@@ -277,11 +345,15 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
             detector = TailedCore(config.tailedcore, seed=seed).fit(
                 train,
                 inputs.embeddings.take(train_ids),
-                views=None if method == "tailedcore_no_views" else (lambda indices: views([train_ids[i] for i in indices])),
+                views=None
+                if method == "tailedcore_no_views"
+                else (lambda indices: views([train_ids[i] for i in indices])),
                 known_tail=true_tail if method == "tailedcore_true_tail" else None,
             )
             diagnostics.update(tail_quality(detector.tail.is_tail, true_tail, injected))
-            diagnostics.update({"tail_max_k": float(detector.tail.max_k), **filter_removal(detector.head_kept, injected, defect_cells)})
+            diagnostics.update(
+                {"tail_max_k": float(detector.tail.max_k), **filter_removal(detector.head_kept, injected, defect_cells)}
+            )
             diagnostics.update({f"memory_{k}": float(v) for k, v in detector.memory_sizes.items()})
         elif method == "softpatch":
             detector = SoftPatch(config.softpatch, seed=seed).fit(train)
@@ -292,13 +364,20 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
             detector = None
         diagnostics["fit_seconds"] = time.perf_counter() - start
         if detector is None:
-            evaluations = [evaluate_fitted(PatchCore(config.patchcore, seed=seed).fit(features.take(split.train_ids)), split, features) for split in splits]
+            evaluations = [
+                evaluate_fitted(
+                    PatchCore(config.patchcore, seed=seed).fit(features.take(split.train_ids)), split, features
+                )
+                for split in splits
+            ]
         else:
             evaluations = [evaluate_fitted(detector, split, features) for split in splits]
         diagnostics["total_seconds"] = time.perf_counter() - start
         metrics = class_group_metrics(evaluations, tail_classes)
         tags = {"method": method, **values, "trial": context.trial_id}
-        with context.nested_run(f"{method}-{setting.tag()}-{context.trial_id}", params={**values, "config": config}, tags=tags) as run:
+        with context.nested_run(
+            f"{method}-{setting.tag()}-{context.trial_id}", params={**values, "config": config}, tags=tags
+        ) as run:
             run.log_metrics({**metrics, **diagnostics})
             log_anomaly_artifacts(run, evaluations, inputs.corpus, save_model=False)
             run.log_text(result.classes.to_csv(index=False), "protocol_classes.csv")
@@ -309,13 +388,24 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
                     example = images_of(inputs.corpus, [base_sample_id(pooled.test_ids[0])])[0]
                     uri = log_anomaly_model(run, pooled, config.features, example, Path(scratch))
                 run.set_tags(models=json.dumps({pooled.class_name: uri}))
-        extra = {"tail_classes": sorted(tail_classes), "diagnostics": diagnostics, "per_class": {e.class_name: e.metrics for e in evaluations}}
+        extra = {
+            "tail_classes": sorted(tail_classes),
+            "diagnostics": diagnostics,
+            "per_class": {e.class_name: e.metrics for e in evaluations},
+        }
         rows.append(Row(method, context.dataset, values, metrics, extra))
     return TrialResult(rows)
 
 
 def tailsampler_row(
-    prediction, train_rows: pa.Table, true_tail, injected, tail_classes: list[str], run_name: str, values: dict[str, Any], context: TrialContext
+    prediction,
+    train_rows: pa.Table,
+    true_tail,
+    injected,
+    tail_classes: list[str],
+    run_name: str,
+    values: dict[str, Any],
+    context: TrialContext,
 ) -> Row:
     """TailSampler's prediction against the protocol's truth, as its own summary row.
 
@@ -329,19 +419,25 @@ def tailsampler_row(
     from raylab.methods.tailedcore.diagnostics import tail_quality
 
     metrics = {**tail_quality(prediction.is_tail, true_tail, injected), "tail_max_k": float(prediction.max_k)}
-    per_image = pd.DataFrame({
-        "sample_id": train_rows.column("sample_id").to_pylist(),
-        "class_name": train_rows.column("class_name").to_pylist(),
-        "true_tail": true_tail,
-        "injected": injected,
-        "predicted_tail": prediction.is_tail,
-        "predicted_class_size": prediction.class_sizes,
-    })
+    per_image = pd.DataFrame(
+        {
+            "sample_id": train_rows.column("sample_id").to_pylist(),
+            "class_name": train_rows.column("class_name").to_pylist(),
+            "true_tail": true_tail,
+            "injected": injected,
+            "predicted_tail": prediction.is_tail,
+            "predicted_class_size": prediction.class_sizes,
+        }
+    )
     tags = {"method": TAILSAMPLER_ROW, **values, "trial": context.trial_id}
     with context.nested_run(run_name, params=values, tags=tags) as run:
         run.log_metrics(metrics)
         run.log_text(per_image.to_csv(index=False), "tail_predictions.csv")
-    diagnostics = {"class_partition": prediction.class_partition.tolist(), "elbow_k": prediction.elbow_k, "share_k": prediction.share_k}
+    diagnostics = {
+        "class_partition": prediction.class_partition.tolist(),
+        "elbow_k": prediction.elbow_k,
+        "share_k": prediction.share_k,
+    }
     extra = {"tail_classes": tail_classes, "diagnostics": diagnostics}
     return Row(TAILSAMPLER_ROW, context.dataset, values, metrics, extra)
 
@@ -378,9 +474,18 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     trials, tail_images = [], set()
     for values in itertools.product(*grid.values()):
         setting = Setting(dict(zip(grid, values)))
-        protocol = protocol_from_name(setting["protocol"], setting["noise_ratio"], setting["seed"], keep_injected_in_test=keeps_injected_in_test(setting))
+        protocol = protocol_from_name(
+            setting["protocol"],
+            setting["noise_ratio"],
+            setting["seed"],
+            keep_injected_in_test=keeps_injected_in_test(setting),
+        )
         result = apply_long_tail(corpus, protocol)
-        train = result.table.filter(pc.equal(result.table["split"], "train")).select(["sample_id", "class_name"]).to_pylist()
+        train = (
+            result.table.filter(pc.equal(result.table["split"], "train"))
+            .select(["sample_id", "class_name"])
+            .to_pylist()
+        )
         tail = [row["sample_id"] for row in train if row["class_name"] in set(result.tail_classes)]
         tail_images.update(tail)
         trials.append((len(train), len(tail)))
@@ -397,9 +502,12 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
 
     def trial_work(train: int, tail: int) -> float:
         tail_candidates = tail * (1 + views) * patches
-        return (coreset_work(tail_candidates, tailed.coreset_ratio) + coreset_work(train * patches * keep, tailed.coreset_ratio)
-                + coreset_work(train * patches * keep, config.softpatch.coreset_ratio)
-                + coreset_work(train * patches, config.patchcore.coreset_ratio))
+        return (
+            coreset_work(tail_candidates, tailed.coreset_ratio)
+            + coreset_work(train * patches * keep, tailed.coreset_ratio)
+            + coreset_work(train * patches * keep, config.softpatch.coreset_ratio)
+            + coreset_work(train * patches, config.patchcore.coreset_ratio)
+        )
 
     def trial_arrays(train: int, tail: int) -> float:
         # The training grids; the tail candidates' projection (the 1024-d candidates stream
@@ -435,12 +543,21 @@ def report(rows: Sequence[Row], request: Request[TailedCoreSweepConfig]) -> Repo
     from raylab.methods.tailedcore.report import auroc_bars
     from raylab.report.tables import aggregate, format_table
 
-    table = aggregate([r.to_dict() for r in rows], ["protocol", "noise_ratio", "injected_in_test", "method"], METRICS + TAILSAMPLER_METRICS)
+    table = aggregate(
+        [r.to_dict() for r in rows],
+        ["protocol", "noise_ratio", "injected_in_test", "method"],
+        METRICS + TAILSAMPLER_METRICS,
+    )
 
     def figures(scratch: Path) -> list[Path]:
         return [auroc_bars(table, scratch / "image_auroc_by_protocol.png")]
 
-    return Report(format_table(table, TABLE_METRICS), tables={"results_table.csv": table.to_csv(index=False)}, figures=figures, table=table)
+    return Report(
+        format_table(table, TABLE_METRICS),
+        tables={"results_table.csv": table.to_csv(index=False)},
+        figures=figures,
+        table=table,
+    )
 
 
 EXPERIMENT = Experiment(
@@ -452,7 +569,10 @@ EXPERIMENT = Experiment(
     profiles={"cpu": TailedCoreSweepConfig, "full": full_config},
     default_dataset="longtail_mix",
     metrics_help=", ".join(METRICS) + "; rows carry method in {" + ", ".join(KNOWN_METHODS) + "}, protocol, "
-    "tail_classes, diagnostics and per_class; plus one " + TAILSAMPLER_ROW + " row per trial with " + ", ".join(TAILSAMPLER_METRICS[:3]),
+    "tail_classes, diagnostics and per_class; plus one "
+    + TAILSAMPLER_ROW
+    + " row per trial with "
+    + ", ".join(TAILSAMPLER_METRICS[:3]),
     axes=axes,
     prepare=prepare,
     trial=trial,

@@ -141,13 +141,18 @@ class TailedCore:
 
         directory = Path(directory)
         saved = json.loads((directory / "tailedcore.json").read_text())
-        model = cls(from_mapping(TailedCoreConfig, saved["config"], where=str(directory / "tailedcore.json")), seed=saved["seed"])
+        model = cls(
+            from_mapping(TailedCoreConfig, saved["config"], where=str(directory / "tailedcore.json")),
+            seed=saved["seed"],
+        )
         model.bank = MemoryBank.load(directory / "memory_bank")
         model.memory_sizes = dict(saved["memory_sizes"])
         return model
 
 
-def tail_sampler_input(config: TailedCoreConfig, train_patches: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
+def tail_sampler_input(
+    config: TailedCoreConfig, train_patches: np.ndarray, embeddings: np.ndarray | None
+) -> np.ndarray:
     """The (N, E) global embeddings TailSampler reads under ``config.tail_embedding``.
 
     ``"patch_mean"`` averages each image's memory patch features over the grid: the class

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 
 
-def auroc_bars(table: pd.DataFrame, path: str | Path, metrics: tuple[str, ...] = ("image_auroc", "tail_image_auroc")) -> Path:
+def auroc_bars(
+    table: pd.DataFrame, path: str | Path, metrics: tuple[str, ...] = ("image_auroc", "tail_image_auroc")
+) -> Path:
     """One panel per metric; bars grouped by setting (protocol, noise ratio, test protocol), one bar per method."""
     import matplotlib
 
@@ -18,7 +20,9 @@ def auroc_bars(table: pd.DataFrame, path: str | Path, metrics: tuple[str, ...] =
     keys = [k for k in ("protocol", "noise_ratio", "injected_in_test") if k in table]
     settings = table[keys].drop_duplicates().sort_values(keys)
     # Rows without AUROC (the per-trial "tailsampler" row) get no bar.
-    methods = sorted(m for m in table["method"].unique() if table.loc[table["method"] == m, f"{metrics[0]}_mean"].notna().any())
+    methods = sorted(
+        m for m in table["method"].unique() if table.loc[table["method"] == m, f"{metrics[0]}_mean"].notna().any()
+    )
     width = 0.8 / max(1, len(methods))
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
     for axis, metric in zip(axes[0], metrics):

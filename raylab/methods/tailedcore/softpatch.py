@@ -30,7 +30,11 @@ def flat_patches(patches: np.ndarray) -> np.ndarray:
 def coreset_rows(flat: np.ndarray, config, seed: int) -> np.ndarray:
     """Row indices of the greedy coreset of ``flat`` (sorted), with the method's settings."""
     selected = greedy_coreset(
-        flat, ratio=config.coreset_ratio, method=config.coreset_method, projection_dim=config.coreset_projection_dim, seed=seed
+        flat,
+        ratio=config.coreset_ratio,
+        method=config.coreset_method,
+        projection_dim=config.coreset_projection_dim,
+        seed=seed,
     )
     return np.sort(selected)
 
@@ -72,7 +76,9 @@ class SoftPatch:
             raise RuntimeError("fit before saving")
         self.bank.save(directory / "memory_bank")
         np.save(directory / "weights.npy", self.weights)
-        (directory / "softpatch.json").write_text(json.dumps({"config": dataclasses.asdict(self.config), "seed": self.seed}, indent=2, default=str))
+        (directory / "softpatch.json").write_text(
+            json.dumps({"config": dataclasses.asdict(self.config), "seed": self.seed}, indent=2, default=str)
+        )
         return directory
 
     @classmethod
@@ -82,7 +88,9 @@ class SoftPatch:
 
         directory = Path(directory)
         saved = json.loads((directory / "softpatch.json").read_text())
-        model = cls(from_mapping(SoftPatchConfig, saved["config"], where=str(directory / "softpatch.json")), seed=saved["seed"])
+        model = cls(
+            from_mapping(SoftPatchConfig, saved["config"], where=str(directory / "softpatch.json")), seed=saved["seed"]
+        )
         model.bank = MemoryBank.load(directory / "memory_bank")
         model.weights = np.load(directory / "weights.npy", allow_pickle=False)
         return model

@@ -77,7 +77,9 @@ class RotationFlipViews:
 
 
 @torch.inference_mode()
-def per_image_view_features(image: bytes, spec: FeatureSpec, views: ViewSpec, batch_size: int = 16, sample: str = "?") -> np.ndarray:
+def per_image_view_features(
+    image: bytes, spec: FeatureSpec, views: ViewSpec, batch_size: int = 16, sample: str = "?"
+) -> np.ndarray:
     """One image's ``(V, h, w, D)`` view features in this process, ``batch_size`` views per pass.
 
     The straightforward computation (decode, normalise, rotate and embed one image on the
