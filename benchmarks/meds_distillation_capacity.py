@@ -42,13 +42,13 @@ from raylab.config import load_config
 from raylab.data import load_corpus
 from raylab.data.protocols import NoiseProtocol, inject_noise, subsample_corpus
 from raylab.data.store import cache_root
-from raylab.features.cache import cached_patch_features
+from raylab.experiment.runner import config_file, packaged_config
 from raylab.experiment.session import init_ray
+from raylab.features.cache import cached_patch_features
 from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted, mean_over_classes
+from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
-from raylab.experiment.runner import config_file, packaged_config
-from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.training import image_scores_from_tokens
 
 

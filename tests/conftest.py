@@ -84,8 +84,9 @@ def ray_session():
 def meds_smoke_runs(ray_session, tmp_path_factory):
     """The stale-result reproduction on the MeDS smoke sweep: noise 0, then 0.2, then 0 again
     (shared by the identity tests and, as the local reference, the autoscaling test)."""
-    from raylab.data.store import cache_root
     from support_meds import run_meds_smoke
+
+    from raylab.data.store import cache_root
 
     out = tmp_path_factory.mktemp("meds-smoke")
     first = run_meds_smoke(["--noise-ratios", "0"], out / "first.json")

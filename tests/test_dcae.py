@@ -27,9 +27,9 @@ from raylab.methods.dcae.config import (
     trained_for,
 )
 from raylab.methods.dcae.data import DecodedCorpus, decode_corpus, load_one_class_corpus, one_class_split
+from raylab.methods.dcae.losses import to_unit_range
 from raylab.methods.dcae.model import DCAE, feature_distance
 from raylab.methods.dcae.selection import make_pseudo_novelties, quadrant_shuffle, select_for_split, select_loss_weights
-from raylab.methods.dcae.losses import to_unit_range
 from raylab.methods.dcae.training import (
     build_model,
     make_trainers,

@@ -16,13 +16,13 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from support_meds import MEDS_SMOKE, run_meds_smoke
 
 from raylab.config import ConfigError, from_mapping, load_config, parse_assignment
 from raylab.experiment import experiment_names, get_experiment, run
 from raylab.experiment.identity import IDENTITY_FILE, IdentityConflict, changed_keys, claim, content_hash
 from raylab.resources import Resources, gpu_profile
 from raylab.tracking import tracking_uri
-from support_meds import MEDS_SMOKE, run_meds_smoke
 
 NAMES = experiment_names()
 STANDARD = (

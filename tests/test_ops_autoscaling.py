@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from ops_support import BIN, ROOT, cli_env, free_port, process_group, wait_for_http
 from support_meds import MEDS_SMOKE
 

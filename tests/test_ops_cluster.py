@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from ops_support import ROOT
 
 pytestmark = pytest.mark.ops

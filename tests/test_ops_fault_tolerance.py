@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from ops_support import descendants
+
 from raylab.methods.meds.config import DistillationConfig
 
 pytestmark = pytest.mark.ops

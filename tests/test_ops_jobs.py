@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ops_support import ROOT, auth_headers, cli_env, mlflow_server, ray_head
 
 pytestmark = pytest.mark.ops

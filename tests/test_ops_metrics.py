@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raylab import metrics as raylab_metrics
-
 # Ray workers cannot import this test module: ship its functions and classes by value.
 from ray import cloudpickle  # noqa: E402
+
+from raylab import metrics as raylab_metrics
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

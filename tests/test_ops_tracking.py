@@ -16,8 +16,8 @@ import uuid
 
 import mlflow
 import pytest
-
 from ops_support import BIN, free_port, process_group, wait_for_http
+
 from raylab.tracking import tracked_run
 from raylab.tracking.mlflow_conventions import DRIVER_TAG, RESTARTS_TAG, close_orphaned_runs, experiment_id
 

@@ -24,16 +24,16 @@ from raylab.data.schema import CorpusRecord, records_to_table
 from raylab.data.synthetic_defects import SyntheticDefectConfig, perlin_noise, synthesize_defect
 from raylab.experiment import get_experiment, run
 from raylab.methods.tailedcore import PatchLOFConfig, SoftPatchConfig, TailedCoreConfig, TailSamplerConfig
+from raylab.methods.tailedcore.diagnostics import tail_quality
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
+from raylab.methods.tailedcore.model import TailedCore, predict_tail, tail_coreset
+from raylab.methods.tailedcore.softpatch import SoftPatch, coreset_rows, flat_patches
 from raylab.methods.tailedcore.tail_sampler import (
     TailSampler,
     elbow_value,
     largest_k_within_share,
     partition_class_sizes,
 )
-from raylab.methods.tailedcore.diagnostics import tail_quality
-from raylab.methods.tailedcore.model import TailedCore, predict_tail, tail_coreset
-from raylab.methods.tailedcore.softpatch import SoftPatch, coreset_rows, flat_patches
 from raylab.methods.tailedcore.views import rotation_flip_views, views_per_image
 
 # ---------------------------------------------------------------------------------------------

@@ -175,12 +175,11 @@ def _parquet_images(path: str) -> list[bytes]:
 
 def predict(model_uri: str, input_path: str | Path, output: str | Path, options: PredictOptions) -> dict[str, Any]:
     """Score every image not yet scored with this model; returns counts and the output folder."""
+    import mlflow
     import ray
 
     from raylab.experiment.session import init_ray
     from raylab.tracking.mlflow_conventions import tracking_uri
-
-    import mlflow
 
     sources = list_sources(input_path)
     try:  # a wrong URI fails here, in seconds, before Ray starts

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 import raylab
-from raylab.config import ConfigError, join_key, deep_merge, from_mapping, parse_assignment, read_yaml_mapping, to_plain
+from raylab.config import ConfigError, deep_merge, from_mapping, join_key, parse_assignment, read_yaml_mapping, to_plain
 from raylab.experiment.arguments import experiment_parser
 from raylab.experiment.budget import check_budget_only
 from raylab.experiment.executors import Sweep, run_driver, run_tasks, run_tune

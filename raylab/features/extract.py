@@ -58,9 +58,9 @@ from raylab.data.store import read_dataset, write_shards
 from raylab.features.backbones import FeatureSpec, create_backbone, resolve_weights_path
 from raylab.features.patch_embed import PatchEmbedder
 from raylab.features.views import ViewSpec
-from raylab.resources import extraction_actor_cpus, extraction_threads, started_local_ray
-from raylab.resources import current as current_resources
 from raylab.metrics import record_feature_batch
+from raylab.resources import current as current_resources
+from raylab.resources import extraction_actor_cpus, extraction_threads, started_local_ray
 
 DECODE_CHOICES = ("auto", "actor", "tasks")
 SOURCE_CHOICES = ("auto", "memory", "shards")

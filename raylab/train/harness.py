@@ -36,8 +36,7 @@ import torch
 from raylab.artefacts import MANIFEST, CorruptArtefactError, verify, write_manifest
 from raylab.metrics import record_train_report
 from raylab.progress import enabled as progress_enabled
-from raylab.progress import heartbeat
-from raylab.progress import train_log_level
+from raylab.progress import heartbeat, train_log_level
 from raylab.resources import current as current_resources
 from raylab.timing import record as record_phase
 

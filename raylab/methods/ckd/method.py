@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from typing import Any
 
 from raylab.methods.ckd.config import CKDConfig, ProtocolConfig, variant
 from raylab.methods.ckd.evaluate import PeriocularEvaluation, embed, evaluate_embeddings

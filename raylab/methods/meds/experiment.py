@@ -313,10 +313,10 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     the meta device, so it runs in seconds for a paper-size backbone without its weights.
     """
     from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
-    from raylab.step_memory import step_peak_bytes
     from raylab.features.extract import EXTRACTION_BATCH, extraction_peak_bytes, feature_shape
     from raylab.methods.anomaly_experiment import corpus_of
     from raylab.methods.meds.model import ReconstructionScoreNet
+    from raylab.step_memory import step_peak_bytes
 
     config, meds = request.config, request.config.meds
     corpus = corpus_of(request)

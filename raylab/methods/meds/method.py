@@ -19,8 +19,8 @@ of every stage-3 pass, and ``training_metrics`` the per-epoch reports of each st
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -45,16 +45,15 @@ from typing import Any, Literal
 
 import faiss
 import numpy as np
-
-from raylab.resources import Resources
-from raylab.resources import current as current_resources
 import torch
 import torch.nn.functional as F
 
 from raylab.memory.bank import MemoryBank
-from raylab.progress import bar, heartbeat
 from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
 from raylab.methods.meds.config import PartialMemoryConfig  # defined there: typed configs import it without torch
+from raylab.progress import bar, heartbeat
+from raylab.resources import Resources
+from raylab.resources import current as current_resources
 
 Device = Literal["auto", "cpu", "gpu"]
 

@@ -252,8 +252,8 @@ def _set_rows(
 def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, context: TrialContext) -> TrialResult:
     """Every detector (and the hyperparameter selection) for one protocol seed."""
     from raylab.methods.nnguide.benchmark import accuracy, evaluate_detector, flat_metrics
-    from raylab.methods.nnguide.detectors import NNGuideDetector, fit_detector
     from raylab.methods.nnguide.classifiers import build_classifier
+    from raylab.methods.nnguide.detectors import NNGuideDetector, fit_detector
     from raylab.methods.nnguide.features import extract_outputs
 
     seed = int(setting["seed"])

@@ -22,12 +22,12 @@ import pyarrow as pa
 import torch
 
 from raylab.data.images import ImageTransform
-from raylab.resources import THREADS_PER_ACTOR
-from raylab.resources import current as current_resources
 from raylab.data.store import cache_root, read_dataset, staged_directory, write_shards
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig
 from raylab.methods.nnguide.detectors import LinearHead, ModelOutputs
+from raylab.resources import THREADS_PER_ACTOR
+from raylab.resources import current as current_resources
 
 CACHE_FORMAT = 1
 

@@ -46,7 +46,6 @@ from raylab.train.harness import (
     unwrap,
 )
 
-
 FINAL_STATE = "final_state.pt"
 
 

@@ -20,7 +20,6 @@ from typing import Literal
 from raylab.config import require
 from raylab.features.spec import FeatureSpec
 
-
 TAIL_EMBEDDINGS = ("backbone_stage", "patch_mean")
 
 

@@ -282,6 +282,8 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     import torch
 
     from raylab.data.protocols import apply_long_tail, protocol_from_name
+    from raylab.data.protocols.noise import base_sample_id
+    from raylab.deploy.anomaly_model import log_anomaly_model, pooled_evaluation
     from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
     from raylab.methods.patchcore.model import PatchCore
     from raylab.methods.tailedcore.diagnostics import (
@@ -293,8 +295,6 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     from raylab.methods.tailedcore.model import TailedCore, predict_tail
     from raylab.methods.tailedcore.softpatch import SoftPatch
     from raylab.methods.tailedcore.views import RotationFlipViews
-    from raylab.data.protocols.noise import base_sample_id
-    from raylab.deploy.anomaly_model import log_anomaly_model, pooled_evaluation
     from raylab.timing import phase
     from raylab.tracking.anomaly_artifacts import images_of, log_anomaly_artifacts
 
