@@ -66,7 +66,7 @@ def fit_and_log(data_root: Path, images: int, image_size: int, scratch: Path) ->
     folder = scratch / "images"
     folder.mkdir()
     files = []
-    for sample_id, image in zip(test.column("sample_id").to_pylist(), test.column("image").to_pylist()):
+    for sample_id, image in zip(test.column("sample_id").to_pylist(), test.column("image").to_pylist(), strict=True):
         files.append(folder / f"{len(files):05d}.png")
         files[-1].write_bytes(image)
     labels = np.asarray(test.column("label").to_pylist())
@@ -154,7 +154,7 @@ def main() -> None:
         header = ("path", "round", "seconds", "images/s", "load before", "max rel. diff")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
         plain, ray = statistics.median(plain_times), statistics.median(ray_times)
         print(
             f"\n{len(files)} images, {args.actors} actors x {args.cpus_per_actor} CPU: "

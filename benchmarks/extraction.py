@@ -100,7 +100,7 @@ def plain_loop(table, spec, batch_size: int, steps: bool = False) -> tuple[float
                 )
             else:
                 pixels = torch.from_numpy(
-                    np.stack([transform.image(data, str(i)) for data, i in zip(batch_images, batch_ids)])
+                    np.stack([transform.image(data, str(i)) for data, i in zip(batch_images, batch_ids, strict=True)])
                 )
             patches = embedder(backbone(pixels))
             if spec.l2_normalize:

@@ -168,7 +168,7 @@ def _convert(hint: Any, value: Any, where: str, current: Any = None) -> Any:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise _wrong(hint, value, where)
-        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise _wrong(hint, value, where)

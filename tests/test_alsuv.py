@@ -233,7 +233,7 @@ def test_pixel_inversion_recovers_a_face_the_generator_can_render(ray_session):
     assert together[0].start == int(torch.argmin(errors)) and together[0].pixel_mse == pytest.approx(
         float(errors.min()), rel=1e-4
     )
-    for a, b in zip(together, apart):
+    for a, b in zip(together, apart, strict=True):
         np.testing.assert_allclose(a.canvas, b.canvas, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(3, 8, 8\) canvas, got \(3, 16, 16\)"):
         invert_image(renderer, torch.zeros(3, 16, 16), starts, config)

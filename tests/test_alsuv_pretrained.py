@@ -56,7 +56,7 @@ def _released_iresnet_keys(layers: tuple[int, ...]) -> set[str]:
 def _released_iresnet_parameters(layers: tuple[int, ...]) -> int:
     """Parameter count of arcface_torch's ``iresnet`` from its published shapes (112 px input, 512-d)."""
     total, inplanes = 3 * 64 * 9 + 2 * 64 + 64, 64  # stem conv, bn1, prelu
-    for blocks, planes in zip(layers, (64, 128, 256, 512)):
+    for blocks, planes in zip(layers, (64, 128, 256, 512), strict=True):
         for block in range(blocks):
             total += 2 * inplanes + inplanes * planes * 9 + 2 * planes + planes + planes * planes * 9 + 2 * planes
             total += inplanes * planes + 2 * planes if block == 0 else 0

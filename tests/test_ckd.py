@@ -146,7 +146,7 @@ def test_gallery_draws_are_closed_set_and_seeded() -> None:
     draws = gallery_draws(ids, 1, 3, seed=0)
     for gallery, probe in draws:
         assert sorted(ids[gallery]) == ["x", "y", "z"] and len(probe) == 9 and not set(gallery) & set(probe)
-    assert all((g1 == g2).all() for (g1, _), (g2, _) in zip(draws, gallery_draws(ids, 1, 3, seed=0)))
+    assert all((g1 == g2).all() for (g1, _), (g2, _) in zip(draws, gallery_draws(ids, 1, 3, seed=0), strict=True))
     with pytest.raises(ValueError, match="gallery_per_identity=4"):
         gallery_draws(ids, 4, 1, seed=0)
 

@@ -117,7 +117,7 @@ def test_schema_round_trip_through_shards_and_ray(mt_root, tmp_path, ray_session
     rows = sorted(read_dataset(directory).take_all(), key=lambda r: r["sample_id"])
     expected = sorted(table.to_pylist(), key=lambda r: r["sample_id"])
     assert [r["sample_id"] for r in rows] == [r["sample_id"] for r in expected]
-    for row, want, record in zip(rows, expected, sorted(records, key=lambda r: r.sample_id)):
+    for row, want, record in zip(rows, expected, sorted(records, key=lambda r: r.sample_id), strict=True):
         assert bytes(row["image"]) == want["image"] == record.image
         if record.mask is None:
             assert row["mask"] is None
@@ -215,8 +215,8 @@ def test_magnetic_tile_counts_and_masks(mt_corpus):
     assert set(defects["defect_type"]) == {"Blowhole", "Break", "Crack", "Fray", "Uneven"}
     masks = mt_corpus.column("mask").to_pylist()
     labels = mt_corpus.column("label").to_pylist()
-    assert all(m is not None for m, y in zip(masks, labels) if y == 1)
-    assert all(m is None for m, y in zip(masks, labels) if y == 0)
+    assert all(m is not None for m, y in zip(masks, labels, strict=True) if y == 1)
+    assert all(m is None for m, y in zip(masks, labels, strict=True) if y == 0)
     assert set(frame["class_name"]) == {"magnetic_tile"}
     assert not frame["injected_noise"].any()
 
@@ -415,7 +415,9 @@ def test_noise_keep_injected_in_test_adds_copies(elpv_corpus):
     copies = table.filter(table["injected_noise"]).to_pylist()
     assert all(c["sample_id"].endswith("#injected") for c in copies)
     assert {base_sample_id(c["sample_id"]) for c in copies} == injected_ids(removed)  # same draw
-    images = dict(zip(elpv_corpus.column("sample_id").to_pylist(), elpv_corpus.column("image").to_pylist()))
+    images = dict(
+        zip(elpv_corpus.column("sample_id").to_pylist(), elpv_corpus.column("image").to_pylist(), strict=True)
+    )
     for copy in copies:
         assert copy["image"] == images[base_sample_id(copy["sample_id"])]
         assert copy["split"] == "train"
@@ -483,14 +485,14 @@ def test_image_transform_batch(mt_root):
 
 def test_subsample_corpus_is_stratified_and_seeded(mt_corpus):
     small = subsample_corpus(mt_corpus, per_group=20, seed=0)
-    counts = Counter(zip(small["split"].to_pylist(), small["label"].to_pylist()))
+    counts = Counter(zip(small["split"].to_pylist(), small["label"].to_pylist(), strict=True))
     assert counts == {("train", 0): 20, ("test", 0): 20, ("test", 1): 20}
     assert subsample_corpus(mt_corpus, 20, seed=0).equals(small)
     assert set(subsample_corpus(mt_corpus, 20, seed=1)["sample_id"].to_pylist()) != set(small["sample_id"].to_pylist())
     assert set(small["sample_id"].to_pylist()) <= set(mt_corpus["sample_id"].to_pylist())
     # Groups smaller than per_group are kept whole.
     big = subsample_corpus(mt_corpus, per_group=300, seed=0)
-    assert Counter(zip(big["split"].to_pylist(), big["label"].to_pylist())) == {
+    assert Counter(zip(big["split"].to_pylist(), big["label"].to_pylist(), strict=True)) == {
         ("train", 0): 300,
         ("test", 0): 286,
         ("test", 1): 300,
@@ -512,7 +514,9 @@ def test_spread_classes_keeps_whole_classes_from_both_ends(shared_data):
 
 def test_subsample_corpus_keeps_every_class(elpv_corpus):
     small = subsample_corpus(elpv_corpus, per_group=10, seed=0)
-    groups = Counter(zip(small["class_name"].to_pylist(), small["split"].to_pylist(), small["label"].to_pylist()))
+    groups = Counter(
+        zip(small["class_name"].to_pylist(), small["split"].to_pylist(), small["label"].to_pylist(), strict=True)
+    )
     assert groups == {
         (c, s, y): 10 for c in ("mono", "poly") for s, y in (("train", 0), ("test", 0), ("test", 1), ("excluded", 1))
     }

@@ -123,7 +123,7 @@ def test_feature_distance_levels_scales_and_calibration():
     # (or of one level) changes nothing, so no level dominates by its raw magnitude.
     rescaled = feature_distance([7 * a[0], a[1] / 50], [7 * b[0], b[1] / 50])
     assert torch.allclose(rescaled, feature_distance(a, b), rtol=1e-4)
-    by_hand = sum(((x - y) ** 2).flatten(1).mean(1) / (x**2).mean() for x, y in zip(a, b))
+    by_hand = sum(((x - y) ** 2).flatten(1).mean(1) / (x**2).mean() for x, y in zip(a, b, strict=True))
     assert torch.allclose(feature_distance(a, b), by_hand, rtol=1e-5)
     assert torch.allclose(
         feature_distance(a, b, [1.0, 0.0]) + feature_distance(a, b, [0.0, 1.0]), feature_distance(a, b)
@@ -375,7 +375,7 @@ def test_selection_trials_are_ray_tasks_with_their_own_resources(ray_session):
 def _toy_folders(root: Path) -> Path:
     """The toy corpus as ``class_folders`` (``blob`` = class 0, ``stripes`` = class 1)."""
     toy = toy_corpus(12)
-    for image, label, sample in zip(toy.images, toy.labels, toy.sample_ids):
+    for image, label, sample in zip(toy.images, toy.labels, toy.sample_ids, strict=True):
         folder = root / toy.class_names[int(label)]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image[0]).save(folder / f"{sample.split('/')[1]}.png")

@@ -172,7 +172,7 @@ def test_batch_predict_scores_a_folder_as_in_process_and_resumes(
     folder = tmp_path / "incoming"
     folder.mkdir()
     images = images_of(corpus, evaluation.test_ids)
-    for sample_id, image in zip(evaluation.test_ids, images):
+    for sample_id, image in zip(evaluation.test_ids, images, strict=True):
         (folder / f"{sample_id.replace('/', '_')}.png").write_bytes(image)
     out = tmp_path / "scored"
     options = PredictOptions(actors=1, chunk_size=5)
@@ -180,7 +180,9 @@ def test_batch_predict_scores_a_folder_as_in_process_and_resumes(
     assert first["scored"] == first["images"] == len(images) and first["skipped"] == 0
     results = pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))]).set_index("sample_id")
     expected = dict(
-        zip([f"{s.replace('/', '_')}.png" for s in evaluation.test_ids], evaluation.prediction.image_scores)
+        zip(
+            [f"{s.replace('/', '_')}.png" for s in evaluation.test_ids], evaluation.prediction.image_scores, strict=True
+        )
     )
     assert set(results.index) == set(expected)
     np.testing.assert_allclose(results["image_score"].to_numpy(), [expected[i] for i in results.index], rtol=1e-5)

@@ -149,7 +149,7 @@ def direct_features(table: pa.Table, spec: FeatureSpec) -> tuple[list[str], np.n
     """The same computation in this process, without Ray: the oracle for the pipeline."""
     transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
     ids = table.column("sample_id").to_pylist()
-    pixels = np.stack([transform.image(b, i) for b, i in zip(table.column("image").to_pylist(), ids)])
+    pixels = np.stack([transform.image(b, i) for b, i in zip(table.column("image").to_pylist(), ids, strict=True)])
     backbone = create_backbone(spec.backbone)
     with torch.inference_mode():
         patches = PatchEmbedder(spec.aggregation_kernel, spec.embed_dim)(backbone(torch.from_numpy(pixels)))
@@ -244,7 +244,7 @@ def test_uint8_hand_off_normalises_to_the_same_pixels(tiles):
     for transform in (ImageTransform(size=112), ImageTransform(size=112, mean=(0.5,) * 3, std=(0.5,) * 3)):
         pixels = transform.resized_batch(images, ids)
         assert pixels.dtype == np.uint8 and pixels.shape == (8, 112, 112, 3)
-        expected = np.stack([transform.image(b, i) for b, i in zip(images, ids)])
+        expected = np.stack([transform.image(b, i) for b, i in zip(images, ids, strict=True)])
         np.testing.assert_array_equal(transform.normalise(pixels), expected)
         in_torch = normalise_tensor(torch.from_numpy(pixels), transform.mean, transform.std)
         assert in_torch.is_contiguous()  # NCHW, as the NumPy path hands the network
@@ -263,7 +263,9 @@ def test_extractor_takes_encoded_images_uint8_or_float_pixels_alike(tiles):
     uint8 = transform.resized_batch(images, ids)
     uint8.flags.writeable = False  # as it comes out of the object store
     from_uint8 = extractor({"sample_id": ids, "pixels": uint8})
-    from_float = extractor({"sample_id": ids, "pixels": np.stack([transform.image(b, i) for b, i in zip(images, ids)])})
+    from_float = extractor(
+        {"sample_id": ids, "pixels": np.stack([transform.image(b, i) for b, i in zip(images, ids, strict=True)])}
+    )
     assert from_bytes["patches"].shape == (6, 14, 14, 152)
     for out in (from_uint8, from_float):
         assert out["sample_id"].tolist() == ids.tolist()

@@ -66,7 +66,7 @@ def test_network_maps_are_per_token_cosine_distances():
     assert [e.shape for e in encoded] == [(3, 5, 4), (3, 5, 6)] == [d.shape for d in decoded]
     amap = net.anomaly_map(tokens)
     manual = torch.stack(
-        [1 - torch.nn.functional.cosine_similarity(e, d, dim=-1) for e, d in zip(encoded, decoded)]
+        [1 - torch.nn.functional.cosine_similarity(e, d, dim=-1) for e, d in zip(encoded, decoded, strict=True)]
     ).mean(0)
     assert torch.allclose(amap, manual) and amap.shape == (3, 5)
 
@@ -309,7 +309,7 @@ def test_clean_oracle_trains_on_the_clean_training_images_only(ray_session, tmp_
         for r in corpus.select(["sample_id", "split", "class_name"]).to_pylist()
         if r["split"] == "train" and r["class_name"] == split.class_name
     }
-    kept_ids = {i for i, k in zip(split.train_ids, keep) if k}
+    kept_ids = {i for i, k in zip(split.train_ids, keep, strict=True) if k}
     assert injected and not (kept_ids & injected)
     assert kept_ids == originals and len(kept_ids) < len(split.train_ids)
 

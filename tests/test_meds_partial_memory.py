@@ -65,7 +65,7 @@ def test_self_matches_are_kept() -> None:
 def test_draws_independent_of_bootstrap_count() -> None:
     long = bootstrap_draws(50, 10, 0.1, seed=7)
     short = bootstrap_draws(50, 5, 0.1, seed=7)
-    for a, b in zip(long[:5], short):
+    for a, b in zip(long[:5], short, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(long[0], bootstrap_draws(50, 1, 0.1, seed=8)[0])
 

@@ -240,7 +240,9 @@ def test_cifar_resnets_load_strict_and_resnet20_classifies_the_jpeg_copy(shared_
         assert expected == {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     assert cifar_subset.num_rows == 500
     outputs = extract_outputs_local(cifar_subset, _resnet_config(shared_weights, "resnet20"))
-    labels = dict(zip(cifar_subset.column("sample_id").to_pylist(), cifar_subset.column("label").to_pylist()))
+    labels = dict(
+        zip(cifar_subset.column("sample_id").to_pylist(), cifar_subset.column("label").to_pylist(), strict=True)
+    )
     truth = np.array([labels[s] for s in outputs.sample_ids])
     assert outputs.features.shape == (500, 64) and outputs.features.min() >= 0  # post-ReLU pooled features
     assert np.mean(outputs.logits.argmax(1) == truth) >= 0.78
@@ -389,7 +391,9 @@ def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
     nnguide_run = next(r for r in runs if r.data.tags.get("raylab.method") == nnguide)
     model = mlflow.pyfunc.load_model(json.loads(nnguide_run.data.tags["raylab.models"])["id"])
     ids = [*bench.roles["id_test"], *bench.roles["ood/digits_6_9"]]
-    by_id = dict(zip(bench.corpus.column("sample_id").to_pylist(), bench.corpus.column("image").to_pylist()))
+    by_id = dict(
+        zip(bench.corpus.column("sample_id").to_pylist(), bench.corpus.column("image").to_pylist(), strict=True)
+    )
     scored = model.predict(pd.DataFrame({"image": [by_id[i] for i in ids]}))
     is_ood = np.r_[np.zeros(len(bench.roles["id_test"])), np.ones(len(bench.roles["ood/digits_6_9"]))]
     assert image_metrics(is_ood, scored["ood_score"].to_numpy())["image_auroc"] == pytest.approx(

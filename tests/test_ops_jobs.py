@@ -230,7 +230,7 @@ def _same(a, b, where: str = "") -> list[str]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{where}: {len(a)} items != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _same(x, y, f"{where}[{i}]")]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _same(x, y, f"{where}[{i}]")]
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return [] if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) else [f"{where}: tensors differ"]
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):

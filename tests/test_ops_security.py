@@ -160,7 +160,7 @@ def test_states_with_numpy_round_trip_through_the_safe_loader(tmp_path):
     loaded = harness.load_state(path)
     assert loaded["epoch"] == 3 and loaded["best"]["accuracy"] == 0.75 and loaded["best"]["model"] is None
     assert len(loaded["history"]) == 2
-    for got, want in zip(loaded["history"], history):
+    for got, want in zip(loaded["history"], history, strict=True):
         assert isinstance(got, np.ndarray) and got.dtype == np.bool_ and np.array_equal(got, want)
     assert loaded["metrics"] == [{"loss": 0.5, "kept": 2}]
     assert loaded["best"]["pair"][0] == 1 and np.array_equal(loaded["best"]["pair"][1], np.arange(3))

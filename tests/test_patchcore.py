@@ -223,7 +223,7 @@ def test_setting_task_logs_nested_run(shared_data, ray_session, tmp_path):
     # from the setting's test images themselves (decoded and embedded inside the model).
     model = mlflow.pyfunc.load_model(model_uri)
     (view,) = class_splits(inject_noise(tiny, NoiseProtocol(0.1, seed=1)).table, IMAGE_SIZE)
-    by_id = dict(zip(tiny.column("sample_id").to_pylist(), tiny.column("image").to_pylist()))
+    by_id = dict(zip(tiny.column("sample_id").to_pylist(), tiny.column("image").to_pylist(), strict=True))
     scored = model.predict(pd.DataFrame({"image": [by_id[base_sample_id(i)] for i in view.test_ids]}))
     assert anomaly_metrics(view.test_labels, scored["image_score"].to_numpy())["image_auroc"] == pytest.approx(
         row["metrics"]["image_auroc"]

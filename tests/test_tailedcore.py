@@ -299,7 +299,7 @@ def test_batched_tail_views_match_the_per_image_computation(shared_data: Path, r
     table = subsample_corpus(load_corpus("magnetic_tile", shared_data), per_group=1, seed=0).slice(0, 3)
     spec, views = FeatureSpec(image_size=112), ViewSpec(rotation_step=90, hflip=True)
     ids, images = table.column("sample_id").to_pylist(), table.column("image").to_pylist()
-    expected = {sid: per_image_view_features(image, spec, views) for sid, image in zip(ids, images)}
+    expected = {sid: per_image_view_features(image, spec, views) for sid, image in zip(ids, images, strict=True)}
     entries = cached_view_features(table, spec, views, root=tmp_path / "tasks", images_per_batch=2)
     assert sorted(entries) == sorted(expected)
     for sid, path in entries.items():

@@ -80,7 +80,7 @@ class ImageTransform:
     def resized_batch(self, images: Sequence[bytes], sample_ids: Sequence) -> np.ndarray:
         """:meth:`resized` of a batch: uint8 (N, size, size, 3)."""
         out = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
-        for row, (data, sample) in enumerate(zip(images, sample_ids)):
+        for row, (data, sample) in enumerate(zip(images, sample_ids, strict=True)):
             out[row] = self.resized(data, str(sample))
         return out
 
@@ -103,7 +103,7 @@ class ImageTransform:
         pixels = self.normalise(self.resized_batch(batch["image"], ids))
         out = {"sample_id": np.asarray(ids), "pixels": pixels}
         if "mask" in batch:
-            out["mask"] = np.stack([self.mask(data, str(i)) for data, i in zip(batch["mask"], ids)])
+            out["mask"] = np.stack([self.mask(data, str(i)) for data, i in zip(batch["mask"], ids, strict=True)])
         return out
 
 

@@ -146,7 +146,7 @@ class ChunkScorer:
 
         folder = self.output / "overlays"
         folder.mkdir(exist_ok=True)
-        for source, image, (_, row) in zip(sources, images, scored.iterrows()):
+        for source, image, (_, row) in zip(sources, images, scored.iterrows(), strict=True):
             if self.overlays == "all" or bool(row["is_anomalous"]):
                 target = folder / (source.sample_id.replace(os.sep, "__") + ".png")
                 amap = np.asarray(row["anomaly_map"], dtype=np.float32)

@@ -87,7 +87,9 @@ class NoveltyScorer:
         from raylab.methods.dcae.data import decode_chw
 
         side, color = self.info["image_size"], self.info["color"]
-        return np.stack([decode_chw(data, sample, color, side) for data, sample in zip(images, sample_ids)])
+        return np.stack(
+            [decode_chw(data, sample, color, side) for data, sample in zip(images, sample_ids, strict=True)]
+        )
 
     def score(self, images: Sequence[bytes], sample_ids: Sequence[str] | None = None) -> np.ndarray:
         from raylab.methods.dcae.training import score_images

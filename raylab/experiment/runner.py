@@ -136,7 +136,7 @@ def _settings(axes: Mapping[str, Sequence[Any]]) -> list[Setting]:
     empty = [axis for axis, values in axes.items() if not len(values)]
     if empty:
         raise ConfigError(f"no values for {', '.join(empty)}: the sweep would run nothing")
-    return [Setting(dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
+    return [Setting(dict(zip(axes, combo, strict=True))) for combo in itertools.product(*axes.values())]
 
 
 def check_data_root(dataset: str, data_root: str | None) -> None:

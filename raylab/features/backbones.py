@@ -81,7 +81,9 @@ def map_in_order(source: dict[str, torch.Tensor], target: nn.Module) -> dict[str
     if len(source) != len(target_state):
         raise ValueError(f"cannot map {len(source)} tensors onto a model with {len(target_state)}")
     mapped = {}
-    for (target_key, target_tensor), (source_key, source_tensor) in zip(target_state.items(), source.items()):
+    for (target_key, target_tensor), (source_key, source_tensor) in zip(
+        target_state.items(), source.items(), strict=True
+    ):
         if target_tensor.shape != source_tensor.shape:
             raise ValueError(
                 f"{source_key} {tuple(source_tensor.shape)} does not fit {target_key} {tuple(target_tensor.shape)}"

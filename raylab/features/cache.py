@@ -117,7 +117,9 @@ def cached_view_features(
     """
     directory = view_cache_directory(spec, views, root)
     ids = table.column("sample_id").to_pylist()
-    entries = {sid: view_entry(directory, image) for sid, image in zip(ids, table.column("image").to_pylist())}
+    entries = {
+        sid: view_entry(directory, image) for sid, image in zip(ids, table.column("image").to_pylist(), strict=True)
+    }
     missing, seen = [], set()
     for row, sid in enumerate(ids):
         if not entries[sid].exists() and entries[sid] not in seen:
@@ -132,7 +134,7 @@ def cached_view_features(
             dataset = feature_batches(table.take(missing), spec, batch_size=batch, views=views, **options)
             for out in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 require_finite(out["patches"], out["sample_id"], spec.backbone.name)
-                for sid, patches in zip(out["sample_id"], out["patches"]):
+                for sid, patches in zip(out["sample_id"], out["patches"], strict=True):
                     target = entries[str(sid)]
                     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
                     with open(staging, "wb") as handle:  # written whole, then renamed: readers never see half a file

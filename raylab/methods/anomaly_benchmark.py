@@ -60,7 +60,7 @@ def class_splits(table: pa.Table, image_size: int) -> list[ClassSplit]:
         raw_masks = test.column("mask").to_pylist()
         masks = None
         if any(m is not None for m in raw_masks):
-            masks = np.stack([transform.mask(m, s) for m, s in zip(raw_masks, test_ids)])
+            masks = np.stack([transform.mask(m, s) for m, s in zip(raw_masks, test_ids, strict=True)])
         splits.append(
             ClassSplit(
                 class_name=class_name,

@@ -76,7 +76,7 @@ class IResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0], eps=1e-5)
         self.prelu = nn.PReLU(STAGE_WIDTHS[0])
         inplanes = STAGE_WIDTHS[0]
-        for index, (blocks, width) in enumerate(zip(layers, STAGE_WIDTHS), start=1):
+        for index, (blocks, width) in enumerate(zip(layers, STAGE_WIDTHS, strict=True), start=1):
             stage = [IBasicBlock(inplanes, width, stride=2)] + [IBasicBlock(width, width) for _ in range(blocks - 1)]
             setattr(self, f"layer{index}", nn.Sequential(*stage))
             inplanes = width

@@ -133,7 +133,7 @@ class IRSEBlock(nn.Module):
             residual = self.shortcut_bn([self.shortcut_conv(x) for x in streams])
         else:
             residual = streams
-        return [o + r for o, r in zip(out, residual)]
+        return [o + r for o, r in zip(out, residual, strict=True)]
 
 
 def make_stage(
@@ -249,7 +249,7 @@ class IRSEResNet(nn.Module):
         self.stem = IRSEStem(config.in_channels, config.stem_width, activation=config.activation)
         stages = []
         channels = config.stem_width
-        for blocks, width in zip(config.layers, config.widths):
+        for blocks, width in zip(config.layers, config.widths, strict=True):
             stages.append(
                 make_stage(channels, width, blocks, se_reduction=config.se_reduction, activation=config.activation)
             )

@@ -30,7 +30,7 @@ def anomaly_overlays(
     figure, axes = plt.subplots(2, count, figsize=(2.4 * count, 5), squeeze=False)
     low = float(np.min([m.min() for m in maps]))
     high = float(np.max([m.max() for m in maps]))
-    for column, (image, amap, mask, title) in enumerate(zip(images, maps, masks, titles)):
+    for column, (image, amap, mask, title) in enumerate(zip(images, maps, masks, titles, strict=True)):
         for row in (0, 1):
             axes[row, column].imshow(image, cmap="gray")
             axes[row, column].axis("off")

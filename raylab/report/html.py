@@ -81,10 +81,10 @@ def results_table(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     grouped = runs.groupby(keys, dropna=False)[columns]
     mean, std, count = grouped.mean(), grouped.std(ddof=0), grouped.size()
     table = pd.DataFrame(index=mean.index)
-    for column, metric in zip(columns, metrics):
+    for column, metric in zip(columns, metrics, strict=True):
         table[metric] = [
             "n/a" if pd.isna(m) else f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}"
-            for m, s in zip(mean[column], std[column])
+            for m, s in zip(mean[column], std[column], strict=True)
         ]
     table["runs"] = count
     return table.reset_index()
@@ -95,7 +95,7 @@ def metric_vs_noise(runs: pd.DataFrame, metrics: Sequence[str]) -> str | None:
         return None
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
+    for axis, metric in zip(axes[0], metrics, strict=True):
         column = f"metric.{metric}"
         for label, group in _series(runs.dropna(subset=[column])):
             stats = group.groupby("noise_ratio")[column].agg(["mean", "std"]).sort_index()
@@ -135,7 +135,7 @@ def per_class_bars(sweep: SweepRuns, metric: str, tracking_uri: str | None) -> s
     figure, axes = plt.subplots(
         1, len(ratios), figsize=(max(4.5, 1.2 * data["class_name"].nunique()) * len(ratios) ** 0.7, 3.8), squeeze=False
     )
-    for axis, ratio in zip(axes[0], ratios):
+    for axis, ratio in zip(axes[0], ratios, strict=True):
         subset = data if ratio is None else data[data["noise_ratio"] == ratio]
         means = subset.groupby(["class_name", "method"])[metric].mean().unstack("method")
         classes, methods = list(means.index), list(means.columns)
@@ -170,7 +170,7 @@ def trial_scatter(runs: pd.DataFrame, metric: str) -> str | None:
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(params), figsize=(3.6 * len(params), 3.4), squeeze=False, sharey=True)
     column = f"metric.{metric}"
-    for axis, param in zip(axes[0], params):
+    for axis, param in zip(axes[0], params, strict=True):
         for method, group in runs.dropna(subset=[column, param]).groupby("method"):
             axis.scatter(pd.to_numeric(group[param]), group[column], s=22, alpha=0.8, label=str(method))
         axis.set(xlabel=param.removeprefix("param."), title=f"{metric} per trial")

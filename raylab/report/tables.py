@@ -35,6 +35,6 @@ def format_table(table: pd.DataFrame, metrics: Sequence[str]) -> str:
         if f"{metric}_mean" in table:
             shown[metric] = [
                 "n/a" if pd.isna(m) else f"{m:.3f} ± {s:.3f}"
-                for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"])
+                for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"], strict=True)
             ]
     return shown.to_string(index=False)

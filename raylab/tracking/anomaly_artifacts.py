@@ -77,7 +77,7 @@ def log_anomaly_artifacts(
 def images_of(corpus: pa.Table, sample_ids: list[str]) -> list[bytes]:
     """The encoded images of ``sample_ids`` (original ids), in that order."""
     rows = corpus.filter(pc.is_in(corpus["sample_id"], pa.array(sample_ids)))
-    by_id = dict(zip(rows.column("sample_id").to_pylist(), rows.column("image").to_pylist()))
+    by_id = dict(zip(rows.column("sample_id").to_pylist(), rows.column("image").to_pylist(), strict=True))
     return [by_id[i] for i in sample_ids]
 
 
@@ -88,7 +88,7 @@ def _overlay(evaluation: ClassEvaluation, corpus: pa.Table, per_side: int, path:
     size = evaluation.prediction.maps.shape[-1]
     images = [
         np.asarray(decode_image(data, sample=i, mode="L").resize((size, size), Image.BILINEAR))
-        for i, data in zip(ids, images_of(corpus, ids))
+        for i, data in zip(ids, images_of(corpus, ids), strict=True)
     ]
     masks = [evaluation.masks[i] if evaluation.masks is not None else None for i in picked]
     titles = [

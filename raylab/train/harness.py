@@ -75,7 +75,7 @@ def _encode(value: Any) -> Any:
         return out
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
         items = [_encode(item) for item in value]
-        if all(a is b for a, b in zip(items, value)):
+        if all(a is b for a, b in zip(items, value, strict=True)):
             return value
         return type(value)(items)
     return value
@@ -93,7 +93,7 @@ def _decode(value: Any) -> Any:
         return out
     if isinstance(value, (list, tuple)):
         items = [_decode(item) for item in value]
-        if all(a is b for a, b in zip(items, value)):
+        if all(a is b for a, b in zip(items, value, strict=True)):
             return value
         return type(value)(items)
     return value

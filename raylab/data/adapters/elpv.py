@@ -55,7 +55,10 @@ def load_elpv(
         else elpv_package_root()
     )
     labels = np.genfromtxt(root / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "probability", "type"])
-    rows = [(str(p), float(q), str(t)) for p, q, t in zip(labels["path"], labels["probability"], labels["type"])]
+    rows = [
+        (str(p), float(q), str(t))
+        for p, q, t in zip(labels["path"], labels["probability"], labels["type"], strict=True)
+    ]
     unknown = sorted({t for _, _, t in rows} - set(MODULE_TYPES))
     if unknown:
         raise ValueError(f"{root / 'labels.csv'}: unknown module types {unknown}")

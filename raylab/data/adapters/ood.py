@@ -78,7 +78,7 @@ def load_cifar10_test(
         split_of = np.full(len(files), "excluded", dtype=object)
         split_of[order[:train_per_class]] = "train"
         split_of[order[train_per_class : train_per_class + n_test]] = "test"
-        for path, split in zip(files, split_of):
+        for path, split in zip(files, split_of, strict=True):
             records.append(file_record(path, root.parent, label=label, class_name=class_name, split=str(split)))
     return records_to_table(records)
 
@@ -139,7 +139,7 @@ def load_mnist_t10k(data_root: str | Path | None, limit: int | None = 2000) -> p
         raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
     records = [
         _array_record("mnist_t10k", f"{i:05d}", image, int(label), str(int(label)), "test", f"mnist_t10k/t10k[{i}]")
-        for i, (image, label) in enumerate(zip(images, labels))
+        for i, (image, label) in enumerate(zip(images, labels, strict=True))
     ]
     return records_to_table(records)
 
@@ -211,7 +211,7 @@ def load_skimage_textures(
             raise ValueError(f"skimage.data.{name}() is {texture.shape}, not a grey image of at least {crop_size} px")
         tops = rng.integers(0, texture.shape[0] - crop_size + 1, crops_per_image)
         lefts = rng.integers(0, texture.shape[1] - crop_size + 1, crops_per_image)
-        for i, (top, left) in enumerate(zip(tops, lefts)):
+        for i, (top, left) in enumerate(zip(tops, lefts, strict=True)):
             crop = texture[top : top + crop_size, left : left + crop_size].astype(np.uint8)
             records.append(
                 _array_record(

@@ -188,7 +188,7 @@ def _step(classes, train_rows, protocol):
 
 def _pareto(classes, train_rows, protocol):
     sizes = np.array([len(train_rows[c]) for c in classes])
-    small = [f"{c} ({n})" for c, n in zip(classes, sizes) if n <= protocol.min_images]
+    small = [f"{c} ({n})" for c, n in zip(classes, sizes, strict=True) if n <= protocol.min_images]
     if small:
         raise ValueError(
             f"the pareto protocol needs more than min_images={protocol.min_images} training images in every class; "
@@ -200,7 +200,7 @@ def _pareto(classes, train_rows, protocol):
     top = int(pmf.argmax())
     desired = np.round(pmf * (sizes[top] / pmf[top])).astype(int)
     kept_sizes = np.maximum(np.minimum(sizes, desired), protocol.min_images)
-    kept = {c: int(k) for c, k in zip(classes, kept_sizes)}
+    kept = {c: int(k) for c, k in zip(classes, kept_sizes, strict=True)}
     total_noise = round(int(kept_sizes.sum()) * protocol.noise_ratio)
     slots = np.array(
         [i for i, c in enumerate(classes) if kept[c] >= protocol.noise_min_class_size for _ in range(kept[c])],

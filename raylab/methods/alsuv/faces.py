@@ -174,7 +174,7 @@ def load_protocol(config: DataConfig, data_root: str | Path | None) -> FaceProto
     images = np.stack(
         [
             decode_to_canvas(data, config.canvas, sample=src)
-            for data, src in zip(corpus.column("image").to_pylist(), sources)
+            for data, src in zip(corpus.column("image").to_pylist(), sources, strict=True)
         ]
     )
     everything = FaceSet(images, identities, ids, sources)
@@ -193,7 +193,9 @@ def choose_targets(protocol: FaceProtocol, per_identity: int) -> tuple[FaceSet, 
 
     Returns the targets and the sources of the images skipped by the face check (reported).
     """
-    images = dict(zip(protocol.corpus.column("source").to_pylist(), protocol.corpus.column("image").to_pylist()))
+    images = dict(
+        zip(protocol.corpus.column("source").to_pylist(), protocol.corpus.column("image").to_pylist(), strict=True)
+    )
     rows: list[int] = []
     skipped: list[str] = []
     held = protocol.held_out

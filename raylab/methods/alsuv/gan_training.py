@@ -195,9 +195,9 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
 
         beta = _ema_beta(cfg, (iteration + 1) * cfg.batch_size)
         with torch.no_grad():
-            for p_ema, p in zip(g_ema.parameters(), generator.parameters()):
+            for p_ema, p in zip(g_ema.parameters(), generator.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - beta)
-            for b_ema, b in zip(g_ema.buffers(), generator.buffers()):
+            for b_ema, b in zip(g_ema.buffers(), generator.buffers(), strict=True):
                 b_ema.copy_(b)
         sums["d_loss"] += float(d_loss)
         sums["g_loss"] += float(g_loss)

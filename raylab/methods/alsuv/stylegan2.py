@@ -355,7 +355,7 @@ class Generator(nn.Module):
         skip = self.to_rgb1(out, latent[:, 1])
         i = 1
         for up_conv, conv, noise1, noise2, to_rgb in zip(
-            self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs
+            self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs, strict=True
         ):
             out = up_conv(out, latent[:, i], noise1)
             out = conv(out, latent[:, i + 1], noise2)

@@ -33,7 +33,7 @@ def _trunk(config: NetworkConfig, joint_bn: bool) -> nn.Sequential:
     """Stem and all stages but the last, on streams."""
     layers: list[nn.Module] = [IRSEStem(3, config.widths[0], joint_bn=joint_bn)]
     channels = config.widths[0]
-    for blocks, width in zip(config.layers[:-1], config.widths[:-1]):
+    for blocks, width in zip(config.layers[:-1], config.widths[:-1], strict=True):
         layers.append(make_stage(channels, width, blocks, joint_bn=joint_bn, se_reduction=config.se_reduction))
         channels = width
     return nn.Sequential(*layers)

@@ -82,7 +82,7 @@ def pairs_from_table(
     images = table.column("image").to_pylist()
     ids = table.column("sample_id").to_pylist()
     identities = table.column("class_name").to_pylist()
-    made = [make_pair(image, pairs, network, sample=sample) for image, sample in zip(images, ids)]
+    made = [make_pair(image, pairs, network, sample=sample) for image, sample in zip(images, ids, strict=True)]
     mapping = labels if labels is not None else {name: k for k, name in enumerate(dict.fromkeys(identities))}
     return PairSet(
         faces=np.stack([m[0] for m in made]),

@@ -88,7 +88,7 @@ def decode_corpus(corpus: pa.Table, color: str = "L", resize_to: int | None = No
     ids = corpus.column("sample_id").to_pylist()
     arrays = []
     first: tuple[str, tuple[int, int]] | None = None
-    for sample, data in zip(ids, corpus.column("image").to_pylist()):
+    for sample, data in zip(ids, corpus.column("image").to_pylist(), strict=True):
         array = decode_chw(data, sample, color, resize_to)
         size = (array.shape[2], array.shape[1])  # width x height, as Pillow gives it
         if resize_to is None and first is None:
@@ -100,7 +100,7 @@ def decode_corpus(corpus: pa.Table, color: str = "L", resize_to: int | None = No
             )
         arrays.append(array)
     labels = np.asarray(corpus.column("label").to_pylist(), dtype=np.int64)
-    names = dict(zip(labels.tolist(), corpus.column("class_name").to_pylist()))
+    names = dict(zip(labels.tolist(), corpus.column("class_name").to_pylist(), strict=True))
     images = np.stack(arrays) if arrays else np.zeros((0, 1 if color == "L" else 3, 1, 1), np.uint8)
     return DecodedCorpus(
         images=images,

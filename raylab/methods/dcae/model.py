@@ -165,7 +165,7 @@ def feature_distance(
     if scales.shape != (len(reference),) or not torch.all(scales > 0):
         raise ValueError(f"need one positive scale per level ({len(reference)}), got {scales.tolist()}")
     total = reference[0].new_zeros(reference[0].shape[0])
-    for weight, scale, a, b in zip(weights, scales, reference, query):
+    for weight, scale, a, b in zip(weights, scales, reference, query, strict=True):
         if weight:
             total = total + weight * (a - b).pow(2).flatten(1).mean(1) / (scale + FEATURE_EPS)
     return total

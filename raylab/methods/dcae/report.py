@@ -47,7 +47,7 @@ def format_per_class_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
     for method in methods:
         shown[method] = [
             "n/a" if pd.isna(m) else f"{m:.3f} ± {s:.3f}"
-            for m, s in zip(table[f"{method}_mean"], table[f"{method}_std"])
+            for m, s in zip(table[f"{method}_mean"], table[f"{method}_std"], strict=True)
         ]
     shown["n_seeds"] = table["n_seeds"]
     return shown.to_string(index=False)
@@ -65,7 +65,9 @@ def _pyplot():
 def bar_chart(table: pd.DataFrame, methods: Sequence[str], path: str | Path, title: str) -> Path:
     """AUROC per normal class (and the mean), one bar per method, error bars = std over seeds."""
     plt = _pyplot()
-    labels = [f"{c}\n{n}" if n and n != c else c for c, n in zip(table["normal_class"], table["class_name"])]
+    labels = [
+        f"{c}\n{n}" if n and n != c else c for c, n in zip(table["normal_class"], table["class_name"], strict=True)
+    ]
     positions = np.arange(len(labels))
     width = 0.8 / len(methods)
     figure, axis = plt.subplots(figsize=(max(7.0, 0.9 * len(labels) + 2), 4.2))

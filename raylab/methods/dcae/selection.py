@@ -265,7 +265,7 @@ def select_loss_weights(
         outcomes = _evaluate_round(
             candidates, fit, queries, is_pseudo, network, train, selection, seed=seed, epochs=epochs, on_ray=on_ray
         )
-        for trial, (value, placement) in zip(asked, outcomes):
+        for trial, (value, placement) in zip(asked, outcomes, strict=True):
             if value is None:  # non-finite novelty scores
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:

@@ -172,7 +172,7 @@ def frozen(module: torch.nn.Module):
     try:
         yield module
     finally:
-        for parameter, flag in zip(module.parameters(), flags):
+        for parameter, flag in zip(module.parameters(), flags, strict=True):
             parameter.requires_grad_(flag)
 
 

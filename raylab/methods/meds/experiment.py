@@ -264,7 +264,7 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
             run.log_metrics(metrics)
             if method == "meds":
                 # One step per stage-3 pass (classes with fewer passes end earlier).
-                for epoch, per_class in enumerate(zip(*filter_rows)):
+                for epoch, per_class in enumerate(zip(*filter_rows, strict=True)):
                     run.log_metrics({k: float(np.nanmean([c[k] for c in per_class])) for k in per_class[0]}, step=epoch)
                 log_training_curves(run, curves)
             log_anomaly_artifacts(run, class_evaluations, inputs.corpus, features=config.features)

@@ -38,7 +38,7 @@ def global_cosine_hard_mining(
     ``factor``, focusing training on the hard tokens.
     """
     total = encoded[0].new_zeros(())
-    for target, output in zip(encoded, decoded):
+    for target, output in zip(encoded, decoded, strict=True):
         target = target.detach()
         with torch.no_grad():
             point_distance = 1 - F.cosine_similarity(target, output, dim=-1)

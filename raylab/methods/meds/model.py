@@ -111,7 +111,7 @@ class ReconstructionScoreNet(nn.Module):
 
 
 def token_distance(encoded: Sequence[torch.Tensor], decoded: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([1 - F.cosine_similarity(e, d, dim=-1) for e, d in zip(encoded, decoded)]).mean(0)
+    return torch.stack([1 - F.cosine_similarity(e, d, dim=-1) for e, d in zip(encoded, decoded, strict=True)]).mean(0)
 
 
 def _group_width(group: ChannelSlices) -> int:

@@ -191,7 +191,7 @@ def _task_slots() -> int:
 def split_chunks(items: Sequence[Any], num_chunks: int) -> list[list[Any]]:
     """Contiguous, near-equal chunks in order (empty chunks dropped)."""
     bounds = np.linspace(0, len(items), num_chunks + 1).round().astype(int)
-    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 def _run_chunks_with_ray(
@@ -216,7 +216,7 @@ def _run_chunks_with_ray(
         bar(sum(len(chunk) for chunk in chunks), "partial memories", "bootstraps") as progress,
         heartbeat("partial-memory tasks"),
     ):
-        pending, sizes = list(refs), {ref: len(chunk) for ref, chunk in zip(refs, chunks)}
+        pending, sizes = list(refs), {ref: len(chunk) for ref, chunk in zip(refs, chunks, strict=True)}
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             progress.update(sum(sizes[ref] for ref in done))

@@ -72,7 +72,7 @@ def _seeded_subset(ids: np.ndarray, count: int | None, seed: int, salt: int) -> 
 
 
 def _class_order(table: pa.Table) -> tuple[str, ...]:
-    pairs = sorted(set(zip(table.column("label").to_pylist(), table.column("class_name").to_pylist())))
+    pairs = sorted(set(zip(table.column("label").to_pylist(), table.column("class_name").to_pylist(), strict=True)))
     names = [name for _, name in pairs]
     if len(names) != len(set(names)):
         raise ValueError("the ID dataset maps one class name to several labels")
@@ -138,7 +138,7 @@ def build_benchmark(
     id_labels = {
         sid: index[name]
         for table in (train, test)
-        for sid, name in zip(table.column("sample_id").to_pylist(), table.column("class_name").to_pylist())
+        for sid, name in zip(table.column("sample_id").to_pylist(), table.column("class_name").to_pylist(), strict=True)
     }
     return Benchmark(corpus, id_classes, roles, id_labels, config.validation_ood)
 

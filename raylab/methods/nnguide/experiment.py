@@ -190,7 +190,9 @@ def training_data(bench: Benchmark, config: NNGuideEvalConfig) -> tuple[np.ndarr
     from raylab.methods.nnguide.features import transform_for
 
     transform = transform_for(config.classifier)
-    images = dict(zip(bench.corpus.column("sample_id").to_pylist(), bench.corpus.column("image").to_pylist()))
+    images = dict(
+        zip(bench.corpus.column("sample_id").to_pylist(), bench.corpus.column("image").to_pylist(), strict=True)
+    )
     pixels = np.stack([transform.image(images[sid], sid) for sid in bench.roles["id_fit"].tolist()])
     return pixels, bench.labels("id_fit")
 

@@ -134,7 +134,9 @@ def extract_outputs_local(
             pixels = np.stack(
                 [
                     transform.image(image, str(sid))
-                    for image, sid in zip(images[start : start + batch_size], ids[start : start + batch_size])
+                    for image, sid in zip(
+                        images[start : start + batch_size], ids[start : start + batch_size], strict=True
+                    )
                 ]
             )
             f = model.features(torch.from_numpy(pixels))

@@ -72,7 +72,7 @@ def bar_chart(table: pd.DataFrame, ood_names: Sequence[str], path: str | Path, t
     methods = table["method"].tolist()
     width = 0.8 / len(groups)
     figure, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.1 * len(methods) + 3), 4.2))
-    for axis, metric in zip(axes, ("auroc", "fpr95")):
+    for axis, metric in zip(axes, ("auroc", "fpr95"), strict=True):
         positions = np.arange(len(methods))
         for g, group in enumerate(groups):
             column = metric if group == "average" else f"{metric}/{group}"

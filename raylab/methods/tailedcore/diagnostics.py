@@ -33,7 +33,7 @@ def defect_patch_cells(masks: list[bytes | None], ids: list[str], image_size: in
     rows = np.linspace(0, image_size, grid[0] + 1).astype(int)
     columns = np.linspace(0, image_size, grid[1] + 1).astype(int)
     cells = np.zeros((len(masks), *grid), dtype=bool)
-    for i, (mask, sample) in enumerate(zip(masks, ids)):
+    for i, (mask, sample) in enumerate(zip(masks, ids, strict=True)):
         if mask is None:
             continue
         pixels = transform.mask(mask, sample)

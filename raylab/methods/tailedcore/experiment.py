@@ -473,7 +473,7 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     grid = axes(request)
     trials, tail_images = [], set()
     for values in itertools.product(*grid.values()):
-        setting = Setting(dict(zip(grid, values)))
+        setting = Setting(dict(zip(grid, values, strict=True)))
         protocol = protocol_from_name(
             setting["protocol"],
             setting["noise_ratio"],

@@ -25,7 +25,7 @@ def auroc_bars(
     )
     width = 0.8 / max(1, len(methods))
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
+    for axis, metric in zip(axes[0], metrics, strict=True):
         for m, method in enumerate(methods):
             means, stds = [], []
             for _, setting in settings.iterrows():
