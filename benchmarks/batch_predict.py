@@ -66,7 +66,7 @@ def fit_and_log(data_root: Path, images: int, image_size: int, scratch: Path) ->
     folder = scratch / "images"
     folder.mkdir()
     files = []
-    for sample_id, image in zip(test.column("sample_id").to_pylist(), test.column("image").to_pylist(), strict=True):
+    for _sample_id, image in zip(test.column("sample_id").to_pylist(), test.column("image").to_pylist(), strict=True):
         files.append(folder / f"{len(files):05d}.png")
         files[-1].write_bytes(image)
     labels = np.asarray(test.column("label").to_pylist())
@@ -158,7 +158,8 @@ def main() -> None:
         plain, ray = statistics.median(plain_times), statistics.median(ray_times)
         print(
             f"\n{len(files)} images, {args.actors} actors x {args.cpus_per_actor} CPU: "
-            f"plain {len(files) / plain:.1f} images/s, raylab predict {len(files) / ray:.1f} images/s, ratio {plain / ray:.2f}x"
+            f"plain {len(files) / plain:.1f} images/s, raylab predict {len(files) / ray:.1f} images/s, "
+            f"ratio {plain / ray:.2f}x"
         )
 
 

@@ -165,7 +165,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(
         f"{n} magnetic-tile images, {spec.backbone.name} at {spec.image_size} px, batch {args.batch_size}, "
-        f"plain loop torch threads {torch.get_num_threads()}, {os.cpu_count()} cores here, load {os.getloadavg()[0]:.2f}"
+        f"plain loop torch threads {torch.get_num_threads()}, {os.cpu_count()} cores here, "
+        f"load {os.getloadavg()[0]:.2f}"
     )
 
     rows: list[tuple[str, ...]] = []
@@ -253,7 +254,8 @@ def main() -> None:
     init_ray(num_cpus=args.num_cpus)
     ray_start = time.perf_counter() - started
     print(
-        f"Ray started in {ray_start:.2f} s on {args.num_cpus} CPUs ({describe_plan(table, args.decode, args.source, args.actors)})"
+        f"Ray started in {ray_start:.2f} s on {args.num_cpus} CPUs "
+        f"({describe_plan(table, args.decode, args.source, args.actors)})"
     )
     try:
         first = ray_path("ray, first run", None)

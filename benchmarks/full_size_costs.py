@@ -159,7 +159,8 @@ def main() -> None:
                 seconds, peak = measure(command, env)
                 runs.append((estimate, seconds, peak))
                 print(
-                    f"{key:24s} {label:8s} {seconds:7.1f} s  peak {peak / 2**30:5.2f} GB  work {estimate['work']:.3g} {estimate['work_unit']}",
+                    f"{key:24s} {label:8s} {seconds:7.1f} s  peak {peak / 2**30:5.2f} GB  "
+                    f"work {estimate['work']:.3g} {estimate['work_unit']}",
                     flush=True,
                 )
             (first, first_seconds, first_peak), (second, second_seconds, _) = runs
@@ -190,7 +191,8 @@ def main() -> None:
         path.write_text(
             "# Smoke-budget measurements of the paper-size configs, scaled by --dry-run.\n"
             "# Written by: python benchmarks/full_size_costs.py --data-root ../shared/data --write\n"
-            f"# Measured {time.strftime('%Y-%m-%d')} on {device}; note the machine's load beside the numbers you report.\n"
+            f"# Measured {time.strftime('%Y-%m-%d')} on {device}; "
+            "note the machine's load beside the numbers you report.\n"
             + yaml.safe_dump({**(existing or {}), **measurements}, sort_keys=True)
         )
         print(f"wrote {path}")

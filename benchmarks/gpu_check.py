@@ -20,7 +20,7 @@ GPU/CPU. Exit code 0 when every check passed, 1 when one failed, and 0 with the 
 
 Run: ``python benchmarks/gpu_check.py [--quick]`` from the repository root, with the GPU
 stack installed (``pip install -e '.[gpu]'``; see cluster/README.md for driver and CUDA).
-Put its output in README.md ("Scale out") with the GPU's name.
+Put its output in cluster/README.md ("Running jobs on a cluster": GPU check) with the GPU's name.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def main() -> None:
     truth = np.asarray(sizes)[labels] <= prediction.max_k
     hits = (prediction.is_tail & truth).sum()
     print(
-        f"classes {len(sizes)}, max_K {prediction.max_k}, tail precision {hits / max(1, prediction.is_tail.sum()):.3f}, recall {hits / max(1, truth.sum()):.3f}"
+        f"classes {len(sizes)}, max_K {prediction.max_k}, "
+        f"tail precision {hits / max(1, prediction.is_tail.sum()):.3f}, recall {hits / max(1, truth.sum()):.3f}"
     )
     if args.save:
         np.save(args.save, prediction.class_sizes)

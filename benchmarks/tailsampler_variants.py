@@ -1,4 +1,4 @@
-"""TailSampler variants on longtail_mix: which images each calls tail, against the protocol's truth.
+r"""TailSampler variants on longtail_mix: which images each calls tail, against the protocol's truth.
 
 The fidelity audit found the release's TailSampler (pooled last stage, 15% trim, 15% tail
 share) calling ~39 images tail on step K=1 where 8 are, a third of the injected defect
@@ -17,7 +17,8 @@ What it measured (means over seeds 100-102) and the choice it led to
 (``tail_embedding: patch_mean`` in that config) are in raylab/methods/tailedcore/README.md.
 
     flock /tmp/raylab-heavy-b.lock python benchmarks/tailsampler_variants.py --data-root ../shared/data
-    flock /tmp/raylab-heavy-b.lock python benchmarks/tailsampler_variants.py --data-root ../shared/data --auroc release,patch_mean,true_tail
+    flock /tmp/raylab-heavy-b.lock python benchmarks/tailsampler_variants.py --data-root ../shared/data \
+        --auroc release,patch_mean,true_tail
 """
 
 from __future__ import annotations
@@ -254,7 +255,8 @@ def main() -> None:
     parser.add_argument(
         "--auroc",
         default="",
-        help=f"comma-separated, from {', '.join(AUROC_VARIANTS)}: also fit TailedCore with that tail and report its AUROC",
+        help=f"comma-separated, from {', '.join(AUROC_VARIANTS)}: "
+        "also fit TailedCore with that tail and report its AUROC",
     )
     parser.add_argument(
         "--auroc-protocols", default="step_k1", help="protocols for --auroc (each fit costs a TailedCore trial)"
@@ -288,7 +290,8 @@ def main() -> None:
                 }
             )
             print(
-                f"  {variant} {trial.protocol} seed {trial.seed}: image AUROC {auroc_rows[-1]['image_auroc']:.3f} ({time.perf_counter() - tic:.0f} s)"
+                f"  {variant} {trial.protocol} seed {trial.seed}: image AUROC {auroc_rows[-1]['image_auroc']:.3f} "
+                f"({time.perf_counter() - tic:.0f} s)"
             )
     if auroc_rows:
         print("\nTailedCore with each tail, mean ± std over seeds", args.seeds)

@@ -65,7 +65,8 @@ def main() -> None:
             for label, interval in settings.items():
                 results[label].append(one_run(interval, Path(scratch), f"{label.replace(' ', '-')}-{repeat}"))
     print(
-        f"{'setting':<12} {'interval':>8} {'to loop':>8} {'after loop':>10} {'total':>7}   (median of {args.repeats}, seconds)"
+        f"{'setting':<12} {'interval':>8} {'to loop':>8} {'after loop':>10} {'total':>7}"
+        f"   (median of {args.repeats}, seconds)"
     )
     medians = {}
     for label, interval in settings.items():

@@ -220,7 +220,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     print(
-        f"raylab serve: {args.model_uri} at {url} (POST {url}/predict, GET {url}/healthz, GET {url}/model); Ctrl-C stops it",
+        f"raylab serve: {args.model_uri} at {url} (POST {url}/predict, GET {url}/healthz, GET {url}/model); "
+        "Ctrl-C stops it",
         file=sys.stderr,
     )
     stop.wait()

@@ -407,5 +407,5 @@ def test_case_count(request):
     session = request.session
     cases = [item for item in session.items if item.module is request.module and item.name != request.node.name]
     print(f"\nbad-input cases: {len(cases)}")
-    warnings.warn(f"bad-input cases: {len(cases)}", UserWarning)
+    warnings.warn(f"bad-input cases: {len(cases)}", UserWarning, stacklevel=1)
     assert len(cases) >= 60

@@ -60,7 +60,7 @@ def test_shared_bn_normalises_over_both_modalities() -> None:
 
 def test_variants_forward_and_encoder() -> None:
     face, eyes = _batch()
-    for name, switches in VARIANTS.items():
+    for _name, switches in VARIANTS.items():
         net = build_ckd_net(TINY, 5, switches, seed=0)
         out = net(face if switches.use_face else None, eyes)
         assert out.periocular_logits.shape == (6, 5) and out.periocular_embedding.shape == (6, 32)

@@ -56,7 +56,10 @@ def installed(tmp_path_factory) -> Path:
 
 def _raylab(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(site)}
-    code = "import sys, raylab, raylab.cli; print(raylab.__file__, file=sys.stderr); sys.exit(raylab.cli.main(sys.argv[1:]))"
+    code = (
+        "import sys, raylab, raylab.cli; print(raylab.__file__, file=sys.stderr); "
+        "sys.exit(raylab.cli.main(sys.argv[1:]))"
+    )
     return subprocess.run(
         [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )

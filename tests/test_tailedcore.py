@@ -443,7 +443,8 @@ def test_dtd_defects_corpus_keeps_test_pixels_out_of_training(shared_data: Path)
 def test_tailedcore_sweep_job(shared_data: Path, ray_session, tmp_path):
     config = tmp_path / "small.yaml"
     config.write_text(
-        "dataset_options: {classes: [banded, bumpy, cracked], train_images: 20, test_good_images: 6, test_defective_images: 6}\n"
+        "dataset_options: {classes: [banded, bumpy, cracked], train_images: 20, "
+        "test_good_images: 6, test_defective_images: 6}\n"
         "protocols: [step_k1]\nseeds: [0]\nnoise_ratios: [0.1]\n"
         "tailedcore: {tail_rotation_step: 90, coreset_ratio: 0.1, tail_embedding: patch_mean}\n"
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 
 import raylab
 from raylab.methods.patchcore import PatchCoreConfig
@@ -117,7 +118,7 @@ def test_tracked_run_marks_failed_runs(session_store):
         with tracked_run(job, "parent") as parent:
             with tracked_run(job, "child", parent_run_id=parent.run_id) as child:
                 parent.log_metrics({"started": 1.0})
-                1 / 0
+                _ = 1 / 0
     client = mlflow.MlflowClient(session_store)
     assert client.get_run(child.run_id).info.status == "FAILED"
     assert client.get_run(parent.run_id).info.status == "FAILED"
@@ -138,7 +139,7 @@ def test_tracked_run_marks_failed_runs(session_store):
 
 def test_tracked_run_with_unloggable_params_is_failed_not_running(session_store):
     job = unique_job()
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException):
         # MLflow rejects a param key with forbidden characters: the run must not stay RUNNING.
         with tracked_run(job, "bad-params", params={"bad key?!": 1}):
             pytest.fail("the body must not run when params cannot be logged")

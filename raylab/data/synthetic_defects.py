@@ -185,7 +185,8 @@ def synthesize_defect(
     pixels = np.asarray(image)
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or min(pixels.shape[:2]) < 8:
         raise ValueError(
-            f"{sample}: synthetic defects need an (H, W[, 3]) uint8 image of at least 8 px, got {pixels.shape} {pixels.dtype}"
+            f"{sample}: synthetic defects need an (H, W[, 3]) uint8 image of at least 8 px, "
+            f"got {pixels.shape} {pixels.dtype}"
         )
     rgb = np.asarray(Image.fromarray(pixels).convert("RGB"))
     shape = rgb.shape[:2]

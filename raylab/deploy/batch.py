@@ -44,7 +44,8 @@ class PredictOptions:
             raise ValueError(f"--actors and --chunk-size must be >= 1, got {self.actors} and {self.chunk_size}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise ValueError(
-                f"--cpus-per-actor and --gpus-per-actor must be >= 0, got {self.cpus_per_actor} and {self.gpus_per_actor}"
+                "--cpus-per-actor and --gpus-per-actor must be >= 0, "
+                f"got {self.cpus_per_actor} and {self.gpus_per_actor}"
             )
         if self.overlays not in OVERLAY_CHOICES:
             raise ValueError(f"--overlays must be one of {', '.join(OVERLAY_CHOICES)}, got {self.overlays!r}")
@@ -74,7 +75,8 @@ def list_sources(input_path: str | Path) -> list[Source]:
         schema = pq.read_schema(path)
         if "image" not in schema.names:
             raise ValueError(
-                f"{path}: no 'image' column (found {', '.join(schema.names)}); raylab predict reads encoded images from it"
+                f"{path}: no 'image' column (found {', '.join(schema.names)}); "
+                "raylab predict reads encoded images from it"
             )
         ids = (
             pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()

@@ -75,7 +75,8 @@ def best_run(
     if not candidates:
         described = ", ".join(f"{k}={v}" for k, v in (where or {}).items()) or "no filter"
         raise LookupError(
-            f"{name}: no finished run with models and metric {metric!r} ({described}{', class ' + class_name if class_name else ''})"
+            f"{name}: no finished run with models and metric {metric!r} "
+            f"({described}{', class ' + class_name if class_name else ''})"
         )
     return (max if mode == "max" else min)(candidates, key=lambda pair: pair[0])
 

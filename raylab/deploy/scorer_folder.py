@@ -43,7 +43,8 @@ def read_folder(directory: Path, fmt: str, version: int) -> dict[str, Any]:
     info = json.loads((directory / SCORER_FILE).read_text())
     if info.get("format") != fmt or info.get("version") != version:
         raise ValueError(
-            f"{directory / SCORER_FILE}: not a {fmt} v{version} folder (format {info.get('format')!r}, version {info.get('version')!r})"
+            f"{directory / SCORER_FILE}: not a {fmt} v{version} folder "
+            f"(format {info.get('format')!r}, version {info.get('version')!r})"
         )
     return info
 

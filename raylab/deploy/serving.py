@@ -41,7 +41,8 @@ class ServeOptions:
             raise ValueError(f"replicas: need 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
         if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
             raise ValueError(
-                f"batching: max_batch_size >= 1 and batch_wait_timeout_s >= 0, got {self.max_batch_size}, {self.batch_wait_timeout_s}"
+                "batching: max_batch_size >= 1 and batch_wait_timeout_s >= 0, "
+                f"got {self.max_batch_size}, {self.batch_wait_timeout_s}"
             )
 
 

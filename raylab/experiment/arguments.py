@@ -35,7 +35,8 @@ def experiment_parser(experiment) -> argparse.ArgumentParser:
         description=experiment.description,
         epilog=f"Metrics in the summary rows: {experiment.metrics_help}. Ray: connects to $RAY_ADDRESS "
         "(e.g. under `ray job submit`) or starts a local Ray. MLflow: $MLFLOW_TRACKING_URI, "
-        "else sqlite:///mlflow.db in the working directory (MLflow's default: `mlflow ui` there shows the runs). Config: the profile, then the dataset's "
+        "else sqlite:///mlflow.db in the working directory (MLflow's default: `mlflow ui` there shows the runs). "
+        "Config: the profile, then the dataset's "
         "packaged overlay, then --config, then each --set.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -97,7 +97,8 @@ class Estimate:
             lines.append(f"  peak host memory:    {self.peak_host_bytes / GB:.1f} GB per trial")
         if model.accelerator_bytes is not None:
             lines.append(
-                f"  accelerator memory:  >= {model.accelerator_bytes / GB:.2f} GB per worker ({model.accelerator_step}; "
+                f"  accelerator memory:  >= {model.accelerator_bytes / GB:.2f} GB per worker "
+                f"({model.accelerator_step}; "
                 "tensors only, without the CUDA context and workspaces)"
             )
         lines.append(f"  work per trial:      {model.work:.3g} {model.work_unit}")

@@ -87,7 +87,8 @@ def claim(directory: str | Path, identity: Mapping[str, Any], *, name: str) -> b
         shown = ", ".join(keys[:12]) + (f" and {len(keys) - 12} more" if len(keys) > 12 else "")
         raise IdentityConflict(
             f"sweep name {name!r} already holds results of other inputs (changed: {shown}); "
-            f"pass another --name, drop --name to get a name derived from the inputs, or delete {directory} to start fresh"
+            "pass another --name, drop --name to get a name derived from the inputs, "
+            f"or delete {directory} to start fresh"
         )
     if directory.is_dir() and any(directory.iterdir()):
         raise IdentityConflict(

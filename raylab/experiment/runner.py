@@ -122,7 +122,8 @@ def resolve_config(experiment: Experiment, args: argparse.Namespace) -> Resolved
         owned = sorted(k for k in set(given) & set(experiment.setting_keys) if given[k] != defaults.get(k))
         if owned:
             raise ConfigError(
-                f"{where.rstrip(':')}: {', '.join(owned)} is decided by each setting (use --seeds / --dataset), not by the config"
+                f"{where.rstrip(':')}: {', '.join(owned)} is decided by each setting "
+                "(use --seeds / --dataset), not by the config"
             )
         config = from_mapping(type(base), values, where=where, base=config)
     if experiment.apply_arguments is not None:
@@ -218,8 +219,8 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         _fail(
             parser,
             ValueError(
-                f"{experiment.name}: one trial cannot run here: {shortfall}; lower its Train workers or CPUs per worker "
-                "(see --print-config), or submit it to a cluster"
+                f"{experiment.name}: one trial cannot run here: {shortfall}; "
+                "lower its Train workers or CPUs per worker (see --print-config), or submit it to a cluster"
             ),
         )
     # Auto sizes become numbers here, in the driver, so every trial process asks for the same.

@@ -74,7 +74,8 @@ def require_finite(patches: np.ndarray, sample_ids: np.ndarray, backbone: str) -
     if not finite.all():
         bad = [str(i) for i in np.asarray(sample_ids)[~finite][:5]]
         raise ValueError(
-            f"{backbone} gave non-finite features for {int((~finite).sum())} images (first: {', '.join(bad)}); check the weights and those images"
+            f"{backbone} gave non-finite features for {int((~finite).sum())} images (first: {', '.join(bad)}); "
+            "check the weights and those images"
         )
 
 

@@ -123,7 +123,8 @@ def load_state_strictly(model: nn.Module, path: str | Path, what: str) -> nn.Mod
 
 
 def load_state_dict_strictly(model: nn.Module, state: dict, path: str | Path, what: str) -> None:
-    """``model.load_state_dict(state, strict=True)``, re-raised as a ValueError naming ``path`` and the differing keys."""
+    """``model.load_state_dict(state, strict=True)``, re-raised as a ValueError naming
+    ``path`` and the differing keys."""
     expected = model.state_dict()
     # BatchNorm fills a missing ``num_batches_tracked`` itself (older files lack it), as strict loading allows.
     missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))

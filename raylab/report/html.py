@@ -64,7 +64,10 @@ def _png(figure) -> str:
 
 
 def _img(data: str, alt: str) -> str:
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    return (
+        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+    )
 
 
 def primary_metrics(runs: pd.DataFrame, limit: int = 3) -> list[str]:
@@ -221,7 +224,8 @@ def parent_figures(sweep: SweepRuns, tracking_uri: str | None) -> list[tuple[str
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1200px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; font-size: .85em; } td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
+table { border-collapse: collapse; font-size: .85em; } \
+td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th { background: #f3f3f3; } figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
 figcaption, .note { color: #666; font-size: .85em; } code { background: #f5f5f5; padding: 0 .2em; }
 """
@@ -237,7 +241,8 @@ def render(sweep: SweepRuns, tracking_uri: str | None = None) -> str:
     parts = [
         f"<h1>{html.escape(sweep.experiment)}: {html.escape(parent.info.run_name)}</h1>",
         f'<p class="note">parent run <code>{parent.info.run_id}</code> ({parent.info.status}, started {started}), '
-        f"{len(runs)} finished nested runs, methods: {html.escape(', '.join(sorted(map(str, runs['method'].dropna().unique()))))}; "
+        f"{len(runs)} finished nested runs, "
+        f"methods: {html.escape(', '.join(sorted(map(str, runs['method'].dropna().unique()))))}; "
         f"tracking URI <code>{html.escape(str(tracking_uri or ''))}</code></p>",
         "<h2>Results (mean ± std over seeds)</h2>",
         results_table(runs, metrics).to_html(index=False, escape=True),
@@ -271,9 +276,8 @@ def render(sweep: SweepRuns, tracking_uri: str | None = None) -> str:
         parts.extend(_img(data, caption) for data, caption in logged)
     title = html.escape(f"raylab report: {sweep.experiment} / {parent.info.run_name}")
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head><body>\n'
-        + "\n".join(parts)
-        + "\n</body></html>\n"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
 
 

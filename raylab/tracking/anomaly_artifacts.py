@@ -92,7 +92,8 @@ def _overlay(evaluation: ClassEvaluation, corpus: pa.Table, per_side: int, path:
     ]
     masks = [evaluation.masks[i] if evaluation.masks is not None else None for i in picked]
     titles = [
-        f"{'most' if n < per_side else 'least'} | label {evaluation.labels[i]} | {evaluation.prediction.image_scores[i]:.3g}"
+        f"{'most' if n < per_side else 'least'} | label {evaluation.labels[i]} | "
+        f"{evaluation.prediction.image_scores[i]:.3g}"
         for n, i in enumerate(picked)
     ]
     anomaly_overlays(images, [evaluation.prediction.maps[i] for i in picked], masks, titles, path)

@@ -52,7 +52,8 @@ def load_identity_folders(
     identities = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
     if len(identities) < 2:
         raise DatasetNotFoundError(
-            f"{root} holds {len(identities)} identity folder(s); expected <identity>/<images> folders for at least 2 people"
+            f"{root} holds {len(identities)} identity folder(s); "
+            "expected <identity>/<images> folders for at least 2 people"
         )
     files = {identity: image_files(root / identity) for identity in identities}
     too_few = [f"{root / i} ({len(f)} image)" for i, f in files.items() if len(f) < min_images]

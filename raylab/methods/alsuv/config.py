@@ -412,8 +412,8 @@ class DataConfig:
         require(
             self.images_per_identity is None or self.images_per_identity >= max(2, self.targets_per_identity),
             "images_per_identity",
-            f"must be null or >= max(2, targets_per_identity={self.targets_per_identity}) (genuine pairs need two images), "
-            f"got {self.images_per_identity}",
+            f"must be null or >= max(2, targets_per_identity={self.targets_per_identity}) "
+            f"(genuine pairs need two images), got {self.images_per_identity}",
         )
 
 
@@ -554,13 +554,14 @@ class AlsuvConfig:
             require(
                 setup.model.size == canvas,
                 "generator.model.size",
-                f"is {setup.model.size} but data.canvas.size is {canvas}: a generator trained here learns the canvases, so they must agree",
+                f"is {setup.model.size} but data.canvas.size is {canvas}: "
+                "a generator trained here learns the canvases, so they must agree",
             )
             require(
                 (setup.crop.size_fraction, setup.crop.v_offset_fraction) == (1.0, 0.0),
                 "generator.crop",
-                f"must be {{size_fraction: 1.0, v_offset_fraction: 0.0}} for a generator trained here (its whole output is a "
-                f"canvas face), got {setup.crop}",
+                "must be {size_fraction: 1.0, v_offset_fraction: 0.0} for a generator trained here "
+                f"(its whole output is a canvas face), got {setup.crop}",
             )
         else:
             require(

@@ -105,7 +105,8 @@ def load_mobilefacenet(path: str | Path) -> MobileFaceNet:
     state = checkpoint.get("net_state_dict") if isinstance(checkpoint, dict) else None
     if state is None:
         raise KeyError(
-            f"{path}: expected a dict with 'net_state_dict', got {type(checkpoint).__name__} {list(checkpoint)[:5] if isinstance(checkpoint, dict) else ''}"
+            f"{path}: expected a dict with 'net_state_dict', got {type(checkpoint).__name__} "
+            f"{list(checkpoint)[:5] if isinstance(checkpoint, dict) else ''}"
         )
     model = MobileFaceNet()
     try:

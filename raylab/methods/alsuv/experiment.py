@@ -123,8 +123,9 @@ def check(request: Request[AlsuvConfig]) -> None:
         if found.architecture() != config.generator.model.architecture():
             size, style_dim, n_mlp, widths = found.architecture()
             raise ValueError(
-                f"generator.model: {files['generator']} holds a {size} px generator (style_dim {style_dim}, n_mlp {n_mlp}, "
-                f"widths {list(widths)} from 4 px up) but the config describes {config.generator.model}; set generator.model to the file's"
+                f"generator.model: {files['generator']} holds a {size} px generator "
+                f"(style_dim {style_dim}, n_mlp {n_mlp}, widths {list(widths)} from 4 px up) "
+                f"but the config describes {config.generator.model}; set generator.model to the file's"
             )
 
 
@@ -320,7 +321,8 @@ def evaluate_seed(
 
 
 def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: TrialContext) -> TrialResult:
-    """The attack for one seed (Ray tasks) and the pixel-inversion ceiling, every output judged by every unseen encoder."""
+    """The attack for one seed (Ray tasks) and the pixel-inversion ceiling, every output
+    judged by every unseen encoder."""
     import numpy as np
     import torch
 
@@ -423,11 +425,12 @@ def report(rows: Sequence[Row], request: Request[AlsuvConfig]) -> Report:
         for name, tars in first["verification"].items()
     )
     header = (
-        f"ALSUV on {request.dataset}: {first['targets']} targets from {first['held_out_identities']} held-out identities, "
-        f"N={config.attack.num_searches} searches x {config.attack.iterations} iterations, seeds {seeds}; "
-        f"encoders on held-out pairs: {verification}\nattack success rates on the unseen encoders (mean ± std over seeds; "
-        f"{CEILING}: the generator's inversion of each target image by pixel loss, {config.inversion.searches} starts x "
-        f"{config.inversion.steps} steps, the ceiling)\n"
+        f"ALSUV on {request.dataset}: {first['targets']} targets from {first['held_out_identities']} "
+        f"held-out identities, N={config.attack.num_searches} searches x {config.attack.iterations} iterations, "
+        f"seeds {seeds}; encoders on held-out pairs: {verification}\n"
+        "attack success rates on the unseen encoders (mean ± std over seeds; "
+        f"{CEILING}: the generator's inversion of each target image by pixel loss, "
+        f"{config.inversion.searches} starts x {config.inversion.steps} steps, the ceiling)\n"
     )
     shown = [m for m in order if m in set(table["method"])]
     mse = {
@@ -501,7 +504,8 @@ def search_step_bytes(config: AlsuvConfig) -> tuple[float, int]:
 
 
 def cost(request: Request[AlsuvConfig]) -> CostModel:
-    """One seed's generator syntheses (every search's and pixel inversion's steps and final renders) and what stays on disk.
+    """One seed's generator syntheses (every search's and pixel inversion's steps and final
+    renders) and what stays on disk.
 
     Counts the face set's identities from its file list and sizes the networks on the meta
     device, so it answers in seconds for FFHQ-256 without its checkpoint or a GPU.
@@ -553,7 +557,10 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
         ) * FLOAT32  # G, its EMA copy, D, both optimisers
         generator = f"a {model.size} px StyleGAN2 trained here for {config.generator.train.iterations} steps"
     else:
-        generator = f"{config.generator.checkpoint} loaded ({model.size} px, face crop {config.generator.face_side} px -> {config.face_size} px canvas)"
+        generator = (
+            f"{config.generator.checkpoint} loaded ({model.size} px, "
+            f"face crop {config.generator.face_side} px -> {config.face_size} px canvas)"
+        )
     accelerator, batch = search_step_bytes(config)
     return CostModel(
         work=work,
@@ -562,13 +569,15 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
         checkpoint_bytes=checkpoints,
         cache_bytes=0.0,
         accelerator_bytes=accelerator,
-        accelerator_step=f"a search step of {batch} latents: synthesis, the source encoder and the gradient back to the latents",
+        accelerator_step=f"a search step of {batch} latents: "
+        "synthesis, the source encoder and the gradient back to the latents",
         notes=(
             f"{targets} targets x {attack.num_searches} searches x ({attack.iterations} steps + {renders} render"
-            f"{'s' if renders > 1 else ''}), and {targets} targets x {inversion.searches} pixel inversions x ({inversion.steps} steps "
-            f"+ 1 render) for the ceiling; {images} faces of {len(per_identity)} identities",
+            f"{'s' if renders > 1 else ''}), and {targets} targets x {inversion.searches} pixel inversions x "
+            f"({inversion.steps} steps + 1 render) for the ceiling; {images} faces of {len(per_identity)} identities",
             f"generator: {generator}",
-            f"encoders trained here (once, shared by the seeds): {', '.join(trained) or 'none'}; loaded: {', '.join(loaded) or 'none'}",
+            f"encoders trained here (once, shared by the seeds): {', '.join(trained) or 'none'}; "
+            f"loaded: {', '.join(loaded) or 'none'}",
         ),
     )
 

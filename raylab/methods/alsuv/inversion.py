@@ -45,7 +45,8 @@ class Inversion:
 def invert_image(
     renderer: FaceRenderer, target: Tensor, initial_w: Tensor, config: InversionConfig
 ) -> tuple[Tensor, Tensor]:
-    """Invert one target canvas from ``len(initial_w)`` W starts (one batch); returns every start's final canvas and error."""
+    """Invert one target canvas from ``len(initial_w)`` W starts (one batch); returns every
+    start's final canvas and error."""
     target = torch.as_tensor(target, dtype=torch.float32)
     if target.shape != (3, renderer.size, renderer.size):
         raise ValueError(

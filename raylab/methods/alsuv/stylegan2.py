@@ -52,6 +52,8 @@ from torch import Tensor, nn
 
 from raylab.methods.alsuv.config import GeneratorConfig  # defined there: typed configs import it without torch
 
+_DEFAULT_CONFIG = GeneratorConfig()  # Generator's default (frozen, so one shared instance is safe)
+
 NoiseMode = Literal["const", "random", "none"]
 BLUR_KERNEL = (1, 3, 3, 1)
 LRELU_SLOPE = 0.2
@@ -264,7 +266,7 @@ class ToRGB(nn.Module):
 class Generator(nn.Module):
     """StyleGAN2 generator: ``mapping`` (z -> w), ``synthesis`` (W+ -> image in about [-1, 1])."""
 
-    def __init__(self, config: GeneratorConfig = GeneratorConfig()) -> None:
+    def __init__(self, config: GeneratorConfig = _DEFAULT_CONFIG) -> None:
         super().__init__()
         self.config = config
         c = config

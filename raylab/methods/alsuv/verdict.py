@@ -45,8 +45,8 @@ def informative_verdict(
         problems.append(f"no {CEILING_METHOD} row on {encoder}, so the ceiling is unknown")
     elif means[CEILING_METHOD] < ceiling:
         problems.append(
-            f"the generator's own pixel inversion of the targets reaches only {means[CEILING_METHOD]:.3f} {metric} on {encoder} "
-            f"(< {ceiling:g}): the generator cannot render these faces well enough for {encoder}"
+            f"the generator's own pixel inversion of the targets reaches only {means[CEILING_METHOD]:.3f} {metric} "
+            f"on {encoder} (< {ceiling:g}): the generator cannot render these faces well enough for {encoder}"
         )
     if all(value == 0.0 for value in attacks.values()):
         problems.append(f"every attack method is at 0 {metric} on {encoder}: nothing separates them")
@@ -54,6 +54,6 @@ def informative_verdict(
         return {"informative": False, "reason": f"not informative: {'; '.join(problems)} (attacks: {listed})"}
     return {
         "informative": True,
-        "reason": f"informative: {CEILING_METHOD} reaches {means[CEILING_METHOD]:.3f} {metric} on {encoder} (>= {ceiling:g}) "
-        f"and the attacks score above 0 there ({listed})",
+        "reason": f"informative: {CEILING_METHOD} reaches {means[CEILING_METHOD]:.3f} {metric} on {encoder} "
+        f"(>= {ceiling:g}) and the attacks score above 0 there ({listed})",
     }

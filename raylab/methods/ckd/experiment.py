@@ -6,10 +6,10 @@ variant with Ray Train (its per-epoch metrics reach Tune through ``TuneReportCal
 evaluates the periocular encoder on the fold's unseen identities and logs a nested MLflow
 run. The trial itself reserves ~0 CPU; its Train workers reserve ``cpus_per_worker`` each
 (0.99 by default: under one CPU, so the trial's own sliver still fits on the node), so the
-config's ``max_concurrent`` trials' workers must fit the cluster. The job prints two tables: each method's mean ± std over its (fold,
-seed) runs, and each method's paired difference to periocular-only training (same fold,
-same seed, same gallery draws), which is what says whether distillation helps beyond the
-run-to-run spread.
+config's ``max_concurrent`` trials' workers must fit the cluster. The job prints two
+tables: each method's mean ± std over its (fold, seed) runs, and each method's paired
+difference to periocular-only training (same fold, same seed, same gallery draws), which
+is what says whether distillation helps beyond the run-to-run spread.
 
 Train run names stay the content hash of :func:`raylab.methods.ckd.training.run_name` (the
 fit and validation pairs' bytes, the CKD config, the variant, the seed, the number of
@@ -279,9 +279,11 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
         checkpoint_bytes=final_bytes + in_flight,
         cache_bytes=0.0,
         accelerator_bytes=accelerator,
-        accelerator_step=f"the largest variant's training step of {train.batch_size} face/periocular pairs, SGD with momentum",
+        accelerator_step=f"the largest variant's training step of {train.batch_size} face/periocular pairs, "
+        "SGD with momentum",
         notes=(
-            f"{len(largest.fit)} fit pairs, {largest.num_classes} training identities; {steps} steps of {train.batch_size} per epoch",
+            f"{len(largest.fit)} fit pairs, {largest.num_classes} training identities; "
+            f"{steps} steps of {train.batch_size} per epoch",
             "parameters: " + ", ".join(f"{m} {n / 1e6:.1f} M" for m, n in parameters.items()),
             f"disk: {final_bytes / GB:.1f} GB of finished runs' best weights + {in_flight / GB:.1f} GB of checkpoints "
             f"in flight ({concurrent} trials at once)",

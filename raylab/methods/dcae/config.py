@@ -2,12 +2,13 @@
 
 DCAE (Park, Jung and Teoh, ICPR 2020) has no public code, so no value below is "official":
 each default is raylab's choice, stated with its reason in :mod:`raylab.methods.dcae` and
-its README (``raylab/methods/dcae/README.md``). The class defaults are the full size (a GPU run: width 64, latent 64, 200
-epochs, 30 selection trials in rounds of 6); :func:`cpu_config` is the size that runs on a 2-core laptop,
-every reduction listed in its docstring. The job's profiles are ``cpu`` (:func:`cpu_config`,
-the default) and ``full`` (the class defaults). The per-dataset YAMLs in ``raylab/configs/dcae/``
-spell out the CPU size; ``mnist_full.yaml`` and ``cifar10_full.yaml`` spell out the full one
-(so either works over any profile).
+its README (``raylab/methods/dcae/README.md``). The class defaults are the full size (a
+GPU run: width 64, latent 64, 200 epochs, 30 selection trials in rounds of 6);
+:func:`cpu_config` is the size that runs on a 2-core laptop, every reduction listed in its
+docstring. The job's profiles are ``cpu`` (:func:`cpu_config`, the default) and ``full``
+(the class defaults). The per-dataset YAMLs in ``raylab/configs/dcae/`` spell out the CPU
+size; ``mnist_full.yaml`` and ``cifar10_full.yaml`` spell out the full one (so either
+works over any profile).
 
 Methods are switches on one code path (:data:`METHODS`): what is trained (``TRAINED``) and
 in which space the novelty score is measured.

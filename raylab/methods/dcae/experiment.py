@@ -264,7 +264,10 @@ def report(rows: Sequence[Row], request: Request[DCAESweepConfig]) -> Report:
 
     methods = request.config.methods
     table = per_class_table([row.to_dict() for row in rows], methods)
-    title = f"{request.dataset}: one-class AUROC per normal class (mean ± std over seeds {','.join(map(str, _seeds(request)))})"
+    title = (
+        f"{request.dataset}: one-class AUROC per normal class "
+        f"(mean ± std over seeds {','.join(map(str, _seeds(request)))})"
+    )
 
     def figures(scratch: Path) -> list[Path]:
         return [bar_chart(table, methods, scratch / "auroc_per_class.png", title)]

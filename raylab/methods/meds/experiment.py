@@ -365,8 +365,8 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
             step_peak_bytes(decoder, decoder_step, train=True, optimizer_moments=2),
             extraction_peak_bytes(config.features),
         ),
-        accelerator_step=f"the larger of a decoder training step ({batch} images x {tokens} tokens, AdamW) and an extraction batch "
-        f"({EXTRACTION_BATCH} images)",
+        accelerator_step=f"the larger of a decoder training step ({batch} images x {tokens} tokens, AdamW) "
+        f"and an extraction batch ({EXTRACTION_BATCH} images)",
         notes=(
             f"{len(train_per_class)} classes, up to {largest} training images each; tokens {height}x{width}x{dim}; "
             f"decoder {parameters / 1e6:.1f} M parameters, the newest checkpoint kept per Train run",
@@ -405,7 +405,8 @@ def report(rows: Sequence[Row], request: Request[MeDSSweepConfig]) -> Report:
 EXPERIMENT = Experiment(
     name=NAME,
     description="MeDS (bootstrapped partial memories, distillation, progressive selection) against PatchCore, "
-    "stage 1 alone, stage 2 alone and a clean-data oracle (MeDS's final detector trained on the clean images only), over noise ratios x seeds on Ray Tune, tracked in MLflow "
+    "stage 1 alone, stage 2 alone and a clean-data oracle (MeDS's final detector trained on the clean images only), "
+    "over noise ratios x seeds on Ray Tune, tracked in MLflow "
     "(a parent run per sweep, nested runs per method and setting).",
     config_type=MeDSSweepConfig,
     profiles={"cpu": MeDSSweepConfig, "full": full_config},

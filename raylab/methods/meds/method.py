@@ -210,7 +210,8 @@ class MeDS:
         keep = np.asarray(keep, dtype=bool)
         if keep.shape != (len(stage2.tokens),) or not keep.any():
             raise ValueError(
-                f"keep must be a non-empty mask over the {len(stage2.tokens)} training images, got shape {keep.shape} with {int(keep.sum())} kept"
+                f"keep must be a non-empty mask over the {len(stage2.tokens)} training images, "
+                f"got shape {keep.shape} with {int(keep.sum())} kept"
             )
         loop_config = {
             **self._common(stage2.tokens, stage2.model_kwargs),

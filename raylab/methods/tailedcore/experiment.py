@@ -169,7 +169,8 @@ class TailedCoreSweepConfig:
 
 
 def full_config() -> TailedCoreSweepConfig:
-    """The paper's size: PatchCore's WideResNet-50 embedder at 224 px, tail views every 15 degrees (needs its weights)."""
+    """The paper's size: PatchCore's WideResNet-50 embedder at 224 px, tail views every 15
+    degrees (needs its weights)."""
     from raylab.features.backbones import WIDE_RESNET50_PATCHCORE
 
     features = FeatureSpec(backbone=WIDE_RESNET50_PATCHCORE, image_size=224, embed_dim=1024)
@@ -530,11 +531,14 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
         checkpoint_bytes=memories,
         cache_bytes=corpus.num_rows * grid_bytes + len(tail_images) * views * grid_bytes,
         accelerator_bytes=extraction_peak_bytes(config.features, extraction_pass),
-        accelerator_step=f"an extraction pass of {extraction_pass} images or tail views; memory search runs on the CPU by default",
+        accelerator_step=f"an extraction pass of {extraction_pass} images or tail views; "
+        "memory search runs on the CPU by default",
         notes=(
-            f"{len(trials)} trials; the largest: {largest[0]} training images, {largest[1]} tail images x {views} views; "
+            f"{len(trials)} trials; the largest: {largest[0]} training images, "
+            f"{largest[1]} tail images x {views} views; "
             f"patch grid {height}x{width}x{dim}; coresets select in {projected} dims",
-            "the corpus's patch grids are shared by every trial (Ray object store), counted under caches, not per trial",
+            "the corpus's patch grids are shared by every trial (Ray object store), "
+            "counted under caches, not per trial",
         ),
     )
 

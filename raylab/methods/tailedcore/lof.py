@@ -24,6 +24,8 @@ import torch
 from raylab.memory import random_projection
 from raylab.methods.tailedcore.config import PatchLOFConfig  # defined there: typed configs import it without torch
 
+_DEFAULT_CONFIG = PatchLOFConfig()  # patchwise_lof_scores' default (frozen, so one shared instance is safe)
+
 
 def project_patches(patches: np.ndarray, projection_dim: int | None, seed: int) -> np.ndarray:
     """(N, h, w, D) -> (N, h, w, d) with the seeded Gaussian projection (d = projection_dim)."""
@@ -47,7 +49,7 @@ def _lof_positions(projected: np.ndarray, positions: np.ndarray, n_neighbors: in
     return scores
 
 
-def patchwise_lof_scores(patches: np.ndarray, config: PatchLOFConfig = PatchLOFConfig(), seed: int = 0) -> np.ndarray:
+def patchwise_lof_scores(patches: np.ndarray, config: PatchLOFConfig = _DEFAULT_CONFIG, seed: int = 0) -> np.ndarray:
     """LOF of every training patch against the same position of the other images: (N, h, w)."""
     patches = np.asarray(patches)
     if patches.ndim != 4:

@@ -182,9 +182,10 @@ def tail_coreset(
     ``chunks()`` yields ``(m, h, w, D)`` arrays: the tail images, then ``view_chunks`` of
     equal size (one per image, its views); it is called twice. The paper-size tail
     candidates are ~9 GB (60 tail images x 48 grids x 784 patches x 1024 dims), and the
-    exact greedy coreset only ever reads their 128-d random projection (1.1 GB). So the first pass projects each chunk as it arrives into a
-    preallocated array, the selection runs on that, and the second pass copies out just
-    the selected rows: the full candidates are never in memory at once. The projection
+    exact greedy coreset only ever reads their 128-d random projection (1.1 GB). So the
+    first pass projects each chunk as it arrives into a preallocated array, the selection
+    runs on that, and the second pass copies out just the selected rows: the full
+    candidates are never in memory at once. The projection
     matrix and the first centre come from the same seeded draws, in the same order, as
     :func:`raylab.memory.coreset.greedy_coreset`, so the selection is the one it makes on
     the concatenated candidates (up to float rounding of the chunked matrix product).

@@ -103,7 +103,8 @@ def _normalised(embeddings: np.ndarray, device: str) -> torch.Tensor:
     norms = x.norm(dim=1)
     if (norms == 0).any():
         raise ValueError(
-            f"global embeddings of samples {torch.nonzero(norms == 0).flatten().tolist()[:10]} are all zero: no direction to compare"
+            f"global embeddings of samples {torch.nonzero(norms == 0).flatten().tolist()[:10]} are all zero: "
+            "no direction to compare"
         )
     return x / norms[:, None]
 
