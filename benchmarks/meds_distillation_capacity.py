@@ -45,11 +45,11 @@ from raylab.data.store import cache_root
 from raylab.experiment.runner import config_file, packaged_config
 from raylab.experiment.session import init_ray
 from raylab.features.cache import cached_patch_features
-from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted, mean_over_classes
 from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
 from raylab.methods.meds.training import image_scores_from_tokens
+from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted, mean_over_classes
 
 
 def parse_size(text: str) -> tuple[int, int, int]:

@@ -39,10 +39,10 @@ from raylab.experiment.runner import packaged_config
 from raylab.experiment.session import init_ray
 from raylab.features.cache import cached_patch_features
 from raylab.features.patch_embed import pool_patch_grid
-from raylab.methods.anomaly_benchmark import class_splits
 from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.losses import distillation_loss, global_cosine_hard_mining, hard_mining_fraction
 from raylab.methods.meds.model import ReconstructionScoreNet, token_distance
+from raylab.tasks.anomaly.benchmark import class_splits
 from raylab.train.optim import StableAdamW, warm_cosine_lr
 
 

@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
             return lambda: bootstrap_memory_scores(features, bootstraps, rho, seed, num_tasks=tasks)
 
         def local_run() -> np.ndarray:
-            return bootstrap_memory_scores(features, bootstraps, rho, seed, use_ray=False)
+            return bootstrap_memory_scores(
+                features, bootstraps, rho, seed, use_ray=False, local_threads=faiss.omp_get_max_threads()
+            )
 
         # The in-process run uses faiss's default threads in this driver process while the
         # Ray workers sit idle, so it is timed in the same rounds without interference.

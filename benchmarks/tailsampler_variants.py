@@ -212,10 +212,10 @@ AUROC_VARIANTS = {"release": "backbone_stage", "patch_mean": "patch_mean", "true
 
 
 def tailedcore_auroc(trial: Trial, config, corpus, features, variant: str) -> dict[str, float]:
-    from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
     from raylab.methods.tailedcore.diagnostics import class_group_metrics
     from raylab.methods.tailedcore.model import TailedCore
     from raylab.methods.tailedcore.views import RotationFlipViews
+    from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted
 
     tailed = dataclasses.replace(
         config.tailedcore, features=config.features, tail_embedding=AUROC_VARIANTS[variant] or "backbone_stage"

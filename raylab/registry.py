@@ -1,4 +1,4 @@
-"""One registry mechanism for everything found by name (datasets, backbones, methods).
+"""One registry mechanism for what configs name (datasets, anomaly detectors).
 
 Jobs, the CLI and sweeps look things up by the names users write in configs, so adding a
 dataset or a method is adding a module and one decorator line, nothing else.
@@ -27,6 +27,10 @@ class Registry(Generic[T]):
             return obj
 
         return decorator
+
+    def unregister(self, name: str) -> T:
+        """Remove and return an entry (a test's temporary registration, for instance)."""
+        return self._entries.pop(name)
 
     def get(self, name: str) -> T:
         try:

@@ -293,9 +293,9 @@ def test_clean_oracle_trains_on_the_clean_training_images_only(ray_session, tmp_
     """Magnetic tile at noise 0.4: the oracle's training set is the class's training ids minus
     the injected ones (every injected one out, every original normal in)."""
     from raylab.data import NoiseProtocol, inject_noise, load_corpus
-    from raylab.methods.anomaly_benchmark import class_splits
     from raylab.methods.meds.experiment import clean_training_mask
     from raylab.methods.meds.method import MeDS
+    from raylab.tasks.anomaly.benchmark import class_splits
 
     corpus = load_corpus("magnetic_tile", str(shared_data))
     table = inject_noise(corpus, NoiseProtocol(0.4, seed=0)).table

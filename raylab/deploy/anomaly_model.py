@@ -16,23 +16,22 @@ across runs, but a deployment should calibrate its own on held-out images of its
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from raylab.deploy.scorer_folder import SCORER_FILE, finish_folder, finite, image_signature, log_scorer, read_folder
+from raylab.tasks.anomaly.detectors import anomaly_detectors, saved_format
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from raylab.features import FeatureSpec
-    from raylab.methods.anomaly_benchmark import ClassEvaluation
-    from raylab.methods.anomaly_maps import AnomalyPrediction
+    from raylab.tasks.anomaly.benchmark import ClassEvaluation
+    from raylab.tasks.anomaly.maps import AnomalyPrediction
     from raylab.tracking.mlflow_conventions import TrackedRun
 
 FORMAT = "raylab-anomaly-scorer"
@@ -40,45 +39,6 @@ VERSION = 1
 BACKBONE_FILE = "backbone.safetensors"
 DETECTOR_DIR = "detector"
 BATCH_SIZE = 32
-
-
-@dataclass(frozen=True)
-class DetectorKind:
-    """How a saved detector is read back: the module and class whose ``load`` reads it, its
-    options, and the fitted classes whose ``save`` writes that format."""
-
-    module: str
-    cls: str
-    fitted: tuple[str, ...]
-    load_options: tuple[tuple[str, Any], ...] = ()
-
-    def load(self, directory: Path):
-        detector_type = getattr(importlib.import_module(self.module), self.cls)
-        return detector_type.load(directory, **dict(self.load_options))
-
-
-# Detectors that save and load themselves. MeDS saves its final network, so MeDS and its
-# stage-2 network deploy as the same reconstruction detector. The partial-memory detector
-# scores in-process: a served model must not start (or need) a Ray cluster per request.
-DETECTOR_KINDS = {
-    "patchcore": DetectorKind("raylab.methods.patchcore.model", "PatchCore", ("PatchCore",)),
-    "softpatch": DetectorKind("raylab.methods.tailedcore.softpatch", "SoftPatch", ("SoftPatch",)),
-    "tailedcore": DetectorKind("raylab.methods.tailedcore.model", "TailedCore", ("TailedCore",)),
-    "reconstruction": DetectorKind(
-        "raylab.methods.meds.method", "ReconstructionDetector", ("MeDS", "ReconstructionDetector")
-    ),
-    "partial_memory": DetectorKind(
-        "raylab.methods.meds.partial_memory", "PartialMemoryDetector", ("PartialMemoryDetector",), (("use_ray", False),)
-    ),
-}
-
-
-def detector_kind(detector: object) -> str | None:
-    """The registry name of ``detector``'s saved format, or None when it cannot be deployed yet."""
-    for name, kind in DETECTOR_KINDS.items():
-        if type(detector).__name__ in kind.fitted and type(detector).__module__.startswith("raylab.methods."):
-            return name
-    return None
 
 
 def save_scorer(
@@ -95,9 +55,12 @@ def save_scorer(
 
     from raylab.features.extract import warm_backbone_state
 
-    kind = detector_kind(detector)
+    kind = saved_format(detector)
     if kind is None:
-        raise TypeError(f"{type(detector).__name__} cannot be deployed: it is not one of {sorted(DETECTOR_KINDS)}")
+        known = anomaly_detectors().names()
+        raise TypeError(
+            f"{type(detector).__name__} cannot be deployed: it saves none of the registered formats {known}"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     detector.save(directory / DETECTOR_DIR)
     save_file(warm_backbone_state(spec), str(directory / BACKBONE_FILE))
@@ -130,7 +93,7 @@ class AnomalyScorer:
         backbone = feature_wrapper(self.spec.backbone)
         backbone.load_state_dict(load_file(str(directory / BACKBONE_FILE)), strict=True)
         self.extractor = PatchFeatureExtractor(self.spec, threads or _default_threads(), backbone=frozen(backbone))
-        self.detector = DETECTOR_KINDS[info["kind"]].load(directory / DETECTOR_DIR)
+        self.detector = anomaly_detectors().get(info["kind"]).load(directory / DETECTOR_DIR)
         self.threshold = finite(info["image_threshold"])
 
     @property
@@ -141,7 +104,7 @@ class AnomalyScorer:
         self, images: Sequence[bytes], sample_ids: Sequence[str] | None = None, *, with_maps: bool = False
     ) -> AnomalyPrediction:
         """Score encoded images in batches; ``sample_ids`` name them in decoding errors."""
-        from raylab.methods.anomaly_maps import AnomalyPrediction
+        from raylab.tasks.anomaly.maps import AnomalyPrediction
 
         ids = list(sample_ids) if sample_ids is not None else [f"image {i}" for i in range(len(images))]
         parts = []
@@ -177,8 +140,8 @@ def _default_threads() -> int:
 def pooled_evaluation(evaluations: Sequence[ClassEvaluation]) -> ClassEvaluation:
     """One detector evaluated per class (TailedCore's single memory for every class) as one
     evaluation named ``all``: its threshold is chosen on every class's test images together."""
-    from raylab.methods.anomaly_benchmark import ClassEvaluation
-    from raylab.methods.anomaly_maps import AnomalyPrediction
+    from raylab.tasks.anomaly.benchmark import ClassEvaluation
+    from raylab.tasks.anomaly.maps import AnomalyPrediction
 
     first = evaluations[0]
     if any(e.detector is not first.detector for e in evaluations):
@@ -205,7 +168,7 @@ def log_anomaly_model(
     to ``run``; returns its model URI (None for a detector that cannot be deployed yet)."""
     from raylab.eval.anomaly import best_f1_threshold
 
-    if detector_kind(evaluation.detector) is None:
+    if saved_format(evaluation.detector) is None:
         return None
     _, threshold = best_f1_threshold(evaluation.labels, evaluation.prediction.image_scores)
     folder = save_scorer(

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from raylab.tracking.anomaly_artifacts import MODELS_TAG
+from raylab.tasks.anomaly.artifacts import MODELS_TAG
 
 
 @dataclass(frozen=True)

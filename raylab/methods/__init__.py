@@ -1,5 +1,5 @@
 """One package per method; each composes the shared layers (data, features, memory, train, eval, tracking).
 
-The anomaly-detection methods share ``anomaly_maps`` (post-processing) and ``anomaly_benchmark``
-(the per-class protocol); their jobs run on :mod:`raylab.experiment`.
+The anomaly-detection methods also compose their task family, :mod:`raylab.tasks.anomaly`
+(protocol, detector registry, maps, artifacts); their jobs run on :mod:`raylab.experiment`.
 """

@@ -48,7 +48,9 @@ from raylab.experiment import (
 )
 from raylab.experiment.cost import CostModel
 from raylab.features import FeatureSpec
-from raylab.methods.anomaly_experiment import (
+from raylab.methods.meds.config import MeDSConfig, cpu_config
+from raylab.methods.patchcore import PatchCoreConfig
+from raylab.tasks.anomaly.experiment import (
     CorpusFeatures,
     check_injected_in_test,
     check_noise_supply,
@@ -57,13 +59,11 @@ from raylab.methods.anomaly_experiment import (
     noise_ratio_option,
     prepare_corpus_features,
 )
-from raylab.methods.meds.config import MeDSConfig, cpu_config
-from raylab.methods.patchcore import PatchCoreConfig
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from raylab.methods.anomaly_benchmark import ClassEvaluation
+    from raylab.tasks.anomaly.benchmark import ClassEvaluation
 
 NAME = "meds_sweep"
 METHODS = ("meds", "clean_oracle", "patchcore", "partial_memory", "distilled")
@@ -75,7 +75,7 @@ class MeDSSweepConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     noise_ratios: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
     seeds: tuple[int, ...] = (0,)
-    # Test protocol for the injected defects: removed, kept or both (see anomaly_experiment).
+    # Test protocol for the injected defects: removed, kept or both (see raylab.tasks.anomaly.experiment).
     injected_in_test: str = "removed"
     features: FeatureSpec = field(default_factory=FeatureSpec)
     meds: MeDSConfig = field(default_factory=cpu_config)
@@ -207,12 +207,12 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
     import numpy as np
 
     from raylab.data.protocols import NoiseProtocol, inject_noise
-    from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted, mean_over_classes
     from raylab.methods.meds.method import MeDS
     from raylab.methods.meds.partial_memory import PartialMemoryDetector
     from raylab.methods.patchcore.model import PatchCore
+    from raylab.tasks.anomaly.artifacts import log_anomaly_artifacts
+    from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted, mean_over_classes
     from raylab.timing import phase
-    from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
     meds_config = with_search(config.meds, dict(setting.search))
@@ -314,9 +314,9 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     """
     from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
     from raylab.features.extract import EXTRACTION_BATCH, extraction_peak_bytes, feature_shape
-    from raylab.methods.anomaly_experiment import corpus_of
     from raylab.methods.meds.model import ReconstructionScoreNet
     from raylab.step_memory import step_peak_bytes
+    from raylab.tasks.anomaly.experiment import corpus_of
 
     config, meds = request.config, request.config.meds
     corpus = corpus_of(request)

@@ -28,15 +28,18 @@ import numpy as np
 import torch
 
 from raylab.features.patch_embed import pool_patch_grid
-from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
 from raylab.methods.meds.config import MeDSConfig
 from raylab.methods.meds.partial_memory import memory_score_maps
 from raylab.methods.meds.training import DISTILLATION, SELECTION, build_network, meds_loop, selection_loop, token_maps
+from raylab.tasks.anomaly.detectors import register_detector
+from raylab.tasks.anomaly.maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
 from raylab.timing import phase, record
 from raylab.train import TrainSpec, fit, load_result_state
 from raylab.train.harness import LOOP_SECONDS
 
 
+# Fitted by MeDS's Ray Train stages, not from patches; MeDS.save writes this format.
+@register_detector("reconstruction", fitted_from_patches=False, saved_by=("MeDS",))
 class ReconstructionDetector:
     """A trained reconstruction network used as an anomaly detector (already fitted)."""
 

@@ -49,11 +49,12 @@ import torch
 import torch.nn.functional as F
 
 from raylab.memory.bank import MemoryBank
-from raylab.methods.anomaly_maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
 from raylab.methods.meds.config import PartialMemoryConfig  # defined there: typed configs import it without torch
 from raylab.progress import bar, heartbeat
 from raylab.resources import Resources
 from raylab.resources import current as current_resources
+from raylab.tasks.anomaly.detectors import register_detector
+from raylab.tasks.anomaly.maps import AnomalyPrediction, patch_scores_to_maps, reduce_to_image_scores
 
 Device = Literal["auto", "cpu", "gpu"]
 
@@ -232,6 +233,7 @@ def bootstrap_memory_scores(
     use_ray: bool = True,
     queries: np.ndarray | None = None,
     device: Device = "auto",
+    local_threads: int = 1,
 ) -> np.ndarray:
     """Mean over ``bootstraps`` partial memories of the min cosine distance (paper step 4).
 
@@ -243,7 +245,10 @@ def bootstrap_memory_scores(
     each asking for ``resources.accelerators_per_task`` accelerators;
     chunk sums are added in chunk order and are exact (see :func:`_quantise`), so the
     result does not depend on ``num_tasks`` (for ``bootstraps <= 4095``). ``use_ray=False``
-    computes all chunks in this process with faiss's default threads. Without a running
+    computes all chunks in this process with ``local_threads`` faiss threads; the default 1 is
+    what every Ray task uses, and faiss's BLAS blocking depends on its thread count (it moves
+    the last bit of some distances), so that a served detector (in-process) scores exactly as
+    the fitted one did. Without a running
     Ray, ``use_ray`` starts one through :func:`raylab.experiment.session.init_ray` (``$RAY_ADDRESS`` or local).
     """
     memory = np.ascontiguousarray(features, dtype=np.float32)
@@ -252,7 +257,7 @@ def bootstrap_memory_scores(
     query_set = None if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
     draws = bootstrap_draws(memory.shape[0], bootstraps, rho, seed)
     if not use_ray:
-        chunk_sums = [partial_memory_scores_chunk(memory, draws, device=device, queries=query_set)]
+        chunk_sums = [_chunk_task(memory, query_set, draws, device, local_threads)]
     else:
         slots = _task_slots()
         tasks = slots if num_tasks is None else int(num_tasks)
@@ -322,6 +327,12 @@ def memory_score_maps(
 # --------------------------------------------------------------------------- detector
 
 
+@register_detector(
+    "partial_memory",
+    build=lambda seed: PartialMemoryDetector(PartialMemoryConfig(seed=seed)),
+    # A served scorer scores in-process: it must not start (or need) a Ray cluster per request.
+    load_options={"use_ray": False},
+)
 class PartialMemoryDetector:
     """Stage 1 alone as an anomaly detector (the sweep's ``partial_memory`` baseline).
 

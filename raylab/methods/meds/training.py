@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from raylab.methods.anomaly_maps import patch_scores_to_maps, reduce_to_image_scores
 from raylab.methods.meds.losses import distillation_loss, global_cosine_hard_mining, hard_mining_fraction
 from raylab.methods.meds.model import ReconstructionScoreNet, token_distance
 from raylab.methods.meds.selection import blend_weight, select_samples
+from raylab.tasks.anomaly.maps import patch_scores_to_maps, reduce_to_image_scores
 from raylab.train import prepare, report_epoch, restore_state, resume, unwrap
 from raylab.train.optim import StableAdamW, warm_cosine_lr
 

@@ -19,7 +19,8 @@ from typing import Any
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.features import FeatureSpec
-from raylab.methods.anomaly_experiment import (
+from raylab.methods.patchcore.config import PatchCoreConfig
+from raylab.tasks.anomaly.experiment import (
     CorpusFeatures,
     check_injected_in_test,
     check_noise_supply,
@@ -28,7 +29,6 @@ from raylab.methods.anomaly_experiment import (
     noise_ratio_option,
     prepare_corpus_features,
 )
-from raylab.methods.patchcore.config import PatchCoreConfig
 
 NAME = "patchcore_eval"
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
@@ -39,7 +39,7 @@ class PatchCoreEvalConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     noise_ratios: tuple[float, ...] = (0.0,)
     seeds: tuple[int, ...] = (0,)
-    # Test protocol for the injected defects: removed, kept or both (see anomaly_experiment).
+    # Test protocol for the injected defects: removed, kept or both (see raylab.tasks.anomaly.experiment).
     injected_in_test: str = "removed"
     # Stratified subsample (per class, split and label); None keeps the whole corpus.
     images_per_group: int | None = None
@@ -94,9 +94,9 @@ def prepare(request: Request[PatchCoreEvalConfig]) -> Prepared:
 def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig, context: TrialContext) -> TrialResult:
     """Apply the protocol, fit and evaluate one memory per class, log one nested run."""
     from raylab.data.protocols import NoiseProtocol, inject_noise
-    from raylab.methods.anomaly_benchmark import class_splits, evaluate_per_class, mean_over_classes
     from raylab.methods.patchcore.model import PatchCore
-    from raylab.tracking.anomaly_artifacts import log_anomaly_artifacts
+    from raylab.tasks.anomaly.artifacts import log_anomaly_artifacts
+    from raylab.tasks.anomaly.benchmark import class_splits, evaluate_per_class, mean_over_classes
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
     result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, keeps_injected_in_test(setting)))

@@ -15,10 +15,12 @@ import numpy as np
 
 from raylab.features.backbones import BackboneSpec, FeatureSpec
 from raylab.memory import MemoryBank, greedy_coreset
-from raylab.methods.anomaly_maps import AnomalyPrediction, max_score_prediction
 from raylab.methods.patchcore.config import PatchCoreConfig
+from raylab.tasks.anomaly.detectors import register_detector
+from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
 
 
+@register_detector("patchcore")
 class PatchCore:
     def __init__(self, config: PatchCoreConfig | None = None, seed: int = 0) -> None:
         self.config = config or PatchCoreConfig()

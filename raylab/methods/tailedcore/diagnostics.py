@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from raylab.data.images import ImageTransform
-from raylab.methods.anomaly_benchmark import ClassEvaluation, mean_over_classes
+from raylab.tasks.anomaly.benchmark import ClassEvaluation, mean_over_classes
 
 
 def filter_removal(kept: np.ndarray, injected: np.ndarray, defect_cells: np.ndarray) -> dict[str, float]:

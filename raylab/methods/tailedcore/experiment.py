@@ -52,14 +52,14 @@ from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
-from raylab.methods.anomaly_experiment import (
+from raylab.methods.patchcore import PatchCoreConfig
+from raylab.methods.tailedcore.config import SoftPatchConfig, TailedCoreConfig
+from raylab.tasks.anomaly.experiment import (
     check_injected_in_test,
     keeps_injected_in_test,
     noise_axes,
     noise_ratio_option,
 )
-from raylab.methods.patchcore import PatchCoreConfig
-from raylab.methods.tailedcore.config import SoftPatchConfig, TailedCoreConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -106,7 +106,8 @@ class TailedCoreSweepConfig:
     protocols: tuple[str, ...] = ("step_k1", "step_k4", "pareto")
     noise_ratios: tuple[float, ...] = (0.1,)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    # Test protocol for the injected defects: removed, kept (the release's) or both (see anomaly_experiment).
+    # Test protocol for the injected defects: removed, kept (the release's) or both
+    # (see raylab.tasks.anomaly.experiment).
     injected_in_test: str = "removed"
     # The sweep's features; every method's ``features`` is set to these (identical inputs).
     features: FeatureSpec = field(default_factory=lambda: CPU_FEATURES)
@@ -285,7 +286,6 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     from raylab.data.protocols import apply_long_tail, protocol_from_name
     from raylab.data.protocols.noise import base_sample_id
     from raylab.deploy.anomaly_model import log_anomaly_model, pooled_evaluation
-    from raylab.methods.anomaly_benchmark import class_splits, evaluate_fitted
     from raylab.methods.patchcore.model import PatchCore
     from raylab.methods.tailedcore.diagnostics import (
         class_group_metrics,
@@ -296,8 +296,9 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     from raylab.methods.tailedcore.model import TailedCore, predict_tail
     from raylab.methods.tailedcore.softpatch import SoftPatch
     from raylab.methods.tailedcore.views import RotationFlipViews
+    from raylab.tasks.anomaly.artifacts import images_of, log_anomaly_artifacts
+    from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted
     from raylab.timing import phase
-    from raylab.tracking.anomaly_artifacts import images_of, log_anomaly_artifacts
 
     torch.set_num_threads(config.threads_per_trial)
     faiss.omp_set_num_threads(config.threads_per_trial)

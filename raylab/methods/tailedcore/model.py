@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raylab.memory import MemoryBank
-from raylab.methods.anomaly_maps import AnomalyPrediction, max_score_prediction
 from raylab.methods.tailedcore.config import TailedCoreConfig
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
 from raylab.methods.tailedcore.softpatch import coreset_rows, flat_patches
 from raylab.methods.tailedcore.tail_sampler import TailPrediction, TailSampler
+from raylab.tasks.anomaly.detectors import register_detector
+from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
 ViewSource = Callable[[np.ndarray], Iterable[np.ndarray]]
 
 
+# Built for patches alone, TailSampler reads each image's mean patch feature: the default,
+# the backbone stage's pooled embedding, is an input only the experiment extracts.
+@register_detector(
+    "tailedcore", build=lambda seed: TailedCore(TailedCoreConfig(tail_embedding="patch_mean"), seed=seed)
+)
 class TailedCore:
     def __init__(self, config: TailedCoreConfig | None = None, seed: int = 0) -> None:
         self.config = config or TailedCoreConfig()

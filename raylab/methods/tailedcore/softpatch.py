@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from raylab.memory import MemoryBank, greedy_coreset
-from raylab.methods.anomaly_maps import AnomalyPrediction, max_score_prediction
 from raylab.methods.tailedcore.config import SoftPatchConfig
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
+from raylab.tasks.anomaly.detectors import register_detector
+from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
 
 
 def flat_patches(patches: np.ndarray) -> np.ndarray:
@@ -39,6 +40,7 @@ def coreset_rows(flat: np.ndarray, config, seed: int) -> np.ndarray:
     return np.sort(selected)
 
 
+@register_detector("softpatch")
 class SoftPatch:
     def __init__(self, config: SoftPatchConfig | None = None, seed: int = 0) -> None:
         self.config = config or SoftPatchConfig()

@@ -16,8 +16,8 @@ from PIL import Image
 
 from raylab.data.images import decode_image
 from raylab.data.protocols.noise import base_sample_id
-from raylab.methods.anomaly_benchmark import ClassEvaluation
 from raylab.report.figures import anomaly_overlays, roc_figure
+from raylab.tasks.anomaly.benchmark import ClassEvaluation
 from raylab.timing import phase
 from raylab.tracking.mlflow_conventions import TrackedRun
 
@@ -48,7 +48,8 @@ def log_anomaly_artifacts(
     ``raylab.models`` tag maps each class to its model URI; any other detector is saved in
     its own format under ``model/<class>``.
     """
-    from raylab.deploy.anomaly_model import detector_kind, log_anomaly_model
+    from raylab.deploy.anomaly_model import log_anomaly_model
+    from raylab.tasks.anomaly.detectors import saved_format
 
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
@@ -62,7 +63,7 @@ def log_anomaly_artifacts(
             return
         models = {}
         for evaluation in evaluations:
-            if features is not None and detector_kind(evaluation.detector) is not None:
+            if features is not None and saved_format(evaluation.detector) is not None:
                 with phase("MLflow: logging deployable models"):
                     example = images_of(corpus, [base_sample_id(evaluation.test_ids[0])])[0]
                     models[evaluation.class_name] = log_anomaly_model(run, evaluation, features, example, out)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -21,14 +20,9 @@ import pyarrow.compute as pc
 from raylab.data.images import ImageTransform
 from raylab.eval import anomaly_metrics
 from raylab.features.extract import FeatureSet
-from raylab.methods.anomaly_maps import AnomalyPrediction
+from raylab.tasks.anomaly.detectors import AnomalyDetector
+from raylab.tasks.anomaly.maps import AnomalyPrediction
 from raylab.timing import phase
-
-
-class AnomalyDetector(Protocol):
-    def fit(self, train_patches: np.ndarray) -> AnomalyDetector: ...
-
-    def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction: ...
 
 
 @dataclass

@@ -1,0 +1,6 @@
+"""Task families: what the methods of one kind of problem share.
+
+A family holds its evaluation protocol, its detectors' contract and registry, its
+post-processing and its run artifacts; a method package composes the platform's layers and
+its family. Only methods, jobs and deploy import from here.
+"""

@@ -1,0 +1,7 @@
+"""Industrial anomaly detection (PatchCore, SoftPatch, TailedCore, MeDS and its baselines).
+
+``benchmark`` is the per-class protocol (fit on a class's possibly noisy training patches,
+judge on its test images), ``experiment`` the noise-protocol sweep's axes and shared inputs,
+``detectors`` the registry and the contract every detector keeps, ``maps`` the patch-score
+post-processing, ``artifacts`` what a run logs (overlays, ROC curves, tables, models).
+"""
