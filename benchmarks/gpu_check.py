@@ -307,7 +307,7 @@ def _nnguide_step(device: str) -> Callable[[], float]:
 
     from raylab.methods.nnguide.classifiers import build_classifier
     from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
-    from raylab.methods.nnguide.train_classifier import random_translate
+    from raylab.methods.nnguide.training import random_translate
 
     config, train = ClassifierConfig(), TrainConfig()
     torch.manual_seed(0)

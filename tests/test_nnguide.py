@@ -318,7 +318,7 @@ def test_ray_train_classifier_two_workers_with_checkpoints(ray_session):
     from raylab.methods.nnguide.benchmark import build_benchmark
     from raylab.methods.nnguide.classifiers import build_classifier
     from raylab.methods.nnguide.experiment import training_data
-    from raylab.methods.nnguide.train_classifier import FINAL_STATE, train_classifier
+    from raylab.methods.nnguide.training import FINAL_STATE, train_classifier
 
     config = _quick_job_config()
     assert config.max_test_images_per_role == config.quick.max_test_images_per_role

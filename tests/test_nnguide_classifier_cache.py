@@ -40,7 +40,7 @@ def _flip_one_byte(path: Path) -> None:
 
 
 def test_damaged_or_unvouched_final_weights_are_named_discarded_and_retrained(ray_session, tmp_path, tiny_training_set):
-    from raylab.methods.nnguide.train_classifier import FINAL_STATE, train_classifier
+    from raylab.methods.nnguide.training import FINAL_STATE, train_classifier
 
     pixels, labels, model, train = tiny_training_set
     first = train_classifier(pixels, labels, model, train, seed=0, storage_path=str(tmp_path))

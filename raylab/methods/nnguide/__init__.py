@@ -3,10 +3,10 @@
 * :mod:`.detectors`: MSP, MaxLogit, Energy, KNN, NNGuide, ReAct; ``fit_detector(config,
   source, head)`` -> fitted detector with ``confidence(outputs)`` (higher = more ID).
 * :mod:`.classifiers`: CIFAR ResNets (strict-loading the shared checkpoints), timm
-  classifiers, a small CNN; :mod:`.train_classifier`: training one with Ray Train.
+  classifiers, a small CNN; :mod:`.training`: training one with Ray Train.
 * :mod:`.features`: features and logits of a corpus, once, with Ray Data (cached).
 * :mod:`.benchmark`: the protocol (roles, the one score negation, metrics);
-  :mod:`.sweep`: selection on validation data (the shared Tune + Optuna search);
+  :mod:`.tuning`: hyperparameter selection on validation data (the shared Tune + Optuna search);
   :mod:`.experiment`: the ``nnguide_eval`` job.
 
 The package exports the typed configs only (importable without torch).

@@ -161,7 +161,7 @@ class TimmClassifier(OODClassifier):
 def build_classifier(config: ClassifierConfig, state_dict: dict[str, Any] | None = None) -> OODClassifier:
     """The classifier of ``config`` in eval mode, with weights from ``state_dict`` or ``config.weights``.
 
-    ``state_dict`` (a trained model's, e.g. from :mod:`train_classifier`) takes precedence.
+    ``state_dict`` (a trained model's, e.g. from :mod:`.training`) takes precedence.
     Weight files are loaded with ``strict=True``: a file for another architecture is an
     error, never a partially initialised network.
     """

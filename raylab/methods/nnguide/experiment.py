@@ -4,7 +4,7 @@ One trial = one protocol seed, run in the driver: get the classifier (a pretrain
 checkpoint, or one trained here with Ray Train), extract features and logits of every
 image once with Ray Data, fit and score every configured detector on those outputs, then
 select NNGuide's hyperparameters with Ray Tune + Optuna on validation data only
-(:func:`raylab.methods.nnguide.sweep.sweep_nnguide`) and report the selected detector on
+(:func:`raylab.methods.nnguide.tuning.sweep_nnguide`) and report the selected detector on
 the remaining OOD sets. Summary rows: one per detector x seed x ``ood_set`` (``average`` =
 the mean over the sets): ``method`` = the detector's name with its settings
 (``nnguide_k100_bank0.1``), ``metrics`` = AUROC, FPR95, AUPR-in, AUPR-out, detection
@@ -202,11 +202,11 @@ def classifier_state(
 ) -> dict | None:
     """``None`` for a pretrained checkpoint; else train on ``id_fit`` with Ray Train and return the weights.
 
-    The Train run keeps :func:`~raylab.methods.nnguide.train_classifier.run_name`, a hash of
+    The Train run keeps :func:`~raylab.methods.nnguide.training.run_name`, a hash of
     the training images, labels, model, training config and seed: a classifier is reused by
     every sweep that trains the same one (the detectors and the search do not retrain it).
     """
-    from raylab.methods.nnguide.train_classifier import train_classifier
+    from raylab.methods.nnguide.training import train_classifier
 
     if config.classifier.weights is not None:
         return None
@@ -342,7 +342,7 @@ def tuned_rows(
     """Select on (id_val, validation-OOD), refit on id_train, report on id_test vs the other OOD sets."""
     from raylab.methods.nnguide.benchmark import evaluate_detector, flat_metrics
     from raylab.methods.nnguide.detectors import fit_detector
-    from raylab.methods.nnguide.sweep import describe, sweep_nnguide
+    from raylab.methods.nnguide.tuning import describe, sweep_nnguide
 
     validation = bench.validation_ood
     result = sweep_nnguide(
