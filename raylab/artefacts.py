@@ -12,7 +12,6 @@ training run falls back to the previous checkpoint or starts over.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,8 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+from raylab.digests import file_digest
+
 MANIFEST = "manifest.json"
 # A staging folder this old belongs to a writer that died; nothing alive is still writing it.
 STALE_STAGING_SECONDS = 6 * 3600
@@ -28,14 +29,6 @@ STALE_STAGING_SECONDS = 6 * 3600
 
 class CorruptArtefactError(ValueError):
     """A stored file that fails its check; the message names the file and what is wrong."""
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _array_header(path: Path) -> dict[str, object] | None:

@@ -286,7 +286,7 @@ def test_ood_adapters_follow_the_protocol(shared_data, cifar_corpus):
 
 
 def test_ray_data_extraction_equals_in_process(ray_session, shared_weights, cifar_subset):
-    from raylab.methods.nnguide.features import extract_outputs, extract_outputs_local
+    from raylab.methods.nnguide.features import extract_outputs, extract_outputs_local, outputs_cache_directory
 
     table = cifar_subset.slice(0, 96)
     config = _resnet_config(shared_weights, "resnet20")
@@ -297,6 +297,14 @@ def test_ray_data_extraction_equals_in_process(ray_session, shared_weights, cifa
     assert np.allclose(local.logits, distributed.logits, atol=1e-4)
     cached = extract_outputs(table, config, batch_size=32)  # second call: from the cache
     assert np.array_equal(cached.logits, distributed.logits)
+    # A damaged entry is never read: the warning names the file, the outputs are extracted again.
+    entry = outputs_cache_directory(table, config, None)
+    data = bytearray((entry / "logits.npy").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (entry / "logits.npy").write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="logits.npy: checksum differs"):
+        rebuilt = extract_outputs(table, config, batch_size=32)
+    assert np.allclose(rebuilt.logits, distributed.logits, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- Ray Train and the job

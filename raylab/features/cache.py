@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from raylab.artefacts import CorruptArtefactError, discard, verify
 from raylab.data.store import cache_root, corpus_fingerprint, staged_directory
+from raylab.digests import content_digest
 from raylab.features.backbones import FeatureSpec
 from raylab.features.extract import FeatureSet, extract_patch_features, feature_batches
 from raylab.features.views import ViewSpec
@@ -38,7 +39,7 @@ def feature_key(table: pa.Table, spec: FeatureSpec) -> str:
         "weights": spec.backbone.weights_fingerprint(),
         "format": 2,  # 2: entries carry a manifest (raylab.artefacts)
     }
-    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return content_digest(settings=description, length=24)
 
 
 def cached_patch_features(
@@ -91,8 +92,7 @@ def view_cache_directory(spec: FeatureSpec, views: ViewSpec, root: Path | None =
         "views": dataclasses.asdict(views),
         "format": 2,
     }
-    key = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return (root or cache_root() / "view_features") / key
+    return (root or cache_root() / "view_features") / content_digest(settings=description, length=24)
 
 
 def view_entry(directory: Path, image: bytes) -> Path:

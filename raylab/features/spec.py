@@ -7,9 +7,10 @@ networks they name.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from raylab.digests import file_digest
 
 PYPI_LITE0 = "efficientnet-lite0-pypi"
 HALF = (0.5, 0.5, 0.5)
@@ -34,11 +35,7 @@ class BackboneSpec:
         path = resolve_weights_path(self.weights)
         if path is None:
             return str(self.weights)
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()[:16]
+        return file_digest(path, 16)
 
 
 def resolve_weights_path(weights: str | None) -> Path | None:

@@ -18,8 +18,6 @@ and an interrupted one resumes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raylab.digests import content_digest
 from raylab.methods.alsuv.config import EncoderConfig
 from raylab.methods.alsuv.encoders import build_backbone
 from raylab.train.harness import TrainSpec, fit, load_result_state, prepare, report_epoch, resume, unwrap
@@ -152,11 +151,8 @@ class TrainedEncoder:
 
 
 def run_name(pixels: np.ndarray, labels: np.ndarray, config: EncoderConfig) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes())
-    digest.update(np.ascontiguousarray(labels).tobytes())
-    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode())
     arch = config.timm_name if config.kind == "timm" else config.kind
-    return f"alsuv-encoder-{arch}-{digest.hexdigest()[:12]}"
+    return f"alsuv-encoder-{arch}-{content_digest(pixels, labels, settings=dataclasses.asdict(config), length=12)}"
 
 
 def train_encoder(

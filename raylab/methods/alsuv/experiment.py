@@ -34,7 +34,6 @@ the summary's top-level ``verdict`` (:mod:`.verdict`) compares the attacks with.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raylab.digests import file_digest
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
@@ -215,14 +215,6 @@ def prepare_encoders(
     return encoders
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
-
-
 def prepare(request: Request[AlsuvConfig]) -> Prepared:
     """Protocol, models (the Train runs keep their own names: a hash of their data and config,
     so every sweep that trains the same generator or encoder reuses it), targets, templates
@@ -271,7 +263,7 @@ def prepare(request: Request[AlsuvConfig]) -> Prepared:
     )
     data = {
         "corpus": corpus_fingerprint(protocol.corpus),
-        "weights": {role: _file_digest(path) for role, path in weight_files(config, weights_root).items()},
+        "weights": {role: file_digest(path, 20) for role, path in weight_files(config, weights_root).items()},
     }
     return Prepared(inputs, content_hash(data, 20))
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raylab.digests import content_digest
 from raylab.methods.alsuv.config import GanTrainConfig
 from raylab.methods.alsuv.stylegan2 import Discriminator, Generator, GeneratorConfig, load_rosinality, save_rosinality
 from raylab.train.harness import TrainSpec, fit, load_result_state, report_epoch, restore_state
@@ -224,10 +223,8 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
 
 
 def run_name(images: np.ndarray, model: GeneratorConfig, train: GanTrainConfig, grayscale: bool = False) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     settings = {"model": dataclasses.asdict(model), "train": dataclasses.asdict(train), "grayscale": grayscale}
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return f"alsuv-stylegan2-{model.size}px-{digest.hexdigest()[:12]}"
+    return f"alsuv-stylegan2-{model.size}px-{content_digest(images, settings=settings, length=12)}"
 
 
 def train_generator(

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raylab.digests import content_digest
 from raylab.methods.ckd.config import CKDConfig, Variant
 from raylab.methods.ckd.losses import ckd_loss
 from raylab.methods.ckd.model import CKDNet, build_ckd_net
@@ -203,17 +202,14 @@ def train_loop(config: dict[str, Any]) -> None:
 def run_name(
     fit_pairs: PairSet, val_pairs: PairSet, ckd: CKDConfig, variant: Variant, seed: int, num_workers: int
 ) -> str:
-    digest = hashlib.sha256()
-    for array in (fit_pairs.faces, fit_pairs.periocular, fit_pairs.labels, val_pairs.periocular, val_pairs.labels):
-        digest.update(np.ascontiguousarray(array).tobytes())
     settings = {
         "ckd": dataclasses.asdict(ckd),
         "variant": dataclasses.asdict(variant),
         "seed": seed,
         "workers": num_workers,
     }
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return f"ckd-{digest.hexdigest()[:16]}"
+    arrays = (fit_pairs.faces, fit_pairs.periocular, fit_pairs.labels, val_pairs.periocular, val_pairs.labels)
+    return f"ckd-{content_digest(*arrays, settings=settings)}"
 
 
 def train_ckd(

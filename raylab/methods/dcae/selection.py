@@ -32,7 +32,6 @@ which task finishes first.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raylab.digests import content_digest
 from raylab.eval.anomaly import image_metrics
 from raylab.methods.dcae.config import TRAINED, LossWeights, NetworkConfig, SelectionConfig, TrainConfig
 from raylab.methods.dcae.data import OneClassSplit, validation_rows
@@ -108,14 +108,12 @@ def selection_key(
 ) -> str:
     """The selection's content key. Only what changes the result counts: ``cpus_per_trial`` does
     not, nor does a round of one (the sequential study, the key selections had before rounds)."""
-    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     searched = dataclasses.asdict(selection)
     searched.pop("cpus_per_trial")
     if searched["max_concurrent"] == 1:
         searched.pop("max_concurrent")
     settings = [dataclasses.asdict(x) for x in (network, train)] + [searched, dataclasses.asdict(default), seed]
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
+    return content_digest(images, settings=settings)
 
 
 def evaluate_weights(

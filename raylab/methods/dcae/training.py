@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raylab.digests import content_digest
 from raylab.methods.dcae.config import LossWeights, NetworkConfig, TrainConfig, TrainedVariant
 from raylab.methods.dcae.losses import discriminator_loss, fooling_loss, to_unit_range
 from raylab.methods.dcae.model import DCAE, feature_distance
@@ -312,15 +311,13 @@ def run_name(
     The epoch count is left out on purpose: training longer continues the run from its last
     checkpoint (the learning rate is constant, so nothing else depends on the total).
     """
-    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     settings = {
         "variants": {n: [dataclasses.asdict(v), dataclasses.asdict(w)] for n, (v, w) in variants.items()},
         "network": dataclasses.asdict(network),
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ("epochs", "checkpoints_to_keep")},
         "seed": seed,
     }
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return f"dcae-{digest.hexdigest()[:16]}"
+    return f"dcae-{content_digest(images, settings=settings)}"
 
 
 def check_training_images(images: np.ndarray) -> None:

@@ -23,13 +23,13 @@ contradicts ``--dataset`` / ``--network`` is an error, never a silent choice of 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raylab.config import ConfigError, from_mapping, parse_assignment, read_yaml_mapping
+from raylab.digests import file_digest
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
 from raylab.methods.nnguide.config import NNGuideEvalConfig, with_seed
@@ -157,14 +157,6 @@ class EvalInputs:
     benchmarks: Mapping[int, Benchmark]
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
-
-
 def prepare(request: Request[NNGuideEvalConfig]) -> Prepared:
     """Every seed's benchmark; the fingerprint covers its images and the classifier checkpoint's bytes."""
     from raylab.data.store import corpus_fingerprint
@@ -178,7 +170,7 @@ def prepare(request: Request[NNGuideEvalConfig]) -> Prepared:
     }
     data = {
         "corpora": {seed: corpus_fingerprint(bench.corpus) for seed, bench in benchmarks.items()},
-        "weights": _file_digest(config.classifier.weights) if config.classifier.weights else None,
+        "weights": file_digest(config.classifier.weights, 20) if config.classifier.weights else None,
     }
     return Prepared(EvalInputs(benchmarks), content_hash(data, 20))
 

@@ -21,8 +21,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from raylab.artefacts import CorruptArtefactError, discard, verify
 from raylab.data.images import ImageTransform
 from raylab.data.store import cache_root, read_dataset, staged_directory, write_shards
+from raylab.digests import content_digest, file_digest
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig
 from raylab.methods.nnguide.detectors import LinearHead, ModelOutputs
@@ -98,18 +100,15 @@ def images_fingerprint(table: pa.Table) -> str:
 
 
 def weights_fingerprint(config: ClassifierConfig, state_dict: dict[str, Any] | None) -> str:
-    digest = hashlib.sha256()
     if state_dict is not None:
+        digest = hashlib.sha256()
         for name, tensor in state_dict.items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    elif config.weights is not None:
-        with open(config.weights, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    else:
-        raise ValueError("a classifier without weights file or state dict has random outputs: train it first")
-    return digest.hexdigest()[:16]
+        return digest.hexdigest()[:16]
+    if config.weights is not None:
+        return file_digest(config.weights, 16)
+    raise ValueError("a classifier without weights file or state dict has random outputs: train it first")
 
 
 def _unique_images(table: pa.Table) -> pa.Table:
@@ -155,12 +154,16 @@ def extract_outputs(
     actors: int | None = None,
     use_cache: bool = True,
 ) -> OutputSet:
-    """Features and logits of every image in ``table``, with Ray Data (cached on disk)."""
+    """Features and logits of every image in ``table``, with Ray Data (cached on disk; an entry
+    that fails its manifest check is named in a warning and extracted again)."""
     table = _unique_images(table)
-    key = _cache_key(table, config, state_dict)
-    directory = cache_root() / "nnguide_outputs" / key
-    if use_cache and (directory / "logits.npy").exists():
-        return _load(directory)
+    directory = outputs_cache_directory(table, config, state_dict)
+    if use_cache and directory.exists():
+        try:
+            verify(directory)  # the manifest staged_directory wrote last: a damaged entry is never read
+            return _load(directory)
+        except (CorruptArtefactError, ValueError, OSError) as error:
+            discard(directory, error)
     outputs = _extract_with_ray(table, config, state_dict, batch_size=batch_size, actors=actors)
     _check_head(outputs)
     if use_cache:
@@ -213,14 +216,15 @@ def _check_head(outputs: OutputSet) -> None:
         raise RuntimeError(f"the classifier's logits are not head(features) (relative error {error:.2e})")
 
 
-def _cache_key(table: pa.Table, config: ClassifierConfig, state_dict: dict[str, Any] | None) -> str:
+def outputs_cache_directory(table: pa.Table, config: ClassifierConfig, state_dict: dict[str, Any] | None) -> Path:
+    """Where ``table``'s outputs under this classifier are cached: named by their content."""
     description = {
         "images": images_fingerprint(table),
         "classifier": dataclasses.asdict(config),
         "weights": weights_fingerprint(config, state_dict),
         "format": CACHE_FORMAT,
     }
-    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_root() / "nnguide_outputs" / content_digest(settings=description, length=24)
 
 
 def _store(directory: Path, outputs: OutputSet, config: ClassifierConfig) -> None:

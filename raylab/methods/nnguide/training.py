@@ -19,8 +19,6 @@ again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from raylab.artefacts import CorruptArtefactError, discard, verify, write_manifest
+from raylab.digests import content_digest
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
 from raylab.train.harness import (
@@ -115,12 +114,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def run_name(pixels: np.ndarray, labels: np.ndarray, model: ClassifierConfig, train: TrainConfig, seed: int) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(pixels).tobytes())
-    digest.update(np.ascontiguousarray(labels).tobytes())
     settings = {"model": dataclasses.asdict(model), "train": dataclasses.asdict(train), "seed": seed}
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return f"nnguide-{model.arch}-{digest.hexdigest()[:12]}"
+    return f"nnguide-{model.arch}-{content_digest(pixels, labels, settings=settings, length=12)}"
 
 
 def train_classifier(
