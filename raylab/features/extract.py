@@ -46,13 +46,14 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from raylab.data.images import ImageTransform, normalise_tensor
+from raylab.data.rows import SampleRows
 from raylab.data.schema import validate_corpus
 from raylab.data.store import read_dataset, write_shards
 from raylab.features.backbones import FeatureSpec, create_backbone, resolve_weights_path
@@ -67,27 +68,21 @@ SOURCE_CHOICES = ("auto", "memory", "shards")
 
 
 @dataclass
-class FeatureSet:
+class FeatureSet(SampleRows):
     """Patch features of a corpus: ``patches[i]`` is the (h, w, D) grid of ``sample_ids[i]``."""
 
-    sample_ids: np.ndarray
     patches: np.ndarray
-
-    def __post_init__(self) -> None:
-        self._row = {sid: i for i, sid in enumerate(self.sample_ids.tolist())}
+    holds: ClassVar[str] = "cached features"
 
     @property
     def grid(self) -> tuple[int, int]:
         return self.patches.shape[1], self.patches.shape[2]
 
-    def rows(self, sample_ids) -> np.ndarray:
-        """Row indices of ``sample_ids``; derived copies (``id#tag``) map to their original."""
+    def lookup_key(self, sample_id: str) -> str:
+        """Derived copies (``id#tag``, the noise protocol's) have their original's features."""
         from raylab.data.protocols.noise import base_sample_id
 
-        try:
-            return np.array([self._row[base_sample_id(s)] for s in sample_ids], dtype=np.int64)
-        except KeyError as error:
-            raise KeyError(f"sample {error.args[0]!r} has no cached features") from None
+        return base_sample_id(sample_id)
 
     def take(self, sample_ids) -> np.ndarray:
         return self.patches[self.rows(sample_ids)]

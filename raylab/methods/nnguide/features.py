@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,7 @@ import torch
 
 from raylab.artefacts import CorruptArtefactError, discard, verify
 from raylab.data.images import ImageTransform
+from raylab.data.rows import SampleRows
 from raylab.data.store import cache_root, read_dataset, staged_directory, write_shards
 from raylab.digests import content_digest, file_digest
 from raylab.methods.nnguide.classifiers import build_classifier
@@ -35,22 +36,13 @@ CACHE_FORMAT = 1
 
 
 @dataclass
-class OutputSet:
+class OutputSet(SampleRows):
     """Features and logits of every image of a corpus, rows sorted by ``sample_ids``."""
 
-    sample_ids: np.ndarray
     features: np.ndarray
     logits: np.ndarray
     head: LinearHead
-
-    def __post_init__(self) -> None:
-        self._row = {sid: i for i, sid in enumerate(self.sample_ids.tolist())}
-
-    def rows(self, sample_ids) -> np.ndarray:
-        try:
-            return np.array([self._row[s] for s in sample_ids], dtype=np.int64)
-        except KeyError as error:
-            raise KeyError(f"sample {error.args[0]!r} has no extracted outputs") from None
+    holds: ClassVar[str] = "extracted outputs"
 
     def take(self, sample_ids) -> ModelOutputs:
         rows = self.rows(sample_ids)
