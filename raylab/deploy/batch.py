@@ -116,7 +116,8 @@ class ChunkScorer:
             mlflow.set_tracking_uri(tracking_uri)
         self.model = mlflow.pyfunc.load_model(model_uri)
         self.scorer = self.model.unwrap_python_model().scorer
-        self.output, self.overlays = Path(output), overlays
+        self.output = Path(output)
+        self.overlays = overlays
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pandas as pd

@@ -46,7 +46,9 @@ class MarginHead(nn.Module):
             raise ValueError(f"margin loss must be 'arcface' or 'cosface', got {loss!r}")
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
-        self.loss, self.margin, self.scale = loss, margin, scale
+        self.loss = loss
+        self.margin = margin
+        self.scale = scale
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1.0, 1.0)
@@ -66,7 +68,8 @@ class MarginHead(nn.Module):
 class EncoderWithHead(nn.Module):
     def __init__(self, backbone: nn.Module, head: MarginHead) -> None:
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone = backbone
+        self.head = head
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return self.head(self.backbone(images), labels)

@@ -143,7 +143,8 @@ class EqualConv2d(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
-        self.stride, self.padding = stride, padding
+        self.stride = stride
+        self.padding = padding
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -186,8 +187,11 @@ class ModulatedConv2d(nn.Module):
         upsample: bool = False,
     ):
         super().__init__()
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.upsample, self.demodulate = upsample, demodulate
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.upsample = upsample
+        self.demodulate = demodulate
         if upsample:
             factor = 2
             p = (len(BLUR_KERNEL) - factor) - (kernel_size - 1)

@@ -52,8 +52,11 @@ class ReconstructionDetector:
         sigma: float,
         top_fraction: float,
     ) -> None:
-        self.model_kwargs, self.grid, self.image_size = model_kwargs, grid, image_size
-        self.sigma, self.top_fraction = sigma, top_fraction
+        self.model_kwargs = model_kwargs
+        self.grid = grid
+        self.image_size = image_size
+        self.sigma = sigma
+        self.top_fraction = top_fraction
         self.network = build_network(model_kwargs)
         self.network.load_state_dict(state)
         self.network.eval()
@@ -126,8 +129,11 @@ class MeDS:
         run_name: str = "meds",
         storage_path: str | None = None,
     ) -> None:
-        self.config, self.seed, self.image_size = config, seed, image_size
-        self.run_name, self.storage_path = run_name, storage_path
+        self.config = config
+        self.seed = seed
+        self.image_size = image_size
+        self.run_name = run_name
+        self.storage_path = storage_path
         self.memory_maps: np.ndarray | None = None
         self.distilled: ReconstructionDetector | None = None
         self.final: ReconstructionDetector | None = None
