@@ -52,6 +52,7 @@ from raylab.methods.meds.config import MeDSConfig, cpu_config
 from raylab.methods.patchcore import PatchCoreConfig
 from raylab.tasks.anomaly.experiment import (
     CorpusFeatures,
+    check_group_sizes,
     check_injected_in_test,
     check_noise_supply,
     keeps_injected_in_test,
@@ -95,16 +96,7 @@ class MeDSSweepConfig:
             "noise_ratios",
             f"must lie in [0, 1), got {self.noise_ratios}",
         )
-        require(
-            self.images_per_group is None or self.images_per_group >= 1,
-            "images_per_group",
-            f"must be >= 1 or null, got {self.images_per_group}",
-        )
-        require(
-            self.quick_images_per_group >= 1,
-            "quick_images_per_group",
-            f"must be >= 1, got {self.quick_images_per_group}",
-        )
+        check_group_sizes(self.images_per_group, self.quick_images_per_group)
         check_injected_in_test(self.injected_in_test)
         require(
             "meds" in self.methods and set(self.methods) <= set(METHODS),

@@ -22,6 +22,7 @@ from raylab.features import FeatureSpec
 from raylab.methods.patchcore.config import PatchCoreConfig
 from raylab.tasks.anomaly.experiment import (
     CorpusFeatures,
+    check_group_sizes,
     check_injected_in_test,
     check_noise_supply,
     keeps_injected_in_test,
@@ -54,16 +55,7 @@ class PatchCoreEvalConfig:
             f"must lie in [0, 1), got {self.noise_ratios}",
         )
         check_injected_in_test(self.injected_in_test)
-        require(
-            self.images_per_group is None or self.images_per_group >= 1,
-            "images_per_group",
-            f"must be >= 1 or null, got {self.images_per_group}",
-        )
-        require(
-            self.quick_images_per_group >= 1,
-            "quick_images_per_group",
-            f"must be >= 1, got {self.quick_images_per_group}",
-        )
+        check_group_sizes(self.images_per_group, self.quick_images_per_group)
         require(
             0.0 < self.quick_coreset_ratio <= 1.0,
             "quick_coreset_ratio",

@@ -48,6 +48,16 @@ def check_injected_in_test(value: str) -> None:
     )
 
 
+def check_group_sizes(images_per_group: int | None, quick_images_per_group: int) -> None:
+    """``__post_init__`` check for the per-(class, split, label) subsample sizes."""
+    require(
+        images_per_group is None or images_per_group >= 1,
+        "images_per_group",
+        f"must be >= 1 or null, got {images_per_group}",
+    )
+    require(quick_images_per_group >= 1, "quick_images_per_group", f"must be >= 1, got {quick_images_per_group}")
+
+
 def injected_in_test_option(parser) -> None:
     parser.add_argument(
         "--injected-in-test",
