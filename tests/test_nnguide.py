@@ -163,6 +163,18 @@ def test_sign_guard_with_negative_energy():
     assert low[1] < low[0] < 0 < parts["confidence"].min()
 
 
+def test_images_fingerprint_counts_a_slices_own_images_only():
+    """A slice shares its parent's buffers; its outputs' cache key must still be its own."""
+    import pyarrow as pa
+
+    from raylab.methods.nnguide.features import images_fingerprint
+
+    table = pa.table({"sample_id": [f"s{i}" for i in range(10)], "image": [bytes([i]) * 5 for i in range(10)]})
+    first, second = table.slice(0, 5), table.slice(5, 5)
+    assert images_fingerprint(first) != images_fingerprint(second)
+    assert images_fingerprint(first) == images_fingerprint(table.take(pa.array(range(5))))
+
+
 def test_refitting_with_new_hyperparameters_is_never_stale():
     source, head = _outputs(300, shift=3.0, seed=9)
     queries, _ = _outputs(25, shift=3.0, seed=10)

@@ -85,7 +85,8 @@ def images_fingerprint(table: pa.Table) -> str:
     digest = hashlib.sha256()
     for column in ("sample_id", "image"):
         for chunk in table.column(column).chunks:
-            for buffer in chunk.buffers():
+            # A slice shares its parent's whole buffers: compact it so only its own values count.
+            for buffer in pa.concat_arrays([chunk]).buffers():
                 if buffer is not None:
                     digest.update(buffer)
     return digest.hexdigest()[:20]
@@ -211,7 +212,7 @@ def _check_head(outputs: OutputSet) -> None:
 def outputs_cache_directory(table: pa.Table, config: ClassifierConfig, state_dict: dict[str, Any] | None) -> Path:
     """Where ``table``'s outputs under this classifier are cached: named by their content."""
     description = {
-        "images": images_fingerprint(table),
+        "images": images_fingerprint(_unique_images(table)),
         "classifier": dataclasses.asdict(config),
         "weights": weights_fingerprint(config, state_dict),
         "format": CACHE_FORMAT,
