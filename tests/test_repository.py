@@ -24,3 +24,36 @@ def test_readme_main_command_runs_the_flagship_job():
     main_commands = [c for c in _readme_commands() if c.startswith("python3 -m venv") and not c.endswith("pytest")]
     assert main_commands and main_commands[0].endswith("python jobs/meds_sweep.py")
     assert (ROOT / "jobs" / "meds_sweep.py").exists()
+
+
+# The layers every method builds on; only methods, task families and what consumes them
+# (deploy, the experiment registry by module name, test helpers) may import a method.
+CONSUMERS = ("raylab/methods/", "raylab/tasks/", "raylab/deploy/", "raylab/testing/", "raylab/experiment/registry.py")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_platform_layers_never_import_a_method_or_a_task_family():
+    """Imports point down: data, features, memory, train, eval, tracking, report, experiment
+    (but its registry of job names) and the top-level modules know no method (imports inside
+    functions included)."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            name for name in _imported_modules(path) if name.startswith(("raylab.methods", "raylab.tasks"))
+        )
+        for path in sorted((ROOT / "raylab").rglob("*.py"))
+        if not str(path.relative_to(ROOT)).startswith(CONSUMERS)
+    }
+    offenders = {path: names for path, names in offenders.items() if names}
+    assert not offenders, offenders
+    assert _imported_modules(ROOT / "raylab/tasks/anomaly/artifacts.py")  # the scan reads real imports
