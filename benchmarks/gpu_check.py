@@ -216,6 +216,7 @@ def _meds_step(device: str) -> Callable[[], float]:
 
     from raylab.methods.meds.config import MeDSConfig
     from raylab.methods.meds.losses import distillation_loss
+    from raylab.methods.meds.method import network_kwargs
     from raylab.methods.meds.model import token_distance
     from raylab.methods.meds.training import _step, build_network
     from raylab.train.optim import StableAdamW
@@ -224,21 +225,7 @@ def _meds_step(device: str) -> Callable[[], float]:
     d = config.distillation
     in_dim = max(end for group in config.groups for _, end in group)
     torch.manual_seed(0)
-    network = (
-        build_network(
-            {
-                "groups": [list(map(list, g)) for g in config.groups],
-                "in_dim": in_dim,
-                "hidden_dim": d.hidden_dim,
-                "decoder_blocks": d.decoder_blocks,
-                "heads": d.heads,
-                "bottleneck_ratio": d.bottleneck_ratio,
-                "dropout": d.dropout,
-            }
-        )
-        .to(device)
-        .train()
-    )
+    network = build_network(network_kwargs(config, in_dim)).to(device).train()
     optimizer = StableAdamW(network.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(d.batch_size, 256, in_dim, generator=generator).to(device)  # DINOv2 ViT-B/14 at 224 px

@@ -38,6 +38,20 @@ from raylab.train import TrainSpec, fit, load_result_state
 from raylab.train.harness import LOOP_SECONDS
 
 
+def network_kwargs(config: MeDSConfig, in_dim: int) -> dict[str, Any]:
+    """The reconstruction network's constructor arguments (JSON-plain: saved beside its weights)."""
+    d = config.distillation
+    return {
+        "groups": [list(map(list, g)) for g in config.groups],
+        "in_dim": in_dim,
+        "hidden_dim": d.hidden_dim,
+        "decoder_blocks": d.decoder_blocks,
+        "heads": d.heads,
+        "bottleneck_ratio": d.bottleneck_ratio,
+        "dropout": d.dropout,
+    }
+
+
 # Fitted by MeDS's Ray Train stages, not from patches; MeDS.save writes this format.
 @register_detector("reconstruction", fitted_from_patches=False, saved_by=("MeDS",))
 class ReconstructionDetector:
@@ -141,18 +155,6 @@ class MeDS:
         self.training_metrics: dict[str, list[dict[str, float]]] = {}
         self._stage2: _DistilledStage | None = None
 
-    def _model_kwargs(self, in_dim: int) -> dict[str, Any]:
-        d = self.config.distillation
-        return {
-            "groups": [list(map(list, g)) for g in self.config.groups],
-            "in_dim": in_dim,
-            "hidden_dim": d.hidden_dim,
-            "decoder_blocks": d.decoder_blocks,
-            "heads": d.heads,
-            "bottleneck_ratio": d.bottleneck_ratio,
-            "dropout": d.dropout,
-        }
-
     def _detector(self, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> ReconstructionDetector:
         return ReconstructionDetector(
             kwargs, state, self.config.token_grid, self.image_size, self.config.blur_sigma, self.config.top_fraction
@@ -241,7 +243,7 @@ class MeDS:
         with phase("MeDS stage 1: partial memories"):
             self.memory_maps = self._per_class_maps(tokens_grid, class_ids, stage1)
         return _DistilledStage(
-            np.ascontiguousarray(tokens_grid.reshape(n, h * w, d)), class_ids, h, self._model_kwargs(d), {}
+            np.ascontiguousarray(tokens_grid.reshape(n, h * w, d)), class_ids, h, network_kwargs(self.config, d), {}
         )
 
     def _fused_config(self, stage2: _DistilledStage, selection) -> dict[str, Any]:
