@@ -4,8 +4,9 @@ Everything is inside the file (plots as base64 PNG, no scripts, no external styl
 so it can be mailed, attached to a ticket or opened offline. Sections, each present when the
 runs carry what it needs:
 
-* results table: mean +- std over seeds per method (and noise ratio);
-* primary metrics vs noise ratio, one line per method;
+* results table: mean +- std over seeds per method and setting (the axes the experiment
+  declared: noise ratio and protocol, normal class, fold, ...);
+* primary metrics vs the first numeric setting axis that varies, one line per method;
 * per-class bars (from each run's ``per_class_metrics.csv``);
 * trial scatter: the primary metric against every numeric hyperparameter that varies;
 * anomaly-map overlays of the best run per method, and the figures the parent run logged.
@@ -78,8 +79,26 @@ def primary_metrics(runs: pd.DataFrame, limit: int = 3) -> list[str]:
     return present[:limit]
 
 
-def results_table(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    keys = [k for k in ("method", "noise_ratio", "injected_in_test") if k in runs and runs[k].notna().any()]
+# Replicates: averaged over in the tables and curves, never a setting of their own.
+REPLICATE_AXES = ("seed",)
+
+
+def setting_columns(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """The declared axes the runs carry values for, replicates and ``method`` left out."""
+    return [a for a in axes if a not in (*REPLICATE_AXES, "method") and a in runs and runs[a].notna().any()]
+
+
+def plotted_axis(runs: pd.DataFrame, axes: Sequence[str]) -> str | None:
+    """The first numeric setting axis taking two or more values (the noise ratio of a noise sweep)."""
+    for axis in setting_columns(runs, axes):
+        values = pd.to_numeric(runs[axis].dropna(), errors="coerce")
+        if values.notna().all() and values.nunique() >= 2:
+            return axis
+    return None
+
+
+def results_table(runs: pd.DataFrame, metrics: Sequence[str], axes: Sequence[str]) -> pd.DataFrame:
+    keys = ["method", *setting_columns(runs, axes)]
     columns = [f"metric.{m}" for m in metrics]
     grouped = runs.groupby(keys, dropna=False)[columns]
     mean, std, count = grouped.mean(), grouped.std(ddof=0), grouped.size()
@@ -93,32 +112,33 @@ def results_table(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     return table.reset_index()
 
 
-def metric_vs_noise(runs: pd.DataFrame, metrics: Sequence[str]) -> str | None:
-    if "noise_ratio" not in runs or runs["noise_ratio"].nunique(dropna=True) < 2:
+def metric_vs_setting(runs: pd.DataFrame, metrics: Sequence[str], axes: Sequence[str]) -> str | None:
+    setting = plotted_axis(runs, axes)
+    if setting is None:
         return None
+    label = setting.replace("_", " ")
+    others = [a for a in setting_columns(runs, axes) if a != setting and runs[a].nunique(dropna=True) > 1]
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
-    for axis, metric in zip(axes[0], metrics, strict=True):
+    figure, panels = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for panel, metric in zip(panels[0], metrics, strict=True):
         column = f"metric.{metric}"
-        for label, group in _series(runs.dropna(subset=[column])):
-            stats = group.groupby("noise_ratio")[column].agg(["mean", "std"]).sort_index()
-            axis.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label)
-        axis.set_xticks(sorted(runs["noise_ratio"].dropna().unique()))
-        axis.set(xlabel="noise ratio", ylabel=metric.replace("_", " "), title=f"{metric} vs noise ratio")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        for name, group in _series(runs.dropna(subset=[column]), others):
+            stats = group.groupby(setting)[column].agg(["mean", "std"]).sort_index()
+            panel.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=name)
+        panel.set_xticks(sorted(pd.to_numeric(runs[setting].dropna()).unique()))
+        panel.set(xlabel=label, ylabel=metric.replace("_", " "), title=f"{metric} vs {label}")
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=7)
     return _png(figure)
 
 
-def _series(runs: pd.DataFrame):
-    """One curve per method, or per (method, test protocol) when a sweep ran both protocols:
-    the two measure different things and must not be averaged into one line."""
-    if "injected_in_test" in runs and runs["injected_in_test"].nunique(dropna=True) > 1:
-        for (method, protocol), group in runs.groupby(["method", "injected_in_test"]):
-            yield f"{method} (injected {protocol} in test)", group
-    else:
-        for method, group in runs.groupby("method"):
-            yield str(method), group
+def _series(runs: pd.DataFrame, others: Sequence[str]):
+    """One curve per method, or per method and value of every other axis that varies (the two
+    test protocols of a noise sweep measure different things and must not be averaged)."""
+    for key, group in runs.groupby(["method", *others]):
+        values = key if isinstance(key, tuple) else (key,)
+        extra = ", ".join(f"{axis} {value}" for axis, value in zip(others, values[1:], strict=True))
+        yield (f"{values[0]} ({extra})" if extra else str(values[0])), group
 
 
 def per_class_bars(sweep: SweepRuns, metric: str, tracking_uri: str | None) -> str | None:
@@ -245,10 +265,15 @@ def render(sweep: SweepRuns, tracking_uri: str | None = None) -> str:
         f"methods: {html.escape(', '.join(sorted(map(str, runs['method'].dropna().unique()))))}; "
         f"tracking URI <code>{html.escape(str(tracking_uri or ''))}</code></p>",
         "<h2>Results (mean ± std over seeds)</h2>",
-        results_table(runs, metrics).to_html(index=False, escape=True),
+        results_table(runs, metrics, sweep.axes).to_html(index=False, escape=True),
     ]
+    setting = plotted_axis(runs, sweep.axes)
     sections = [
-        ("Metrics vs noise ratio", lambda: metric_vs_noise(runs, metrics), "one noise ratio only"),
+        (
+            f"Metrics vs {(setting or 'a setting').replace('_', ' ')}",
+            lambda: metric_vs_setting(runs, metrics, sweep.axes),
+            "no numeric setting axis takes two values",
+        ),
         (
             f"Per class ({metrics[0]})",
             lambda: per_class_bars(sweep, metrics[0], tracking_uri),

@@ -1,9 +1,10 @@
 """Read a sweep back from MLflow: its parent run and the nested runs under it, as a table.
 
-Every raylab job logs a parent run per sweep and a nested run per method and setting, tagged
-``raylab.method``, ``raylab.noise_ratio``, ``raylab.seed`` (see ``raylab.tracking``). This
-module turns those runs into one row per finished nested run, with ``param.*`` and
-``metric.*`` columns, which the comparison report plots. It works on any tracking URI
+Every raylab job logs a parent run per sweep (with its experiment's setting axes as
+``axes.*`` params) and a nested run per method and setting, tagged ``raylab.method`` and
+``raylab.<axis>`` (see ``raylab.tracking``). This module turns those runs into one row per
+finished nested run, with a column per axis and ``param.*`` and ``metric.*`` columns, which
+the comparison report plots. It works on any tracking URI
 (the SQLite file of a laptop or an ``mlflow server``).
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-SETTING_TAGS = ("method", "dataset", "noise_ratio", "injected_in_test", "seed")
+# The axes of sweeps whose parent run predates listing them (``axes.*`` params).
+LEGACY_AXES = ("noise_ratio", "injected_in_test", "seed")
 
 
 @dataclass
@@ -25,6 +27,15 @@ class SweepRuns:
     parent: Any  # mlflow.entities.Run
     runs: pd.DataFrame  # one row per finished nested run
     artifacts: dict[str, list[str]] = field(default_factory=dict)  # run id -> artifact paths
+    axes: list[str] = field(default_factory=lambda: list(LEGACY_AXES))  # the experiment's setting axes
+
+
+def setting_axes(parent: Any) -> list[str]:
+    """The setting axes the sweep's experiment declared: its parent run logs each as an
+    ``axes.<name>`` param (noise ratio and protocol for the anomaly jobs, normal class for
+    DCAE, fold for CKD, ...), and every nested run carries its values as ``raylab.<name>`` tags."""
+    declared = sorted(key.removeprefix("axes.") for key in parent.data.params if key.startswith("axes."))
+    return declared or list(LEGACY_AXES)
 
 
 def experiment_name(name: str) -> str:
@@ -58,16 +69,17 @@ def load_sweep(experiment: str, *, parent: str | None = None, tracking_uri: str 
         raise LookupError(f"experiment {name!r} has no sweep (a parent run with nested runs) yet")
     chosen = max(tops, key=lambda r: r.info.start_time)
     nested = [r for r in _descendants(chosen.info.run_id, by_parent) if r.info.status == "FINISHED"]
+    axes = setting_axes(chosen)
     rows = []
     for run in nested:
         row: dict[str, Any] = {"run_id": run.info.run_id, "run_name": run.info.run_name}
-        for tag in SETTING_TAGS:
+        for tag in dict.fromkeys(["method", "dataset", *axes]):
             row[tag] = _number(run.data.tags.get(f"raylab.{tag}"))
         row.update({f"param.{k}": _number(v) for k, v in run.data.params.items()})
         row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
     artifacts = {run.info.run_id: _list_artifacts(client, run.info.run_id) for run in nested}
-    return SweepRuns(name, chosen, pd.DataFrame(rows), artifacts)
+    return SweepRuns(name, chosen, pd.DataFrame(rows), artifacts, axes)
 
 
 def _search_all(client: Any, experiment_id: str) -> list[Any]:
