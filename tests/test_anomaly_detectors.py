@@ -22,6 +22,7 @@ from raylab.tasks.anomaly.detectors import DetectorEntry, anomaly_detectors, reg
 from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
 from raylab.testing.detector_contract import (
     check_detector_contract,
+    check_reads_back,
     check_save_load_scores_identically,
     check_sees_no_labels,
 )
@@ -50,6 +51,28 @@ def test_the_family_registers_its_detectors():
 def test_registered_detector_keeps_the_contract(name: str, patches, tmp_path: Path):
     train, test = patches
     check_detector_contract(name, anomaly_detectors().get(name), train, test, tmp_path)
+
+
+def test_the_reconstruction_detector_reads_back_as_it_scored(patches, tmp_path: Path):
+    """MeDS trains it instead of fitting it from patches, so it is built here from a seeded
+    random network of the CPU size; its folder reads back through the registry, as deploy
+    reads it, and scores identically."""
+    import torch
+
+    from raylab.methods.meds.config import cpu_config
+    from raylab.methods.meds.method import ReconstructionDetector, network_kwargs
+    from raylab.methods.meds.training import build_network
+
+    train, test = patches
+    config = cpu_config()
+    kwargs = network_kwargs(config, train.shape[-1])
+    torch.manual_seed(0)
+    state = build_network(kwargs).state_dict()
+    detector = ReconstructionDetector(
+        kwargs, state, config.token_grid, IMAGE_SIZE, config.blur_sigma, config.top_fraction
+    )
+    assert saved_format(detector) == "reconstruction"
+    check_reads_back("reconstruction", anomaly_detectors().get("reconstruction"), detector, test, tmp_path / "net")
 
 
 class NearestTrainingPatch:

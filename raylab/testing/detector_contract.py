@@ -69,9 +69,12 @@ def check_same_seed_same_scores(
 def check_save_load_scores_identically(
     name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray, folder: Path
 ) -> None:
-    """A saved detector, read back through the registry (as deploy reads it), scores exactly
-    as the fitted one did."""
-    detector = entry.build(0).fit(train_patches)
+    check_reads_back(name, entry, entry.build(0).fit(train_patches), test_patches, folder)
+
+
+def check_reads_back(name: str, entry: DetectorEntry, detector, test_patches: np.ndarray, folder: Path) -> None:
+    """A fitted detector, saved and read back through the registry (as deploy reads it),
+    scores exactly as it did."""
     detector.save(folder)
     loaded = entry.load(folder)
     before, after = detector.predict(test_patches), loaded.predict(test_patches)

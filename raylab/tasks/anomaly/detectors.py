@@ -56,8 +56,8 @@ class DetectorEntry:
     """A registered detector class: how to build one unfitted, and how its saved folder is read.
 
     ``build`` is None for a detector that is not fitted from patches (MeDS's reconstruction
-    network comes out of Ray Train); the contract's fit checks skip it, the save/load ones
-    do not. ``saved_by`` names other classes whose ``save`` writes this same format (MeDS
+    network comes out of Ray Train): the contract tests check its save and load on a
+    network built for them, not its fit. ``saved_by`` names other classes whose ``save`` writes this same format (MeDS
     saves its final network as a reconstruction detector).
     """
 
