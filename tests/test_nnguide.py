@@ -11,14 +11,8 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from raylab.methods.nnguide.config import (
-    EnergyConfig,
-    KNNConfig,
-    MaxLogitConfig,
-    MSPConfig,
-    NNGuideConfig,
-)
-from raylab.methods.nnguide.detectors import (
+from raylab.tasks.ood.config import EnergyConfig, KNNConfig, MaxLogitConfig, MSPConfig, NNGuideConfig
+from raylab.tasks.ood.detectors import (
     LinearHead,
     ModelOutputs,
     NNGuideDetector,
@@ -192,7 +186,7 @@ def test_refitting_with_new_hyperparameters_is_never_stale():
 
 
 def test_boundary_negates_once_and_metrics_have_the_contract_keys():
-    from raylab.methods.nnguide.benchmark import evaluate_detector, flat_metrics, ood_scores
+    from raylab.tasks.ood.benchmark import evaluate_detector, flat_metrics, ood_scores
 
     id_test = ModelOutputs(np.ones((4, 2), np.float32), np.array([[9.0, 0.0]] * 4, np.float32))
     ood = ModelOutputs(np.ones((4, 2), np.float32), np.array([[0.0, 0.1]] * 4, np.float32))
@@ -335,10 +329,10 @@ def _quick_job_config():
 
 def test_ray_train_classifier_two_workers_with_checkpoints(ray_session):
     """Trains exactly what ``--quick`` trains (same data, config, seed), so the job test reuses it."""
-    from raylab.methods.nnguide.benchmark import build_benchmark
     from raylab.methods.nnguide.classifiers import build_classifier
     from raylab.methods.nnguide.experiment import training_data
     from raylab.methods.nnguide.training import FINAL_STATE, train_classifier
+    from raylab.tasks.ood.benchmark import build_benchmark
 
     config = _quick_job_config()
     assert config.max_test_images_per_role == config.quick.max_test_images_per_role
@@ -403,7 +397,7 @@ def test_job_quick_end_to_end_summary_contract(ray_session, tmp_path):
     import pandas as pd
 
     from raylab.eval.anomaly import image_metrics
-    from raylab.methods.nnguide.benchmark import build_benchmark
+    from raylab.tasks.ood.benchmark import build_benchmark
 
     config = _quick_job_config()
     bench = build_benchmark(config.benchmark, None, 0, max_per_role=config.max_test_images_per_role)

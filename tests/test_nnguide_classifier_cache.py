@@ -21,8 +21,8 @@ from raylab.artefacts import MANIFEST, verify
 def tiny_training_set():
     """The first 96 ``id_fit`` images of the job's ``--quick`` benchmark, as the job decodes them."""
     from raylab.experiment import get_experiment, run
-    from raylab.methods.nnguide.benchmark import build_benchmark
     from raylab.methods.nnguide.experiment import training_data
+    from raylab.tasks.ood.benchmark import build_benchmark
 
     config = run(get_experiment("nnguide_eval"), ["--quick", "--print-config"])["config"]
     bench = build_benchmark(config.benchmark, None, 0, max_per_role=config.max_test_images_per_role)

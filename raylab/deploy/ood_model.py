@@ -22,8 +22,9 @@ from raylab.deploy.scorer_folder import finish_folder, finite, image_signature, 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from raylab.methods.nnguide.config import ClassifierConfig, DetectorConfig
-    from raylab.methods.nnguide.detectors import ModelOutputs
+    from raylab.methods.nnguide.config import ClassifierConfig
+    from raylab.tasks.ood.config import DetectorConfig
+    from raylab.tasks.ood.detectors import ModelOutputs
     from raylab.tracking.mlflow_conventions import TrackedRun
 
 FORMAT = "raylab-ood-scorer"
@@ -32,7 +33,7 @@ CLASSIFIER_FILE = "classifier.safetensors"
 
 
 def detector_kind_name(config: DetectorConfig) -> str:
-    from raylab.methods.nnguide.config import DETECTOR_KINDS
+    from raylab.tasks.ood.config import DETECTOR_KINDS
 
     return next(name for name, kind in DETECTOR_KINDS.items() if type(config) is kind)
 
@@ -75,9 +76,10 @@ class OODScorer:
         from safetensors.torch import load_file
 
         from raylab.config import from_mapping
-        from raylab.methods.nnguide.config import ClassifierConfig, detector_config
-        from raylab.methods.nnguide.detectors import ModelOutputs, fit_detector
+        from raylab.methods.nnguide.config import ClassifierConfig
         from raylab.methods.nnguide.features import ClassifierActor, linear_head, transform_for
+        from raylab.tasks.ood.config import detector_config
+        from raylab.tasks.ood.detectors import ModelOutputs, fit_detector
 
         directory = Path(directory)
         self.info = info = read_folder(directory, FORMAT, VERSION)
@@ -95,7 +97,7 @@ class OODScorer:
         self.threshold = finite(info["threshold"])
 
     def outputs(self, images: Sequence[bytes], sample_ids: Sequence[str]) -> ModelOutputs:
-        from raylab.methods.nnguide.detectors import ModelOutputs
+        from raylab.tasks.ood.detectors import ModelOutputs
 
         pixels = self.transform({"image": np.asarray(images, dtype=object), "sample_id": np.asarray(sample_ids)})[
             "pixels"

@@ -1,25 +1,21 @@
-"""NNGuide (Park et al., ICCV 2023) and its baselines for OOD detection on classifier outputs.
+"""NNGuide (Park et al., ICCV 2023) for OOD detection on classifier outputs: the job around the
+OOD family's detectors.
 
-* :mod:`.detectors`: MSP, MaxLogit, Energy, KNN, NNGuide, ReAct; ``fit_detector(config,
-  source, head)`` -> fitted detector with ``confidence(outputs)`` (higher = more ID).
+* :mod:`raylab.tasks.ood` (the family): the detectors (MSP, MaxLogit, Energy, KNN, NNGuide,
+  ReAct; ``fit_detector(config, source, head)`` -> a fitted detector with
+  ``confidence(outputs)``, higher = more ID), their configs and registry, the benchmark
+  protocol (roles, the one score negation, metrics).
 * :mod:`.classifiers`: CIFAR ResNets (strict-loading the shared checkpoints), timm
   classifiers, a small CNN; :mod:`.training`: training one with Ray Train.
 * :mod:`.features`: features and logits of a corpus, once, with Ray Data (cached).
-* :mod:`.benchmark`: the protocol (roles, the one score negation, metrics);
-  :mod:`.tuning`: hyperparameter selection on validation data (the shared Tune + Optuna search);
-  :mod:`.experiment`: the ``nnguide_eval`` job.
+* :mod:`.tuning`: hyperparameter selection on validation data (the shared Tune + Optuna
+  search); :mod:`.experiment`: the ``nnguide_eval`` job.
 
 The package exports the typed configs only (importable without torch).
 """
 
-from raylab.methods.nnguide.config import (
-    EnergyConfig,
-    KNNConfig,
-    MaxLogitConfig,
-    MSPConfig,
-    NNGuideConfig,
-    NNGuideEvalConfig,
-)
+from raylab.methods.nnguide.config import NNGuideEvalConfig
+from raylab.tasks.ood.config import EnergyConfig, KNNConfig, MaxLogitConfig, MSPConfig, NNGuideConfig
 
 __all__ = [
     "EnergyConfig",

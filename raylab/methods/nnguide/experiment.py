@@ -32,14 +32,15 @@ from raylab.config import ConfigError, from_mapping, parse_assignment, read_yaml
 from raylab.digests import file_digest
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.experiment.arguments import parse_list
-from raylab.methods.nnguide.config import NNGuideEvalConfig, with_seed
+from raylab.methods.nnguide.config import NNGuideEvalConfig
+from raylab.tasks.ood.config import with_seed
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from raylab.methods.nnguide.benchmark import Benchmark
-    from raylab.methods.nnguide.detectors import ModelOutputs, NNGuideDetector
     from raylab.methods.nnguide.features import OutputSet
+    from raylab.tasks.ood.benchmark import Benchmark
+    from raylab.tasks.ood.detectors import ModelOutputs, NNGuideDetector
 
 NAME = "nnguide_eval"
 CONFIG_FOLDER = "nnguide"
@@ -161,7 +162,7 @@ def prepare(request: Request[NNGuideEvalConfig]) -> Prepared:
     """Every seed's benchmark; the fingerprint covers its images and the classifier checkpoint's bytes."""
     from raylab.data.store import corpus_fingerprint
     from raylab.experiment.identity import content_hash
-    from raylab.methods.nnguide.benchmark import build_benchmark
+    from raylab.tasks.ood.benchmark import build_benchmark
 
     config = request.config
     benchmarks = {
@@ -245,10 +246,10 @@ def _set_rows(
 
 def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, context: TrialContext) -> TrialResult:
     """Every detector (and the hyperparameter selection) for one protocol seed."""
-    from raylab.methods.nnguide.benchmark import accuracy, evaluate_detector, flat_metrics
     from raylab.methods.nnguide.classifiers import build_classifier
-    from raylab.methods.nnguide.detectors import NNGuideDetector, fit_detector
     from raylab.methods.nnguide.features import extract_outputs
+    from raylab.tasks.ood.benchmark import accuracy, evaluate_detector, flat_metrics
+    from raylab.tasks.ood.detectors import NNGuideDetector, fit_detector
 
     seed = int(setting["seed"])
     bench = inputs.benchmarks[seed]
@@ -306,7 +307,7 @@ def log_detector_model(
     import pyarrow.compute as pc
 
     from raylab.deploy.ood_model import log_ood_model
-    from raylab.methods.nnguide.benchmark import ood_scores
+    from raylab.tasks.ood.benchmark import ood_scores
 
     first = bench.roles["id_test"][0]
     example = bench.corpus.filter(pc.is_in(bench.corpus["sample_id"], pa.array([first]))).column("image")[0].as_py()
@@ -332,9 +333,9 @@ def tuned_rows(
     config: NNGuideEvalConfig, bench: Benchmark, outputs: OutputSet, seed: int, context: TrialContext, tags, extra
 ) -> list[Row]:
     """Select on (id_val, validation-OOD), refit on id_train, report on id_test vs the other OOD sets."""
-    from raylab.methods.nnguide.benchmark import evaluate_detector, flat_metrics
-    from raylab.methods.nnguide.detectors import fit_detector
     from raylab.methods.nnguide.tuning import describe, sweep_nnguide
+    from raylab.tasks.ood.benchmark import evaluate_detector, flat_metrics
+    from raylab.tasks.ood.detectors import fit_detector
 
     validation = bench.validation_ood
     result = sweep_nnguide(
@@ -371,8 +372,8 @@ def tuned_rows(
 
 
 def report(rows: Sequence[Row], request: Request[NNGuideEvalConfig]) -> Report:
-    from raylab.methods.nnguide.benchmark import AVERAGE
     from raylab.methods.nnguide.report import bar_chart, detector_table, format_detector_table
+    from raylab.tasks.ood.benchmark import AVERAGE
 
     config = request.config
     dicts = [row.to_dict() for row in rows]

@@ -28,9 +28,9 @@ from raylab.data.store import cache_root, read_dataset, staged_directory, write_
 from raylab.digests import content_digest, file_digest
 from raylab.methods.nnguide.classifiers import build_classifier
 from raylab.methods.nnguide.config import ClassifierConfig
-from raylab.methods.nnguide.detectors import LinearHead, ModelOutputs
 from raylab.resources import THREADS_PER_ACTOR
 from raylab.resources import current as current_resources
+from raylab.tasks.ood.detectors import LinearHead, ModelOutputs
 
 CACHE_FORMAT = 1
 

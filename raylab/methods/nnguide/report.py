@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raylab.methods.nnguide.benchmark import AVERAGE
 from raylab.report.tables import rows_to_frame
+from raylab.tasks.ood.benchmark import AVERAGE
 
 TABLE_METRICS = ("auroc", "fpr95")
 

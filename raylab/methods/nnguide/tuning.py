@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from raylab.eval.ood import ood_metrics
-from raylab.methods.nnguide.benchmark import ood_scores
-from raylab.methods.nnguide.config import NNGuideConfig, SweepConfig
-from raylab.methods.nnguide.detectors import LinearHead, ModelOutputs, fit_detector
+from raylab.methods.nnguide.config import SweepConfig
+from raylab.tasks.ood.benchmark import ood_scores
+from raylab.tasks.ood.config import NNGuideConfig
+from raylab.tasks.ood.detectors import LinearHead, ModelOutputs, fit_detector
 
 METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")
 

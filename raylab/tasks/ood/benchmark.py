@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 
 from raylab.data import load_corpus
 from raylab.eval.ood import ood_metrics
-from raylab.methods.nnguide.config import BenchmarkConfig
-from raylab.methods.nnguide.detectors import FittedDetector, ModelOutputs
+from raylab.tasks.ood.config import BenchmarkConfig
+from raylab.tasks.ood.detectors import FittedDetector, ModelOutputs
 
 METRIC_KEYS = ("auroc", "fpr95", "aupr_in", "aupr_out", "detection_acc")
 

@@ -3,11 +3,11 @@
 One interface for all of them: a frozen config's ``fit(source, head)`` returns a
 :class:`FittedDetector` (bank, statistics, ReAct threshold; nothing else is kept anywhere),
 whose ``confidence(outputs)`` scores new samples. Features and logits are extracted once
-(:mod:`features`) and every detector reads the same :class:`ModelOutputs`.
+(:mod:`raylab.methods.nnguide.features`) and every detector reads the same :class:`ModelOutputs`.
 
 Score direction: inside this module, OpenOOD's convention, **higher = more in-distribution**
 (a confidence). raylab's metrics use higher = more OOD; the single conversion is
-:func:`raylab.methods.nnguide.benchmark.ood_scores`.
+:func:`raylab.tasks.ood.benchmark.ood_scores`.
 
 Detectors (``z`` = L2-normalised penultimate feature, ``f`` = logits):
 
@@ -32,7 +32,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from raylab.memory.bank import MemoryBank
-from raylab.methods.nnguide.config import (
+from raylab.tasks.ood.config import (
     BaseScore,
     DetectorConfig,
     EnergyConfig,
