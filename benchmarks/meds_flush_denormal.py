@@ -42,6 +42,7 @@ from raylab.features.patch_embed import pool_patch_grid
 from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.losses import distillation_loss, global_cosine_hard_mining, hard_mining_fraction
 from raylab.methods.meds.model import ReconstructionScoreNet, token_distance
+from raylab.methods.meds.training import set_lr
 from raylab.tasks.anomaly.benchmark import class_splits
 from raylab.train.optim import StableAdamW, warm_cosine_lr
 
@@ -65,15 +66,7 @@ def stage3_steps(network, optimizer, tokens, schedule, first: int, count: int, s
     started = time.perf_counter()
     for iteration in range(first, first + count):
         batch = torch.from_numpy(tokens[rng.choice(len(tokens), schedule.batch_size, replace=False)])
-        lr = warm_cosine_lr(
-            iteration,
-            base_lr=schedule.lr,
-            final_lr=schedule.final_lr,
-            warmup=schedule.warmup_iterations,
-            total=schedule.iterations,
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, schedule, iteration)
         encoded, decoded = network(batch)
         p = hard_mining_fraction(iteration, schedule.hard_mining_p, schedule.hard_mining_ramp_iterations)
         loss = global_cosine_hard_mining(encoded, decoded, p, schedule.hard_mining_factor)

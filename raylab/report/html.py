@@ -112,10 +112,8 @@ def results_table(runs: pd.DataFrame, metrics: Sequence[str], axes: Sequence[str
     return table.reset_index()
 
 
-def metric_vs_setting(runs: pd.DataFrame, metrics: Sequence[str], axes: Sequence[str]) -> str | None:
-    setting = plotted_axis(runs, axes)
-    if setting is None:
-        return None
+def metric_vs_setting(runs: pd.DataFrame, metrics: Sequence[str], axes: Sequence[str], setting: str) -> str:
+    """``metrics`` against the ``setting`` axis (:func:`plotted_axis`), one curve per series."""
     label = setting.replace("_", " ")
     others = [a for a in setting_columns(runs, axes) if a != setting and runs[a].nunique(dropna=True) > 1]
     plt = _pyplot()
@@ -271,7 +269,7 @@ def render(sweep: SweepRuns, tracking_uri: str | None = None) -> str:
     sections = [
         (
             f"Metrics vs {(setting or 'a setting').replace('_', ' ')}",
-            lambda: metric_vs_setting(runs, metrics, sweep.axes),
+            lambda: None if setting is None else metric_vs_setting(runs, metrics, sweep.axes, setting),
             "no numeric setting axis takes two values",
         ),
         (

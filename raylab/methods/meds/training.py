@@ -103,7 +103,7 @@ def _optimizer(network: torch.nn.Module, schedule) -> StableAdamW:
     return StableAdamW(network.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, schedule, iteration: int) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, schedule, iteration: int) -> None:
     lr = warm_cosine_lr(
         iteration,
         base_lr=schedule.lr,
@@ -184,7 +184,7 @@ def _distillation_epochs(
         rng = np.random.default_rng([config["seed"], epoch, rank])
         losses = []
         for step, batch in enumerate(_batches(shard, rng, schedule.batch_size, per_epoch)):
-            _set_lr(optimizer, schedule, epoch * per_epoch + step)
+            set_lr(optimizer, schedule, epoch * per_epoch + step)
             encoded, decoded = network(tokens[batch])
             loss = distillation_loss(
                 token_distance(encoded, decoded), targets[batch], schedule.loss_weight, schedule.loss
@@ -288,7 +288,7 @@ def _selection_epochs(
             rng = np.random.default_rng([config["seed"], 10_000 + epoch, passes, rank])
             network.train()
             for batch in pass_batches(kept, rank, world, schedule.batch_size, rng)[: end - iteration]:
-                _set_lr(optimizer, schedule, iteration)
+                set_lr(optimizer, schedule, iteration)
                 p = hard_mining_fraction(iteration, schedule.hard_mining_p, schedule.hard_mining_ramp_iterations)
                 encoded, decoded = network(tokens[batch])
                 loss = global_cosine_hard_mining(encoded, decoded, p, schedule.hard_mining_factor)
