@@ -31,10 +31,10 @@ from raylab.deploy.promote import Promotion, parse_filters, promote
 from raylab.deploy.serving import ServeOptions, start
 from raylab.features import FeatureSpec
 from raylab.features.extract import PatchFeatureExtractor, warm_backbone_state
-from raylab.methods.patchcore import PatchCoreConfig
-from raylab.methods.patchcore.model import PatchCore
 from raylab.tasks.anomaly.artifacts import MODELS_TAG, images_of
 from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted
+from raylab.tasks.anomaly.patchcore import PatchCoreConfig
+from raylab.tasks.anomaly.patchcore.model import PatchCore
 from raylab.tracking import tracked_run
 
 IMAGE_SIZE = 112

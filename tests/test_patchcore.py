@@ -26,10 +26,10 @@ from raylab.eval import anomaly_metrics
 from raylab.experiment import get_experiment, run
 from raylab.features import FeatureSpec
 from raylab.features.cache import cached_patch_features
-from raylab.methods.patchcore import PatchCoreConfig
-from raylab.methods.patchcore.model import PatchCore
 from raylab.tasks.anomaly.benchmark import class_splits
 from raylab.tasks.anomaly.maps import patch_scores_to_maps, reduce_to_image_scores
+from raylab.tasks.anomaly.patchcore import PatchCoreConfig
+from raylab.tasks.anomaly.patchcore.model import PatchCore
 from raylab.tracking import tracking_uri
 
 IMAGE_SIZE = 112

@@ -57,3 +57,21 @@ def test_platform_layers_never_import_a_method_or_a_task_family():
     offenders = {path: names for path, names in offenders.items() if names}
     assert not offenders, offenders
     assert _imported_modules(ROOT / "raylab/tasks/anomaly/artifacts.py")  # the scan reads real imports
+
+
+def test_a_method_package_imports_no_other_method_package():
+    """Methods meet in their task family (its baselines, detectors and registries), never in
+    each other's packages: MeDS and TailedCore compare against the family's PatchCore."""
+    methods = sorted(path.name for path in (ROOT / "raylab/methods").iterdir() if (path / "__init__.py").is_file())
+    offenders = {}
+    for method in methods:
+        for path in sorted((ROOT / "raylab/methods" / method).rglob("*.py")):
+            foreign = sorted(
+                name
+                for name in _imported_modules(path)
+                if name.startswith("raylab.methods.") and name.split(".")[2] != method
+            )
+            if foreign:
+                offenders[str(path.relative_to(ROOT))] = foreign
+    assert len(methods) == 7, methods  # the scan sees every method package
+    assert not offenders, offenders

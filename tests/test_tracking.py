@@ -16,8 +16,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 import raylab
-from raylab.methods.patchcore import PatchCoreConfig
 from raylab.storage import RAY_JOB_DRIVER_ENV
+from raylab.tasks.anomaly.patchcore import PatchCoreConfig
 from raylab.tracking import configure, experiment_id, flatten_params, run_tags, tracked_run, tracking_uri
 from raylab.tracking.mlflow_conventions import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MAX_PARAM_LENGTH, git_commit
 

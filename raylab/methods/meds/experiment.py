@@ -49,7 +49,6 @@ from raylab.experiment import (
 from raylab.experiment.cost import CostModel
 from raylab.features import FeatureSpec
 from raylab.methods.meds.config import MeDSConfig, cpu_config
-from raylab.methods.patchcore import PatchCoreConfig
 from raylab.tasks.anomaly.experiment import (
     CorpusFeatures,
     check_group_sizes,
@@ -60,6 +59,7 @@ from raylab.tasks.anomaly.experiment import (
     noise_ratio_option,
     prepare_corpus_features,
 )
+from raylab.tasks.anomaly.patchcore import PatchCoreConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -201,9 +201,9 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
     from raylab.data.protocols import NoiseProtocol, inject_noise
     from raylab.methods.meds.method import MeDS
     from raylab.methods.meds.partial_memory import PartialMemoryDetector
-    from raylab.methods.patchcore.model import PatchCore
     from raylab.tasks.anomaly.artifacts import log_anomaly_artifacts
     from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted, mean_over_classes
+    from raylab.tasks.anomaly.patchcore.model import PatchCore
     from raylab.timing import phase
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])

@@ -1,6 +1,3 @@
-"""PatchCore. The package exports the typed config (importable without torch); the method is
-:class:`raylab.methods.patchcore.model.PatchCore`."""
-
-from raylab.methods.patchcore.config import PatchCoreConfig
-
-__all__ = ["PatchCoreConfig"]
+"""PatchCore's own job (``patchcore_eval``): the per-class benchmark of the detector on its
+own. The detector and its config are the anomaly family's baseline,
+:mod:`raylab.tasks.anomaly.patchcore`."""

@@ -19,7 +19,6 @@ from typing import Any
 from raylab.config import require
 from raylab.experiment import Experiment, Prepared, Report, Request, Row, Setting, TrialContext, TrialResult
 from raylab.features import FeatureSpec
-from raylab.methods.patchcore.config import PatchCoreConfig
 from raylab.tasks.anomaly.experiment import (
     CorpusFeatures,
     check_group_sizes,
@@ -30,6 +29,7 @@ from raylab.tasks.anomaly.experiment import (
     noise_ratio_option,
     prepare_corpus_features,
 )
+from raylab.tasks.anomaly.patchcore.config import PatchCoreConfig
 
 NAME = "patchcore_eval"
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
@@ -86,9 +86,9 @@ def prepare(request: Request[PatchCoreEvalConfig]) -> Prepared:
 def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig, context: TrialContext) -> TrialResult:
     """Apply the protocol, fit and evaluate one memory per class, log one nested run."""
     from raylab.data.protocols import NoiseProtocol, inject_noise
-    from raylab.methods.patchcore.model import PatchCore
     from raylab.tasks.anomaly.artifacts import log_anomaly_artifacts
     from raylab.tasks.anomaly.benchmark import class_splits, evaluate_per_class, mean_over_classes
+    from raylab.tasks.anomaly.patchcore.model import PatchCore
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
     result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, keeps_injected_in_test(setting)))

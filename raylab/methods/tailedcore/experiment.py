@@ -52,7 +52,6 @@ from raylab.experiment.arguments import parse_list
 from raylab.experiment.cost import CostModel
 from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
-from raylab.methods.patchcore import PatchCoreConfig
 from raylab.methods.tailedcore.config import SoftPatchConfig, TailedCoreConfig
 from raylab.tasks.anomaly.experiment import (
     check_injected_in_test,
@@ -60,6 +59,7 @@ from raylab.tasks.anomaly.experiment import (
     noise_axes,
     noise_ratio_option,
 )
+from raylab.tasks.anomaly.patchcore import PatchCoreConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -286,7 +286,6 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     from raylab.data.protocols import apply_long_tail, protocol_from_name
     from raylab.data.protocols.noise import base_sample_id
     from raylab.deploy.anomaly_model import log_anomaly_model, pooled_evaluation
-    from raylab.methods.patchcore.model import PatchCore
     from raylab.methods.tailedcore.diagnostics import (
         class_group_metrics,
         defect_patch_cells,
@@ -298,6 +297,7 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     from raylab.methods.tailedcore.views import RotationFlipViews
     from raylab.tasks.anomaly.artifacts import images_of, log_anomaly_artifacts
     from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted
+    from raylab.tasks.anomaly.patchcore.model import PatchCore
     from raylab.timing import phase
 
     torch.set_num_threads(config.threads_per_trial)

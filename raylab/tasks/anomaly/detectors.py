@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the registry stays importable without torch
 
 # The modules whose classes register themselves below (one line per new detector module).
 DETECTOR_MODULES = (
-    "raylab.methods.patchcore.model",
+    "raylab.tasks.anomaly.patchcore.model",
     "raylab.methods.tailedcore.softpatch",
     "raylab.methods.tailedcore.model",
     "raylab.methods.meds.partial_memory",

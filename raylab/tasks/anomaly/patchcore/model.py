@@ -15,9 +15,9 @@ import numpy as np
 
 from raylab.features.backbones import BackboneSpec, FeatureSpec
 from raylab.memory import MemoryBank, greedy_coreset
-from raylab.methods.patchcore.config import PatchCoreConfig
 from raylab.tasks.anomaly.detectors import register_detector
 from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
+from raylab.tasks.anomaly.patchcore.config import PatchCoreConfig
 
 
 @register_detector("patchcore")
