@@ -2,10 +2,11 @@
 
 For each packaged full-size config (``raylab.experiment.registry.FULL_SIZE_CONFIGS``), in
 one script on one machine: write random weights in the loaders' real formats, run the real
-job at ``--smoke`` and again with the smoke budget's step keys doubled (iterations, epochs,
-trials), each in a fresh process with its own local Ray, caches and MLflow store, and record
-wall time and peak host memory. The two runs give the seconds per unit of work apart from
-the fixed costs; ``--write`` stores them in ``raylab/configs/cost_measurements.yaml``.
+job at ``--smoke`` and again at a larger budget (the experiment's ``smoke_scaled``, else its
+step keys doubled: iterations, epochs, trials), each in a fresh process with its own local
+Ray, caches and MLflow store, and record wall time and peak host memory. The two runs give
+the seconds per unit of work apart from the fixed costs; ``--write`` stores them in
+``raylab/configs/cost_measurements.yaml``.
 
 Peak host memory: the job's whole process tree (driver, Ray's services and workers) sampled
 every 0.2 s from ``/proc`` as the sum of private memory (``RssAnon``) plus the largest
@@ -38,7 +39,7 @@ from raylab.testing.random_weights import smoke_weight_arguments
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DOUBLED_LEAVES = ("iterations", "epochs", "n_trials", "search_iterations", "kimg", "steps")
-MIN_WORK_GROWTH = 1.5  # a slope needs the doubled run to do at least this much more of the work unit
+MIN_WORK_GROWTH = 1.5  # a slope needs the scaled run to do at least this much more of the work unit
 
 
 def _process_tree(root: int) -> list[int]:
@@ -100,16 +101,17 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, int]:
     return seconds, peak
 
 
-def doubled(smoke: dict) -> list[str]:
-    """``--set`` assignments that double every step key of a smoke budget, or, for a budget
-    without steps (TailedCore's work grows with the images), its images per group."""
+def scaled(smoke: dict, smoke_scaled: dict) -> list[str]:
+    """``--set`` assignments of the experiment's larger budget (its ``smoke_scaled``), or, where
+    it declares none, of its smoke budget with every step key doubled."""
+    if smoke_scaled:
+        return [part for key, value in flatten(smoke_scaled).items() for part in ("--set", f"{key}={value}")]
     flat = {
         key: value for key, value in flatten(smoke).items() if isinstance(value, int) and not isinstance(value, bool)
     }
-    leaves = DOUBLED_LEAVES if any(key.rpartition(".")[2] in DOUBLED_LEAVES for key in flat) else ("images_per_group",)
     assignments = []
     for key, value in flat.items():
-        if key.rpartition(".")[2] in leaves:
+        if key.rpartition(".")[2] in DOUBLED_LEAVES:
             assignments += ["--set", f"{key}={2 * value}"]
     return assignments
 
@@ -137,7 +139,7 @@ def main() -> None:
             weights = smoke_weight_arguments(key, scratch_path / "weights")
             argv = full_size_arguments(key, args.data_root, args.weights_root, weights)
             runs = []
-            for label, extra in (("smoke", []), ("doubled", doubled(experiment.smoke))):
+            for label, extra in (("smoke", []), ("scaled", scaled(experiment.smoke, experiment.smoke_scaled))):
                 estimate = estimate_of(entry.experiment, [*argv, *extra])
                 root = scratch_path / key.replace("/", "-") / label
                 env = {
@@ -165,8 +167,8 @@ def main() -> None:
                 )
             (first, first_seconds, first_peak), (second, second_seconds, _) = runs
             if second["work"] < MIN_WORK_GROWTH * first["work"]:
-                # The doubled budget hardly changed the work unit (TailedCore: more head and test
-                # images, the same tail), so the time it added is not the unit's: no slope.
+                # The scaled budget hardly changed the work unit (more images that add little of
+                # it), so the time it added is not the unit's: no slope.
                 print(
                     f"{key}: work grew {second['work'] / first['work']:.3f}x, under {MIN_WORK_GROWTH}x: no slope",
                     flush=True,

@@ -10,6 +10,7 @@ name that holds other inputs is refused, and ``--search 2`` trains each trial's 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -102,6 +103,19 @@ def test_missing_or_wrong_data_root_fails_before_ray(no_ray, capsys, tmp_path):
     assert "unknown dataset 'magnetic_tiles'" in err
 
 
+def test_an_anomaly_sweeps_budget_keeps_whole_classes_then_images_per_group(no_ray):
+    """``max_classes`` keeps whole classes (ELPV's first of mono/poly), then every (class,
+    split, label) group of those is cut to ``images_per_group``."""
+    from raylab.tasks.anomaly.experiment import _corpus
+
+    whole = _corpus("elpv", None, "{}", None, None)
+    cut = _corpus("elpv", None, "{}", 1, 2)
+    assert set(whole.column("class_name").to_pylist()) == {"mono", "poly"}
+    assert set(cut.column("class_name").to_pylist()) == {"mono"}
+    groups = Counter(zip(*(cut.column(k).to_pylist() for k in ("split", "label")), strict=True))
+    assert {("train", 0), ("test", 0), ("test", 1)} <= set(groups) and set(groups.values()) == {2}
+
+
 def test_meds_config_types_and_ranges_are_checked_by_key_path(no_ray, capsys):
     err = _rejected("meds_sweep", ["--set", "meds.stage1.bootstraps=ten"], capsys)
     assert "--set: meds.stage1.bootstraps: expected int, got str 'ten'" in err
@@ -109,6 +123,8 @@ def test_meds_config_types_and_ranges_are_checked_by_key_path(no_ray, capsys):
     assert "noise_ratios: expected a list of float, got float 0.2" in err
     err = _rejected("meds_sweep", ["--set", "images_per_group=-1"], capsys)
     assert "images_per_group: must be >= 1 or null, got -1" in err
+    err = _rejected("meds_sweep", ["--set", "max_classes=0"], capsys)
+    assert "max_classes: must be >= 1 or null, got 0" in err
     err = _rejected("meds_sweep", ["--set", "meds.stage1.seed=3"], capsys)
     assert "meds.stage1.seed is decided by each setting" in err
     for text in ("0,nan", "0,1.5", "0,,0.2"):

@@ -198,5 +198,9 @@ class Experiment(Generic[C]):
     # ``--smoke``: the budget this experiment's paper-size configs shrink to (budget keys only,
     # see :mod:`raylab.experiment.budget`), applied over ``--config`` and under ``--set``.
     smoke: Mapping[str, Any] = field(default_factory=dict)
+    # The budget that grows the cost model's work unit from the smoke's (applied over
+    # ``smoke``); ``benchmarks/full_size_costs.py`` times both to separate seconds per unit of
+    # work from start-up. Empty: the smoke's step keys doubled.
+    smoke_scaled: Mapping[str, Any] = field(default_factory=dict)
     # ``--dry-run``: the experiment's account of one trial's work (see :mod:`raylab.experiment.cost`).
     cost: Callable[[Request[C]], Any] | None = None

@@ -42,7 +42,9 @@ class PatchCoreEvalConfig:
     seeds: tuple[int, ...] = (0,)
     # Test protocol for the injected defects: removed, kept or both (see raylab.tasks.anomaly.experiment).
     injected_in_test: str = "removed"
-    # Stratified subsample (per class, split and label); None keeps the whole corpus.
+    # Budget subsets: classes kept, evenly spread over the sorted names, then a stratified
+    # subsample (per class, split and label); None keeps them all.
+    max_classes: int | None = None
     images_per_group: int | None = None
     quick_images_per_group: int = 60
     quick_coreset_ratio: float = 0.01
@@ -55,7 +57,7 @@ class PatchCoreEvalConfig:
             f"must lie in [0, 1), got {self.noise_ratios}",
         )
         check_injected_in_test(self.injected_in_test)
-        check_group_sizes(self.images_per_group, self.quick_images_per_group)
+        check_group_sizes(self.images_per_group, self.quick_images_per_group, self.max_classes)
         require(
             0.0 < self.quick_coreset_ratio <= 1.0,
             "quick_coreset_ratio",

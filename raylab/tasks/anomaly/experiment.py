@@ -48,8 +48,13 @@ def check_injected_in_test(value: str) -> None:
     )
 
 
-def check_group_sizes(images_per_group: int | None, quick_images_per_group: int) -> None:
-    """``__post_init__`` check for the per-(class, split, label) subsample sizes."""
+def check_group_sizes(images_per_group: int | None, quick_images_per_group: int, max_classes: int | None) -> None:
+    """``__post_init__`` check for the budget's subsets: classes kept and images per (class, split, label)."""
+    require(
+        max_classes is None or max_classes >= 1,
+        "max_classes",
+        f"must be >= 1 or null, got {max_classes}",
+    )
     require(
         images_per_group is None or images_per_group >= 1,
         "images_per_group",
@@ -104,21 +109,24 @@ class CorpusFeatures:
 
 
 @functools.lru_cache(maxsize=1)
-def _corpus(dataset: str, data_root: str | None, options: str, images_per_group: int | None) -> pa.Table:
+def _corpus(
+    dataset: str, data_root: str | None, options: str, max_classes: int | None, images_per_group: int | None
+) -> pa.Table:
     """The (subsampled) corpus, loaded once per process: the check before Ray and ``prepare``
     after it read the same files (a table is immutable, so sharing it is safe)."""
     from raylab.data import load_corpus
-    from raylab.data.protocols import subsample_corpus
+    from raylab.data.protocols import spread_classes, subsample_corpus
 
     corpus = load_corpus(dataset, data_root, **json.loads(options))
+    if max_classes is not None:
+        corpus = spread_classes(corpus, max_classes)
     return corpus if images_per_group is None else subsample_corpus(corpus, images_per_group)
 
 
 def corpus_of(request: Request) -> pa.Table:
     config = request.config
-    return _corpus(
-        request.dataset, request.data_root, json.dumps(config.dataset_options, sort_keys=True), config.images_per_group
-    )
+    options = json.dumps(config.dataset_options, sort_keys=True)
+    return _corpus(request.dataset, request.data_root, options, config.max_classes, config.images_per_group)
 
 
 def check_noise_supply(request: Request) -> None:
