@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from raylab.experiment.registry import FULL_SIZE_CONFIGS
+
 pytestmark = [pytest.mark.full_size_smoke, pytest.mark.timeout(1800)]  # paper-size runs: minutes each on 2 cores
 
 
@@ -71,22 +73,15 @@ def _opens_as_image(run_id: str, artifact: str, scratch: Path) -> None:
 
 
 def test_ckd_official_size_smoke(ray_session, shared_data: Path, tmp_path: Path) -> None:
-    """IR-SE ResNet-18 at 128x128 faces and 48x128 bands, two DDP workers per run, all five methods."""
+    """IR-SE ResNet-18 at 128x128 faces and 48x128 bands, batch 16, all five methods (one DDP
+    worker per run on the test's two CPUs: the registry's small-machine setting)."""
     out = _run(
         "ckd_train",
-        [
-            "--config",
-            "ckd/orl_full",
-            "--data-root",
-            str(shared_data),
-            "--set",
-            "ckd.train.cpus_per_worker=0.3",
-            "--set",
-            "resources.max_concurrent_trials=3",
-        ],
+        ["--config", "ckd/orl_full", "--data-root", str(shared_data), *FULL_SIZE_CONFIGS["ckd/orl_full"].small_machine],
         tmp_path / "ckd.json",
     )
-    assert out["config"].ckd.network.widths == (64, 128, 256, 512) and out["config"].ckd.train.num_workers == 2
+    network, train = out["config"].ckd.network, out["config"].ckd.train
+    assert network.widths == (64, 128, 256, 512) and (network.face_size, train.batch_size) == ((128, 128), 16)
     children = _runs_under(out["name"])
     assert len(children) == 5
     _opens_as_image(children[0].info.run_id, "figures/cmc.png", tmp_path)
@@ -104,8 +99,7 @@ def test_dcae_full_size_smoke(ray_session, shared_data: Path, tmp_path: Path, da
             f"dcae/{dataset}_full",
             "--data-root",
             str(shared_data),
-            "--set",
-            "train.cpus_per_worker=0.45",
+            *FULL_SIZE_CONFIGS[f"dcae/{dataset}_full"].small_machine,
         ],
         tmp_path / "dcae.json",
     )
