@@ -35,7 +35,7 @@ from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
 from raylab.methods.tailedcore.softpatch import coreset_rows, flat_patches
 from raylab.methods.tailedcore.tail_sampler import TailPrediction, TailSampler
 from raylab.tasks.anomaly.detectors import register_detector
-from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
+from raylab.tasks.anomaly.memory_detector import MemoryBankDetector
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,7 @@ ViewSource = Callable[[np.ndarray], Iterable[np.ndarray]]
 @register_detector(
     "tailedcore", build=lambda seed: TailedCore(TailedCoreConfig(tail_embedding="patch_mean"), seed=seed)
 )
-class TailedCore:
+class TailedCore(MemoryBankDetector):
     def __init__(self, config: TailedCoreConfig | None = None, seed: int = 0) -> None:
         self.config = config or TailedCoreConfig()
         self.seed = seed
@@ -110,15 +110,8 @@ class TailedCore:
         return self
 
     def patch_scores(self, patches: np.ndarray) -> np.ndarray:
-        if self.bank is None:
-            raise RuntimeError("TailedCore.fit must run before scoring")
-        n, h, w, d = patches.shape
-        distances, _ = self.bank.search(np.asarray(patches, dtype=np.float32).reshape(-1, d), k=1)
-        return distances[:, 0].reshape(n, h, w)
-
-    def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction:
-        scores = self.patch_scores(patches)
-        return max_score_prediction(scores, self.config.features.image_size, self.config.blur_sigma, with_maps)
+        distances, _ = self.nearest(patches)
+        return distances[:, 0].reshape(patches.shape[:3])
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

@@ -20,7 +20,7 @@ from raylab.memory import MemoryBank, greedy_coreset
 from raylab.methods.tailedcore.config import SoftPatchConfig
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
 from raylab.tasks.anomaly.detectors import register_detector
-from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
+from raylab.tasks.anomaly.memory_detector import MemoryBankDetector
 
 
 def flat_patches(patches: np.ndarray) -> np.ndarray:
@@ -41,7 +41,7 @@ def coreset_rows(flat: np.ndarray, config, seed: int) -> np.ndarray:
 
 
 @register_detector("softpatch")
-class SoftPatch:
+class SoftPatch(MemoryBankDetector):
     def __init__(self, config: SoftPatchConfig | None = None, seed: int = 0) -> None:
         self.config = config or SoftPatchConfig()
         self.seed = seed
@@ -61,15 +61,10 @@ class SoftPatch:
         return self
 
     def patch_scores(self, patches: np.ndarray) -> np.ndarray:
-        if self.bank is None or self.weights is None:
+        if self.weights is None:
             raise RuntimeError("SoftPatch.fit must run before scoring")
-        n, h, w, d = patches.shape
-        distances, indices = self.bank.search(np.asarray(patches, dtype=np.float32).reshape(-1, d), k=1)
-        return (distances[:, 0] * self.weights[indices[:, 0]]).reshape(n, h, w)
-
-    def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction:
-        scores = self.patch_scores(patches)
-        return max_score_prediction(scores, self.config.features.image_size, self.config.blur_sigma, with_maps)
+        distances, indices = self.nearest(patches)
+        return (distances[:, 0] * self.weights[indices[:, 0]]).reshape(patches.shape[:3])
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

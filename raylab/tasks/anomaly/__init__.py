@@ -2,6 +2,8 @@
 
 ``benchmark`` is the per-class protocol (fit on a class's possibly noisy training patches,
 judge on its test images), ``experiment`` the noise-protocol sweep's axes and shared inputs,
-``detectors`` the registry and the contract every detector keeps, ``maps`` the patch-score
-post-processing, ``artifacts`` what a run logs (overlays, ROC curves, tables, models).
+``detectors`` the registry and the contract every detector keeps, ``memory_detector`` the
+base of the memory-bank detectors (search, image scores, maps), ``patchcore`` the family's
+baseline detector, ``maps`` the patch-score post-processing, ``artifacts`` what a run logs
+(overlays, ROC curves, tables, models).
 """

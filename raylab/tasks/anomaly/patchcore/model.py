@@ -16,12 +16,12 @@ import numpy as np
 from raylab.features.backbones import BackboneSpec, FeatureSpec
 from raylab.memory import MemoryBank, greedy_coreset
 from raylab.tasks.anomaly.detectors import register_detector
-from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
+from raylab.tasks.anomaly.memory_detector import MemoryBankDetector
 from raylab.tasks.anomaly.patchcore.config import PatchCoreConfig
 
 
 @register_detector("patchcore")
-class PatchCore:
+class PatchCore(MemoryBankDetector):
     def __init__(self, config: PatchCoreConfig | None = None, seed: int = 0) -> None:
         self.config = config or PatchCoreConfig()
         self.seed = seed
@@ -42,17 +42,8 @@ class PatchCore:
         return self
 
     def patch_scores(self, patches: np.ndarray) -> np.ndarray:
-        if self.bank is None:
-            raise RuntimeError("PatchCore.fit must run before scoring")
-        n, h, w, d = patches.shape
-        distances, _ = self.bank.search(
-            np.asarray(patches, dtype=np.float32).reshape(-1, d), k=self.config.num_neighbors
-        )
-        return distances.mean(axis=1).reshape(n, h, w)
-
-    def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction:
-        scores = self.patch_scores(patches)
-        return max_score_prediction(scores, self.config.features.image_size, self.config.blur_sigma, with_maps)
+        distances, _ = self.nearest(patches, k=self.config.num_neighbors)
+        return distances.mean(axis=1).reshape(patches.shape[:3])
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
