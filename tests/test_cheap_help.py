@@ -71,7 +71,9 @@ def test_help_imports_nothing_heavy(name, entry):
 def test_typed_configs_import_without_torch():
     modules = [
         "raylab.features",
-        *(f"raylab.methods.{m}.config" for m in ("meds", "patchcore", "tailedcore", "dcae", "nnguide", "ckd", "alsuv")),
+        "raylab.tasks.anomaly.patchcore.config",
+        "raylab.tasks.ood.config",
+        *(f"raylab.methods.{m}.config" for m in ("meds", "tailedcore", "dcae", "nnguide", "ckd", "alsuv")),
     ]
     code, _, verdict = probe("; ".join(f"import {module}" for module in modules))
     assert code == 0
