@@ -9,13 +9,15 @@ maps, so those live here once and a fourth memory-bank detector gets them by inh
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from raylab.memory import MemoryBank
 from raylab.tasks.anomaly.maps import AnomalyPrediction, max_score_prediction
 
 
-class MemoryBankDetector:
+class MemoryBankDetector(ABC):
     """A base for detectors whose ``config`` has ``features.image_size`` and ``blur_sigma`` and
     whose ``fit`` fills ``self.bank``; a subclass defines ``patch_scores`` with :meth:`nearest`."""
 
@@ -27,8 +29,9 @@ class MemoryBankDetector:
             raise RuntimeError(f"{type(self).__name__}.fit must run before scoring")
         return self.bank.search(np.asarray(patches, dtype=np.float32).reshape(-1, patches.shape[-1]), k=k)
 
+    @abstractmethod
     def patch_scores(self, patches: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The (N, h, w) anomaly score of every patch of the (N, h, w, D) grids."""
 
     def predict(self, patches: np.ndarray, with_maps: bool = True) -> AnomalyPrediction:
         scores = self.patch_scores(patches)
