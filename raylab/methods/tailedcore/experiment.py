@@ -54,6 +54,7 @@ from raylab.experiment.runner import require_registered_dataset
 from raylab.features import FeatureSpec
 from raylab.methods.tailedcore.config import SoftPatchConfig, TailedCoreConfig
 from raylab.tasks.anomaly.experiment import (
+    budget_subsets,
     check_injected_in_test,
     keeps_injected_in_test,
     noise_axes,
@@ -255,15 +256,10 @@ def global_embeddings(corpus: pa.Table, config: TailedCoreSweepConfig) -> Featur
 def sweep_corpus(request: Request[TailedCoreSweepConfig]) -> pa.Table:
     """The corpus every trial reads: the dataset with its options, then the budget's subsets."""
     from raylab.data import load_corpus
-    from raylab.data.protocols import spread_classes, subsample_corpus
 
     config = request.config
     corpus = load_corpus(request.dataset, request.data_root, **corpus_options(request))
-    if config.max_classes is not None:
-        corpus = spread_classes(corpus, config.max_classes)
-    if config.images_per_group is not None:
-        corpus = subsample_corpus(corpus, config.images_per_group)
-    return corpus
+    return budget_subsets(corpus, config.max_classes, config.images_per_group)
 
 
 def prepare(request: Request[TailedCoreSweepConfig]) -> Prepared:

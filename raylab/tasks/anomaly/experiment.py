@@ -108,6 +108,16 @@ class CorpusFeatures:
     features: FeatureSet
 
 
+def budget_subsets(corpus: pa.Table, max_classes: int | None, images_per_group: int | None) -> pa.Table:
+    """The budget's subsets of ``corpus``: whole classes first (evenly over the sorted names),
+    then a stratified subsample of each (class, split, label) group; None keeps them all."""
+    from raylab.data.protocols import spread_classes, subsample_corpus
+
+    if max_classes is not None:
+        corpus = spread_classes(corpus, max_classes)
+    return corpus if images_per_group is None else subsample_corpus(corpus, images_per_group)
+
+
 @functools.lru_cache(maxsize=1)
 def _corpus(
     dataset: str, data_root: str | None, options: str, max_classes: int | None, images_per_group: int | None
@@ -115,12 +125,8 @@ def _corpus(
     """The (subsampled) corpus, loaded once per process: the check before Ray and ``prepare``
     after it read the same files (a table is immutable, so sharing it is safe)."""
     from raylab.data import load_corpus
-    from raylab.data.protocols import spread_classes, subsample_corpus
 
-    corpus = load_corpus(dataset, data_root, **json.loads(options))
-    if max_classes is not None:
-        corpus = spread_classes(corpus, max_classes)
-    return corpus if images_per_group is None else subsample_corpus(corpus, images_per_group)
+    return budget_subsets(load_corpus(dataset, data_root, **json.loads(options)), max_classes, images_per_group)
 
 
 def corpus_of(request: Request) -> pa.Table:
