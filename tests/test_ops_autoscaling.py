@@ -36,7 +36,9 @@ def _cluster_config(gcs_port: int) -> dict:
     return {
         "cluster_name": "raylab-autoscaling-test",
         "max_workers": 2,
-        "idle_timeout_minutes": 0.2,
+        # Long enough to span the gap between the job's extraction and its trials on two busy
+        # cores: at 12 s the autoscaler removed a node while Tune was placing trials on it.
+        "idle_timeout_minutes": 1.0,
         "upscaling_speed": 2.0,
         "provider": {
             "type": "fake_multinode",
