@@ -42,13 +42,13 @@ def fit_and_log(data_root: Path, images: int, image_size: int, scratch: Path) ->
     import pyarrow.compute as pc
 
     from raylab.data import load_corpus
-    from raylab.deploy.anomaly_model import log_anomaly_model
     from raylab.features import FeatureSpec
     from raylab.features.extract import PatchFeatureExtractor
     from raylab.tasks.anomaly.benchmark import ClassEvaluation
     from raylab.tasks.anomaly.maps import AnomalyPrediction
     from raylab.tasks.anomaly.patchcore import PatchCoreConfig
     from raylab.tasks.anomaly.patchcore.model import PatchCore
+    from raylab.tasks.anomaly.scorer import log_anomaly_model
     from raylab.tracking import tracked_run
 
     spec = FeatureSpec(image_size=image_size)

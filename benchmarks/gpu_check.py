@@ -292,9 +292,10 @@ def _nnguide_step(device: str) -> Callable[[], float]:
     import torch
     import torch.nn.functional as F
 
-    from raylab.methods.nnguide.classifiers import build_classifier
-    from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
+    from raylab.methods.nnguide.config import TrainConfig
     from raylab.methods.nnguide.training import random_translate
+    from raylab.tasks.ood.classifiers import build_classifier
+    from raylab.tasks.ood.config import ClassifierConfig
 
     config, train = ClassifierConfig(), TrainConfig()
     torch.manual_seed(0)

@@ -24,17 +24,18 @@ import torch
 from raylab.artefacts import CorruptArtefactError
 from raylab.data import load_corpus
 from raylab.data.protocols import subsample_corpus
-from raylab.deploy.anomaly_model import AnomalyScorer, log_anomaly_model, save_scorer
 from raylab.deploy.batch import PredictOptions, predict
 from raylab.deploy.load_test import run_load
+from raylab.deploy.logged_models import MODELS_TAG
 from raylab.deploy.promote import Promotion, parse_filters, promote
 from raylab.deploy.serving import ServeOptions, start
 from raylab.features import FeatureSpec
 from raylab.features.extract import PatchFeatureExtractor, warm_backbone_state
-from raylab.tasks.anomaly.artifacts import MODELS_TAG, images_of
+from raylab.tasks.anomaly.artifacts import images_of
 from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted
 from raylab.tasks.anomaly.patchcore import PatchCoreConfig
 from raylab.tasks.anomaly.patchcore.model import PatchCore
+from raylab.tasks.anomaly.scorer import AnomalyScorer, log_anomaly_model, save_scorer
 from raylab.tracking import tracked_run
 
 IMAGE_SIZE = 112

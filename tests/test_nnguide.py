@@ -161,7 +161,7 @@ def test_images_fingerprint_counts_a_slices_own_images_only():
     """A slice shares its parent's buffers; its outputs' cache key must still be its own."""
     import pyarrow as pa
 
-    from raylab.methods.nnguide.features import images_fingerprint
+    from raylab.tasks.ood.outputs import images_fingerprint
 
     table = pa.table({"sample_id": [f"s{i}" for i in range(10)], "image": [bytes([i]) * 5 for i in range(10)]})
     first, second = table.slice(0, 5), table.slice(5, 5)
@@ -222,7 +222,7 @@ def cifar_subset(cifar_corpus):
 
 def _resnet_config(shared_weights: Path, arch: str):
     from raylab.data.images import IMAGENET_MEAN, IMAGENET_STD
-    from raylab.methods.nnguide.config import ClassifierConfig
+    from raylab.tasks.ood.config import ClassifierConfig
 
     return ClassifierConfig(
         kind="cifar_resnet",
@@ -235,8 +235,8 @@ def _resnet_config(shared_weights: Path, arch: str):
 
 
 def test_cifar_resnets_load_strict_and_resnet20_classifies_the_jpeg_copy(shared_weights, cifar_subset):
-    from raylab.methods.nnguide.classifiers import build_classifier
-    from raylab.methods.nnguide.features import extract_outputs_local
+    from raylab.tasks.ood.classifiers import build_classifier
+    from raylab.tasks.ood.outputs import extract_outputs_local
 
     for arch in ("resnet20", "resnet56"):
         config = _resnet_config(shared_weights, arch)
@@ -257,8 +257,8 @@ def test_cifar_resnets_load_strict_and_resnet20_classifies_the_jpeg_copy(shared_
 def test_timm_classifier_from_a_weight_file(tmp_path):
     import timm
 
-    from raylab.methods.nnguide.classifiers import build_classifier
-    from raylab.methods.nnguide.config import ClassifierConfig
+    from raylab.tasks.ood.classifiers import build_classifier
+    from raylab.tasks.ood.config import ClassifierConfig
 
     torch.manual_seed(0)
     reference = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
@@ -292,7 +292,7 @@ def test_ood_adapters_follow_the_protocol(shared_data, cifar_corpus):
 
 
 def test_ray_data_extraction_equals_in_process(ray_session, shared_weights, cifar_subset):
-    from raylab.methods.nnguide.features import extract_outputs, extract_outputs_local, outputs_cache_directory
+    from raylab.tasks.ood.outputs import extract_outputs, extract_outputs_local, outputs_cache_directory
 
     table = cifar_subset.slice(0, 96)
     config = _resnet_config(shared_weights, "resnet20")
@@ -329,10 +329,10 @@ def _quick_job_config():
 
 def test_ray_train_classifier_two_workers_with_checkpoints(ray_session):
     """Trains exactly what ``--quick`` trains (same data, config, seed), so the job test reuses it."""
-    from raylab.methods.nnguide.classifiers import build_classifier
     from raylab.methods.nnguide.experiment import training_data
     from raylab.methods.nnguide.training import FINAL_STATE, train_classifier
     from raylab.tasks.ood.benchmark import build_benchmark
+    from raylab.tasks.ood.classifiers import build_classifier
 
     config = _quick_job_config()
     assert config.max_test_images_per_role == config.quick.max_test_images_per_role

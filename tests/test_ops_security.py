@@ -83,8 +83,9 @@ def test_a_planted_checkpoint_is_refused_on_restore_in_a_train_worker(tmp_path, 
 
 def test_a_planted_final_state_is_refused_by_the_nnguide_classifier_cache(tmp_path):
     from raylab.artefacts import write_manifest
-    from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
+    from raylab.methods.nnguide.config import TrainConfig
     from raylab.methods.nnguide.training import FINAL_STATE, run_name, train_classifier
+    from raylab.tasks.ood.config import ClassifierConfig
 
     pixels = np.zeros((4, 1, 8, 8), np.float32)
     labels = np.array([0, 1, 2, 3], np.int64)

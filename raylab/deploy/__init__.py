@@ -1,7 +1,10 @@
-"""From a sweep's best run to a service.
+"""From a sweep's best run to a service: what every deployable scorer shares.
 
-A fitted anomaly detector leaves its run as an MLflow model (:mod:`raylab.deploy.anomaly_model`)
-that carries everything needed to score an image: the backbone's weights, the detector's
-state and the decision threshold, each file checked against a manifest when it is loaded.
-``raylab predict`` scores folders with it on Ray Data (:mod:`raylab.deploy.batch`).
+A fitted detector leaves its run as an MLflow model that carries everything needed to score
+an image, each file checked against a manifest when it is loaded (:mod:`raylab.deploy.scorer_folder`).
+This package knows no method: each task family or method keeps its own scorer beside its
+detectors (:mod:`raylab.tasks.anomaly.scorer`, :mod:`raylab.tasks.ood.scorer`,
+:mod:`raylab.methods.dcae.scorer`) and builds it on this package, so a new family deploys
+without touching it. ``raylab predict`` scores folders with any logged model on Ray Data
+(:mod:`raylab.deploy.batch`).
 """

@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from raylab.tracking.mlflow_conventions import TrackedRun
 
+# The run tag that lists a run's logged models as JSON (name -> model URI); ``TrackedRun.set_tags(models=...)``
+# writes it, and promotion reads it.
+MODELS_TAG = "raylab.models"
+
 SCORING_STACK = (
     "torch",
     "timm",

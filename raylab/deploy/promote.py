@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from raylab.tasks.anomaly.artifacts import MODELS_TAG
+from raylab.deploy.logged_models import MODELS_TAG
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A scorer folder holds a model's files and ``scorer.json`` (its format, version a
 a manifest of sizes and SHA-256 digests is written last and checked before anything is read,
 so a model copied badly between stores fails naming the file instead of scoring wrongly.
 Logged as an MLflow model, the folder is the model's one artifact and a ``*_pyfunc.py`` file
-of this package is its code (logged as code: loading unpickles nothing).
+beside the scorer's module is its code (logged as code: loading unpickles nothing).
 """
 
 from __future__ import annotations
@@ -77,12 +77,16 @@ def log_scorer(
     folder: Path,
     *,
     name: str,
-    model_file: str,
+    model_file: Path,
     signature,
     example_image: bytes,
     metadata: dict[str, Any],
 ) -> str:
-    """Log ``folder`` as the MLflow model ``name`` attached to ``run``; returns its URI."""
+    """Log ``folder`` as the MLflow model ``name`` attached to ``run``; returns its URI.
+
+    ``model_file`` is the scorer's ``*_pyfunc.py`` beside its family's or method's scorer
+    module: MLflow logs it as code and runs it on load.
+    """
     import mlflow
     import pandas as pd
 
@@ -93,7 +97,7 @@ def log_scorer(
     with attached_to(run):
         info = mlflow.pyfunc.log_model(
             name=model_name(name),
-            python_model=str(Path(__file__).with_name(model_file)),
+            python_model=str(model_file),
             artifacts={"scorer": str(folder)},
             signature=signature,
             input_example=pd.DataFrame({"image": [example_image]}),

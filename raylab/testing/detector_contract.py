@@ -32,8 +32,8 @@ def check_sees_no_labels(name: str, entry: DetectorEntry) -> None:
     assert not leaks, f"{name}: fit accepts inputs that could carry labels or noise flags: {leaks}"
 
 
-def check_refuses_before_fit(name: str, entry: DetectorEntry, test_patches: np.ndarray) -> None:
-    detector = entry.build(0)
+def check_refuses_before_fit(name: str, entry: DetectorEntry, test_patches: np.ndarray, image_size: int) -> None:
+    detector = entry.build(0, image_size)
     try:
         detector.predict(test_patches)
     except RuntimeError:
@@ -41,10 +41,12 @@ def check_refuses_before_fit(name: str, entry: DetectorEntry, test_patches: np.n
     raise AssertionError(f"{name}: an unfitted detector scored instead of raising RuntimeError")
 
 
-def check_shapes(name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray) -> None:
+def check_shapes(
+    name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray, image_size: int
+) -> None:
     """``fit`` returns the detector; ``predict`` gives one finite score per image, a score per
-    patch on the input grid, and square maps only when asked for."""
-    detector = entry.build(0)
+    patch on the input grid, and maps at the image size it was built for only when asked for."""
+    detector = entry.build(0, image_size)
     assert detector.fit(train_patches) is detector, f"{name}: fit must return the detector"
     m, h, w, _ = test_patches.shape
     prediction = detector.predict(test_patches)
@@ -52,24 +54,24 @@ def check_shapes(name: str, entry: DetectorEntry, train_patches: np.ndarray, tes
     assert np.isfinite(prediction.image_scores).all(), f"{name}: non-finite image scores"
     assert prediction.patch_scores.shape == (m, h, w), f"{name}: patch scores {prediction.patch_scores.shape}"
     assert prediction.maps is not None and prediction.maps.ndim == 3, f"{name}: maps missing with with_maps=True"
-    assert prediction.maps.shape[0] == m and prediction.maps.shape[1] == prediction.maps.shape[2], (
-        f"{name}: maps {prediction.maps.shape} are not one square map per image"
+    assert prediction.maps.shape == (m, image_size, image_size), (
+        f"{name}: maps {prediction.maps.shape}, expected one {image_size} px map per image"
     )
     assert detector.predict(test_patches, with_maps=False).maps is None, f"{name}: maps computed when not asked for"
 
 
 def check_same_seed_same_scores(
-    name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray
+    name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray, image_size: int
 ) -> None:
-    first = entry.build(3).fit(train_patches).predict(test_patches, with_maps=False)
-    again = entry.build(3).fit(train_patches).predict(test_patches, with_maps=False)
+    first = entry.build(3, image_size).fit(train_patches).predict(test_patches, with_maps=False)
+    again = entry.build(3, image_size).fit(train_patches).predict(test_patches, with_maps=False)
     assert np.array_equal(first.image_scores, again.image_scores), f"{name}: one seed gave two results"
 
 
 def check_save_load_scores_identically(
-    name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray, folder: Path
+    name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray, image_size: int, folder: Path
 ) -> None:
-    check_reads_back(name, entry, entry.build(0).fit(train_patches), test_patches, folder)
+    check_reads_back(name, entry, entry.build(0, image_size).fit(train_patches), test_patches, folder)
 
 
 def check_reads_back(name: str, entry: DetectorEntry, detector, test_patches: np.ndarray, folder: Path) -> None:
@@ -83,12 +85,13 @@ def check_reads_back(name: str, entry: DetectorEntry, detector, test_patches: np
 
 
 def check_detector_contract(
-    name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray, scratch: Path
+    name: str, entry: DetectorEntry, train_patches: np.ndarray, test_patches: np.ndarray, image_size: int, scratch: Path
 ) -> None:
-    """Every check, for a detector fitted from patches (``entry.build`` is not None)."""
+    """Every check, for a detector fitted from patches (``entry.build`` is not None) of images
+    ``image_size`` px wide."""
     assert entry.build is not None, f"{name} is not fitted from patches"
     check_sees_no_labels(name, entry)
-    check_refuses_before_fit(name, entry, test_patches)
-    check_shapes(name, entry, train_patches, test_patches)
-    check_same_seed_same_scores(name, entry, train_patches, test_patches)
-    check_save_load_scores_identically(name, entry, train_patches, test_patches, scratch / name)
+    check_refuses_before_fit(name, entry, test_patches, image_size)
+    check_shapes(name, entry, train_patches, test_patches, image_size)
+    check_same_seed_same_scores(name, entry, train_patches, test_patches, image_size)
+    check_save_load_scores_identically(name, entry, train_patches, test_patches, image_size, scratch / name)

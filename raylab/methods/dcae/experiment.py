@@ -152,9 +152,9 @@ def trial(setting: Setting, data: DecodedCorpus, config: DCAESweepConfig, contex
     import torch
 
     from raylab.data.store import cache_root
-    from raylab.deploy.novelty_model import log_novelty_model
     from raylab.eval.anomaly import image_metrics
     from raylab.methods.dcae.data import one_class_split
+    from raylab.methods.dcae.scorer import log_novelty_model
     from raylab.methods.dcae.selection import select_for_split
     from raylab.methods.dcae.training import score_images, train_variants
 

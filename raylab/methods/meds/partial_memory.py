@@ -329,7 +329,7 @@ def memory_score_maps(
 
 @register_detector(
     "partial_memory",
-    build=lambda seed: PartialMemoryDetector(PartialMemoryConfig(seed=seed)),
+    build=lambda seed, image_size: PartialMemoryDetector(PartialMemoryConfig(seed=seed), image_size=image_size),
     # A served scorer scores in-process: it must not start (or need) a Ray cluster per request.
     load_options={"use_ray": False},
 )

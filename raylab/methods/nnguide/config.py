@@ -16,12 +16,10 @@ from raylab.tasks.ood.config import (
     REACT_PERCENTILE,
     BaseScore,
     BenchmarkConfig,
+    ClassifierConfig,
     DetectorConfig,
     detector_config,
 )
-
-MNIST_MEAN = (0.1307, 0.1307, 0.1307)
-MNIST_STD = (0.3081, 0.3081, 0.3081)
 
 
 def default_detectors() -> dict[str, dict[str, Any]]:
@@ -46,25 +44,6 @@ def default_detectors() -> dict[str, dict[str, Any]]:
         "knn_k50_react95": {"kind": "knn", **react},
         "nnguide_k10_bank0.01_react95": {"kind": "nnguide", **react},
     }
-
-
-@dataclass
-class ClassifierConfig:
-    """Which classifier produces the features and logits, and its input preprocessing.
-
-    ``weights``: a checkpoint file (``strict`` load). ``None`` means there is no pretrained
-    classifier for the dataset, so the job trains one with Ray Train (``TrainConfig``).
-    Relative paths are resolved against the working directory (the repository root).
-    """
-
-    kind: Literal["cifar_resnet", "small_cnn", "timm"] = "small_cnn"
-    arch: str = "small_cnn"
-    num_classes: int = 6
-    weights: str | None = None
-    width: int = 32
-    image_size: int = 32
-    mean: tuple[float, float, float] = MNIST_MEAN
-    std: tuple[float, float, float] = MNIST_STD
 
 
 @dataclass

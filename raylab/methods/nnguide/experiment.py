@@ -38,9 +38,9 @@ from raylab.tasks.ood.config import with_seed
 if TYPE_CHECKING:
     import numpy as np
 
-    from raylab.methods.nnguide.features import OutputSet
     from raylab.tasks.ood.benchmark import Benchmark
     from raylab.tasks.ood.detectors import ModelOutputs, NNGuideDetector
+    from raylab.tasks.ood.outputs import OutputSet
 
 NAME = "nnguide_eval"
 CONFIG_FOLDER = "nnguide"
@@ -180,7 +180,7 @@ def training_data(bench: Benchmark, config: NNGuideEvalConfig) -> tuple[np.ndarr
     """The ``id_fit`` images, decoded by the extraction transform, and their class indices."""
     import numpy as np
 
-    from raylab.methods.nnguide.features import transform_for
+    from raylab.tasks.ood.outputs import transform_for
 
     transform = transform_for(config.classifier)
     images = dict(
@@ -246,10 +246,10 @@ def _set_rows(
 
 def trial(setting: Setting, inputs: EvalInputs, config: NNGuideEvalConfig, context: TrialContext) -> TrialResult:
     """Every detector (and the hyperparameter selection) for one protocol seed."""
-    from raylab.methods.nnguide.classifiers import build_classifier
-    from raylab.methods.nnguide.features import extract_outputs
     from raylab.tasks.ood.benchmark import accuracy, evaluate_detector, flat_metrics
+    from raylab.tasks.ood.classifiers import build_classifier
     from raylab.tasks.ood.detectors import NNGuideDetector, fit_detector
+    from raylab.tasks.ood.outputs import extract_outputs
 
     seed = int(setting["seed"])
     bench = inputs.benchmarks[seed]
@@ -306,8 +306,8 @@ def log_detector_model(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from raylab.deploy.ood_model import log_ood_model
     from raylab.tasks.ood.benchmark import ood_scores
+    from raylab.tasks.ood.scorer import log_ood_model
 
     first = bench.roles["id_test"][0]
     example = bench.corpus.filter(pc.is_in(bench.corpus["sample_id"], pa.array([first]))).column("image")[0].as_py()

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from raylab.artefacts import CorruptArtefactError, discard, verify, write_manifest
 from raylab.digests import content_digest
-from raylab.methods.nnguide.classifiers import build_classifier
-from raylab.methods.nnguide.config import ClassifierConfig, TrainConfig
+from raylab.methods.nnguide.config import TrainConfig
+from raylab.tasks.ood.classifiers import build_classifier
+from raylab.tasks.ood.config import ClassifierConfig
 from raylab.train.harness import (
     TrainSpec,
     fit,

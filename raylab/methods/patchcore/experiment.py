@@ -1,10 +1,15 @@
-"""``patchcore_eval``: PatchCore on an anomaly-detection dataset over noise ratios x seeds.
+"""``patchcore_eval``: PatchCore, or any registered anomaly detector, over noise ratios x seeds.
 
 One Ray task per setting (noise ratio, seed): it applies the noise protocol to the shared
-corpus, fits one PatchCore memory per class on the cached features, evaluates each class on
-its test images and logs one nested MLflow run (metrics, per-class table, ROC curves,
-overlays, fitted models and the protocol's manifest). The tasks only read the shared
+corpus, fits one memory per class and detector on the cached features, evaluates each class on
+its test images and logs one nested MLflow run per detector (metrics, per-class table, ROC
+curves, overlays, fitted models and the protocol's manifest). The tasks only read the shared
 (object-store) corpus and features, so they spread over a cluster unchanged.
+
+The comparison is a list of registry names (``detectors``): ``patchcore`` is fitted with the
+job's own PatchCore config, every other name at its registered defaults on the same
+features. A detector of the user's own joins by naming its module in ``plugins``; each trial
+imports it where it runs, so a Ray worker finds what the driver found.
 """
 
 # Heavy imports (torch models, the evaluation) are deferred into the functions that use them,
@@ -49,6 +54,10 @@ class PatchCoreEvalConfig:
     quick_images_per_group: int = 60
     quick_coreset_ratio: float = 0.01
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
+    # Registered anomaly detectors to compare, each fitted from the same patch features.
+    detectors: tuple[str, ...] = ("patchcore",)
+    # Modules that register further detectors when imported (a user's plug-ins).
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require(
@@ -62,6 +71,11 @@ class PatchCoreEvalConfig:
             0.0 < self.quick_coreset_ratio <= 1.0,
             "quick_coreset_ratio",
             f"must lie in (0, 1], got {self.quick_coreset_ratio}",
+        )
+        require(
+            len(self.detectors) > 0 and len(set(self.detectors)) == len(self.detectors),
+            "detectors",
+            f"must name at least one detector, each once, got {self.detectors}",
         )
 
 
@@ -80,31 +94,54 @@ def quick(config: PatchCoreEvalConfig) -> PatchCoreEvalConfig:
     return dataclasses.replace(config, images_per_group=config.quick_images_per_group, patchcore=patchcore)
 
 
+def check(request: Request[PatchCoreEvalConfig]) -> None:
+    """``check`` hook: every detector is registered (plug-ins imported) and fitted from patches,
+    and the noise protocol finds its defects; all before Ray starts."""
+    from raylab.tasks.anomaly.detectors import load_plugins
+
+    registry = load_plugins(request.config.plugins)
+    for name in request.config.detectors:
+        if registry.get(name).build is None:  # get() names the registered detectors
+            raise ValueError(f"detectors: {name!r} is not fitted from patch features (it comes out of training)")
+    check_noise_supply(request)
+
+
+def _build(name: str, config: PatchCoreEvalConfig, seed: int):
+    from raylab.tasks.anomaly.detectors import load_plugins
+    from raylab.tasks.anomaly.patchcore.model import PatchCore
+
+    if name == "patchcore":
+        return PatchCore(config.patchcore, seed=seed)
+    return load_plugins(config.plugins).get(name).build(seed)
+
+
 def prepare(request: Request[PatchCoreEvalConfig]) -> Prepared:
     config = request.config
     return prepare_corpus_features(request, config.patchcore.features)
 
 
 def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig, context: TrialContext) -> TrialResult:
-    """Apply the protocol, fit and evaluate one memory per class, log one nested run."""
+    """Apply the protocol; per detector, fit and evaluate one memory per class and log one nested run."""
     from raylab.data.protocols import NoiseProtocol, inject_noise
     from raylab.tasks.anomaly.artifacts import log_anomaly_artifacts
     from raylab.tasks.anomaly.benchmark import class_splits, evaluate_per_class, mean_over_classes
-    from raylab.tasks.anomaly.patchcore.model import PatchCore
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
     result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, keeps_injected_in_test(setting)))
     splits = class_splits(result.table, config.patchcore.features.image_size)
-    evaluations = evaluate_per_class(lambda split: PatchCore(config.patchcore, seed=seed), splits, inputs.features)
-    metrics = mean_over_classes(evaluations)
     values = dict(setting.values)
-    tags = {"method": "patchcore", **values, "trial": context.trial_id}
-    with context.nested_run(f"patchcore-{setting.tag()}-{context.trial_id}", params=config, tags=tags) as run:
-        run.log_metrics(metrics)
-        log_anomaly_artifacts(run, evaluations, inputs.corpus, features=config.patchcore.features)
-        run.log_text(result.manifest.to_csv(index=False), "protocol_manifest.csv")
-    per_class = {e.class_name: e.metrics for e in evaluations}
-    return TrialResult([Row("patchcore", context.dataset, values, metrics, {"per_class": per_class})])
+    rows = []
+    for name in config.detectors:
+        evaluations = evaluate_per_class(lambda split, name=name: _build(name, config, seed), splits, inputs.features)
+        metrics = mean_over_classes(evaluations)
+        tags = {"method": name, **values, "trial": context.trial_id}
+        with context.nested_run(f"{name}-{setting.tag()}-{context.trial_id}", params=config, tags=tags) as run:
+            run.log_metrics(metrics)
+            log_anomaly_artifacts(run, evaluations, inputs.corpus, features=config.patchcore.features)
+            run.log_text(result.manifest.to_csv(index=False), "protocol_manifest.csv")
+        per_class = {e.class_name: e.metrics for e in evaluations}
+        rows.append(Row(name, context.dataset, values, metrics, {"per_class": per_class}))
+    return TrialResult(rows)
 
 
 def report(rows: Sequence[Row], request: Request[PatchCoreEvalConfig]) -> Report:
@@ -116,7 +153,8 @@ def report(rows: Sequence[Row], request: Request[PatchCoreEvalConfig]) -> Report
 
 EXPERIMENT = Experiment(
     name=NAME,
-    description="Evaluate PatchCore (greedy coreset memory of patch embeddings, 1-NN scoring) on an "
+    description="Evaluate PatchCore (greedy coreset memory of patch embeddings, 1-NN scoring), or any "
+    "registered anomaly detector (--set detectors=[...], plug-ins via --set plugins=[module]), on an "
     "anomaly-detection dataset under the noise protocol, one Ray task per (noise ratio, seed), "
     "logging every setting to MLflow.",
     config_type=PatchCoreEvalConfig,
@@ -131,5 +169,5 @@ EXPERIMENT = Experiment(
     config_folder="patchcore",
     quick=quick,
     arguments=lambda parser: noise_ratio_option(parser, "0"),
-    check=check_noise_supply,
+    check=check,
 )

@@ -281,7 +281,6 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
 
     from raylab.data.protocols import apply_long_tail, protocol_from_name
     from raylab.data.protocols.noise import base_sample_id
-    from raylab.deploy.anomaly_model import log_anomaly_model, pooled_evaluation
     from raylab.methods.tailedcore.diagnostics import (
         class_group_metrics,
         defect_patch_cells,
@@ -294,6 +293,7 @@ def trial(setting: Setting, inputs: SweepInputs, config: TailedCoreSweepConfig, 
     from raylab.tasks.anomaly.artifacts import images_of, log_anomaly_artifacts
     from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted
     from raylab.tasks.anomaly.patchcore.model import PatchCore
+    from raylab.tasks.anomaly.scorer import log_anomaly_model, pooled_evaluation
     from raylab.timing import phase
 
     torch.set_num_threads(config.threads_per_trial)

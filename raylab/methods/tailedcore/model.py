@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from raylab.features import FeatureSpec
 from raylab.memory import MemoryBank
 from raylab.methods.tailedcore.config import TailedCoreConfig
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
@@ -49,7 +50,10 @@ ViewSource = Callable[[np.ndarray], Iterable[np.ndarray]]
 # Built for patches alone, TailSampler reads each image's mean patch feature: the default,
 # the backbone stage's pooled embedding, is an input only the experiment extracts.
 @register_detector(
-    "tailedcore", build=lambda seed: TailedCore(TailedCoreConfig(tail_embedding="patch_mean"), seed=seed)
+    "tailedcore",
+    build=lambda seed, image_size: TailedCore(
+        TailedCoreConfig(features=FeatureSpec(image_size=image_size), tail_embedding="patch_mean"), seed=seed
+    ),
 )
 class TailedCore(MemoryBankDetector):
     def __init__(self, config: TailedCoreConfig | None = None, seed: int = 0) -> None:

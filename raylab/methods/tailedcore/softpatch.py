@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raylab.features import FeatureSpec
 from raylab.memory import MemoryBank, greedy_coreset
 from raylab.methods.tailedcore.config import SoftPatchConfig
 from raylab.methods.tailedcore.lof import lof_keep_mask, patchwise_lof_scores
@@ -40,7 +41,10 @@ def coreset_rows(flat: np.ndarray, config, seed: int) -> np.ndarray:
     return np.sort(selected)
 
 
-@register_detector("softpatch")
+@register_detector(
+    "softpatch",
+    build=lambda seed, image_size: SoftPatch(SoftPatchConfig(features=FeatureSpec(image_size=image_size)), seed=seed),
+)
 class SoftPatch(MemoryBankDetector):
     def __init__(self, config: SoftPatchConfig | None = None, seed: int = 0) -> None:
         self.config = config or SoftPatchConfig()

@@ -16,6 +16,7 @@ from PIL import Image
 
 from raylab.data.images import decode_image
 from raylab.data.protocols.noise import base_sample_id
+from raylab.deploy.logged_models import MODELS_TAG
 from raylab.report.figures import anomaly_overlays, roc_figure
 from raylab.tasks.anomaly.benchmark import ClassEvaluation
 from raylab.timing import phase
@@ -23,9 +24,6 @@ from raylab.tracking.mlflow_conventions import TrackedRun
 
 if TYPE_CHECKING:
     from raylab.features import FeatureSpec
-
-# Run tag: JSON {class name: MLflow model URI} of the run's deployable models.
-MODELS_TAG = "raylab.models"
 
 
 def per_class_table(evaluations: Sequence[ClassEvaluation]) -> pd.DataFrame:
@@ -44,12 +42,12 @@ def log_anomaly_artifacts(
     """Log the per-class table, ROC curves, the most/least anomalous test images and the models.
 
     With the run's ``features``, every class's detector that can be deployed is logged as an
-    MLflow model (``model-<class>``, see :mod:`raylab.deploy.anomaly_model`) and the run's
+    MLflow model (``model-<class>``, see :mod:`raylab.tasks.anomaly.scorer`) and the run's
     ``raylab.models`` tag maps each class to its model URI; any other detector is saved in
     its own format under ``model/<class>``.
     """
-    from raylab.deploy.anomaly_model import log_anomaly_model
     from raylab.tasks.anomaly.detectors import saved_format
+    from raylab.tasks.anomaly.scorer import log_anomaly_model
 
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)

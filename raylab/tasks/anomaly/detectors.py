@@ -6,7 +6,9 @@ here; so a new detector is a class with :class:`AnomalyDetector`'s methods and o
 ``@register_detector`` line, nothing else. Registration happens when a detector's module is
 imported; :func:`anomaly_detectors` imports the modules in :data:`DETECTOR_MODULES` first, so
 that callers which only need a name (a config check, ``--help``) need not import torch-heavy
-method code.
+method code. A detector outside raylab is a *plug-in*: a module of the user's that registers
+it on import, named in a job's ``plugins`` (:func:`load_plugins`), so every process that looks
+the detector up, a Ray worker or a deployed scorer, imports it the same way.
 """
 
 from __future__ import annotations
@@ -55,14 +57,15 @@ class AnomalyDetector(Protocol):
 class DetectorEntry:
     """A registered detector class: how to build one unfitted, and how its saved folder is read.
 
-    ``build`` is None for a detector that is not fitted from patches (MeDS's reconstruction
+    ``build(seed, image_size)`` returns an unfitted detector whose maps come out at the job's
+    ``image_size`` (the masks' size); it is None for a detector that is not fitted from patches (MeDS's reconstruction
     network comes out of Ray Train): the contract tests check its save and load on a
     network built for them, not its fit. ``saved_by`` names other classes whose ``save`` writes this same format (MeDS
     saves its final network as a reconstruction detector).
     """
 
     detector_type: type
-    build: Callable[[int], AnomalyDetector] | None
+    build: Callable[[int, int], AnomalyDetector] | None
     load_options: Mapping[str, Any] = field(default_factory=dict)
     saved_by: tuple[str, ...] = ()
 
@@ -81,20 +84,22 @@ D = TypeVar("D", bound=type)
 def register_detector(
     name: str,
     *,
-    build: Callable[[int], AnomalyDetector] | None = None,
+    build: Callable[[int, int], AnomalyDetector] | None = None,
     fitted_from_patches: bool = True,
     load_options: Mapping[str, Any] | None = None,
     saved_by: tuple[str, ...] = (),
 ) -> Callable[[D], D]:
     """Register a detector class under ``name``.
 
-    It is built as ``cls(seed=seed)`` unless ``build`` (a function of the seed) says
-    otherwise; ``fitted_from_patches=False`` marks a detector that comes out of training
-    instead (no ``build``).
+    It is built as ``cls(seed=seed, image_size=image_size)`` unless ``build`` (a function of
+    the seed and the image size its maps are drawn at) says otherwise;
+    ``fitted_from_patches=False`` marks a detector that comes out of training instead (no
+    ``build``).
     """
 
     def decorator(cls: D) -> D:
-        builder = (build or (lambda seed: cls(seed=seed))) if fitted_from_patches else None
+        default = lambda seed, image_size: cls(seed=seed, image_size=image_size)  # noqa: E731
+        builder = (build or default) if fitted_from_patches else None
         options = MappingProxyType(dict(load_options or {}))
         _DETECTORS.register(name)(DetectorEntry(cls, builder, options, saved_by))
         return cls
@@ -107,6 +112,21 @@ def anomaly_detectors() -> Registry[DetectorEntry]:
     for module in DETECTOR_MODULES:
         importlib.import_module(module)
     return _DETECTORS
+
+
+def load_plugins(modules: tuple[str, ...] | list[str]) -> Registry[DetectorEntry]:
+    """The registry with the family's detectors and each plug-in module's imported.
+
+    A module that cannot be imported is named with the reason; importing is idempotent, so a
+    trial, a worker and a scorer may each call this for the same modules.
+    """
+    registry = anomaly_detectors()
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(f"detector plug-in {module!r} cannot be imported: {error}") from error
+    return registry
 
 
 def saved_format(detector: object) -> str | None:

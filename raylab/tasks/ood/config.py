@@ -26,6 +26,9 @@ from typing import Any, Literal
 
 from raylab.config import from_mapping, require
 
+MNIST_MEAN = (0.1307, 0.1307, 0.1307)
+MNIST_STD = (0.3081, 0.3081, 0.3081)
+
 BaseScore = Literal["energy", "msp", "maxlogit"]
 SignGuard = Literal["monotone", "error", "off"]
 
@@ -159,3 +162,22 @@ def with_seed(config: DetectorConfig, seed: int) -> DetectorConfig:
     if hasattr(config, "bank_seed"):
         return dataclasses.replace(config, bank_seed=seed)
     return config
+
+
+@dataclass
+class ClassifierConfig:
+    """Which classifier produces the features and logits, and its input preprocessing.
+
+    ``weights``: a checkpoint file (``strict`` load). ``None`` means there is no pretrained
+    classifier for the dataset, so the NNGuide job trains one with Ray Train (its ``TrainConfig``).
+    Relative paths are resolved against the working directory (the repository root).
+    """
+
+    kind: Literal["cifar_resnet", "small_cnn", "timm"] = "small_cnn"
+    arch: str = "small_cnn"
+    num_classes: int = 6
+    weights: str | None = None
+    width: int = 32
+    image_size: int = 32
+    mean: tuple[float, float, float] = MNIST_MEAN
+    std: tuple[float, float, float] = MNIST_STD

@@ -3,7 +3,7 @@
 One interface for all of them: a frozen config's ``fit(source, head)`` returns a
 :class:`FittedDetector` (bank, statistics, ReAct threshold; nothing else is kept anywhere),
 whose ``confidence(outputs)`` scores new samples. Features and logits are extracted once
-(:mod:`raylab.methods.nnguide.features`) and every detector reads the same :class:`ModelOutputs`.
+(:mod:`raylab.tasks.ood.outputs`) and every detector reads the same :class:`ModelOutputs`.
 
 Score direction: inside this module, OpenOOD's convention, **higher = more in-distribution**
 (a confidence). raylab's metrics use higher = more OOD; the single conversion is

@@ -20,7 +20,10 @@ from raylab.tasks.anomaly.memory_detector import MemoryBankDetector
 from raylab.tasks.anomaly.patchcore.config import PatchCoreConfig
 
 
-@register_detector("patchcore")
+@register_detector(
+    "patchcore",
+    build=lambda seed, image_size: PatchCore(PatchCoreConfig(features=FeatureSpec(image_size=image_size)), seed=seed),
+)
 class PatchCore(MemoryBankDetector):
     def __init__(self, config: PatchCoreConfig | None = None, seed: int = 0) -> None:
         self.config = config or PatchCoreConfig()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raylab.deploy.scorer_folder import SCORER_FILE, finish_folder, finite, image_signature, log_scorer, read_folder
-from raylab.tasks.anomaly.detectors import anomaly_detectors, saved_format
+from raylab.tasks.anomaly.detectors import DETECTOR_MODULES, anomaly_detectors, load_plugins, saved_format
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +61,8 @@ def save_scorer(
         raise TypeError(
             f"{type(detector).__name__} cannot be deployed: it saves none of the registered formats {known}"
         )
+    # A plug-in's module is recorded so that the process loading the scorer registers it too.
+    module = anomaly_detectors().get(kind).detector_type.__module__
     directory.mkdir(parents=True, exist_ok=True)
     detector.save(directory / DETECTOR_DIR)
     save_file(warm_backbone_state(spec), str(directory / BACKBONE_FILE))
@@ -68,6 +70,7 @@ def save_scorer(
         "format": FORMAT,
         "version": VERSION,
         "kind": kind,
+        "plugins": [] if module in DETECTOR_MODULES else [module],
         "class_name": class_name,
         "feature_spec": dataclasses.asdict(spec),
         "image_threshold": image_threshold,
@@ -93,7 +96,7 @@ class AnomalyScorer:
         backbone = feature_wrapper(self.spec.backbone)
         backbone.load_state_dict(load_file(str(directory / BACKBONE_FILE)), strict=True)
         self.extractor = PatchFeatureExtractor(self.spec, threads or _default_threads(), backbone=frozen(backbone))
-        self.detector = anomaly_detectors().get(info["kind"]).load(directory / DETECTOR_DIR)
+        self.detector = load_plugins(info.get("plugins", [])).get(info["kind"]).load(directory / DETECTOR_DIR)
         self.threshold = finite(info["image_threshold"])
 
     @property
@@ -184,7 +187,7 @@ def log_anomaly_model(
         run,
         folder,
         name=f"model-{evaluation.class_name}",
-        model_file="anomaly_pyfunc.py",
+        model_file=Path(__file__).with_name("scorer_pyfunc.py"),
         signature=signature,
         example_image=example_image,
         metadata={"class_name": evaluation.class_name},

@@ -22,8 +22,7 @@ from raylab.deploy.scorer_folder import finish_folder, finite, image_signature, 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from raylab.methods.nnguide.config import ClassifierConfig
-    from raylab.tasks.ood.config import DetectorConfig
+    from raylab.tasks.ood.config import ClassifierConfig, DetectorConfig
     from raylab.tasks.ood.detectors import ModelOutputs
     from raylab.tracking.mlflow_conventions import TrackedRun
 
@@ -76,10 +75,9 @@ class OODScorer:
         from safetensors.torch import load_file
 
         from raylab.config import from_mapping
-        from raylab.methods.nnguide.config import ClassifierConfig
-        from raylab.methods.nnguide.features import ClassifierActor, linear_head, transform_for
-        from raylab.tasks.ood.config import detector_config
+        from raylab.tasks.ood.config import ClassifierConfig, detector_config
         from raylab.tasks.ood.detectors import ModelOutputs, fit_detector
+        from raylab.tasks.ood.outputs import ClassifierActor, linear_head, transform_for
 
         directory = Path(directory)
         self.info = info = read_folder(directory, FORMAT, VERSION)
@@ -158,7 +156,7 @@ def log_ood_model(
         run,
         folder,
         name=f"model-{name}",
-        model_file="ood_pyfunc.py",
+        model_file=Path(__file__).with_name("scorer_pyfunc.py"),
         signature=signature,
         example_image=example_image,
         metadata={"detector": name},

@@ -1,6 +1,6 @@
 """The MLflow model of a deployed OOD detector (classifier + NNGuide, KNN, energy, ...), logged
 as code: MLflow runs this file on load, so loading unpickles nothing. Never imported as a
-module: :func:`raylab.deploy.ood_model.log_ood_model` passes its path.
+module: :func:`raylab.tasks.ood.scorer.log_ood_model` passes its path.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import warnings
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from raylab.deploy.ood_model import OODScorer
+from raylab.tasks.ood.scorer import OODScorer
 
 # The signature is given explicitly when the model is logged; MLflow's hint-based inference
 # would only repeat it, and warns on every load.

@@ -152,7 +152,7 @@ def log_novelty_model(
         run,
         folder,
         name=f"model-{method}",
-        model_file="novelty_pyfunc.py",
+        model_file=Path(__file__).with_name("scorer_pyfunc.py"),
         signature=signature,
         example_image=example_image,
         metadata={"normal_class": class_name, "method": method},

@@ -26,10 +26,10 @@ from raylab.data.images import ImageTransform
 from raylab.data.rows import SampleRows
 from raylab.data.store import cache_root, read_dataset, staged_directory, write_shards
 from raylab.digests import content_digest, file_digest
-from raylab.methods.nnguide.classifiers import build_classifier
-from raylab.methods.nnguide.config import ClassifierConfig
 from raylab.resources import THREADS_PER_ACTOR
 from raylab.resources import current as current_resources
+from raylab.tasks.ood.classifiers import build_classifier
+from raylab.tasks.ood.config import ClassifierConfig
 from raylab.tasks.ood.detectors import LinearHead, ModelOutputs
 
 CACHE_FORMAT = 1
@@ -221,7 +221,7 @@ def outputs_cache_directory(table: pa.Table, config: ClassifierConfig, state_dic
         "weights": weights_fingerprint(config, state_dict),
         "format": CACHE_FORMAT,
     }
-    return cache_root() / "nnguide_outputs" / content_digest(settings=description, length=24)
+    return cache_root() / "ood_outputs" / content_digest(settings=description, length=24)
 
 
 def _store(directory: Path, outputs: OutputSet, config: ClassifierConfig) -> None:

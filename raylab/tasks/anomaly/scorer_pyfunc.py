@@ -2,7 +2,7 @@
 
 MLflow stores this file with the model and runs it on load, so loading a raylab model
 unpickles nothing (a pickled ``PythonModel`` would execute whatever a store handed back).
-It is never imported as a module: :func:`raylab.deploy.anomaly_model.log_anomaly_model`
+It is never imported as a module: :func:`raylab.tasks.anomaly.scorer.log_anomaly_model`
 passes its path.
 """
 
@@ -13,7 +13,7 @@ import warnings
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from raylab.deploy.anomaly_model import AnomalyScorer
+from raylab.tasks.anomaly.scorer import AnomalyScorer
 
 # The model's signature is given explicitly when it is logged (an ``image`` column of bytes);
 # MLflow's hint-based schema inference would only repeat it, and warns on every load.

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylab.features.backbones import load_state_dict_file, map_in_order
-from raylab.methods.nnguide.config import ClassifierConfig
+from raylab.tasks.ood.config import ClassifierConfig
 
 CIFAR_RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
 

@@ -1,7 +1,7 @@
 """The MLflow model of a deployed novelty detector (DCAE, plain AE), logged as code.
 
 MLflow stores this file with the model and runs it on load, so loading unpickles nothing.
-It is never imported as a module: :func:`raylab.deploy.novelty_model.log_novelty_model`
+It is never imported as a module: :func:`raylab.methods.dcae.scorer.log_novelty_model`
 passes its path.
 """
 
@@ -12,7 +12,7 @@ import warnings
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from raylab.deploy.novelty_model import NoveltyScorer
+from raylab.methods.dcae.scorer import NoveltyScorer
 
 # The signature is given explicitly when the model is logged; MLflow's hint-based inference
 # would only repeat it, and warns on every load.
