@@ -40,7 +40,8 @@ from raylab.testing.detector_contract import (
 
 IMAGE_SIZE = 112
 PLUGIN = "tests.anomaly_plugin"
-NearestTrainingPatch = importlib.import_module(PLUGIN).NearestTrainingPatch  # registers it, as a plug-in does
+plugin = importlib.import_module(PLUGIN)  # registers its detector, as a plug-in does
+NearestTrainingPatch, NAME = plugin.NearestTrainingPatch, plugin.NAME
 FITTED_FROM_PATCHES = [name for name in anomaly_detectors() if anomaly_detectors().get(name).build is not None]
 
 
@@ -59,7 +60,7 @@ def test_the_family_registers_its_detectors():
     registry = anomaly_detectors()
     own = {name for name in registry if registry.get(name).detector_type.__module__ in DETECTOR_MODULES}
     assert own == {"patchcore", "softpatch", "tailedcore", "partial_memory", "reconstruction"}
-    assert set(FITTED_FROM_PATCHES) == {"patchcore", "softpatch", "tailedcore", "partial_memory"}
+    assert set(FITTED_FROM_PATCHES) == {"patchcore", "softpatch", "tailedcore", "partial_memory", NAME}
 
 
 @pytest.mark.parametrize("name", FITTED_FROM_PATCHES)
@@ -170,7 +171,8 @@ def test_a_plugin_detector_runs_through_the_job_beside_patchcore(shared_data, ra
         max_results=1,
     )
     uri = json.loads(child.data.tags["raylab.models"])["magnetic_tile"]
-    folder = Path(mlflow.artifacts.download_artifacts(f"{uri}/artifacts/scorer", dst_path=str(tmp_path)))
+    (scorer_json,) = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path))).rglob("scorer.json")
+    folder = scorer_json.parent
     assert json.loads((folder / "scorer.json").read_text())["plugins"] == [PLUGIN]
     assert isinstance(AnomalyScorer(folder).detector, NearestTrainingPatch)
 
@@ -183,8 +185,15 @@ def test_a_plugin_detector_runs_through_the_job_beside_patchcore(shared_data, ra
         (["detectors=[reconstruction]"], "'reconstruction' is not fitted from patch features"),
     ],
 )
-def test_a_comparison_naming_what_is_not_there_fails_in_the_config_check(shared_data, sets, message):
+def test_a_comparison_naming_what_is_not_there_fails_before_ray(shared_data, sets, message, monkeypatch, capsys):
+    import raylab.experiment.session as session
     from raylab.experiment import get_experiment, run
 
-    with pytest.raises((KeyError, ImportError, ValueError), match=message):
+    def refuse(**_):
+        raise AssertionError("the runner started Ray before rejecting the comparison")
+
+    monkeypatch.setattr(session, "init_ray", refuse)
+    with pytest.raises(SystemExit) as exit_info:
         run(get_experiment("patchcore_eval"), _eval_argv(shared_data, *sets))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -112,7 +112,7 @@ def _build(name: str, config: PatchCoreEvalConfig, seed: int):
 
     if name == "patchcore":
         return PatchCore(config.patchcore, seed=seed)
-    return load_plugins(config.plugins).get(name).build(seed)
+    return load_plugins(config.plugins).get(name).build(seed, config.patchcore.features.image_size)
 
 
 def prepare(request: Request[PatchCoreEvalConfig]) -> Prepared:

@@ -117,15 +117,16 @@ def anomaly_detectors() -> Registry[DetectorEntry]:
 def load_plugins(modules: tuple[str, ...] | list[str]) -> Registry[DetectorEntry]:
     """The registry with the family's detectors and each plug-in module's imported.
 
-    A module that cannot be imported is named with the reason; importing is idempotent, so a
-    trial, a worker and a scorer may each call this for the same modules.
+    A module that cannot be imported is a config error (``ValueError``) naming it and the
+    reason; importing is idempotent, so a trial, a worker and a scorer may each call this for
+    the same modules.
     """
     registry = anomaly_detectors()
     for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            raise ImportError(f"detector plug-in {module!r} cannot be imported: {error}") from error
+            raise ValueError(f"plugins: {module!r} cannot be imported: {error}") from error
     return registry
 
 
