@@ -284,7 +284,7 @@ def test_warm_extractor_is_kept_per_process_one_backbone_at_a_time(tiles, monkey
     assert other is not first and list(extract._WARM.values()) == [other]
 
     before = torch.get_num_threads()
-    task = extract.PatchFeatureExtractorTask(SPEC, threads=1)
+    task = extract.ModelTask(extract.PatchFeatures(SPEC), threads=1)
     ids = np.asarray(tiles.column("sample_id").to_pylist()[:2])
     out = task({"sample_id": ids, "image": np.asarray(tiles.column("image").to_pylist()[:2], dtype=object)})
     assert out["patches"].shape == (2, 14, 14, 152)

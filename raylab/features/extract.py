@@ -1,7 +1,10 @@
 """Batched feature extraction over a corpus as a Ray Data pipeline.
 
-Blocks of the corpus's encoded images -> decode + resize -> :class:`PatchFeatureExtractor`
-(one backbone per extractor) -> gathered on the driver in sample-id order. How it runs is
+Blocks of the corpus's encoded images -> decode + resize -> a network (one per extractor) ->
+gathered on the driver in sample-id order. The network is any :class:`BatchModel` recipe:
+:class:`PatchFeatures` (a backbone's patch grids, optionally of augmented views) here, a
+classifier's features and logits in the OOD family; every kind of output runs through the one
+:func:`model_batches` pipeline. How it runs is
 chosen per case by :func:`plan_extraction`, from what ``benchmarks/extraction.py`` measured
 against a plain single-process loop (at 640 magnetic tiles, EfficientNet-Lite0 at 224 px on
 2 cores, the old fixed layout ran at 0.4x that loop, mostly in start-up, not compute):
@@ -44,9 +47,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -99,6 +102,20 @@ class ResizeImages:
         return {"sample_id": np.asarray(ids), "pixels": self.transform.resized_batch(batch["image"], ids)}
 
 
+def network_input(batch: dict[str, np.ndarray], transform: ImageTransform, device: str) -> torch.Tensor:
+    """A batch as a network's normalised float32 (N, 3, H, W) input on ``device``: from encoded
+    ``image`` bytes (decoded here), or ``pixels``, uint8 (N, H, W, 3) resized images (normalised
+    on the device) or float32 (N, 3, H, W) already normalised."""
+    if "pixels" not in batch:
+        pixels = transform.resized_batch(batch["image"], batch["sample_id"])
+    else:  # read-only when it comes from the object store: torch wants its own (small) copy
+        pixels = np.array(batch["pixels"], copy=True, order="C")
+    tensor = torch.from_numpy(pixels).to(device)
+    if tensor.dtype == torch.uint8:
+        return normalise_tensor(tensor, transform.mean, transform.std)
+    return tensor
+
+
 class PatchFeatureExtractor:
     """One frozen backbone and the patch embedder: the actor of the actor-pool path, and what a
     warm CPU task's worker keeps (:func:`warm_extractor`).
@@ -118,23 +135,12 @@ class PatchFeatureExtractor:
         self.l2_normalize = spec.l2_normalize
         self.backbone_name = spec.backbone.name
 
-    def pixels(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        """The batch as the network's normalised float32 (N, 3, H, W) input, on the device."""
-        if "pixels" not in batch:
-            pixels = self.transform.resized_batch(batch["image"], batch["sample_id"])
-        else:  # read-only when it comes from the object store: torch wants its own (small) copy
-            pixels = np.array(batch["pixels"], copy=True, order="C")
-        tensor = torch.from_numpy(pixels).to(self.device)
-        if tensor.dtype == torch.uint8:
-            return normalise_tensor(tensor, self.transform.mean, self.transform.std)
-        return tensor
-
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray], views: ViewSpec | None = None) -> dict[str, np.ndarray]:
         """``patches``: (N, h, w, D); with ``views``, (N, V, h, w, D), every image's views made on
         the device and embedded together with the batch's other images' views in one pass."""
         started = time.perf_counter()
-        pixels = self.pixels(batch)
+        pixels = network_input(batch, self.transform, self.device)
         if views is not None:
             expanded = views.expand(pixels)
             pixels = expanded.flatten(0, 1)
@@ -148,7 +154,7 @@ class PatchFeatureExtractor:
         return out
 
 
-_WARM: dict[tuple, PatchFeatureExtractor] = {}
+_WARM: dict[Hashable, Any] = {}
 _BACKBONE_STATE: dict[tuple, dict[str, torch.Tensor]] = {}
 
 
@@ -170,13 +176,18 @@ def _keep_latest(store: dict[tuple, Any], key: tuple, build: Callable[[], Any]) 
     return store[key]
 
 
-def warm_extractor(spec: FeatureSpec, threads: int) -> PatchFeatureExtractor:
-    """This process's extractor for ``spec``, built on first use and kept (one, the latest).
+def warm_model(recipe: BatchModel, threads: int) -> Any:
+    """This process's network for ``recipe``, built on first use and kept (one, the latest).
 
     Ray reuses a task's worker process for later tasks of the same job, so the next
-    extraction in this Ray session finds torch and timm imported and the backbone built.
+    extraction in this Ray session finds torch and timm imported and the network built.
     """
-    return _keep_latest(_WARM, (spec, _weights_stamp(spec)), lambda: PatchFeatureExtractor(spec, threads))
+    return _keep_latest(_WARM, recipe.warm_key(), lambda: recipe.build(threads))
+
+
+def warm_extractor(spec: FeatureSpec, threads: int) -> PatchFeatureExtractor:
+    """This process's patch extractor for ``spec`` (see :func:`warm_model`)."""
+    return warm_model(PatchFeatures(spec), threads)
 
 
 def warm_backbone_state(spec: FeatureSpec) -> dict[str, torch.Tensor]:
@@ -194,22 +205,74 @@ def warm_backbone_state(spec: FeatureSpec) -> dict[str, torch.Tensor]:
     )
 
 
+class BatchModel(Protocol):
+    """A picklable recipe for the network of an extraction: what :func:`model_batches` ships to
+    its tasks or actors, which build the network where they run.
+
+    ``transform`` sizes and normalises the images; ``warm_key`` names the built network (a
+    worker keeps the latest, see :func:`warm_model`); ``build`` makes it with ``threads`` torch
+    threads; ``apply`` runs it on a batch of ``sample_id`` and ``image`` or ``pixels`` into a
+    batch of ``sample_id`` and the outputs.
+    """
+
+    @property
+    def transform(self) -> ImageTransform: ...
+
+    def warm_key(self) -> Hashable: ...
+
+    def build(self, threads: int) -> Any: ...
+
+    def apply(self, model: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
 @dataclass(frozen=True)
-class PatchFeatureExtractorTask:
-    """``map_batches`` task: :class:`PatchFeatureExtractor` on this worker's warm backbone."""
+class PatchFeatures:
+    """:class:`BatchModel` of a backbone's patch grids (``patches``), of the images or, with
+    ``views``, of each image's augmented views."""
 
     spec: FeatureSpec
-    threads: int
     views: ViewSpec | None = None
+
+    @property
+    def transform(self) -> ImageTransform:
+        return ImageTransform(size=self.spec.image_size, mean=self.spec.backbone.mean, std=self.spec.backbone.std)
+
+    def warm_key(self) -> Hashable:
+        return ("patches", self.spec, _weights_stamp(self.spec))  # views are applied per call
+
+    def build(self, threads: int) -> PatchFeatureExtractor:
+        return PatchFeatureExtractor(self.spec, threads)
+
+    def apply(self, model: PatchFeatureExtractor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return model(batch, self.views)
+
+
+@dataclass(frozen=True)
+class ModelTask:
+    """``map_batches`` task: the recipe's network, warm in this worker (:func:`warm_model`)."""
+
+    recipe: BatchModel
+    threads: int
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         previous = torch.get_num_threads()
-        extractor = warm_extractor(self.spec, self.threads)
+        model = warm_model(self.recipe, self.threads)
         torch.set_num_threads(self.threads)
         try:
-            return extractor(batch, self.views)
+            return self.recipe.apply(model, batch)
         finally:
             torch.set_num_threads(previous)  # the worker runs other tasks afterwards
+
+
+class ModelActor:
+    """``map_batches`` actor of the actor-pool path: the recipe's network, built once per actor."""
+
+    def __init__(self, recipe: BatchModel, threads: int) -> None:
+        self.recipe = recipe
+        self.model = recipe.build(threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.recipe.apply(self.model, batch)
 
 
 @dataclass(frozen=True)
@@ -326,16 +389,42 @@ def feature_batches(
 ):
     """The Ray Data dataset of ``{"sample_id", "patches"}`` batches of every row of ``table``.
 
+    ``views``: each row's augmented views instead of the image itself (``patches`` (N, V, h,
+    w, D), ``batch_size`` images, so ``batch_size x V`` views, per forward pass); its blocks
+    are one batch each, since a batch's views are V times the features of its images. The
+    other options are :func:`model_batches`'.
+    """
+    return model_batches(
+        table,
+        PatchFeatures(spec, views),
+        batch_size=batch_size,
+        actors=actors,
+        decode=decode,
+        source=source,
+        block_rows=batch_size if views is not None else None,
+    )
+
+
+def model_batches(
+    table: pa.Table,
+    recipe: BatchModel,
+    *,
+    batch_size: int = EXTRACTION_BATCH,
+    actors: int | None = None,
+    decode: str = "auto",
+    source: str = "auto",
+    block_rows: int | None = None,
+):
+    """The Ray Data dataset of the recipe's output batches for every row of ``table``.
+
     ``actors``: concurrent extractors (default: the resources' extraction pool). ``decode``:
     where images are decoded and resized, ``"actor"`` (by the extractor, fused),
     ``"tasks"`` (separate Ray tasks handing uint8 pixels over) or ``"auto"`` (fused on
     CPUs, tasks with accelerators). ``source``: ``"memory"`` (blocks of ``table`` put
     from this process), ``"shards"`` (Parquet shards, written once per corpus content) or
     ``"auto"`` (memory on a Ray this process started, for corpora that fit the object store
-    comfortably). See the module docstring for why. ``views``: each row's augmented views
-    instead of the image itself (``patches`` (N, V, h, w, D), ``batch_size`` images, so
-    ``batch_size x V`` views, per forward pass); its blocks are one batch each, since a
-    batch's views are V times the features of its images.
+    comfortably). ``block_rows``: rows per block (default: a few batches, at least two blocks
+    per extractor). See the module docstring for why.
     """
     import ray
 
@@ -345,8 +434,7 @@ def feature_batches(
     columns = table.select(["sample_id", "image"])
     plan = plan_extraction(actors, decode, source, corpus_bytes=columns.nbytes)
     resources = current_resources()
-    transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
-    block_rows = batch_size if views is not None else rows_per_block(table.num_rows, batch_size, plan.workers)
+    block_rows = block_rows or rows_per_block(table.num_rows, batch_size, plan.workers)
     if plan.in_memory:
         dataset = ray.data.from_arrow(
             [columns.slice(start, block_rows) for start in range(0, table.num_rows, block_rows)]
@@ -360,28 +448,25 @@ def feature_batches(
         # max_calls=0 is Ray's default for CPU tasks (no limit); naming it keeps Ray Data from
         # fusing these tasks into a CPU extractor that asks for the same CPUs (its fusion rule).
         dataset = dataset.map_batches(
-            ResizeImages(transform), batch_size=batch_size, batch_format="numpy", num_cpus=1, max_calls=0
+            ResizeImages(recipe.transform), batch_size=batch_size, batch_format="numpy", num_cpus=1, max_calls=0
         )
     options = resources.ray_options(resources.accelerators_per_extraction_actor, cpus=plan.cpus)
     if plan.warm_tasks:
-        dataset = dataset.map_batches(
-            PatchFeatureExtractorTask(spec, plan.threads, views),
+        return dataset.map_batches(
+            ModelTask(recipe, plan.threads),
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.TaskPoolStrategy(size=plan.workers),
             **options,
         )
-    else:
-        dataset = dataset.map_batches(
-            PatchFeatureExtractor,
-            fn_constructor_kwargs={"spec": spec, "threads": plan.threads},
-            fn_kwargs={"views": views},
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=plan.workers),
-            **options,
-        )
-    return dataset
+    return dataset.map_batches(
+        ModelActor,
+        fn_constructor_kwargs={"recipe": recipe, "threads": plan.threads},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.workers),
+        **options,
+    )
 
 
 def rows_per_block(rows: int, batch_size: int, workers: int) -> int:

@@ -1,11 +1,12 @@
 """Penultimate features and logits of a corpus, extracted once and shared by every detector.
 
-``read_parquet`` (one task per shard) -> ``map_batches(ImageTransform)`` (decode, square
-resize, normalise; parallel tasks) -> ``map_batches(ClassifierActor)`` on an actor pool (one
-classifier per actor, one GPU each where there are GPUs) -> gathered on the driver, sorted by
-sample id. Results are cached on disk, keyed by the images (ids and bytes, not splits: a
-new protocol seed re-splits the same images without re-extracting), the classifier's config
-and weights, and the transform.
+The classifier runs in the platform's extraction pipeline (:func:`raylab.features.extract.model_batches`,
+as a :class:`ClassifierOutputs` recipe): the same plan as patch features (warm CPU tasks on a
+Ray this process started, an actor pool with one accelerator each on a cluster, decoding
+where it is cheapest), gathered on the driver sorted by sample id. A trained classifier's
+weights travel through the object store once, not with every task. Results are cached on
+disk, keyed by the images (ids and bytes, not splits: a new protocol seed re-splits the same
+images without re-extracting), the classifier's config and weights, and the transform.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,10 +26,9 @@ import torch
 from raylab.artefacts import CorruptArtefactError, discard, verify
 from raylab.data.images import ImageTransform
 from raylab.data.rows import SampleRows
-from raylab.data.store import cache_root, read_dataset, staged_directory, write_shards
+from raylab.data.store import cache_root, staged_directory
 from raylab.digests import content_digest, file_digest
-from raylab.resources import THREADS_PER_ACTOR
-from raylab.resources import current as current_resources
+from raylab.features.extract import model_batches, network_input
 from raylab.tasks.ood.classifiers import build_classifier
 from raylab.tasks.ood.config import ClassifierConfig
 from raylab.tasks.ood.detectors import LinearHead, ModelOutputs
@@ -61,16 +62,18 @@ def linear_head(model) -> LinearHead:
 
 
 class ClassifierActor:
-    """A Ray Data actor holding one classifier in eval mode."""
+    """One classifier in eval mode: a batch of ``image`` bytes or ``pixels`` (see
+    :func:`~raylab.features.extract.network_input`) -> ``features`` and ``logits``."""
 
     def __init__(self, config: ClassifierConfig, state_dict: dict[str, Any] | None = None, threads: int = 1) -> None:
         torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = build_classifier(config, state_dict).to(self.device)
+        self.transform = transform_for(config)
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device)
+        pixels = network_input(batch, self.transform, self.device)
         features = self.model.features(pixels)
         logits = self.model.head(features)
         return {
@@ -78,6 +81,36 @@ class ClassifierActor:
             "features": features.float().cpu().numpy(),
             "logits": logits.float().cpu().numpy(),
         }
+
+
+@dataclass(frozen=True)
+class ClassifierOutputs:
+    """:class:`~raylab.features.extract.BatchModel` of a classifier's ``features`` and ``logits``.
+
+    ``weights``: the trained state dict's object-store reference (None: the config's weights
+    file, or random); ``weights_digest`` names them, so a worker keeps its classifier warm
+    exactly while the weights are the same.
+    """
+
+    config: ClassifierConfig
+    weights: Any
+    weights_digest: str
+
+    @property
+    def transform(self) -> ImageTransform:
+        return transform_for(self.config)
+
+    def warm_key(self) -> Hashable:
+        return ("classifier", json.dumps(dataclasses.asdict(self.config), sort_keys=True), self.weights_digest)
+
+    def build(self, threads: int) -> ClassifierActor:
+        import ray
+
+        state = ray.get(self.weights) if self.weights is not None else None
+        return ClassifierActor(self.config, state, threads)
+
+    def apply(self, model: ClassifierActor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return model(batch)
 
 
 def images_fingerprint(table: pa.Table) -> str:
@@ -172,27 +205,10 @@ def _extract_with_ray(
     table: pa.Table, config: ClassifierConfig, state_dict: dict[str, Any] | None, *, batch_size: int, actors: int | None
 ) -> OutputSet:
     import ray
-    import ray.data
 
-    shards = write_shards(table)
-    resources = current_resources()
-    accelerated = resources.accelerators_per_extraction_actor > 0
-    dataset = (
-        read_dataset(shards, columns=["sample_id", "image"])
-        .map_batches(transform_for(config), batch_size=batch_size, batch_format="numpy")
-        .map_batches(
-            ClassifierActor,
-            fn_constructor_kwargs={
-                "config": config,
-                "state_dict": state_dict,
-                "threads": 1 if accelerated else THREADS_PER_ACTOR,
-            },
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors or resources.extraction_pool()),
-            **resources.ray_options(resources.accelerators_per_extraction_actor),
-        )
-    )
+    weights = ray.put(state_dict) if state_dict is not None else None
+    recipe = ClassifierOutputs(config, weights, weights_fingerprint(config, state_dict))
+    dataset = model_batches(table, recipe, batch_size=batch_size, actors=actors)
     ids, features, logits = [], [], []
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         ids.append(batch["sample_id"])
