@@ -12,8 +12,9 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +23,7 @@ from raylab.artefacts import CorruptArtefactError, discard, remove_stale_staging
 from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
 
 DEFAULT_ROWS_PER_SHARD = 256
+T = TypeVar("T")
 
 
 def cache_root() -> Path:
@@ -112,6 +114,25 @@ def staged_directory(target: Path) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def cached_entry(
+    directory: Path, read: Callable[[Path], T], compute: Callable[[], T], write: Callable[[T, Path], None]
+) -> T:
+    """The content-addressed cache entry ``directory``: read when it passes its manifest check;
+    otherwise (absent, or damaged: named in a warning and discarded) computed, written through a
+    staging folder (:func:`staged_directory`) and returned. Every array cache of raylab (patch
+    features, classifier outputs) is this one mechanism under its own key."""
+    if directory.exists():
+        try:
+            verify(directory)
+            return read(directory)
+        except (CorruptArtefactError, ValueError, OSError) as error:
+            discard(directory, error)
+    value = compute()
+    with staged_directory(directory) as staging:
+        write(value, staging)
+    return value
 
 
 def read_table(directory: str | Path) -> pa.Table:

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from raylab.artefacts import CorruptArtefactError, discard, verify
-from raylab.data.store import cache_root, corpus_fingerprint, staged_directory
+from raylab.data.store import cache_root, cached_entry, corpus_fingerprint
 from raylab.digests import content_digest
 from raylab.features.backbones import FeatureSpec
 from raylab.features.extract import FeatureSet, extract_patch_features, feature_batches
@@ -46,24 +45,25 @@ def cached_patch_features(
     table: pa.Table, spec: FeatureSpec, *, root: Path | None = None, **extract_options
 ) -> FeatureSet:
     """Features of ``table`` under ``spec``: from the cache, or extracted once and stored."""
-    directory = (root or cache_root() / "features") / feature_key(table, spec)
-    if directory.exists():
-        try:
-            verify(directory)
-            return FeatureSet(
-                sample_ids=np.load(directory / "sample_ids.npy", allow_pickle=False),
-                patches=np.load(directory / "patches.npy", mmap_mode="r"),
-            )
-        except (CorruptArtefactError, ValueError, OSError) as error:
-            discard(directory, error)
-    with phase("feature extraction (Ray Data)"):
-        features = extract_patch_features(table, spec, **extract_options)
-    require_finite(features.patches, features.sample_ids, spec.backbone.name)
-    with staged_directory(directory) as staging:
+
+    def read(directory: Path) -> FeatureSet:
+        return FeatureSet(
+            sample_ids=np.load(directory / "sample_ids.npy", allow_pickle=False),
+            patches=np.load(directory / "patches.npy", mmap_mode="r"),
+        )
+
+    def compute() -> FeatureSet:
+        with phase("feature extraction (Ray Data)"):
+            features = extract_patch_features(table, spec, **extract_options)
+        require_finite(features.patches, features.sample_ids, spec.backbone.name)
+        return features
+
+    def write(features: FeatureSet, staging: Path) -> None:
         np.save(staging / "sample_ids.npy", features.sample_ids.astype(str))
         np.save(staging / "patches.npy", features.patches)
         (staging / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2, default=str))
-    return features
+
+    return cached_entry((root or cache_root() / "features") / feature_key(table, spec), read, compute, write)
 
 
 def require_finite(patches: np.ndarray, sample_ids: np.ndarray, backbone: str) -> None:

@@ -23,10 +23,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raylab.artefacts import CorruptArtefactError, discard, verify
 from raylab.data.images import ImageTransform
 from raylab.data.rows import SampleRows
-from raylab.data.store import cache_root, staged_directory
+from raylab.data.store import cache_root, cached_entry
 from raylab.digests import content_digest, file_digest
 from raylab.features.extract import model_batches, network_input
 from raylab.tasks.ood.classifiers import build_classifier
@@ -187,18 +186,16 @@ def extract_outputs(
     """Features and logits of every image in ``table``, with Ray Data (cached on disk; an entry
     that fails its manifest check is named in a warning and extracted again)."""
     table = _unique_images(table)
+
+    def compute() -> OutputSet:
+        outputs = _extract_with_ray(table, config, state_dict, batch_size=batch_size, actors=actors)
+        _check_head(outputs)
+        return outputs
+
+    if not use_cache:
+        return compute()
     directory = outputs_cache_directory(table, config, state_dict)
-    if use_cache and directory.exists():
-        try:
-            verify(directory)  # the manifest staged_directory wrote last: a damaged entry is never read
-            return _load(directory)
-        except (CorruptArtefactError, ValueError, OSError) as error:
-            discard(directory, error)
-    outputs = _extract_with_ray(table, config, state_dict, batch_size=batch_size, actors=actors)
-    _check_head(outputs)
-    if use_cache:
-        _store(directory, outputs, config)
-    return outputs
+    return cached_entry(directory, _load, compute, lambda outputs, staging: _store(staging, outputs, config))
 
 
 def _extract_with_ray(
@@ -240,13 +237,12 @@ def outputs_cache_directory(table: pa.Table, config: ClassifierConfig, state_dic
     return cache_root() / "ood_outputs" / content_digest(settings=description, length=24)
 
 
-def _store(directory: Path, outputs: OutputSet, config: ClassifierConfig) -> None:
-    with staged_directory(directory) as staging:
-        np.save(staging / "sample_ids.npy", outputs.sample_ids.astype(str))
-        np.save(staging / "features.npy", outputs.features)
-        np.save(staging / "logits.npy", outputs.logits)
-        np.savez(staging / "head.npz", weight=outputs.head.weight, bias=outputs.head.bias)
-        (staging / "classifier.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+def _store(staging: Path, outputs: OutputSet, config: ClassifierConfig) -> None:
+    np.save(staging / "sample_ids.npy", outputs.sample_ids.astype(str))
+    np.save(staging / "features.npy", outputs.features)
+    np.save(staging / "logits.npy", outputs.logits)
+    np.savez(staging / "head.npz", weight=outputs.head.weight, bias=outputs.head.bias)
+    (staging / "classifier.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
 
 
 def _load(directory: Path) -> OutputSet:
