@@ -93,6 +93,8 @@ def _counting_loop(config):
         harness.report_epoch({"epoch": epoch}, {"value": value, "epoch": epoch, "resumed_at": start})
 
 
+# Fault tolerance (an injected fault: a damaged file): the ops tier.
+@pytest.mark.ops
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(ray_session, tmp_path):
     import sys
 

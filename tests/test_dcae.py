@@ -186,6 +186,8 @@ def test_methods_map_onto_three_trained_variants():
 # ---------------------------------------------------------------------------- Ray Train
 
 
+# Fault tolerance (a stopped run resumes from its checkpoint): the ops tier.
+@pytest.mark.ops
 def test_checkpoint_then_resume_gives_the_same_next_epoch(ray_session, tmp_path):
     """Epoch 0 on two DDP workers; the same run asked for 2 epochs resumes from its checkpoint
     (here on one worker: a smaller cluster) and its epoch 1 equals, loss for loss and weight

@@ -167,6 +167,8 @@ def logged_model(evaluation, corpus, tmp_path_factory) -> str:
         )
 
 
+# The whole `raylab predict` job on Ray Data: the e2e tier.
+@pytest.mark.e2e
 def test_batch_predict_scores_a_folder_as_in_process_and_resumes(
     logged_model, evaluation, corpus, ray_session, tmp_path
 ):

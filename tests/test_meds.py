@@ -91,6 +91,8 @@ def _tiny_patches(seed: int = 0) -> np.ndarray:
     return patches
 
 
+# Fault tolerance (a stopped run resumes from its checkpoint): the ops tier.
+@pytest.mark.ops
 def test_distillation_resumes_from_its_checkpoint(ray_session, tmp_path):
     from raylab.methods.meds.training import distillation_loop
     from raylab.train import TrainSpec, fit
@@ -243,6 +245,8 @@ def _fused_config(selection, epochs: int = 2) -> dict:
     }
 
 
+# Fault tolerance (a stopped run resumes from its checkpoint): the ops tier.
+@pytest.mark.ops
 def test_fused_run_resumes_in_the_stage_it_was_in(ray_session, tmp_path):
     """One Train run trains stage 2 then stage 3; re-run, it continues where its checkpoint's
     stage marker says: a finished stage 2 is not trained again."""

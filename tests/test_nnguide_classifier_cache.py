@@ -39,6 +39,8 @@ def _flip_one_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+# Fault tolerance (an injected fault: a damaged file): the ops tier.
+@pytest.mark.ops
 def test_damaged_or_unvouched_final_weights_are_named_discarded_and_retrained(ray_session, tmp_path, tiny_training_set):
     from raylab.methods.nnguide.training import FINAL_STATE, train_classifier
 
