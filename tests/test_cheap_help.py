@@ -73,6 +73,7 @@ def test_typed_configs_import_without_torch():
         "raylab.features",
         "raylab.tasks.anomaly.patchcore.config",
         "raylab.tasks.ood.config",
+        "raylab.tasks.one_class.config",
         *(f"raylab.methods.{m}.config" for m in ("meds", "tailedcore", "dcae", "nnguide", "ckd", "alsuv")),
     ]
     code, _, verdict = probe("; ".join(f"import {module}" for module in modules))

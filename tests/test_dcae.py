@@ -26,7 +26,6 @@ from raylab.methods.dcae.config import (
     TrainConfig,
     trained_for,
 )
-from raylab.methods.dcae.data import DecodedCorpus, decode_corpus, load_one_class_corpus, one_class_split
 from raylab.methods.dcae.losses import to_unit_range
 from raylab.methods.dcae.model import DCAE, feature_distance
 from raylab.methods.dcae.selection import make_pseudo_novelties, quadrant_shuffle, select_for_split, select_loss_weights
@@ -38,6 +37,7 @@ from raylab.methods.dcae.training import (
     train_in_process,
     train_variants,
 )
+from raylab.tasks.one_class.protocol import DecodedCorpus, decode_corpus, load_one_class_corpus, one_class_split
 
 
 @pytest.fixture(autouse=True)

@@ -47,8 +47,9 @@ raylab's choices for what the abstract leaves open, and why:
 
 Modules: ``config`` (typed settings, CPU size), ``model`` (plain torch modules and the
 metric), ``losses``, ``training`` (one step; in-process and Ray Train loops), ``selection``,
-``data`` (the one-class protocol), ``report`` and ``experiment`` (the ``dcae_sweep`` job,
-``jobs/dcae_sweep.py``). The package exports the typed config only, so the job's command
+``scorer`` (the deployable MLflow model), ``report`` and ``experiment`` (the ``dcae_sweep``
+job, ``jobs/dcae_sweep.py``); the one-class protocol is the family's,
+:mod:`raylab.tasks.one_class`. The package exports the typed config only, so the job's command
 line does not load torch; the network and metric are :class:`.model.DCAE` and
 :func:`.model.feature_distance`.
 """

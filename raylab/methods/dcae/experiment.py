@@ -47,7 +47,7 @@ from raylab.experiment.identity import content_hash
 from raylab.methods.dcae.config import METHODS, TRAINED, DCAESweepConfig, cpu_config, trained_for
 
 if TYPE_CHECKING:
-    from raylab.methods.dcae.data import DecodedCorpus
+    from raylab.tasks.one_class.protocol import DecodedCorpus
 
 NAME = "dcae_sweep"
 METRICS_HELP = (
@@ -102,7 +102,7 @@ def decoded_corpus(request: Request[DCAESweepConfig], *, reuse: bool = False) ->
     (``reuse``) instead of decoding twice.
     """
     from raylab.data.store import corpus_fingerprint
-    from raylab.methods.dcae.data import decode_corpus, load_one_class_corpus
+    from raylab.tasks.one_class.protocol import decode_corpus, load_one_class_corpus
 
     config = request.config
     key = content_hash([request.dataset, request.data_root, config.protocol, config.dataset_options])
@@ -153,10 +153,10 @@ def trial(setting: Setting, data: DecodedCorpus, config: DCAESweepConfig, contex
 
     from raylab.data.store import cache_root
     from raylab.eval.anomaly import image_metrics
-    from raylab.methods.dcae.data import one_class_split
     from raylab.methods.dcae.scorer import log_novelty_model
     from raylab.methods.dcae.selection import select_for_split
     from raylab.methods.dcae.training import score_images, train_variants
+    from raylab.tasks.one_class.protocol import one_class_split
 
     torch.set_num_threads(config.train.torch_threads)
     normal_class, seed = int(setting["normal_class"]), int(setting["seed"])

@@ -84,7 +84,7 @@ class NoveltyScorer:
 
     def pixels(self, images: Sequence[bytes], sample_ids: Sequence[str]) -> np.ndarray:
         """uint8 (N, C, S, S), decoded and resized as the job decoded its corpus."""
-        from raylab.methods.dcae.data import decode_chw
+        from raylab.tasks.one_class.protocol import decode_chw
 
         side, color = self.info["image_size"], self.info["color"]
         return np.stack(

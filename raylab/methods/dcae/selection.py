@@ -45,9 +45,9 @@ import pandas as pd
 from raylab.digests import content_digest
 from raylab.eval.anomaly import image_metrics
 from raylab.methods.dcae.config import TRAINED, LossWeights, NetworkConfig, SelectionConfig, TrainConfig
-from raylab.methods.dcae.data import OneClassSplit, validation_rows
 from raylab.methods.dcae.training import score_images, train_in_process
 from raylab.resources import current, local_shortfall
+from raylab.tasks.one_class.protocol import OneClassSplit, validation_rows
 
 
 def quadrant_shuffle(images: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from PIL import Image
 from raylab.data import load_corpus
 from raylab.data.images import CorruptSampleError, decode_image
 from raylab.data.protocols.one_class import split_per_class
-from raylab.methods.dcae.config import ProtocolConfig
+from raylab.tasks.one_class.config import ProtocolConfig
 
 # Job name -> (registered adapter, its options). ``mnist`` depends on --data-root (see above).
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
