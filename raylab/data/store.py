@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -43,8 +43,14 @@ def cache_root() -> Path:
 
 def corpus_fingerprint(table: pa.Table) -> str:
     """A content hash of the whole corpus: ids, bytes, labels, splits and flags."""
+    return columns_fingerprint(table, CORPUS_SCHEMA.names)
+
+
+def columns_fingerprint(table: pa.Table, columns: Sequence[str]) -> str:
+    """A content hash of ``columns`` of ``table`` (a cache keyed by the images alone hashes
+    ``sample_id`` and ``image``: a new split of the same images finds the same entry)."""
     digest = hashlib.sha256()
-    for column in CORPUS_SCHEMA.names:
+    for column in columns:
         for chunk in table.column(column).chunks:
             # A slice shares its parent's whole buffers: compact it so only its own values count.
             digest.update(len(chunk).to_bytes(8, "little"))

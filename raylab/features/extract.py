@@ -4,10 +4,10 @@ Blocks of the corpus's encoded images -> decode + resize -> a network (one per e
 gathered on the driver in sample-id order. The network is any :class:`BatchModel` recipe:
 :class:`PatchFeatures` (a backbone's patch grids, optionally of augmented views) here, a
 classifier's features and logits in the OOD family; every kind of output runs through the one
-:func:`model_batches` pipeline. How it runs is
-chosen per case by :func:`plan_extraction`, from what ``benchmarks/extraction.py`` measured
-against a plain single-process loop (at 640 magnetic tiles, EfficientNet-Lite0 at 224 px on
-2 cores, the old fixed layout ran at 0.4x that loop, mostly in start-up, not compute):
+:func:`model_batches` pipeline. How it runs is chosen per case by :func:`plan_extraction`,
+from what ``benchmarks/extraction.py`` measured against a plain single-process loop (at 640
+magnetic tiles, EfficientNet-Lite0 at 224 px on 2 cores, the old fixed layout ran at 0.4x
+that loop, mostly in start-up, not compute):
 
 * **CPU extractors on a Ray this process started** (a laptop, a single machine): Ray tasks,
   not actors. Ray keeps a task's worker process for the job's later tasks, and each worker
@@ -155,7 +155,7 @@ class PatchFeatureExtractor:
 
 
 _WARM: dict[Hashable, Any] = {}
-_BACKBONE_STATE: dict[tuple, dict[str, torch.Tensor]] = {}
+_BACKBONE_STATE: dict[Hashable, dict[str, torch.Tensor]] = {}
 
 
 def _weights_stamp(spec: FeatureSpec) -> tuple:
@@ -167,7 +167,7 @@ def _weights_stamp(spec: FeatureSpec) -> tuple:
     return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
-def _keep_latest(store: dict[tuple, Any], key: tuple, build: Callable[[], Any]) -> Any:
+def _keep_latest(store: dict[Hashable, Any], key: Hashable, build: Callable[[], Any]) -> Any:
     """``store[key]``, built on first use; the store holds one entry, the latest, dropped before
     the next is built (at most one backbone's weights per process)."""
     if key not in store:

@@ -58,10 +58,11 @@ class DetectorEntry:
     """A registered detector class: how to build one unfitted, and how its saved folder is read.
 
     ``build(seed, image_size)`` returns an unfitted detector whose maps come out at the job's
-    ``image_size`` (the masks' size); it is None for a detector that is not fitted from patches (MeDS's reconstruction
-    network comes out of Ray Train): the contract tests check its save and load on a
-    network built for them, not its fit. ``saved_by`` names other classes whose ``save`` writes this same format (MeDS
-    saves its final network as a reconstruction detector).
+    ``image_size`` (the masks' size); it is None for a detector that is not fitted from
+    patches (MeDS's reconstruction network comes out of Ray Train): the contract tests check
+    its save and load on a network built for them, not its fit. ``saved_by`` names other
+    classes whose ``save`` writes this same format (MeDS saves its final network as a
+    reconstruction detector).
     """
 
     detector_type: type
@@ -98,7 +99,9 @@ def register_detector(
     """
 
     def decorator(cls: D) -> D:
-        default = lambda seed, image_size: cls(seed=seed, image_size=image_size)  # noqa: E731
+        def default(seed: int, image_size: int) -> AnomalyDetector:
+            return cls(seed=seed, image_size=image_size)
+
         builder = (build or default) if fitted_from_patches else None
         options = MappingProxyType(dict(load_options or {}))
         _DETECTORS.register(name)(DetectorEntry(cls, builder, options, saved_by))

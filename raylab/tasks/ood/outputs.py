@@ -25,14 +25,14 @@ import torch
 
 from raylab.data.images import ImageTransform
 from raylab.data.rows import SampleRows
-from raylab.data.store import cache_root, cached_entry
+from raylab.data.store import cache_root, cached_entry, columns_fingerprint
 from raylab.digests import content_digest, file_digest
 from raylab.features.extract import model_batches, network_input
 from raylab.tasks.ood.classifiers import build_classifier
 from raylab.tasks.ood.config import ClassifierConfig
 from raylab.tasks.ood.detectors import LinearHead, ModelOutputs
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the images' hash is the platform's columns_fingerprint
 
 
 @dataclass
@@ -114,14 +114,7 @@ class ClassifierOutputs:
 
 def images_fingerprint(table: pa.Table) -> str:
     """Hash of the sample ids and image bytes only (splits and labels do not change outputs)."""
-    digest = hashlib.sha256()
-    for column in ("sample_id", "image"):
-        for chunk in table.column(column).chunks:
-            # A slice shares its parent's whole buffers: compact it so only its own values count.
-            for buffer in pa.concat_arrays([chunk]).buffers():
-                if buffer is not None:
-                    digest.update(buffer)
-    return digest.hexdigest()[:20]
+    return columns_fingerprint(table, ("sample_id", "image"))
 
 
 def weights_fingerprint(config: ClassifierConfig, state_dict: dict[str, Any] | None) -> str:
