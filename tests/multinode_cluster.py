@@ -74,7 +74,7 @@ def run_once(corpus, label: str, seen: dict[str, set[str]]) -> dict:
     tokens = l2_normalise(features.patches[:64].reshape(64, h * w, d))
     scores = bootstrap_memory_scores(tokens, bootstraps=8, rho=0.5, seed=0, num_tasks=2 * len(nodes))
     blocks = -(-corpus.num_rows // 256)
-    extractors = task_nodes("PatchFeatureExtractor", seen["extract"], expected=blocks)
+    extractors = task_nodes("MapBatches(Model", seen["extract"], expected=blocks)  # ModelTask or ModelActor
     chunks = task_nodes("_chunk_task", seen["chunk"], expected=2 * len(nodes))
     seen["extract"] |= set(extractors)
     seen["chunk"] |= set(chunks)
