@@ -17,7 +17,7 @@ imports it where it runs, so a Ray worker finds what the driver found.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,13 +106,15 @@ def check(request: Request[PatchCoreEvalConfig]) -> None:
     check_noise_supply(request)
 
 
-def _build(name: str, config: PatchCoreEvalConfig, seed: int):
-    from raylab.tasks.anomaly.detectors import load_plugins
+def _builder(name: str, config: PatchCoreEvalConfig, seed: int, registry) -> Callable[[object], object]:
+    """Per class split, an unfitted detector: PatchCore from the job's own config, any other
+    registered name at its defaults with maps at the job's image size."""
     from raylab.tasks.anomaly.patchcore.model import PatchCore
 
     if name == "patchcore":
-        return PatchCore(config.patchcore, seed=seed)
-    return load_plugins(config.plugins).get(name).build(seed, config.patchcore.features.image_size)
+        return lambda split: PatchCore(config.patchcore, seed=seed)
+    build = registry.get(name).build
+    return lambda split: build(seed, config.patchcore.features.image_size)
 
 
 def prepare(request: Request[PatchCoreEvalConfig]) -> Prepared:
@@ -125,14 +127,16 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: PatchCoreEvalConfig,
     from raylab.data.protocols import NoiseProtocol, inject_noise
     from raylab.tasks.anomaly.artifacts import log_anomaly_artifacts
     from raylab.tasks.anomaly.benchmark import class_splits, evaluate_per_class, mean_over_classes
+    from raylab.tasks.anomaly.detectors import load_plugins
 
     noise_ratio, seed = float(setting["noise_ratio"]), int(setting["seed"])
     result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, keeps_injected_in_test(setting)))
     splits = class_splits(result.table, config.patchcore.features.image_size)
     values = dict(setting.values)
+    registry = load_plugins(config.plugins)  # imported here too: this may be a Ray worker
     rows = []
     for name in config.detectors:
-        evaluations = evaluate_per_class(lambda split, name=name: _build(name, config, seed), splits, inputs.features)
+        evaluations = evaluate_per_class(_builder(name, config, seed, registry), splits, inputs.features)
         metrics = mean_over_classes(evaluations)
         tags = {"method": name, **values, "trial": context.trial_id}
         with context.nested_run(f"{name}-{setting.tag()}-{context.trial_id}", params=config, tags=tags) as run:
