@@ -32,13 +32,19 @@ WORKER_TYPE = "accelerator_node"
 SMOKE = [*MEDS_SMOKE, "--noise-ratios", "0,0.2"]
 
 
-def _cluster_config(gcs_port: int) -> dict:
+# While the job runs: long enough to span the gap between the job's extraction and its trials
+# on two busy cores (at 12 s the autoscaler removed a node while Tune was placing trials on
+# it). Once the job has ended the config is rewritten with the short one: the autoscaler
+# reads its config file again at every update, so the test need not sit out the minute.
+IDLE_TIMEOUT_DURING_JOB_MIN = 1.0
+IDLE_TIMEOUT_AFTER_JOB_MIN = 0.1
+
+
+def _cluster_config(gcs_port: int, idle_timeout_minutes: float) -> dict:
     return {
         "cluster_name": "raylab-autoscaling-test",
         "max_workers": 2,
-        # Long enough to span the gap between the job's extraction and its trials on two busy
-        # cores: at 12 s the autoscaler removed a node while Tune was placing trials on it.
-        "idle_timeout_minutes": 1.0,
+        "idle_timeout_minutes": idle_timeout_minutes,
         "upscaling_speed": 2.0,
         "provider": {
             "type": "fake_multinode",
@@ -74,6 +80,13 @@ def _cluster_config(gcs_port: int) -> dict:
     }
 
 
+def _write_config(path: Path, gcs_port: int, idle_timeout_minutes: float) -> None:
+    """Whole or not at all: the autoscaler may read the file at any moment."""
+    staged = path.with_suffix(".staged")
+    staged.write_text(yaml.safe_dump(_cluster_config(gcs_port, idle_timeout_minutes)))
+    staged.replace(path)
+
+
 STATE = """
 import json, sys
 from ray.util.state import list_actors, list_nodes
@@ -100,7 +113,7 @@ def scaled_sweep(tmp_path_factory):
     temp_dir = Path(tempfile.mkdtemp(prefix="rla", dir="/tmp"))  # short: Ray's socket paths are limited
     gcs_port, dashboard_port = free_port(), free_port()
     config = root / "cluster.yaml"
-    config.write_text(yaml.safe_dump(_cluster_config(gcs_port)))
+    _write_config(config, gcs_port, IDLE_TIMEOUT_DURING_JOB_MIN)
     command = [
         str(BIN / "ray"),
         "start",
@@ -152,13 +165,15 @@ def scaled_sweep(tmp_path_factory):
         job_seconds = time.monotonic() - started
         assert job.returncode == 0, (job.stdout + job.stderr)[-6000:]
         after_job = _state(dashboard)
+        _write_config(config, gcs_port, IDLE_TIMEOUT_AFTER_JOB_MIN)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             later = _state(dashboard)
             if all(n["state"] == "DEAD" for n in later["nodes"] if not n["is_head"]):
                 break
             time.sleep(5)
-        print(f"autoscaling sweep: {job_seconds:.0f} s")
+        removal_seconds = time.monotonic() - started - job_seconds
+        print(f"autoscaling sweep: {job_seconds:.0f} s; idle nodes removed {removal_seconds:.0f} s after it")
         sweep = json.loads(summary.read_text())["sweep"]
         yield {
             "rows": json.loads(summary.read_text())["rows"],

@@ -60,13 +60,17 @@ def test_every_job_explains_every_option(script, capsys, monkeypatch):
 
 SMOKE = "configs/meds/smoke.yaml"
 SWEEP = "smoke-restart"
-# The same sweep run once more without a stop, under its own name (so its Tune experiment and
-# Train runs are fresh, not the stopped sweep's) and its own MLflow store.
+NOISE_RATIOS = "0,0.2"
+# The trial the stop cuts (trials run one at a time, in the order given): run once more
+# without a stop, under its own name (so its Tune experiment and Train runs are fresh, not
+# the stopped sweep's) and its own MLflow store. Only this trial: the other one finished
+# before the stop, and its rows are checked against the session's own run of it.
 UNCUT = "smoke-uncut"
+CUT_NOISE_RATIO = "0.2"
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _submit(head, tracking: str, root: Path, summary: Path, name: str = SWEEP) -> str:
+def _submit(head, tracking: str, root: Path, summary: Path, name: str = SWEEP, noise_ratios: str = NOISE_RATIOS) -> str:
     """``ray job submit --working-dir . -- python jobs/meds_sweep.py --quick ...`` (no wait)."""
     runtime_env = {
         "env_vars": {
@@ -98,7 +102,7 @@ def _submit(head, tracking: str, root: Path, summary: Path, name: str = SWEEP) -
             "--config",
             SMOKE,
             "--noise-ratios",
-            "0,0.2",
+            noise_ratios,
             "--name",
             name,
             "--summary-json",
@@ -132,9 +136,9 @@ def restarted_sweep(tmp_path_factory):
     """Submit the quick MeDS sweep (two noise ratios, one trial at a time) to a fresh head that
     logs to a fresh MLflow server; stop the job with ``ray job stop`` once the first trial
     has finished; submit the same command again, which must resume and succeed. Then run
-    the same sweep uninterrupted under another name, logging to its own SQLite store: what
-    a resumed sweep must reproduce. It shares the cache, so the corpus and features (inputs
-    both sweeps read, not results) are not computed again."""
+    the trial the stop cut uninterrupted under another name, logging to its own SQLite store:
+    what a resumed sweep must reproduce. It shares the cache, so the corpus and features
+    (inputs both sweeps read, not results) are not computed again."""
     from ray.job_submission import JobSubmissionClient
 
     root = tmp_path_factory.mktemp("submit")
@@ -168,7 +172,8 @@ def restarted_sweep(tmp_path_factory):
         timings["second_job_s"] = time.monotonic() - started - timings["services_up_s"] - timings["first_job_s"]
         uncut_summary = root / "uncut" / "summary.json"
         uncut_summary.parent.mkdir()
-        uncut = _submit(head, f"sqlite:///{root / 'uncut' / 'mlflow.db'}", root, uncut_summary, name=UNCUT)
+        uncut_tracking = f"sqlite:///{root / 'uncut' / 'mlflow.db'}"
+        uncut = _submit(head, uncut_tracking, root, uncut_summary, name=UNCUT, noise_ratios=CUT_NOISE_RATIO)
         uncut_status, uncut_logs = _wait_for_job(client, uncut, timeout=900)
         timings["uncut_job_s"] = time.monotonic() - started - sum(timings.values())
         yield {
@@ -251,28 +256,54 @@ def _trained(state: dict) -> dict:
     return kept
 
 
-def test_resumed_sweep_equals_the_same_sweep_run_without_a_stop(restarted_sweep):
-    """Stopping and resubmitting must not change a result: every row's metrics, and the
-    final checkpoint of every Train run (weights, optimizer, torch's generator states),
-    equal those of the same sweep (same config, same seed) run in one go. Training on CPU
-    here is deterministic, so equality is exact."""
+def _trial_of(tracking: str, noise_ratio: str) -> str:
+    """The id of the stopped sweep's trial at ``noise_ratio`` (a tag of its nested runs)."""
+    tags = [_kv(run, "tags") for run in _runs(tracking, "raylab/meds_sweep")]
+    (trial,) = {t["raylab.trial"] for t in tags if t.get("raylab.noise_ratio") == noise_ratio}
+    return trial
+
+
+def _stages(run: Path, sweep: str) -> str:
+    """``<class>-<stage>`` of a Train run named ``<sweep>-<trial id>-<class>-<stage>``."""
+    return run.name.removeprefix(f"{sweep}-").split("-", 1)[1]
+
+
+def _rows_by_key(rows: list[dict]) -> dict[tuple, dict]:
+    return {(r["method"], r["noise_ratio"], r["seed"]): r["metrics"] for r in rows}
+
+
+def test_resumed_sweep_equals_the_same_sweep_run_without_a_stop(restarted_sweep, meds_smoke_runs):
+    """Stopping and resubmitting must not change a result: the cut trial's rows, and the
+    final checkpoint of each of its Train runs (weights, optimizer, torch's generator states),
+    equal those of the same trial (same config, same seed) run in one go. Training on CPU
+    here is deterministic, so equality is exact. The trial that finished before the stop is
+    restored from Tune's state: its rows equal the session's own run of that setting (another
+    cluster, so to float rounding)."""
     from raylab.train.harness import STATE_FILE, load_state
 
     uncut = restarted_sweep["uncut"]
     assert uncut["status"] == "SUCCEEDED", uncut["logs"][-6000:]
-    by_key = {}
-    for name, summary in (("resumed", restarted_sweep["summary"]), ("uncut", uncut["summary"])):
-        rows = json.loads(summary.read_text())["rows"]
-        by_key[name] = {(r["method"], r["noise_ratio"], r["seed"]): r["metrics"] for r in rows}
-    assert len(by_key["resumed"]) == 8
-    assert by_key["resumed"] == by_key["uncut"]
+    resumed = _rows_by_key(json.loads(restarted_sweep["summary"].read_text())["rows"])
+    assert len(resumed) == 8
+    cut = float(CUT_NOISE_RATIO)
+    assert {k: v for k, v in resumed.items() if k[1] == cut} == _rows_by_key(
+        json.loads(uncut["summary"].read_text())["rows"]
+    )
+    kept = _rows_by_key(meds_smoke_runs["first"]["rows"])  # noise 0 on the session's Ray
+    assert kept.keys() == {k for k in resumed if k[1] != cut}
+    for key, metrics in kept.items():
+        assert resumed[key] == pytest.approx(metrics, abs=1e-6), key
 
-    # Train run names are <sweep>-<trial id>-<class>-<stage>; trial ids do not depend on the sweep's name.
+    # Train run names are <sweep>-<trial id>-<class>-<stage>: the same trial's runs have the same
+    # <class>-<stage> part in either sweep (its id differs: the uncut sweep has one noise ratio).
     results = restarted_sweep["root"] / "cache" / "ray_results"
-    resumed_runs = sorted(p for p in results.glob(f"{SWEEP}-*") if p.is_dir())
-    assert len(resumed_runs) >= 2, sorted(p.name for p in results.iterdir())  # a run per noise ratio at least
+    trial = _trial_of(restarted_sweep["tracking"], CUT_NOISE_RATIO)
+    resumed_runs = sorted(p for p in results.glob(f"{SWEEP}-{trial}-*") if p.is_dir())
+    uncut_runs = {_stages(p, UNCUT): p for p in results.glob(f"{UNCUT}-*") if p.is_dir()}
+    assert resumed_runs, sorted(p.name for p in results.iterdir())
+    assert sorted(uncut_runs) == sorted(_stages(run, SWEEP) for run in resumed_runs)
     for run in resumed_runs:
-        twin = results / (UNCUT + run.name.removeprefix(SWEEP))
+        twin = uncut_runs[_stages(run, SWEEP)]
         finals = [sorted(c for c in r.glob("checkpoint_*") if c.is_dir())[-1] / STATE_FILE for r in (run, twin)]
         differences = _same(*(_trained(load_state(f)) for f in finals))
         assert not differences, (run.name, differences[:10])
