@@ -29,6 +29,11 @@ pytestmark = pytest.mark.ops
 
 ACCELERATOR = "accel"
 WORKER_TYPE = "accelerator_node"
+# The node type the fake provider tags its head with. Under any other name the autoscaler
+# sees no head of the configured type and, every few seconds, launches one (a whole Ray node:
+# raylet, agents, log monitor) and removes it again (max_workers 0): 90 launches in one run
+# of this test, on the two cores the sweep needs.
+HEAD_TYPE = "ray.head.default"
 SMOKE = [*MEDS_SMOKE, "--noise-ratios", "0,0.2"]
 
 
@@ -53,9 +58,9 @@ def _cluster_config(gcs_port: int, idle_timeout_minutes: float) -> dict:
             "disable_launch_config_check": True,
             "gcs_address": f"127.0.0.1:{gcs_port}",
         },
-        "head_node_type": "head",
+        "head_node_type": HEAD_TYPE,
         "available_node_types": {
-            "head": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
             # Two trials of the smoke sweep fit one node each: 2 Train workers x (0.99 CPU + 1 accel).
             WORKER_TYPE: {
                 "resources": {"CPU": 2, ACCELERATOR: 2},
