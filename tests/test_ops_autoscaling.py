@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ops_support import BIN, ROOT, cli_env, free_port, process_group, wait_for_http
-from support_meds import MEDS_SMOKE
+from support_meds import MEDS_SMOKE, assert_rows_match_local_run
 
 pytestmark = pytest.mark.ops
 
@@ -237,11 +237,5 @@ def test_idle_nodes_are_removed(scaled_sweep):
 
 
 def test_rows_equal_a_local_run(scaled_sweep, meds_smoke_runs):
-    local = (
-        meds_smoke_runs["first"]["rows"] + meds_smoke_runs["changed"]["rows"]
-    )  # noise 0, noise 0.2, on the local Ray
-    key = lambda row: (row["method"], row["noise_ratio"], row["seed"])  # noqa: E731
-    assert sorted(map(key, local)) == sorted(map(key, scaled_sweep["rows"]))
-    scaled = {key(r): r["metrics"] for r in scaled_sweep["rows"]}
-    for row in local:
-        assert scaled[key(row)] == pytest.approx(row["metrics"], abs=1e-6), key(row)
+    local = meds_smoke_runs["first"]["rows"] + meds_smoke_runs["changed"]["rows"]  # noise 0, noise 0.2
+    assert_rows_match_local_run(scaled_sweep["rows"], local)

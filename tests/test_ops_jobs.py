@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ops_support import ROOT, auth_headers, cli_env, mlflow_server, ray_head
+from support_meds import assert_rows_match_local_run, metrics_by_row
 
 pytestmark = pytest.mark.ops
 
@@ -66,7 +67,7 @@ NOISE_RATIOS = "0,0.2"
 # the stopped sweep's) and its own MLflow store. Only this trial: the other one finished
 # before the stop, and its rows are checked against the session's own run of it.
 UNCUT = "smoke-uncut"
-CUT_NOISE_RATIO = "0.2"
+CUT_NOISE_RATIO = NOISE_RATIOS.split(",")[-1]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -268,10 +269,6 @@ def _stages(run: Path, sweep: str) -> str:
     return run.name.removeprefix(f"{sweep}-").split("-", 1)[1]
 
 
-def _rows_by_key(rows: list[dict]) -> dict[tuple, dict]:
-    return {(r["method"], r["noise_ratio"], r["seed"]): r["metrics"] for r in rows}
-
-
 def test_resumed_sweep_equals_the_same_sweep_run_without_a_stop(restarted_sweep, meds_smoke_runs):
     """Stopping and resubmitting must not change a result: the cut trial's rows, and the
     final checkpoint of each of its Train runs (weights, optimizer, torch's generator states),
@@ -283,16 +280,14 @@ def test_resumed_sweep_equals_the_same_sweep_run_without_a_stop(restarted_sweep,
 
     uncut = restarted_sweep["uncut"]
     assert uncut["status"] == "SUCCEEDED", uncut["logs"][-6000:]
-    resumed = _rows_by_key(json.loads(restarted_sweep["summary"].read_text())["rows"])
-    assert len(resumed) == 8
+    rows = json.loads(restarted_sweep["summary"].read_text())["rows"]
+    assert len(metrics_by_row(rows)) == 8
     cut = float(CUT_NOISE_RATIO)
-    assert {k: v for k, v in resumed.items() if k[1] == cut} == _rows_by_key(
+    assert metrics_by_row([r for r in rows if r["noise_ratio"] == cut]) == metrics_by_row(
         json.loads(uncut["summary"].read_text())["rows"]
     )
-    kept = _rows_by_key(meds_smoke_runs["first"]["rows"])  # noise 0 on the session's Ray
-    assert kept.keys() == {k for k in resumed if k[1] != cut}
-    for key, metrics in kept.items():
-        assert resumed[key] == pytest.approx(metrics, abs=1e-6), key
+    # noise 0 on the session's Ray
+    assert_rows_match_local_run([r for r in rows if r["noise_ratio"] != cut], meds_smoke_runs["first"]["rows"])
 
     # Train run names are <sweep>-<trial id>-<class>-<stage>: the same trial's runs have the same
     # <class>-<stage> part in either sweep (its id differs: the uncut sweep has one noise ratio).
