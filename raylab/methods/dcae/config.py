@@ -37,12 +37,20 @@ class NetworkConfig:
     latent_dim: int = 64
     downsamplings: int = 3
     latent_hidden: int = 512
+    # The image discriminator's base width; None = ``width``. Its feature maps are the score's
+    # metric, so a wider D is a richer metric at the same encoder/decoder size.
+    discriminator_width: int | None = None
     # Weight of each discriminator level in the feature distance; None = all levels, weight 1.
     feature_level_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for key in ("width", "latent_dim", "downsamplings", "latent_hidden"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(
+            self.discriminator_width is None or self.discriminator_width >= 1,
+            "discriminator_width",
+            f"must be >= 1 or null, got {self.discriminator_width}",
+        )
         weights = self.feature_level_weights
         require(
             weights is None or all(w >= 0 for w in weights), "feature_level_weights", f"must be >= 0, got {weights}"

@@ -190,12 +190,15 @@ class DCAE(nn.Module):
         image_gan: bool,
         latent_adversarial: bool,
         feature_level_weights: Sequence[float] | None = None,
+        discriminator_width: int | None = None,
     ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.encoder = Encoder(channels, image_size, width, latent_dim, downsamplings, bounded_latent)
         self.decoder = Decoder(channels, image_size, width, latent_dim, downsamplings)
-        self.image_discriminator = ImageDiscriminator(channels, image_size, width, downsamplings) if image_gan else None
+        self.image_discriminator = (
+            ImageDiscriminator(channels, image_size, discriminator_width or width, downsamplings) if image_gan else None
+        )
         self.latent_discriminator = LatentDiscriminator(latent_dim, latent_hidden) if latent_adversarial else None
         if latent_adversarial and not bounded_latent:
             raise ValueError("the latent game matches a uniform prior on [-1, 1]^d: it needs bounded_latent=True")

@@ -61,6 +61,7 @@ def build_model(network: NetworkConfig, variant: TrainedVariant, channels: int, 
         image_gan=variant.image_gan,
         latent_adversarial=variant.latent_adversarial,
         feature_level_weights=network.feature_level_weights,
+        discriminator_width=network.discriminator_width,
     )
 
 
