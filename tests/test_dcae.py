@@ -102,6 +102,20 @@ def test_latent_stays_in_the_compact_cube_for_any_input():
     assert plain_codes.abs().max() > 1.0  # the plain AE's latent is unbounded: the check can fail
 
 
+def test_the_discriminator_width_is_its_own_setting():
+    """A wider image discriminator (the design benchmark's ``wide_d``) changes D and nothing else;
+    unset, D is as wide as the encoder."""
+    wide = build_model(dataclasses.replace(TINY, discriminator_width=3 * TINY.width), TRAINED["dcae"], 1, 16)
+    same = build_model(TINY, TRAINED["dcae"], 1, 16)
+    assert wide.image_discriminator.blocks[0][0].out_channels == 3 * TINY.width
+    assert same.image_discriminator.blocks[0][0].out_channels == TINY.width
+    for part in ("encoder", "decoder", "latent_discriminator"):
+        shapes = [p.shape for p in getattr(wide, part).parameters()]
+        assert shapes == [p.shape for p in getattr(same, part).parameters()], part
+    with pytest.raises(ValueError, match="discriminator_width"):
+        NetworkConfig(discriminator_width=0)
+
+
 def test_trained_codes_stay_compact_and_do_not_collapse():
     images = blobs(64)
     trained = train_in_process(images, {"dcae": (TRAINED["dcae"], LossWeights())}, TINY, TRAIN, seed=0, epochs=3)
@@ -395,7 +409,7 @@ def test_sweep_job_end_to_end(ray_session, tmp_path):
     config.write_text(
         "network: {width: 8, latent_dim: 4, downsamplings: 2, latent_hidden: 16}\n"
         "train: {epochs: 2, batch_size: 8, num_workers: 1}\n"
-        "selection: {n_trials: 2, epochs: 1, val_fraction: 0.34}\n"
+        "selection: {enabled: true, n_trials: 2, epochs: 1, val_fraction: 0.34}\n"
         "reconstructions_per_side: 2\n"
     )
     out = tmp_path / "summary.json"
@@ -489,12 +503,17 @@ def test_the_mnist_config_file_is_the_cpu_size(capsys):
 
 def test_quick_and_no_selection_are_the_documented_reductions(capsys):
     """``--quick`` keeps what the job always ran: the first seed, classes 0 and 1, 4 epochs,
-    2 selection trials of 2 epochs, 1000 test images (README numbers stay reproducible)."""
+    2 selection trials of 2 epochs, 1000 test images (README numbers stay reproducible). The
+    CPU size runs no selection (its short trials mis-rank weightings) unless it is switched on;
+    the full size selects."""
     config = _resolved("--quick", "--dataset", "mnist")
     assert config.seeds == (0,) and config.normal_classes == (0, 1) and config.max_test_images == 1000
     assert config.train.epochs == 4 and (config.selection.n_trials, config.selection.epochs) == (2, 2)
-    assert config.selection.enabled and config.network == _resolved("--dataset", "mnist").network
-    assert not _resolved("--no-selection").selection.enabled
+    assert not config.selection.enabled and config.network == _resolved("--dataset", "mnist").network
+    assert _resolved("--dataset", "mnist").train.epochs == 30
+    assert _resolved("--set", "selection.enabled=true").selection.enabled
+    assert not _resolved("--no-selection", "--set", "selection.enabled=true").selection.enabled
+    assert _resolved("--config", "dcae/mnist_full").selection.enabled
     assert _resolved().max_test_images is None
 
 
