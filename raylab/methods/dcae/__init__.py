@@ -37,9 +37,11 @@ raylab's choices for what the abstract leaves open, and why:
   and a fixed scale keeps scores of different queries on one footing.
 * **GAN stabilisers.** Spectral normalisation in D and D_z, the non-saturating logistic
   loss, Adam with beta1 = 0.5, one update of each network per step.
-* **Loss weights.** Unknown in the paper; selected per normal class and seed by Optuna
-  (TPE) on in-class data only: held-out training images against pseudo-novelties made from
-  them (quadrant shuffle, quarter turn, vertical flip), see :mod:`.selection`.
+* **Loss weights.** Unknown in the paper; at the full size selected per normal class and
+  seed by Optuna (TPE) on in-class data only: held-out training images against
+  pseudo-novelties made from them (quadrant shuffle, quarter turn, vertical flip), see
+  :mod:`.selection`. At the CPU size the selection is off: its affordable trials (4 epochs)
+  rank weightings unlike the 30-epoch trainings they stand for (``benchmarks/dcae_design.py``).
 * **Ablations from the same code** (:data:`.config.METHODS`): ``ae_pixel`` (same encoder
   and decoder, no tanh, no discriminators, pixel loss and pixel score),
   ``dcae_pixel_metric`` (the trained DCAE scored in pixels), ``dcae_no_adv`` (DCAE without

@@ -2,10 +2,11 @@
 
 Per trial (normal class c, training seed s), all on c's training images only:
 
-1. **selection** (:mod:`~raylab.methods.dcae.selection`): Optuna over the four loss weights,
-   scored on held-out in-class images against pseudo-novelties made from them; each
-   selection trial is a Ray task of its own (``selection.cpus_per_trial`` CPUs, the job's
-   accelerator per Train worker), ``selection.max_concurrent`` at a time;
+1. **selection** (:mod:`~raylab.methods.dcae.selection`; the full size, off at the CPU size):
+   Optuna over the four loss weights, scored on held-out in-class images against
+   pseudo-novelties made from them; each selection trial is a Ray task of its own
+   (``selection.cpus_per_trial`` CPUs, the job's accelerator per Train worker),
+   ``selection.max_concurrent`` at a time;
 2. **training** (:mod:`~raylab.methods.dcae.training`): ``dcae``, ``dcae_no_adv`` (the
    selected weights, latent game off) and the plain ``ae`` side by side on Ray Train
    (``TorchTrainer``, a checkpoint every epoch; a re-run resumes or reuses the run);
@@ -381,7 +382,7 @@ EXPERIMENT = Experiment(
     name=NAME,
     description="One-class novelty detection: DCAE (compact latent, multi-level reconstruction through a GAN "
     "discriminator, discriminator-feature score) against a plain AE, DCAE scored in pixels and DCAE "
-    "without the latent game; loss weights selected by Optuna on in-class data only; one Ray Tune "
+    "without the latent game; loss weights selected by Optuna on in-class data only (full size); one Ray Tune "
     "trial per normal class and seed; MLflow nested runs.",
     config_type=DCAESweepConfig,
     profiles={"cpu": cpu_config, "full": DCAESweepConfig},
