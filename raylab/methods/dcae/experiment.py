@@ -364,8 +364,12 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
         notes=(
             f"{len(classes)} classes x {len(seeds)} seeds; up to {train_images} training images per class, "
             f"{test_images} test images scored per method",
-            f"selection: {selection.n_trials if selection.enabled else 0} trials x {selection.epochs} epochs "
-            f"on {fit_images} images ({search_steps / max(work, 1):.0%} of the work)",
+            (
+                f"selection: {selection.n_trials} trials x {selection.epochs} epochs on {fit_images} images "
+                f"({search_steps / max(work, 1):.0%} of the work)"
+                if selection.enabled
+                else "selection: off (the config's loss weights)"
+            ),
             "parameters: "
             + ", ".join(f"{v} {n / 1e6:.2f} M" for v, n in parameters.items())
             + f"; {run_bytes / GB * 1024:.0f} MB per Train run on disk",
