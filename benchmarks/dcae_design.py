@@ -11,7 +11,8 @@ design), on the same batches and prior draws, and records after every ``--eval-a
 * ``test_auroc``: the same model on the test split (the class against every other class),
   for the AUROC-versus-epoch curves of the README, never for a choice;
 * both in the discriminator's feature space and in pixels (``*_pixel``), so the
-  pixel-metric ablation is read from the same trained networks.
+  pixel-metric ablation is read from the same trained networks (the plain AE has only its
+  pixel score, in the unsuffixed columns).
 
 Designs (:data:`DESIGNS`): the config's default DCAE; a lighter pixel loss (0.3, 0.1: the
 pixel term weighs as much as the feature term by default); reconstructions as extra fakes
