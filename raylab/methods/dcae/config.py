@@ -260,8 +260,9 @@ def cpu_config() -> DCAESweepConfig:
     30 epochs instead of 200 with lr 1e-3 instead of 2e-4 and batch 32 instead of 64 (a
     class has a few hundred images: 30 epochs are only 240-470 steps; 30 is where the
     in-class pseudo-novelty objective of the default design stops rising,
-    ``benchmarks/dcae_design.py``); one Train worker per trial (two trials run in parallel
-    instead of one trial on two workers, which keeps both cores busy).
+    ``benchmarks/dcae_design.py``; ``dcae/cifar10.yaml`` trains 20, by the same rule); one
+    Train worker per trial (two trials run in parallel instead of one trial on two workers,
+    which keeps both cores busy).
 
     The loss-weight selection is off at this size: its affordable trials (4 of 4 epochs) rank
     weightings unlike the 30-epoch trainings they stand for (the designs' objective at epoch 5
