@@ -18,7 +18,7 @@ Designs (:data:`DESIGNS`): the config's default DCAE; a lighter pixel loss (0.3,
 pixel term weighs as much as the feature term by default); reconstructions as extra fakes
 for the image discriminator; a discriminator twice as wide; DCAE without the latent game;
 the plain autoencoder. The split (train halves per class, split seed 0) and the networks are
-the CPU config's (``raylab/configs/dcae/mnist.yaml``); the training seed defaults to 100,
+the job's CPU config for the dataset (``raylab/configs/dcae/<dataset>.yaml``); the training seed defaults to 100,
 which no reported table uses (those use 0-2). Results append to ``--out`` as JSON lines
 (a rerun skips what is there); ``--table`` prints the per-epoch means over classes.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -50,25 +51,26 @@ DESIGNS: dict[str, tuple[str, dict, dict, dict]] = {
 EVAL_AT = (1, 5, 10, 15, 20, 30, 40, 50, 60)
 
 
-def load_data(dataset: str, data_root: str | None):
-    from raylab.methods.dcae.config import cpu_config
+@functools.cache
+def job_config(dataset: str):
+    """The job's CPU config for the dataset: its packaged YAML over the cpu profile, as
+    ``jobs/dcae_sweep.py --dataset <dataset>`` resolves it (network, protocol, selection split)."""
+    from raylab.config import from_mapping, read_yaml_mapping
+    from raylab.experiment.runner import packaged_config
+    from raylab.methods.dcae.config import DCAESweepConfig, cpu_config
+
+    overlay = packaged_config("dcae", dataset)
+    return from_mapping(DCAESweepConfig, read_yaml_mapping(overlay), where=str(overlay), base=cpu_config())
+
+
+@functools.cache
+def decoded_corpus(dataset: str, data_root: str | None):
+    """The dataset split and decoded once per worker process (each process trains many designs)."""
     from raylab.tasks.one_class.protocol import decode_corpus, load_one_class_corpus
 
-    protocol = cpu_config().protocol
-    if dataset == "cifar10":
-        protocol = dataclasses.replace(protocol, color="RGB")
-    corpus = load_one_class_corpus(dataset, data_root, protocol)
-    return decode_corpus(corpus, protocol.color, protocol.resize_to)
-
-
-def config_for(dataset: str):
-    """The job's CPU config for the dataset (the YAML's values)."""
-    from raylab.methods.dcae.config import cpu_config
-
-    config = cpu_config()
-    if dataset == "cifar10":  # raylab/configs/dcae/cifar10.yaml: latent 32
-        config.network = dataclasses.replace(config.network, latent_dim=32)
-    return config
+    config = job_config(dataset)
+    corpus = load_one_class_corpus(dataset, data_root, config.protocol, **config.dataset_options)
+    return decode_corpus(corpus, config.protocol.color, config.protocol.resize_to)
 
 
 def run_design(job: dict) -> list[dict]:
@@ -83,9 +85,8 @@ def run_design(job: dict) -> list[dict]:
     from raylab.tasks.one_class.protocol import one_class_split, validation_rows
 
     torch.set_num_threads(1)
-    data = load_data(job["dataset"], job["data_root"])
-    config = config_for(job["dataset"])
-    split = one_class_split(data, job["normal_class"])
+    config = job_config(job["dataset"])
+    split = one_class_split(decoded_corpus(job["dataset"], job["data_root"]), job["normal_class"])
     variant, weights, train, network = DESIGNS[job["design"]]
     weights = dataclasses.replace(config.weights, **weights)
     train = dataclasses.replace(config.train, **train)
@@ -158,11 +159,11 @@ def table(args) -> None:
 
     rows = pd.read_json(args.out, lines=True)
     rows = rows[rows.dataset == args.dataset]
+    counts = rows.groupby("design")["normal_class"].nunique()
     for column in ("val_auroc", "test_auroc", "val_auroc_pixel", "test_auroc_pixel"):
         if column not in rows:
             continue
         means = rows.groupby(["design", "epoch"])[column].mean().unstack("epoch")
-        counts = rows.groupby("design")["normal_class"].nunique()
         print(f"\n{column} (mean over classes; classes per design: {counts.to_dict()})")
         print(means.round(3).to_string())
 
