@@ -44,9 +44,9 @@ def parallel_capacity(seconds: float = 2.0) -> float:
 
 def build_models():
     from raylab.methods.alsuv.config import cpu_config
-    from raylab.methods.alsuv.encoders import FaceEncoder, build_backbone
+    from raylab.methods.alsuv.model.encoders import FaceEncoder, build_backbone
+    from raylab.methods.alsuv.model.stylegan2 import Generator
     from raylab.methods.alsuv.search import FaceRenderer
-    from raylab.methods.alsuv.stylegan2 import Generator
 
     config = cpu_config()
     torch.manual_seed(0)

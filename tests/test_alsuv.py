@@ -19,11 +19,17 @@ from raylab.methods.alsuv.config import (
     GanTrainConfig,
     InversionConfig,
 )
-from raylab.methods.alsuv.encoders import FaceEncoder, build_backbone, load_mobilefacenet, make_encoder
 from raylab.methods.alsuv.faces import NotAFaceError, check_face_like
 from raylab.methods.alsuv.inversion import invert_image, invert_targets, pixel_errors
+from raylab.methods.alsuv.model.encoders import FaceEncoder, build_backbone, load_mobilefacenet, make_encoder
+from raylab.methods.alsuv.model.stylegan2 import (
+    Generator,
+    GeneratorConfig,
+    infer_config,
+    load_rosinality,
+    save_rosinality,
+)
 from raylab.methods.alsuv.search import FaceRenderer, SearchBatch, latent_search
-from raylab.methods.alsuv.stylegan2 import Generator, GeneratorConfig, infer_config, load_rosinality, save_rosinality
 from raylab.methods.alsuv.verdict import informative_verdict
 
 TINY = GeneratorConfig(size=8, style_dim=16, n_mlp=2, channel_multiplier=1, channel_base=64, channel_max=16)
@@ -313,8 +319,8 @@ def test_face_check_rejects_non_faces_and_accepts_orl(shared_data):
 def test_mobilefacenet_loads_strictly_and_recognises_orl(shared_weights, shared_data):
     from raylab.eval.biometrics import verification_metrics
     from raylab.methods.alsuv.config import CanvasConfig, DataConfig, mobilefacenet_encoder
-    from raylab.methods.alsuv.evaluate import embed
     from raylab.methods.alsuv.faces import load_protocol
+    from raylab.tasks.faces.embedding import embed
 
     model = load_mobilefacenet(shared_weights / "mobilefacenet_casia_webface.ckpt")
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(1.0e6, rel=0.05)
@@ -328,8 +334,8 @@ def test_mobilefacenet_loads_strictly_and_recognises_orl(shared_weights, shared_
 
 
 def test_stylegan2_and_encoder_training_on_ray_train(ray_session, tmp_path):
-    from raylab.methods.alsuv.encoder_training import train_encoder
-    from raylab.methods.alsuv.gan_training import train_generator
+    from raylab.methods.alsuv.training.encoder import train_encoder
+    from raylab.methods.alsuv.training.generator import train_generator
 
     rng = np.random.default_rng(0)
     images = np.tanh(rng.normal(size=(12, 3, 8, 8))).astype(np.float32)
@@ -355,7 +361,7 @@ def test_stylegan2_and_encoder_training_on_ray_train(ray_session, tmp_path):
 
 
 def test_margin_logits_by_hand():
-    from raylab.methods.alsuv.encoder_training import MarginHead
+    from raylab.methods.alsuv.training.encoder import MarginHead
 
     head = MarginHead(2, 2, loss="arcface", margin=0.5, scale=10.0)
     head.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -405,7 +411,7 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(
 ):
     # The job imports these inside its functions (its --help stays torch-free): patch them at home.
     import raylab.methods.alsuv.attack as attack_module
-    import raylab.methods.alsuv.encoders as encoders_module
+    import raylab.methods.alsuv.model.encoders as encoders_module
     from raylab.experiment import get_experiment, run
 
     # Weights made here: a tiny generator checkpoint and tiny encoders (no training in this test).

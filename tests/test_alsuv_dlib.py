@@ -11,8 +11,8 @@ pytestmark = pytest.mark.shared_data
 def test_dlib_encoder_tells_unseen_orl_identities_apart(shared_data):
     from raylab.eval.biometrics import verification_metrics
     from raylab.methods.alsuv.config import CanvasConfig, DataConfig, dlib_encoder
-    from raylab.methods.alsuv.encoders import make_encoder
     from raylab.methods.alsuv.faces import load_protocol
+    from raylab.methods.alsuv.model.encoders import make_encoder
 
     protocol = load_protocol(DataConfig(canvas=CanvasConfig(size=64)), shared_data)
     encoder = make_encoder(dlib_encoder(), name="dlib_resnet")  # the unseen encoder of the default config
@@ -25,7 +25,7 @@ def test_dlib_encoder_tells_unseen_orl_identities_apart(shared_data):
 
 
 def test_dlib_encoder_refuses_what_is_not_a_chip():
-    from raylab.methods.alsuv.dlib_encoder import DlibResNet
+    from raylab.methods.alsuv.model.dlib_encoder import DlibResNet
 
     with pytest.raises(ValueError, match=r"\(n, 3, 150, 150\) chips, got \(2, 3, 64, 64\)"):
         DlibResNet()(torch.zeros(2, 3, 64, 64))
@@ -35,7 +35,7 @@ def test_a_dlib_model_file_that_does_not_exist_is_named(tmp_path):
     import dataclasses
 
     from raylab.methods.alsuv.config import dlib_encoder
-    from raylab.methods.alsuv.encoders import make_encoder
+    from raylab.methods.alsuv.model.encoders import make_encoder
 
     with pytest.raises(RuntimeError, match="missing.dat"):
         make_encoder(

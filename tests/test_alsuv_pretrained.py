@@ -21,7 +21,7 @@ import torch
 
 from raylab.config import from_mapping, read_yaml_mapping
 from raylab.methods.alsuv.config import EncoderConfig
-from raylab.methods.alsuv.encoders import build_backbone, make_encoder
+from raylab.methods.alsuv.model.encoders import build_backbone, make_encoder
 from raylab.nets.iresnet import IRESNET_LAYERS, IResNet, iresnet
 from raylab.testing.random_weights import arcface_iresnet_pth, timm_pth
 

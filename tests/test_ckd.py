@@ -15,7 +15,7 @@ from PIL import Image
 
 from raylab.data import load_corpus
 from raylab.methods.ckd.config import VARIANTS, CKDConfig, NetworkConfig, PairConfig, ProtocolConfig, TrainConfig
-from raylab.methods.ckd.evaluate import evaluate_embeddings, gallery_draws
+from raylab.methods.ckd.evaluate import evaluate_embeddings
 from raylab.methods.ckd.losses import ckd_loss, distillation_kl
 from raylab.methods.ckd.model import PeriocularEncoder, build_ckd_net
 from raylab.methods.ckd.pairs import PairSet, fold_roles, make_pair
@@ -139,16 +139,6 @@ def test_verification_excludes_self_pairs() -> None:
     assert result.metrics["n_genuine"] == 2 and result.metrics["n_impostor"] == 4
     assert result.metrics["eer"] == pytest.approx(1.0)
     assert result.metrics["tar_at_far1e-2"] == 0.0
-
-
-def test_gallery_draws_are_closed_set_and_seeded() -> None:
-    ids = np.repeat(np.asarray(["x", "y", "z"]), 4)
-    draws = gallery_draws(ids, 1, 3, seed=0)
-    for gallery, probe in draws:
-        assert sorted(ids[gallery]) == ["x", "y", "z"] and len(probe) == 9 and not set(gallery) & set(probe)
-    assert all((g1 == g2).all() for (g1, _), (g2, _) in zip(draws, gallery_draws(ids, 1, 3, seed=0), strict=True))
-    with pytest.raises(ValueError, match="gallery_per_identity=4"):
-        gallery_draws(ids, 4, 1, seed=0)
 
 
 def test_fold_roles_split_training_identities_and_name_short_ones(shared_data: Path) -> None:

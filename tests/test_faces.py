@@ -14,6 +14,8 @@ from raylab.data import CorruptSampleError, load_corpus
 from raylab.data.adapters.common import DatasetNotFoundError
 from raylab.data.splits import identity_folds
 from raylab.nets import IRSEConfig, IRSEResNet, StreamBatchNorm2d, ir_se_resnet18
+from raylab.tasks.faces.embedding import embed
+from raylab.tasks.faces.protocol import best_accuracy_threshold, far_label, gallery_draws
 
 
 def _write_faces(root: Path, counts: dict[str, int]) -> Path:
@@ -93,3 +95,46 @@ def test_irse_resnet18_standalone_encoder() -> None:
         model(torch.randn(2, 3, 96, 96))
     official = IRSEResNet(IRSEConfig())
     assert official.config.map_size() == (8, 8) and official.config.map_size((48, 128)) == (3, 8)
+
+
+def test_gallery_draws_are_closed_set_and_seeded() -> None:
+    ids = np.repeat(np.asarray(["x", "y", "z"]), 4)
+    draws = gallery_draws(ids, 1, 3, seed=0)
+    for gallery, probe in draws:
+        assert sorted(ids[gallery]) == ["x", "y", "z"] and len(probe) == 9 and not set(gallery) & set(probe)
+    assert all((g1 == g2).all() for (g1, _), (g2, _) in zip(draws, gallery_draws(ids, 1, 3, seed=0), strict=True))
+    with pytest.raises(ValueError, match="gallery_per_identity=4"):
+        gallery_draws(ids, 4, 1, seed=0)
+
+
+def test_best_accuracy_threshold_balances_genuine_and_impostor_pairs() -> None:
+    """Ten impostors per genuine pair: plain accuracy (34 of 35 right at 0.62) would give up a
+    genuine pair to reject three impostors; balanced accuracy keeps every genuine pair."""
+    genuine = np.asarray([0.6, 0.7, 0.8])
+    impostor = np.concatenate([np.linspace(0.0, 0.5, 29), [0.62, 0.62, 0.62]])
+    assert best_accuracy_threshold(genuine, impostor) == pytest.approx(0.5)
+    assert far_label(1e-2) == "far1e-2" and far_label(0.001) == "far1e-3"
+
+
+class _Scaled(torch.nn.Module):
+    """A face encoder whose output depends on its mode and a forward argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return self.norm(x.flatten(1)) * scale
+
+
+def test_embed_is_eval_mode_batch_invariant_and_passes_forward_arguments() -> None:
+    encoder = _Scaled()
+    encoder.norm.running_mean += 1.0
+    images = np.random.default_rng(0).normal(size=(10, 1, 2, 2)).astype(np.float32)
+    whole = embed(encoder, images, batch_size=10)
+    assert not encoder.training  # running statistics, not the batch's
+    np.testing.assert_allclose(whole, (images.reshape(10, 4) - 1.0) / np.sqrt(1.0 + 1e-5), rtol=1e-5)
+    np.testing.assert_array_equal(embed(encoder, images, batch_size=3), whole)
+    np.testing.assert_allclose(embed(encoder, images, scale=2.0), 2.0 * whole, rtol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        embed(encoder, images, batch_size=0)

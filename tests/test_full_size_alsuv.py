@@ -110,8 +110,8 @@ def test_face_sizes_are_reconciled_before_ray_starts(capsys, tmp_path):
 
     from raylab.experiment import get_experiment, run
     from raylab.methods.alsuv.config import FaceCropConfig
+    from raylab.methods.alsuv.model.stylegan2 import Generator, GeneratorConfig, save_rosinality
     from raylab.methods.alsuv.search import FaceRenderer
-    from raylab.methods.alsuv.stylegan2 import Generator, GeneratorConfig, save_rosinality
 
     def refused(argv: list[str]) -> str:
         with pytest.raises(SystemExit) as exit_info:

@@ -75,3 +75,35 @@ def test_a_method_package_imports_no_other_method_package():
                 offenders[str(path.relative_to(ROOT))] = foreign
     assert len(methods) == 7, methods  # the scan sees every method package
     assert not offenders, offenders
+
+
+def _reports_train_epochs(path: Path) -> bool:
+    """Whether the module holds a per-worker Train loop: it reports epochs to Ray Train."""
+    import ast
+
+    return any(
+        isinstance(node, ast.ImportFrom)
+        and node.module in ("raylab.train", "raylab.train.harness")
+        and any(alias.name == "report_epoch" for alias in node.names)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+    )
+
+
+def test_every_method_package_has_the_same_rooms():
+    """A newcomer finds each method's paper and results in ``README.md``, its trial in
+    ``experiment.py``, and every per-worker Ray Train loop it runs in ``training`` (a module, or a
+    package when the method trains more than one network, as ALSUV does)."""
+    methods = sorted(path for path in (ROOT / "raylab/methods").iterdir() if (path / "__init__.py").is_file())
+    missing = [
+        f"{m.name}/{room}" for m in methods for room in ("README.md", "experiment.py") if not (m / room).is_file()
+    ]
+    assert not missing, missing
+    loops = {
+        str(path.relative_to(ROOT / "raylab/methods")): path.relative_to(ROOT / "raylab/methods").parts[1]
+        for method in methods
+        for path in sorted(method.rglob("*.py"))
+        if _reports_train_epochs(path)
+    }
+    assert len(loops) >= 6, loops  # the scan finds the Train loops (MeDS, DCAE, CKD, NNGuide, ALSUV's two)
+    outside = sorted(path for path, room in loops.items() if room not in ("training.py", "training"))
+    assert not outside, outside

@@ -122,7 +122,7 @@ def stylegan2_rosinality(path: Path, *, size: int = 256, channel_multiplier: int
     """
     import argparse
 
-    from raylab.methods.alsuv.stylegan2 import Generator, GeneratorConfig
+    from raylab.methods.alsuv.model.stylegan2 import Generator, GeneratorConfig
 
     torch.manual_seed(seed)
     generator = Generator(GeneratorConfig(size=size, channel_multiplier=channel_multiplier))

@@ -19,6 +19,7 @@ them); numpy arrays in a state are stored as tensors and come back as numpy arra
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import pickle
 import random
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from raylab.artefacts import MANIFEST, CorruptArtefactError, verify, write_manifest
+from raylab.digests import content_digest
 from raylab.metrics import record_train_report
 from raylab.progress import enabled as progress_enabled
 from raylab.progress import heartbeat, train_log_level
@@ -124,6 +126,27 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:  # truncated or damaged
         raise CorruptArtefactError(f"{path}: cannot read the saved state ({type(error).__name__}: {error})") from error
+
+
+def run_name(kind: str, *arrays: np.ndarray, settings: Any, length: int = 16) -> str:
+    """A Train run's name: ``kind``, then a digest of the arrays it trains on and its settings.
+
+    The name is where the run's checkpoints live, so it must change with every input that
+    changes what training produces (and only with those: a setting left out on purpose, such
+    as a longer epoch count under a constant learning rate, lets a rerun continue the run).
+    Each loop lists its inputs; dataclass settings enter as their fields.
+    """
+    return f"{kind}-{content_digest(*arrays, settings=_plain(settings), length=length)}"
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)

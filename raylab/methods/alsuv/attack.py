@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raylab.methods.alsuv.config import AttackConfig
-from raylab.methods.alsuv.encoders import FaceEncoder
+from raylab.methods.alsuv.model.encoders import FaceEncoder
 from raylab.methods.alsuv.search import FaceRenderer, SearchBatch, check_embedding, latent_search
 from raylab.resources import current as current_resources
 

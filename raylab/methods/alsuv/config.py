@@ -267,7 +267,7 @@ def dlib_encoder() -> EncoderConfig:
     """dlib's ResNet face encoder (pretrained, from PyPI): the whole canvas as its 150 px chip.
 
     ``weights`` may name a ``dlib_face_recognition_resnet_model_v1.dat``; unset, the file
-    packaged by ``face-recognition-models`` is used (see :mod:`.dlib_encoder`).
+    packaged by ``face-recognition-models`` is used (see :mod:`.model.dlib_encoder`).
     """
     return EncoderConfig(kind="dlib", input_size=(150, 150), crop=(1.0, 1.0), embedding_dim=128, normalisation="canvas")
 

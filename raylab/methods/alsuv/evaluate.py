@@ -20,32 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from raylab.eval.biometrics import identification_cmc, pair_scores, threshold_at_far
-from raylab.methods.alsuv.encoders import FaceEncoder
-
-
-def far_label(far: float) -> str:
-    """``1e-2`` -> ``far1e-2`` (the summary's metric names)."""
-    mantissa, exponent = f"{far:.0e}".split("e")
-    return f"far{mantissa}e{int(exponent)}"
-
-
-def embed(encoder: FaceEncoder, canvas: np.ndarray, *, flip: bool = True, batch: int = 64) -> np.ndarray:
-    with torch.no_grad():
-        return np.concatenate(
-            [encoder(torch.as_tensor(canvas[i : i + batch]), flip=flip).numpy() for i in range(0, len(canvas), batch)]
-        )
-
-
-def best_accuracy_threshold(genuine: np.ndarray, impostor: np.ndarray) -> float:
-    """Threshold ``t`` (accept ``> t``) maximising (TAR + TRR) / 2 over all candidate scores."""
-    candidates = np.unique(np.concatenate([genuine, impostor]))
-    gen, imp = np.sort(genuine), np.sort(impostor)
-    tar = 1.0 - np.searchsorted(gen, candidates, side="right") / gen.size
-    trr = np.searchsorted(imp, candidates, side="right") / imp.size
-    return float(candidates[int(np.argmax(tar + trr))])
+from raylab.methods.alsuv.model.encoders import FaceEncoder
+from raylab.tasks.faces.embedding import embed
+from raylab.tasks.faces.protocol import best_accuracy_threshold, far_label
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

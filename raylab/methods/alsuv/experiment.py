@@ -50,9 +50,9 @@ from raylab.methods.alsuv.config import PRETRAINED_KINDS, AlsuvConfig, cpu_confi
 if TYPE_CHECKING:
     import numpy as np
 
-    from raylab.methods.alsuv.encoders import FaceEncoder
     from raylab.methods.alsuv.evaluate import EncoderReference
     from raylab.methods.alsuv.faces import FaceProtocol, FaceSet
+    from raylab.methods.alsuv.model.encoders import FaceEncoder
     from raylab.methods.alsuv.search import FaceRenderer
 
 NAME = "alsuv_attack"
@@ -96,7 +96,7 @@ def weight_files(config: AlsuvConfig, weights_root: str | None) -> dict[str, Pat
         if spec.weights is not None:
             files[f"encoder/{name}"] = resolved_weights(spec.weights, weights_root)
         elif spec.kind == "dlib":  # the model file its package installed
-            from raylab.methods.alsuv.dlib_encoder import model_path
+            from raylab.methods.alsuv.model.dlib_encoder import model_path
 
             files[f"encoder/{name}"] = model_path()
     return files
@@ -117,7 +117,7 @@ def check(request: Request[AlsuvConfig]) -> None:
             f"weight files not found (relative names resolve against --weights-root): {'; '.join(missing)}"
         )
     if "generator" in files:
-        from raylab.methods.alsuv.stylegan2 import checkpoint_config
+        from raylab.methods.alsuv.model.stylegan2 import checkpoint_config
 
         found = checkpoint_config(files["generator"])
         if found.architecture() != config.generator.model.architecture():
@@ -160,9 +160,9 @@ def prepare_renderer(
     config: AlsuvConfig, protocol: FaceProtocol, weights_root: str | None, log: ModelsLog
 ) -> FaceRenderer:
     """The generator (loaded or trained here) wrapped with truncation, fixed noise and the face crop."""
-    from raylab.methods.alsuv.gan_training import train_generator
+    from raylab.methods.alsuv.model.stylegan2 import load_rosinality
     from raylab.methods.alsuv.search import FaceRenderer
-    from raylab.methods.alsuv.stylegan2 import load_rosinality
+    from raylab.methods.alsuv.training.generator import train_generator
 
     setup = config.generator
     if setup.checkpoint is not None:
@@ -199,8 +199,8 @@ def prepare_encoders(
     """``source``, ``validation`` and every unseen encoder by name (trained here where needed)."""
     import torch
 
-    from raylab.methods.alsuv.encoder_training import train_encoder
-    from raylab.methods.alsuv.encoders import make_encoder
+    from raylab.methods.alsuv.model.encoders import make_encoder
+    from raylab.methods.alsuv.training.encoder import train_encoder
 
     encoders = {}
     for name, spec in config.encoders.by_role().items():
@@ -223,8 +223,9 @@ def prepare(request: Request[AlsuvConfig]) -> Prepared:
 
     from raylab.data.store import corpus_fingerprint
     from raylab.experiment.identity import content_hash
-    from raylab.methods.alsuv.evaluate import embed, reference
+    from raylab.methods.alsuv.evaluate import reference
     from raylab.methods.alsuv.faces import choose_targets, load_protocol
+    from raylab.tasks.faces.embedding import embed
 
     config, weights_root = request.config, request.args.weights_root
     protocol = load_protocol(config.data, request.data_root)
@@ -298,7 +299,8 @@ def evaluate_seed(
     The attacks' outputs and the pixel inversions go through this one function: same
     encoders, same flip-averaging, same thresholds, same metrics.
     """
-    from raylab.methods.alsuv.evaluate import attack_metrics, embed
+    from raylab.methods.alsuv.evaluate import attack_metrics
+    from raylab.tasks.faces.embedding import embed
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     expected = (3, config.face_size, config.face_size)
@@ -319,9 +321,9 @@ def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: 
     import torch
 
     from raylab.methods.alsuv.attack import METHODS, run_attack
-    from raylab.methods.alsuv.evaluate import embed
     from raylab.methods.alsuv.inversion import invert_targets
     from raylab.methods.alsuv.report import face_grid
+    from raylab.tasks.faces.embedding import embed
 
     seed = int(setting["seed"])
     if seed == inputs.first_seed:
@@ -390,8 +392,8 @@ def trial(setting: Setting, inputs: AttackInputs, config: AlsuvConfig, context: 
 
 def verdict(rows: Sequence[Mapping[str, Any]], config: AlsuvConfig) -> dict[str, Any]:
     """The summary's ``verdict`` (:func:`raylab.methods.alsuv.verdict.informative_verdict`) under the config's rule."""
-    from raylab.methods.alsuv.evaluate import far_label
     from raylab.methods.alsuv.verdict import informative_verdict
+    from raylab.tasks.faces.protocol import far_label
 
     rule = config.evaluation
     return informative_verdict(
@@ -465,9 +467,9 @@ def search_step_bytes(config: AlsuvConfig) -> tuple[float, int]:
     source encoder, and the gradient back to them; the networks stay frozen), and its batch."""
     import torch
 
-    from raylab.methods.alsuv.encoders import FaceEncoder, build_backbone
+    from raylab.methods.alsuv.model.encoders import FaceEncoder, build_backbone
+    from raylab.methods.alsuv.model.stylegan2 import Generator
     from raylab.methods.alsuv.search import FaceRenderer
-    from raylab.methods.alsuv.stylegan2 import Generator
     from raylab.step_memory import step_peak_bytes
 
     batch = config.attack.searches_per_task
@@ -504,8 +506,8 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
     """
     from raylab.data import load_corpus
     from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
-    from raylab.methods.alsuv.encoders import build_backbone
-    from raylab.methods.alsuv.stylegan2 import Discriminator, Generator
+    from raylab.methods.alsuv.model.encoders import build_backbone
+    from raylab.methods.alsuv.model.stylegan2 import Discriminator, Generator
 
     config, data = request.config, request.config.data
     corpus = load_corpus(

@@ -25,6 +25,7 @@ from PIL import Image
 
 from raylab.data import load_corpus
 from raylab.data.images import decode_image
+from raylab.data.rows import ParallelRows
 from raylab.methods.alsuv.config import CanvasConfig, DataConfig
 
 
@@ -33,20 +34,13 @@ class NotAFaceError(ValueError):
 
 
 @dataclass
-class FaceSet:
+class FaceSet(ParallelRows):
     """Canvas images ``(n, 3, s, s)`` float32 with their identities, ids and sources."""
 
     images: np.ndarray
     identities: np.ndarray
     sample_ids: np.ndarray
     sources: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def take(self, rows: np.ndarray | list[int]) -> FaceSet:
-        rows = np.asarray(rows, dtype=np.int64)
-        return FaceSet(self.images[rows], self.identities[rows], self.sample_ids[rows], self.sources[rows])
 
 
 def to_canvas(image: Image.Image, canvas: CanvasConfig) -> np.ndarray:

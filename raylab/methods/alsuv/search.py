@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raylab.methods.alsuv.config import AttackConfig, FaceCropConfig
-from raylab.methods.alsuv.encoders import FaceEncoder
-from raylab.methods.alsuv.stylegan2 import Generator
+from raylab.methods.alsuv.model.encoders import FaceEncoder
+from raylab.methods.alsuv.model.stylegan2 import Generator
 
 
 class FaceRenderer(nn.Module):

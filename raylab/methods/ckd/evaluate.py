@@ -1,7 +1,8 @@
 """Periocular recognition on identities never seen in training.
 
 Only the periocular embedding is used (as deployed: no face at test time), L2-normalised and
-compared by cosine similarity (:mod:`raylab.eval.biometrics`):
+compared by cosine similarity (:mod:`raylab.eval.biometrics`, on the face family's
+protocol, :mod:`raylab.tasks.faces`):
 
 * identification: closed-set CMC with ``gallery_per_identity`` enrolled images per identity
   and every other image a probe, averaged over ``gallery_draws`` seeded gallery draws;
@@ -15,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from raylab.eval.biometrics import identification_cmc, pair_scores, roc_curve_points, verification_metrics
 from raylab.methods.ckd.config import ProtocolConfig
+from raylab.tasks.faces.protocol import gallery_draws
 
 
 @dataclass
@@ -27,36 +28,6 @@ class PeriocularEvaluation:
     cmc: np.ndarray
     far: np.ndarray
     tar: np.ndarray
-
-
-def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Embeddings of ``(n, 3, h, w)`` normalised images, in eval mode, batch by batch."""
-    encoder.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            out.append(encoder(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))).numpy())
-    return np.concatenate(out)
-
-
-def gallery_draws(
-    identities: np.ndarray, per_identity: int, draws: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``draws`` seeded (gallery rows, probe rows) splits with ``per_identity`` gallery images each."""
-    names = sorted(set(identities.tolist()))
-    rows_of = {name: np.flatnonzero(identities == name) for name in names}
-    short = [f"{name} ({len(rows)} images)" for name, rows in rows_of.items() if len(rows) <= per_identity]
-    if short:
-        raise ValueError(
-            f"identities need more than gallery_per_identity={per_identity} images to have probes: {short[:5]}"
-        )
-    rng = np.random.default_rng(seed)
-    splits = []
-    for _ in range(draws):
-        gallery = np.sort(np.concatenate([rng.choice(rows_of[name], per_identity, replace=False) for name in names]))
-        probe = np.setdiff1d(np.arange(len(identities)), gallery)
-        splits.append((gallery, probe))
-    return splits
 
 
 def evaluate_embeddings(

@@ -38,9 +38,14 @@ from raylab.experiment.identity import content_hash
 from raylab.methods.ckd.config import VARIANTS, CKDJobConfig, cpu_config, with_epochs
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
+    from raylab.methods.ckd.config import CKDConfig, ProtocolConfig
+    from raylab.methods.ckd.evaluate import PeriocularEvaluation
+    from raylab.methods.ckd.model import PeriocularEncoder
     from raylab.methods.ckd.pairs import FoldRoles
+    from raylab.methods.ckd.training import TrainedCKD
 
 NAME = "ckd_train"
 METRICS = ("rank1", "eer", "tar_at_far1e-2", "tar_at_far1e-3", "rank5")
@@ -151,9 +156,57 @@ def prepare(request: Request[CKDJobConfig]) -> Prepared:
     return Prepared(CKDInputs(roles, log_models=not request.args.no_models, first_seed=first_seed), fingerprint)
 
 
+@dataclass
+class CKDRun:
+    """One variant trained on one fold and evaluated on the fold's unseen identities."""
+
+    method: str
+    trained: TrainedCKD
+    encoder: PeriocularEncoder
+    evaluation: PeriocularEvaluation
+    example_input: np.ndarray  # two test periocular images, for tracing / model signatures
+
+
+def run_ckd(
+    roles: FoldRoles,
+    config: CKDConfig,
+    protocol: ProtocolConfig,
+    method: str,
+    *,
+    seed: int = 0,
+    storage_path: str | None = None,
+    callbacks: list[Any] | None = None,
+) -> CKDRun:
+    """Train ``method`` (``ckd`` or an ablation) on ``roles.fit``, pick on ``roles.val``, test on ``roles.test``."""
+    import numpy as np
+
+    from raylab.methods.ckd.config import variant
+    from raylab.methods.ckd.evaluate import evaluate_embeddings
+    from raylab.methods.ckd.model import PeriocularEncoder
+    from raylab.methods.ckd.training import train_ckd
+    from raylab.tasks.faces.embedding import embed
+
+    chosen = variant(method)
+    trained = train_ckd(
+        roles.fit,
+        roles.val,
+        roles.num_classes,
+        config,
+        chosen,
+        seed=seed,
+        storage_path=storage_path,
+        callbacks=callbacks,
+    )
+    encoder = PeriocularEncoder(trained.network(config, chosen))
+    embeddings = embed(encoder, roles.test.periocular, batch_size=256)
+    evaluation = evaluate_embeddings(embeddings, roles.test.identities, protocol, seed=protocol.split_seed)
+    evaluation.metrics["best_epoch"] = float(trained.best_epoch)
+    evaluation.metrics["best_val_accuracy"] = trained.best_val_accuracy
+    return CKDRun(method, trained, encoder, evaluation, np.ascontiguousarray(roles.test.periocular[:2]))
+
+
 def trial(setting: Setting, inputs: CKDInputs, config: CKDJobConfig, context: TrialContext) -> TrialResult:
     """Train one variant on one fold (Train's per-epoch reports go on to Tune), evaluate, log."""
-    from raylab.methods.ckd.method import run_ckd
     from raylab.methods.ckd.tracking import log_ckd_run
 
     method, fold, seed = str(setting["method"]), int(setting["fold"]), int(setting["seed"])

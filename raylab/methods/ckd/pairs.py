@@ -26,11 +26,12 @@ import pyarrow as pa
 from PIL import Image
 
 from raylab.data.images import decode_image
+from raylab.data.rows import ParallelRows
 from raylab.methods.ckd.config import NetworkConfig, PairConfig
 
 
 @dataclass(frozen=True)
-class PairSet:
+class PairSet(ParallelRows):
     """Decoded, normalised pairs: ``faces (n, 3, H, W)``, ``periocular (n, 3, h, w)`` float32."""
 
     faces: np.ndarray
@@ -38,14 +39,6 @@ class PairSet:
     labels: np.ndarray
     identities: np.ndarray
     sample_ids: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, rows: np.ndarray) -> PairSet:
-        return PairSet(
-            self.faces[rows], self.periocular[rows], self.labels[rows], self.identities[rows], self.sample_ids[rows]
-        )
 
 
 def _rows(height: int, fractions: tuple[float, float]) -> tuple[int, int]:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from raylab.methods.ckd.method import CKDRun
 from raylab.report.figures import line_figure
 from raylab.tracking.mlflow_conventions import TrackedRun
+
+if TYPE_CHECKING:
+    from raylab.methods.ckd.experiment import CKDRun
 
 
 def log_ckd_run(run: TrackedRun, result: CKDRun, *, log_model: bool = True) -> None:

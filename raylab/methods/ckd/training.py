@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raylab.digests import content_digest
 from raylab.methods.ckd.config import CKDConfig, Variant
 from raylab.methods.ckd.losses import ckd_loss
 from raylab.methods.ckd.model import CKDNet, build_ckd_net
@@ -58,6 +57,7 @@ from raylab.train.harness import (
     save_state,
     unwrap,
 )
+from raylab.train.harness import run_name as train_run_name
 
 FINAL_STATE = "final_state.pt"
 LOSS_TERMS = ("loss", "ce_face", "ce_periocular", "kl_f2p", "kl_p2f")
@@ -202,14 +202,9 @@ def train_loop(config: dict[str, Any]) -> None:
 def run_name(
     fit_pairs: PairSet, val_pairs: PairSet, ckd: CKDConfig, variant: Variant, seed: int, num_workers: int
 ) -> str:
-    settings = {
-        "ckd": dataclasses.asdict(ckd),
-        "variant": dataclasses.asdict(variant),
-        "seed": seed,
-        "workers": num_workers,
-    }
     arrays = (fit_pairs.faces, fit_pairs.periocular, fit_pairs.labels, val_pairs.periocular, val_pairs.labels)
-    return f"ckd-{content_digest(*arrays, settings=settings)}"
+    settings = {"ckd": ckd, "variant": variant, "seed": seed, "workers": num_workers}
+    return train_run_name("ckd", *arrays, settings=settings)
 
 
 def train_ckd(

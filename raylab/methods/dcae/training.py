@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raylab.digests import content_digest
 from raylab.methods.dcae.config import LossWeights, NetworkConfig, TrainConfig, TrainedVariant
 from raylab.methods.dcae.losses import discriminator_loss, fooling_loss, to_unit_range
 from raylab.methods.dcae.model import DCAE, feature_distance
@@ -312,13 +311,11 @@ def run_name(
     The epoch count is left out on purpose: training longer continues the run from its last
     checkpoint (the learning rate is constant, so nothing else depends on the total).
     """
-    settings = {
-        "variants": {n: [dataclasses.asdict(v), dataclasses.asdict(w)] for n, (v, w) in variants.items()},
-        "network": dataclasses.asdict(network),
-        "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ("epochs", "checkpoints_to_keep")},
-        "seed": seed,
-    }
-    return f"dcae-{content_digest(images, settings=settings)}"
+    from raylab.train.harness import run_name as train_run_name
+
+    resumable = {k: v for k, v in dataclasses.asdict(train).items() if k not in ("epochs", "checkpoints_to_keep")}
+    settings = {"variants": dict(variants), "network": network, "train": resumable, "seed": seed}
+    return train_run_name("dcae", images, settings=settings)
 
 
 def check_training_images(images: np.ndarray) -> None:

@@ -18,7 +18,6 @@ again.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from raylab.artefacts import CorruptArtefactError, discard, verify, write_manifest
-from raylab.digests import content_digest
 from raylab.methods.nnguide.config import TrainConfig
 from raylab.tasks.ood.classifiers import build_classifier
 from raylab.tasks.ood.config import ClassifierConfig
@@ -45,6 +43,7 @@ from raylab.train.harness import (
     save_state,
     unwrap,
 )
+from raylab.train.harness import run_name as train_run_name
 
 FINAL_STATE = "final_state.pt"
 
@@ -115,8 +114,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def run_name(pixels: np.ndarray, labels: np.ndarray, model: ClassifierConfig, train: TrainConfig, seed: int) -> str:
-    settings = {"model": dataclasses.asdict(model), "train": dataclasses.asdict(train), "seed": seed}
-    return f"nnguide-{model.arch}-{content_digest(pixels, labels, settings=settings, length=12)}"
+    settings = {"model": model, "train": train, "seed": seed}
+    return train_run_name(f"nnguide-{model.arch}", pixels, labels, settings=settings, length=12)
 
 
 def train_classifier(

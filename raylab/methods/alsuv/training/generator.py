@@ -16,7 +16,7 @@ all workers keep identical weights (they start from the same seed).
 
 The run's name hashes the images, the configs and the seed: re-running an interrupted run
 resumes from its latest checkpoint, and a finished run's generator (``generator.pt``, the
-rosinality layout of :mod:`.stylegan2`, beside the run) is reused without starting workers.
+rosinality layout of :mod:`raylab.methods.alsuv.model.stylegan2`, beside the run) is reused without starting workers.
 """
 
 from __future__ import annotations
@@ -32,10 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raylab.digests import content_digest
 from raylab.methods.alsuv.config import GanTrainConfig
-from raylab.methods.alsuv.stylegan2 import Discriminator, Generator, GeneratorConfig, load_rosinality, save_rosinality
+from raylab.methods.alsuv.model.stylegan2 import (
+    Discriminator,
+    Generator,
+    GeneratorConfig,
+    load_rosinality,
+    save_rosinality,
+)
 from raylab.train.harness import TrainSpec, fit, load_result_state, report_epoch, restore_state
+from raylab.train.harness import run_name as train_run_name
 
 FINAL_GENERATOR = "generator.pt"
 
@@ -223,8 +229,8 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
 
 
 def run_name(images: np.ndarray, model: GeneratorConfig, train: GanTrainConfig, grayscale: bool = False) -> str:
-    settings = {"model": dataclasses.asdict(model), "train": dataclasses.asdict(train), "grayscale": grayscale}
-    return f"alsuv-stylegan2-{model.size}px-{content_digest(images, settings=settings, length=12)}"
+    settings = {"model": model, "train": train, "grayscale": grayscale}
+    return train_run_name(f"alsuv-stylegan2-{model.size}px", images, settings=settings, length=12)
 
 
 def train_generator(

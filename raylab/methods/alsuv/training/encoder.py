@@ -17,7 +17,6 @@ and an interrupted one resumes.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raylab.digests import content_digest
 from raylab.methods.alsuv.config import EncoderConfig
-from raylab.methods.alsuv.encoders import build_backbone
+from raylab.methods.alsuv.model.encoders import build_backbone
 from raylab.train.harness import TrainSpec, fit, load_result_state, prepare, report_epoch, resume, unwrap
+from raylab.train.harness import run_name as train_run_name
 
 FINAL_STATE = "final_state.pt"
 
@@ -89,7 +88,7 @@ def augment(images: Tensor, pad: int, generator: torch.Generator) -> Tensor:
 
 def resize_for(config: EncoderConfig, canvas: np.ndarray) -> np.ndarray:
     """Canvases as the encoder sees them (centre crop, resize), once, before training."""
-    from raylab.methods.alsuv.encoders import FaceEncoder
+    from raylab.methods.alsuv.model.encoders import FaceEncoder
 
     prep = FaceEncoder(nn.Identity(), config)
     with torch.no_grad():
@@ -155,7 +154,7 @@ class TrainedEncoder:
 
 def run_name(pixels: np.ndarray, labels: np.ndarray, config: EncoderConfig) -> str:
     arch = config.timm_name if config.kind == "timm" else config.kind
-    return f"alsuv-encoder-{arch}-{content_digest(pixels, labels, settings=dataclasses.asdict(config), length=12)}"
+    return train_run_name(f"alsuv-encoder-{arch}", pixels, labels, settings=config, length=12)
 
 
 def train_encoder(

@@ -136,7 +136,7 @@ def build_backbone(config: EncoderConfig) -> nn.Module:
             )
         )
     if config.kind == "dlib":
-        from raylab.methods.alsuv.dlib_encoder import DlibResNet
+        from raylab.methods.alsuv.model.dlib_encoder import DlibResNet
 
         if tuple(config.input_size) != DlibResNet.input_size or config.embedding_dim != 128:
             raise ValueError(f"dlib's encoder takes 150x150 chips and gives 128-d embeddings, config says {config}")
