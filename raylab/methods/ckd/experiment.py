@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from raylab.methods.ckd.config import CKDConfig, ProtocolConfig
     from raylab.methods.ckd.evaluate import PeriocularEvaluation
     from raylab.methods.ckd.model import PeriocularEncoder
     from raylab.methods.ckd.pairs import FoldRoles
@@ -167,47 +166,17 @@ class CKDRun:
     example_input: np.ndarray  # two test periocular images, for tracing / model signatures
 
 
-def run_ckd(
-    roles: FoldRoles,
-    config: CKDConfig,
-    protocol: ProtocolConfig,
-    method: str,
-    *,
-    seed: int = 0,
-    storage_path: str | None = None,
-    callbacks: list[Any] | None = None,
-) -> CKDRun:
-    """Train ``method`` (``ckd`` or an ablation) on ``roles.fit``, pick on ``roles.val``, test on ``roles.test``."""
+def trial(setting: Setting, inputs: CKDInputs, config: CKDJobConfig, context: TrialContext) -> TrialResult:
+    """Train one variant on one fold (Train's per-epoch reports go on to Tune), pick its epoch on
+    the fold's validation images, evaluate on the fold's unseen identities, log."""
     import numpy as np
 
     from raylab.methods.ckd.config import variant
     from raylab.methods.ckd.evaluate import evaluate_embeddings
     from raylab.methods.ckd.model import PeriocularEncoder
+    from raylab.methods.ckd.tracking import log_ckd_run
     from raylab.methods.ckd.training import train_ckd
     from raylab.tasks.faces.embedding import embed
-
-    chosen = variant(method)
-    trained = train_ckd(
-        roles.fit,
-        roles.val,
-        roles.num_classes,
-        config,
-        chosen,
-        seed=seed,
-        storage_path=storage_path,
-        callbacks=callbacks,
-    )
-    encoder = PeriocularEncoder(trained.network(config, chosen))
-    embeddings = embed(encoder, roles.test.periocular, batch_size=256)
-    evaluation = evaluate_embeddings(embeddings, roles.test.identities, protocol, seed=protocol.split_seed)
-    evaluation.metrics["best_epoch"] = float(trained.best_epoch)
-    evaluation.metrics["best_val_accuracy"] = trained.best_val_accuracy
-    return CKDRun(method, trained, encoder, evaluation, np.ascontiguousarray(roles.test.periocular[:2]))
-
-
-def trial(setting: Setting, inputs: CKDInputs, config: CKDJobConfig, context: TrialContext) -> TrialResult:
-    """Train one variant on one fold (Train's per-epoch reports go on to Tune), evaluate, log."""
-    from raylab.methods.ckd.tracking import log_ckd_run
 
     method, fold, seed = str(setting["method"]), int(setting["fold"]), int(setting["seed"])
     callbacks = None
@@ -215,15 +184,24 @@ def trial(setting: Setting, inputs: CKDInputs, config: CKDJobConfig, context: Tr
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks = [TuneReportCallback()]
-    result = run_ckd(
-        inputs.roles[fold],
+    roles, chosen = inputs.roles[fold], variant(method)
+    trained = train_ckd(
+        roles.fit,
+        roles.val,
+        roles.num_classes,
         config.ckd,
-        config.protocol,
-        method,
+        chosen,
         seed=seed,
         storage_path=context.storage_path,
         callbacks=callbacks,
     )
+    encoder = PeriocularEncoder(trained.network(config.ckd, chosen))
+    embeddings = embed(encoder, roles.test.periocular, batch_size=256)
+    protocol = config.protocol
+    evaluation = evaluate_embeddings(embeddings, roles.test.identities, protocol, seed=protocol.split_seed)
+    evaluation.metrics["best_epoch"] = float(trained.best_epoch)
+    evaluation.metrics["best_val_accuracy"] = trained.best_val_accuracy
+    result = CKDRun(method, trained, encoder, evaluation, np.ascontiguousarray(roles.test.periocular[:2]))
     params = {"ckd": config.ckd, "protocol": config.protocol, **setting.values}
     with context.nested_run(
         f"{method}-fold{fold}-s{seed}", params=params, tags={"method": method, "fold": fold, "seed": seed}
