@@ -329,3 +329,18 @@ def test_clean_oracle_trains_on_the_clean_training_images_only(ray_session, tmp_
     assert all(r["kept_fraction"] == pytest.approx(10 / 12) for r in meds.training_metrics["clean_oracle"])
     with pytest.raises(ValueError, match="non-empty mask"):
         meds.train_on(np.zeros(12, bool), "clean_oracle")
+
+
+def test_filter_curve_averages_each_pass_over_the_classes_that_ran_it():
+    """Classes make different numbers of selection passes (the default ELPV sweep's two classes
+    do): the curve runs to the longest class, each pass the mean of the classes that made it."""
+    from raylab.methods.meds.experiment import filter_curve, filter_quality
+
+    injected = np.array([True, False, False, False])
+    short = filter_quality([np.array([False, True, True, True]), np.ones(4, bool)], injected)
+    long = filter_quality([np.array([True, False, True, True])] * 3, injected)
+    curve = filter_curve([short, long])
+    assert [row["kept_fraction"] for row in curve] == pytest.approx([0.75, 0.875, 0.75])
+    assert curve[0]["filter_precision"] == pytest.approx(0.5) and curve[2]["filter_recall"] == 0.0
+    assert curve[1]["filter_precision"] == 0.0  # the short class removed none (NaN), the long one a clean image
+    assert filter_curve([]) == []

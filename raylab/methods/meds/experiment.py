@@ -152,6 +152,23 @@ def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict
     return rows
 
 
+def filter_curve(per_class: Sequence[Sequence[dict[str, float]]]) -> list[dict[str, float]]:
+    """The filter's quality per stage-3 pass, each pass averaged over the classes that ran it.
+
+    Classes make different numbers of selection passes (a pass ends when its kept set has been
+    trained on, and the kept sets differ), so a class that stopped early leaves the later
+    passes' means to the classes still selecting.
+    """
+    import numpy as np
+
+    passes = max((len(rows) for rows in per_class), default=0)
+    curve = []
+    for index in range(passes):
+        ran = [rows[index] for rows in per_class if index < len(rows)]
+        curve.append({key: float(np.nanmean([row[key] for row in ran])) for key in ran[0]})
+    return curve
+
+
 SEARCH_KEYS = {
     "rho": ("stage1", "rho"),
     "bootstraps": ("stage1", "bootstraps"),
@@ -198,7 +215,6 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
 
     Stage 2's report follows the one Train run per class that trains stages 2 and 3 together.
     """
-    import numpy as np
 
     from raylab.data.protocols import NoiseProtocol, inject_noise
     from raylab.methods.meds.method import MeDS
@@ -257,9 +273,8 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
         ):
             run.log_metrics(metrics)
             if method == "meds":
-                # One step per stage-3 pass (classes with fewer passes end earlier).
-                for epoch, per_class in enumerate(zip(*filter_rows, strict=True)):
-                    run.log_metrics({k: float(np.nanmean([c[k] for c in per_class])) for k in per_class[0]}, step=epoch)
+                for step, means in enumerate(filter_curve(filter_rows)):
+                    run.log_metrics(means, step=step)
                 log_training_curves(run, curves)
             log_anomaly_artifacts(run, class_evaluations, inputs.corpus, features=config.features)
         extra = {"search": dict(setting.search), "trial": context.trial_id} if setting.search else {}
