@@ -488,7 +488,8 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
             .select(["sample_id", "class_name"])
             .to_pylist()
         )
-        tail = [row["sample_id"] for row in train if row["class_name"] in set(result.tail_classes)]
+        tail_classes = set(result.tail_classes)  # a pandas query per call: once per setting, not per row
+        tail = [row["sample_id"] for row in train if row["class_name"] in tail_classes]
         tail_images.update(tail)
         trials.append((len(train), len(tail)))
     height, width, dim = feature_shape(config.features)
