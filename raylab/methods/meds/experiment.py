@@ -135,7 +135,7 @@ def prepare(request: Request[MeDSSweepConfig]) -> Prepared:
 
 
 def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict[str, float]]:
-    """Per stage-3 epoch: kept fraction, and precision / recall of the removal vs injected noise."""
+    """Per stage-3 pass: kept fraction, and precision / recall of the removal vs injected noise."""
     import numpy as np
 
     rows = []
