@@ -132,6 +132,22 @@ def test_single_hot_patch_becomes_a_blob_at_its_location():
     np.testing.assert_array_equal(patch_scores_to_maps(scores, 64, 4.0, batch_size=1), maps)
 
 
+@pytest.mark.parametrize("grid, image_size, sigma", [((14, 14), 224, 4.0), ((6, 9), 64, 2.0), ((28, 28), 392, 4.0)])
+def test_maps_equal_upsampling_then_the_2d_gaussian_convolution(grid, image_size, sigma):
+    """The separable operators give the maps of the direct computation (bilinear upsampling to
+    S x S, then torchvision's 2-D Gaussian blur with reflect padding), to float rounding."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms.functional import gaussian_blur
+
+    from raylab.tasks.anomaly.maps import gaussian_kernel_size
+
+    scores = np.random.default_rng(0).random((5, *grid), dtype=np.float32)
+    direct = F.interpolate(torch.from_numpy(scores)[:, None], size=(image_size, image_size), mode="bilinear")
+    direct = gaussian_blur(direct, kernel_size=gaussian_kernel_size(sigma), sigma=sigma)[:, 0].numpy()
+    np.testing.assert_allclose(patch_scores_to_maps(scores, image_size, sigma), direct, rtol=0, atol=1e-5)
+
+
 def test_reduce_to_image_scores_hand_case():
     maps = np.zeros((2, 10, 10), np.float32)
     maps[0, 3, 3] = 5.0
