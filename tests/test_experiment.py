@@ -225,7 +225,7 @@ def test_changed_setting_is_a_new_sweep_with_new_rows(meds_reruns):
     meds_run = next(r for r in _nested_runs(first["name"]) if r.data.tags["raylab.method"] == "meds")
     client = mlflow.MlflowClient(tracking_uri())
     for stage, metric in (("distillation", "distillation_loss"), ("selection", "selection_loss")):
-        history = client.get_metric_history(meds_run.info.run_id, f"train/mono/{stage}/{metric}")
+        history = client.get_metric_history(meds_run.info.run_id, f"train/all_classes/{stage}/{metric}")
         assert [point.step for point in history] == [0, 1] and all(np.isfinite(point.value) for point in history), stage
 
 
@@ -236,9 +236,9 @@ def test_unchanged_rerun_reuses_every_result(meds_reruns):
     assert again["rows"] == first["rows"]
     # Restored from Tune's state: no trial ran again, so no nested run was logged again.
     assert len(_nested_runs(first["name"])) == meds_reruns["nested_after_first"] == 4
-    # One Ray Train run per class trains stages 2 and 3 (one worker-group start-up).
+    # One Ray Train run trains stages 2 and 3 of the one network both classes share.
     (train_run,) = meds_reruns["train_runs"]
-    assert train_run.startswith(f"{first['name']}-") and train_run.endswith("-mono-stage2-3")
+    assert train_run.startswith(f"{first['name']}-") and train_run.endswith("-all_classes-stage2-3")
 
 
 @pytest.mark.e2e
@@ -260,6 +260,6 @@ def test_search_trials_train_their_own_networks(ray_session, tmp_path):
     assert first["lr"] != second["lr"] and set(first) == {"rho", "bootstraps", "mad_k", "lr"}
     runs = cache_root() / "ray_results"
     for trial in trials:
-        assert (runs / f"{result['name']}-{trial}-mono-stage2-3").is_dir()
+        assert (runs / f"{result['name']}-{trial}-all_classes-stage2-3").is_dir()
     meds = {r["trial"]: r["metrics"]["image_auroc"] for r in result["rows"] if r["method"] == "partial_memory"}
     assert len(meds) == 2

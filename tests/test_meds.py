@@ -162,9 +162,7 @@ def test_meds_never_reads_injected_noise_flags():
     assert readers == {"experiment.py": {"clean_training_mask", "filter_quality", "trial"}}, readers
     trial_source = inspect.getsource(experiment.trial)
     assert trial_source.count("train_injected") == 1
-    assert trial_source.index("meds.fit(") < trial_source.index(
-        "filter_quality(meds.selection_history, split.train_injected)"
-    )
+    assert trial_source.index("meds.fit(") < trial_source.index("filter_quality(kept, split.train_injected)")
 
 
 def test_meds_refuses_to_score_or_retrain_before_it_is_fitted(tmp_path):
@@ -205,6 +203,20 @@ def test_stage3_defaults_are_the_released_recipe():
     assert (cpu.lr, cpu.final_lr, cpu.hard_mining_factor) == (2e-3, 2e-4, 0.1)
     with pytest.raises(ValueError, match="epochs"):
         SelectionConfig(iterations=4, epochs=5)
+
+
+def test_one_network_learns_every_class_as_the_release_trains_it():
+    """The release's stages 2 and 3 train one network on the classes' concatenated images;
+    ``network_per_class`` is the opt-in alternative, a network (and Train run) per class."""
+    from types import SimpleNamespace
+
+    from raylab.methods.meds.config import MeDSConfig
+    from raylab.methods.meds.experiment import networks
+
+    assert MeDSConfig().network_per_class is False and cpu_config().network_per_class is False
+    splits = [SimpleNamespace(class_name="mono"), SimpleNamespace(class_name="poly")]
+    assert networks(splits, per_class=False) == [("all_classes", splits)]
+    assert networks(splits, per_class=True) == [("mono", splits[:1]), ("poly", splits[1:])]
 
 
 def test_a_pass_covers_the_kept_set_once_in_lock_step():
@@ -332,9 +344,11 @@ def test_clean_oracle_trains_on_the_clean_training_images_only(ray_session, tmp_
 
 
 def test_filter_curve_averages_each_pass_over_the_classes_that_ran_it():
-    """Classes make different numbers of selection passes (the default ELPV sweep's two classes
-    do): the curve runs to the longest class, each pass the mean of the classes that made it."""
-    from raylab.methods.meds.experiment import filter_curve, filter_quality
+    """Classes trained by networks of their own make different numbers of selection passes
+    (``network_per_class``): the curve runs to the longest class, each pass the mean of the
+    classes that made it. One shared network makes every class's passes together; each class's
+    part of a pass's mask is its own images' slice."""
+    from raylab.methods.meds.experiment import class_parts, filter_curve, filter_quality
 
     injected = np.array([True, False, False, False])
     short = filter_quality([np.array([False, True, True, True]), np.ones(4, bool)], injected)
@@ -344,3 +358,7 @@ def test_filter_curve_averages_each_pass_over_the_classes_that_ran_it():
     assert curve[0]["filter_precision"] == pytest.approx(0.5) and curve[2]["filter_recall"] == 0.0
     assert curve[1]["filter_precision"] == 0.0  # the short class removed none (NaN), the long one a clean image
     assert filter_curve([]) == []
+    shared = [np.array([True, False, True, True, False]), np.array([False, True, True, True, True])]
+    first, second = class_parts(shared, [2, 3])
+    assert [m.tolist() for m in first] == [[True, False], [False, True]]
+    assert [m.tolist() for m in second] == [[True, True, False], [True, True, True]]

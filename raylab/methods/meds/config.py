@@ -130,6 +130,11 @@ class MeDSConfig:
         ((3072, 3840), (3840, 4608), (4608, 5376), (5376, 6144)),
     )
     token_grid: int | None = None
+    # The release trains stages 2 and 3 as one network on every class's training images
+    # (multi-class, as Dinomaly does); stage 1's maps and stage 3's selection stay per class.
+    # True trains a network per class instead (a Train run each), e.g. when one class's
+    # tokens are all that fit in a worker's memory.
+    network_per_class: bool = False
     blur_sigma: float = 4.0
     top_fraction: float = 0.01
     train_workers: int = 2

@@ -1,21 +1,24 @@
 """``meds_sweep``: MeDS and its baselines over noise ratios and seeds (the flagship experiment).
 
 One trial = one protocol setting (noise ratio, seed). It applies the noise protocol to the
-shared corpus, then for every class fits, on identical cached features:
+shared corpus and fits, on identical cached features:
 
-* ``meds``: the three stages (partial memories -> distillation -> progressive selection and
-  the released reconstruction training; stages 2 and 3 in one Ray Train run per class);
+* ``meds``: the three stages (per-class partial memories -> distillation -> progressive
+  selection, per class, and the released reconstruction training). As in the release, one
+  network learns every class (``meds.network_per_class`` trains one per class instead);
+  stages 2 and 3 are one Ray Train run per network, ``<network>-stage2-3``;
 * ``clean_oracle``: MeDS's final detector with a perfect filter: stage 3's training recipe,
   from the same distilled weights, on the clean training images only (the training ids
-  minus the injected ones; its own Train run, ``<class>-clean_oracle``) -- the ceiling
+  minus the injected ones; its own Train run, ``<network>-clean_oracle``) -- the ceiling
   that every noisy ``meds`` result sits beside;
 * ``distilled``: the stage-2 network alone (no selection);
 * ``partial_memory``: the stage-1 bootstrapped memories alone as the detector;
-* ``patchcore``: the foundation's PatchCore;
+* ``patchcore``: the foundation's PatchCore (per class, as ``partial_memory``);
 
-and logs one nested MLflow run per method (metrics, per-class table, ROC, overlays, model;
-for MeDS also the per-pass kept fraction and the filter's precision and recall against the
-injected-noise flags, which only the platform reads). ``--search N`` runs Optuna over
+evaluates each on every class's test images, and logs one nested MLflow run per method
+(metrics, per-class table, ROC, overlays, model; for MeDS also the per-pass kept fraction
+and the filter's precision and recall against the injected-noise flags, per class and
+averaged, which only the platform reads). ``--search N`` runs Optuna over
 (rho, B, k, lr) with ASHA over the three stages (trials compared from stage 2 on, so every
 trial trains its own network; stage 2's report comes after the Train run that trains both
 stages 2 and 3, so ASHA's stage-2 rung can no longer save a stopped trial's stage-3 training,
@@ -152,6 +155,15 @@ def filter_quality(history: list[np.ndarray], injected: np.ndarray) -> list[dict
     return rows
 
 
+def class_parts(history: Sequence[np.ndarray], sizes: Sequence[int]) -> list[list[np.ndarray]]:
+    """Each class's part of every stage-3 pass's kept mask: a network's training images are
+    its classes' images in order, ``sizes[i]`` of them for class ``i``."""
+    import numpy as np
+
+    bounds = np.cumsum([0, *sizes])
+    return [[np.asarray(mask)[a:b] for mask in history] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def filter_curve(per_class: Sequence[Sequence[dict[str, float]]]) -> list[dict[str, float]]:
     """The filter's quality per stage-3 pass, each pass averaged over the classes that ran it.
 
@@ -210,11 +222,26 @@ def search_space() -> dict[str, Any]:
     }
 
 
+def networks(splits: Sequence[Any], per_class: bool) -> list[tuple[str, list[Any]]]:
+    """The reconstruction networks a trial trains, each named, with the class splits it trains on.
+
+    The release trains one network on every class's images (``all_classes``); with
+    ``per_class`` each class gets its own, named by the class. The name is the last part of
+    the network's Train run names and of its MLflow curves (``train/<name>/<stage>/...``).
+    """
+    if per_class:
+        return [(split.class_name, [split]) for split in splits]
+    return [("all_classes", list(splits))]
+
+
 def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, context: TrialContext) -> TrialResult:
     """One (noise ratio, seed) setting, every method; reports stage 1 and 2 on the way (for ASHA).
 
-    Stage 2's report follows the one Train run per class that trains stages 2 and 3 together.
+    The baselines fit per class. MeDS trains its network(s) (see :func:`networks`), each one
+    Train run for stages 2 and 3 and, with ``clean_oracle``, one more for the oracle; every
+    network is evaluated on each of its classes' test images, so the rows stay per class means.
     """
+    import numpy as np
 
     from raylab.data.protocols import NoiseProtocol, inject_noise
     from raylab.methods.meds.method import MeDS
@@ -228,42 +255,50 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
     meds_config = with_search(config.meds, dict(setting.search))
     result = inject_noise(inputs.corpus, NoiseProtocol(noise_ratio, seed, keeps_injected_in_test(setting)))
     image_size = config.features.image_size
-    evaluations: dict[str, list[ClassEvaluation]] = {m: [] for m in config.methods}
-    filter_rows: list[list[dict[str, float]]] = []
-    curves: dict[str, dict[str, list[dict[str, float]]]] = {}  # class -> Train stage -> per-epoch reports
-    for split in class_splits(result.table, image_size):
+    splits = list(class_splits(result.table, image_size))
+    evaluations: dict[str, dict[str, ClassEvaluation]] = {m: {} for m in config.methods}
+    for split in splits:
         train = inputs.features.take(split.train_ids)
         if "patchcore" in config.methods:
             with phase("PatchCore baseline: fit"):
                 patchcore = PatchCore(config.baseline_patchcore, seed=seed).fit(train)
-            evaluations["patchcore"].append(evaluate_fitted(patchcore, split, inputs.features))
+            evaluations["patchcore"][split.class_name] = evaluate_fitted(patchcore, split, inputs.features)
         if "partial_memory" in config.methods:
             stage1 = dataclasses.replace(meds_config.stage1, seed=seed, pool_grid=meds_config.token_grid)
             with phase("partial-memory detector (stage 1 alone): fit"):
                 detector = PartialMemoryDetector(stage1, image_size=image_size).fit(train)
-            evaluations["partial_memory"].append(evaluate_fitted(detector, split, inputs.features))
-        context.report({"stage": 1, "image_auroc": _mean_auroc(evaluations.get("partial_memory"))})
+            evaluations["partial_memory"][split.class_name] = evaluate_fitted(detector, split, inputs.features)
+    context.report({"stage": 1, "image_auroc": _mean_auroc(evaluations.get("partial_memory"))})
+
+    filter_rows: list[list[dict[str, float]]] = []  # per class, one row per stage-3 pass
+    curves: dict[str, dict[str, list[dict[str, float]]]] = {}  # network -> Train stage -> per-epoch reports
+    for name, group in networks(splits, meds_config.network_per_class):
+        sizes = [len(split.train_ids) for split in group]
         meds = MeDS(
             meds_config,
             seed=seed,
             image_size=image_size,
-            run_name=context.run_name(split.class_name),
+            run_name=context.run_name(name),
             storage_path=context.storage_path,
         )
-        meds.fit(train)
-        if "distilled" in config.methods:
-            evaluations["distilled"].append(evaluate_fitted(meds.distilled, split, inputs.features))
-        context.report({"stage": 2, "image_auroc": _mean_auroc(evaluations.get("distilled"))})
-        evaluations["meds"].append(evaluate_fitted(meds, split, inputs.features))
-        filter_rows.append(filter_quality(meds.selection_history, split.train_injected))
+        train_ids = [sample_id for split in group for sample_id in split.train_ids]
+        meds.fit(inputs.features.take(train_ids), np.repeat(np.arange(len(group)), sizes))
+        fitted = {"meds": meds, "distilled": meds.distilled}
         if "clean_oracle" in config.methods:
-            oracle = meds.train_on(clean_training_mask(split), "clean_oracle")
-            evaluations["clean_oracle"].append(evaluate_fitted(oracle, split, inputs.features))
-        curves[split.class_name] = meds.training_metrics
+            clean = np.concatenate([clean_training_mask(split) for split in group])
+            fitted["clean_oracle"] = meds.train_on(clean, "clean_oracle")
+        for split, kept in zip(group, class_parts(meds.selection_history, sizes), strict=True):
+            for method, detector in fitted.items():
+                if method in config.methods:
+                    evaluations[method][split.class_name] = evaluate_fitted(detector, split, inputs.features)
+            filter_rows.append(filter_quality(kept, split.train_injected))
+        curves[name] = meds.training_metrics
+    context.report({"stage": 2, "image_auroc": _mean_auroc(evaluations.get("distilled"))})
 
     rows = []
     values = dict(setting.values)
-    for method, class_evaluations in evaluations.items():
+    for method, per_class in evaluations.items():
+        class_evaluations = [per_class[split.class_name] for split in splits]
         metrics = mean_over_classes(class_evaluations)
         tags = {"method": method, **values, "trial": context.trial_id}
         params = {**values, **setting.search, "config": config}
@@ -284,13 +319,13 @@ def trial(setting: Setting, inputs: CorpusFeatures, config: MeDSSweepConfig, con
 
 
 def log_training_curves(run, curves: dict[str, dict[str, list[dict[str, float]]]]) -> None:
-    """Each class's Train curves (losses, learning rate, kept fraction) as MLflow metrics with
-    their epoch as the step: ``train/<class>/<stage>/<metric>``, one line per curve in the UI."""
-    for class_name, stages in curves.items():
+    """Each network's Train curves (losses, learning rate, kept fraction) as MLflow metrics with
+    their epoch as the step: ``train/<network>/<stage>/<metric>``, one line per curve in the UI."""
+    for network, stages in curves.items():
         for stage, reports in stages.items():
             for report in reports:
                 values = {
-                    f"train/{class_name}/{stage}/{k}": float(v)
+                    f"train/{network}/{stage}/{k}": float(v)
                     for k, v in report.items()
                     if k not in ("epoch", "stage") and _is_number(v)
                 }
@@ -325,7 +360,7 @@ SMOKE_SCALED = {"meds": {"distillation": {"iterations": 8}, "selection": {"itera
 
 
 def cost(request: Request[MeDSSweepConfig]) -> CostModel:
-    """A trial's decoder image-steps (stages 2 and 3, every class) and the arrays stage 1 holds.
+    """A trial's decoder image-steps (stages 2 and 3, every network) and the token arrays it holds.
 
     Counts the corpus's training images per class (file lists only) and sizes the tokens on
     the meta device, so it runs in seconds for a paper-size backbone without its weights.
@@ -364,19 +399,21 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
 
         return token_distance(*network(torch.empty(batch, tokens, dim))).mean()
 
-    # One Train run for stages 2+3 (its checkpoint also holds the distilled weights) and, with
-    # clean_oracle, one more for the oracle's stage 3.
+    # Per network, one Train run for stages 2+3 (its checkpoint also holds the distilled
+    # weights) and, with clean_oracle, one more for the oracle's stage 3.
     oracle = "clean_oracle" in config.methods
-    copies_per_class = (ADAM_STATE_COPIES + 1) + (ADAM_STATE_COPIES if oracle else 0)
+    copies_per_network = (ADAM_STATE_COPIES + 1) + (ADAM_STATE_COPIES if oracle else 0)
+    networks = len(train_per_class) if meds.network_per_class else 1
     settings = len(config.noise_ratios) * len(config.seeds)
-    checkpoints = parameters * FLOAT32 * copies_per_class * len(train_per_class) * settings
+    checkpoints = parameters * FLOAT32 * copies_per_network * networks * settings
     stage3_runs = 2 if oracle else 1
+    # A network's training tokens, held by the trial and again as the Train workers' dataset.
+    trained_together = largest if meds.network_per_class else sum(train_per_class.values())
     return CostModel(
-        work=len(train_per_class)
+        work=networks
         * (d.iterations * d.batch_size + stage3_runs * meds.selection.iterations * meds.selection.batch_size),
         work_unit="decoder image-steps",
-        # The class's training tokens, held by stage 1 and again as the Train workers' dataset.
-        array_bytes=2 * largest * token_bytes,
+        array_bytes=2 * trained_together * token_bytes,
         checkpoint_bytes=checkpoints,
         cache_bytes=corpus.num_rows * token_bytes,
         accelerator_bytes=max(
@@ -386,16 +423,18 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
         accelerator_step=f"the larger of a decoder training step ({batch} images x {tokens} tokens, AdamW) "
         f"and an extraction batch ({EXTRACTION_BATCH} images)",
         notes=(
-            f"{len(train_per_class)} classes, up to {largest} training images each; tokens {height}x{width}x{dim}; "
-            f"decoder {parameters / 1e6:.1f} M parameters, the newest checkpoint kept per Train run",
+            f"{len(train_per_class)} classes, up to {largest} training images each, "
+            f"{'a network per class' if meds.network_per_class else 'one network for all'}; "
+            f"tokens {height}x{width}x{dim}; decoder {parameters / 1e6:.1f} M parameters, "
+            "the newest checkpoint kept per Train run",
         ),
     )
 
 
-def _mean_auroc(evaluations: list[ClassEvaluation] | None) -> float:
+def _mean_auroc(evaluations: dict[str, ClassEvaluation] | None) -> float:
     import numpy as np
 
-    return float(np.mean([e.metrics["image_auroc"] for e in evaluations])) if evaluations else float("nan")
+    return float(np.mean([e.metrics["image_auroc"] for e in evaluations.values()])) if evaluations else float("nan")
 
 
 def report(rows: Sequence[Row], request: Request[MeDSSweepConfig]) -> Report:

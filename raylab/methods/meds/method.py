@@ -1,12 +1,13 @@
 """MeDS: Memory-Distilled Selection for noise-robust anomaly detection (the three stages).
 
-``MeDS(config).fit(train_patches)`` runs, on one class's possibly contaminated training set:
+``MeDS(config).fit(train_patches, class_ids)`` runs, on a possibly contaminated training set
+of one or more classes (the release trains one network on all of them):
 
-1. bootstrapped partial memories -> a memory-score map per training image (Ray tasks);
+1. bootstrapped partial memories, per class -> a memory-score map per training image (Ray tasks);
 2. distillation of those maps into the reconstruction network, then
-3. progressive selection + the released reconstruction training (global hard-mining cosine
-   loss) from the distilled weights -- 2 and 3 in one Ray Train run per class
-   (``training.meds_loop``), so the worker group's start-up is paid once;
+3. progressive selection (a threshold per class) + the released reconstruction training
+   (global hard-mining cosine loss) from the distilled weights -- 2 and 3 in one Ray Train
+   run (``training.meds_loop``), so the worker group's start-up is paid once;
 
 and ``predict`` scores test images with the final network (blur sigma 4, top-1% mean).
 ``distilled`` is the stage-2 network as a detector of its own (the "stage 2 alone"

@@ -2,12 +2,13 @@
 
 The loops read like plain PyTorch: restore the last checkpoint (if the run is resumed or a
 worker was restarted), wrap the model for DDP, iterate, and report with a checkpoint once per
-epoch. Tokens and targets are small (a class's cached encoder tokens), so they travel in the
-loop config; each worker draws its batches from its own shard of the samples.
+epoch. Tokens and targets are small (the cached encoder tokens of the network's classes), so
+they travel in the loop config; each worker draws its batches from its own shard of the
+samples, every class's images mixed as the release's concatenated dataset mixes them.
 
 :func:`meds_loop` runs stage 2 and then stage 3 in *one* Train run: a Train run pays its
 worker group's start-up and teardown (about 23 s on 2 cores) whatever it trains, so MeDS pays
-it once per class instead of twice. Every checkpoint carries a ``stage`` marker, so a resumed
+it once per network instead of twice. Every checkpoint carries a ``stage`` marker, so a resumed
 run (or a restarted worker) continues in the stage it was in; stage 3's checkpoints also carry
 the distilled weights, which the selection rule keeps reading and which the driver returns as
 the stage-2 detector. :func:`distillation_loop` and :func:`selection_loop` are the two stages
