@@ -236,7 +236,7 @@ def test_unchanged_rerun_reuses_every_result(meds_reruns):
     assert again["rows"] == first["rows"]
     # Restored from Tune's state: no trial ran again, so no nested run was logged again.
     assert len(_nested_runs(first["name"])) == meds_reruns["nested_after_first"] == 4
-    # One Ray Train run trains stages 2 and 3 of the one network both classes share.
+    # One Ray Train run trains stages 2 and 3 (of the network for all classes: here one class).
     (train_run,) = meds_reruns["train_runs"]
     assert train_run.startswith(f"{first['name']}-") and train_run.endswith("-all_classes-stage2-3")
 
@@ -251,15 +251,21 @@ def test_a_name_holding_other_inputs_is_refused(meds_reruns, capsys):
 
 @pytest.mark.e2e
 def test_search_trials_train_their_own_networks(ray_session, tmp_path):
+    """On both ELPV classes: each trial trains one network for the two (the release's
+    multi-class training), one Train run for stages 2 and 3, none per class."""
     from raylab.data.store import cache_root
 
-    result = run_meds_smoke(["--noise-ratios", "0.2", "--search", "2"], tmp_path / "search.json")
+    both = ["--set", "dataset_options.classes=[mono, poly]"]
+    result = run_meds_smoke(["--noise-ratios", "0.2", "--search", "2", *both], tmp_path / "search.json")
     trials = {r["trial"]: r["search"] for r in result["rows"]}
     assert len(trials) == 2  # ASHA compares from stage 2 on: both trials reach the end here
     first, second = trials.values()
     assert first["lr"] != second["lr"] and set(first) == {"rho", "bootstraps", "mad_k", "lr"}
     runs = cache_root() / "ray_results"
     for trial in trials:
-        assert (runs / f"{result['name']}-{trial}-all_classes-stage2-3").is_dir()
+        trained = sorted(
+            p.name.removeprefix(f"{result['name']}-{trial}-") for p in runs.glob(f"{result['name']}-{trial}-*")
+        )
+        assert trained == ["all_classes-stage2-3"], trained
     meds = {r["trial"]: r["metrics"]["image_auroc"] for r in result["rows"] if r["method"] == "partial_memory"}
     assert len(meds) == 2

@@ -57,8 +57,8 @@ print("extracted", features.patches.shape)
 
 
 def test_a_trial_larger_than_the_local_ray_stops_within_a_minute(tmp_path):
-    """MeDS's two Train workers cannot both start on one CPU: the job says so before extracting."""
-    script = "from raylab.experiment import main\nmain('meds_sweep', ['--quick'])\n"
+    """Two MeDS Train workers per trial cannot both start on one CPU: the job says so before extracting."""
+    script = "from raylab.experiment import main\nmain('meds_sweep', ['--quick', '--set', 'meds.train_workers=2'])\n"
     done, seconds = _run_on_one_cpu(script, tmp_path, timeout=120)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "meds_sweep: one trial cannot run here: it asks for 1.98 CPUs at once but the local Ray has 1" in done.stderr
