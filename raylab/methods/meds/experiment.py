@@ -403,14 +403,14 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     # weights) and, with clean_oracle, one more for the oracle's stage 3.
     oracle = "clean_oracle" in config.methods
     copies_per_network = (ADAM_STATE_COPIES + 1) + (ADAM_STATE_COPIES if oracle else 0)
-    networks = len(train_per_class) if meds.network_per_class else 1
+    network_count = len(train_per_class) if meds.network_per_class else 1
     settings = len(config.noise_ratios) * len(config.seeds)
-    checkpoints = parameters * FLOAT32 * copies_per_network * networks * settings
+    checkpoints = parameters * FLOAT32 * copies_per_network * network_count * settings
     stage3_runs = 2 if oracle else 1
     # A network's training tokens, held by the trial and again as the Train workers' dataset.
     trained_together = largest if meds.network_per_class else sum(train_per_class.values())
     return CostModel(
-        work=networks
+        work=network_count
         * (d.iterations * d.batch_size + stage3_runs * meds.selection.iterations * meds.selection.batch_size),
         work_unit="decoder image-steps",
         array_bytes=2 * trained_together * token_bytes,
