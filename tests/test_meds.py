@@ -91,31 +91,6 @@ def _tiny_patches(seed: int = 0) -> np.ndarray:
     return patches
 
 
-# Fault tolerance (a stopped run resumes from its checkpoint): the ops tier.
-@pytest.mark.ops
-def test_distillation_resumes_from_its_checkpoint(ray_session, tmp_path):
-    from raylab.methods.meds.training import distillation_loop
-    from raylab.train import TrainSpec, fit
-
-    tokens = _tiny_patches().reshape(12, 16, 8)
-    config = _tiny_config()
-    schedule = dataclasses.replace(config.distillation, epochs=2, iterations=8)
-    loop_config = {
-        "tokens": tokens,
-        "targets": np.random.default_rng(1).random((12, 16)).astype(np.float32),
-        "model": {"groups": [[[0, 4]], [[4, 8]]], "in_dim": 8, "hidden_dim": 16, "decoder_blocks": 2, "heads": 2},
-        "seed": 0,
-        "schedule": schedule,
-    }
-    spec = TrainSpec("resume-test", num_workers=2, storage_path=str(tmp_path))
-    first = fit(distillation_loop, loop_config, spec)
-    assert list(first.metrics_dataframe["epoch"]) == [0, 1]
-    longer = {**loop_config, "schedule": dataclasses.replace(schedule, epochs=4, iterations=16)}
-    second = fit(distillation_loop, longer, spec)
-    # A resumed run continues after the last checkpoint: it reports epochs 2 and 3 only.
-    assert list(second.metrics_dataframe["epoch"]) == [2, 3]
-
-
 FLAG_NAMES = {
     "injected_noise",
     "train_injected",

@@ -11,9 +11,9 @@ worker group's start-up and teardown (about 23 s on 2 cores) whatever it trains,
 it once per network instead of twice. Every checkpoint carries a ``stage`` marker, so a resumed
 run (or a restarted worker) continues in the stage it was in; stage 3's checkpoints also carry
 the distilled weights, which the selection rule keeps reading and which the driver returns as
-the stage-2 detector. :func:`distillation_loop` and :func:`selection_loop` are the two stages
-as separate runs (stage 2 alone for studies of the distilled network; stage 3 alone from given
-weights, e.g. on a fixed kept set for the clean-oracle ceiling).
+the stage-2 detector (with ``selection`` None it trains stage 2 alone, for studies of the
+distilled network). :func:`selection_loop` is stage 3 alone from given weights, e.g. on a
+fixed kept set for the clean-oracle ceiling.
 
 Stage 3 follows the released code (``step_3_data_selection_with_distilled_model.py``):
 the full training recipe from the distilled weights (a fresh StableAdamW, lr 2e-3 -> 2e-4
@@ -204,17 +204,6 @@ def _distillation_epochs(
         )
 
 
-def distillation_loop(config: dict[str, Any]) -> None:
-    """Stage 2 alone: train the network to reproduce the stage-1 memory-score map of every image."""
-    rank, world = _worker_setup(config)
-    schedule = config["schedule"]
-    network = build_network(config["model"])
-    optimizer = _optimizer(network, schedule)
-    start_epoch, state = resume(network, optimizer)
-    reports = list(state.get("reports", [])) if state else []
-    _distillation_epochs(config, schedule, prepare(network), optimizer, start_epoch, rank, world, reports)
-
-
 # ----------------------------------------------------------------------------- stage 3
 
 
@@ -378,7 +367,15 @@ def meds_loop(config: dict[str, Any]) -> None:
         distilled, start_epoch, history = state["distilled"], state["epoch"] + 1, list(state["history"])
         distillation_seconds = 0.0  # stage 2 ran in an earlier attempt
         ddp_network = prepare(network)
-    scorer = build_network(config["model"])
+    if state is None or state["stage"] == "distillation":
+        scorer = build_network(config["model"])
+    else:
+        # The uninterrupted run built the scorer at the stage change, before stage 3's first
+        # checkpoint saved the generators: a run resumed inside stage 3 must not draw its
+        # initial weights (overwritten below anyway) from the restored generator again, or
+        # every later dropout mask and batch shifts.
+        with torch.random.fork_rng(devices=[]):
+            scorer = build_network(config["model"])
     scorer.load_state_dict(distilled)
     distilled_scores = selection_scores(scorer, config["tokens"], rank, world, config["top_fraction"])
     extra = {"distilled": distilled, "distillation_seconds": distillation_seconds}
