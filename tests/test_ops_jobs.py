@@ -62,21 +62,20 @@ def test_every_job_explains_every_option(script, capsys, monkeypatch):
 SMOKE = "configs/meds/smoke.yaml"
 SWEEP = "smoke-restart"
 NOISE_RATIOS = "0,0.2"
-# The trial the stop cuts (trials run one at a time, in the order given): run once more
-# without a stop, under its own name (so its Tune experiment and Train runs are fresh, not
-# the stopped sweep's) and its own MLflow store. Only this trial: the other one finished
-# before the stop, and its rows are checked against the session's own run of it.
-UNCUT = "smoke-uncut"
+# The trial the stop cuts (trials run one at a time, in the order given). Its reference is the
+# session's own uninterrupted run of the same setting (``meds_smoke_runs["changed"]``): the
+# submitted jobs use the session's cache, so both read the very same cached features, and
+# from there every step is deterministic on any 2-CPU Ray.
 CUT_NOISE_RATIO = NOISE_RATIOS.split(",")[-1]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _submit(head, tracking: str, root: Path, summary: Path, name: str = SWEEP, noise_ratios: str = NOISE_RATIOS) -> str:
+def _submit(head, tracking: str, cache: Path, summary: Path) -> str:
     """``ray job submit --working-dir . -- python jobs/meds_sweep.py --quick ...`` (no wait)."""
     runtime_env = {
         "env_vars": {
             "MLFLOW_TRACKING_URI": tracking,
-            "RAYLAB_CACHE_DIR": str(root / "cache"),
+            "RAYLAB_CACHE_DIR": str(cache),
             "HF_HUB_OFFLINE": "1",
             "RAYLAB_PROGRESS": "0",
         }
@@ -103,9 +102,9 @@ def _submit(head, tracking: str, root: Path, summary: Path, name: str = SWEEP, n
             "--config",
             SMOKE,
             "--noise-ratios",
-            noise_ratios,
+            NOISE_RATIOS,
             "--name",
-            name,
+            SWEEP,
             "--summary-json",
             str(summary),
         ],
@@ -133,24 +132,27 @@ def _tune_trials(experiment: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def restarted_sweep(tmp_path_factory):
+def restarted_sweep(tmp_path_factory, meds_smoke_runs):
     """Submit the quick MeDS sweep (two noise ratios, one trial at a time) to a fresh head that
     logs to a fresh MLflow server; stop the job with ``ray job stop`` once the first trial
-    has finished; submit the same command again, which must resume and succeed. Then run
-    the trial the stop cut uninterrupted under another name, logging to its own SQLite store:
-    what a resumed sweep must reproduce. It shares the cache, so the corpus and features
-    (inputs both sweeps read, not results) are not computed again."""
+    has finished; submit the same command again, which must resume and succeed. The jobs use
+    the session's cache (after the session's own smoke runs), so the corpus and features
+    (inputs, not results) are the very ones those runs read: what a resumed sweep must
+    reproduce is the session's uninterrupted run of each setting."""
     from ray.job_submission import JobSubmissionClient
 
+    from raylab.data.store import cache_root
+
     root = tmp_path_factory.mktemp("submit")
+    cache = cache_root()
     summary = root / "summary.json"
-    experiment = root / "cache" / "ray_results" / SWEEP
+    experiment = cache / "ray_results" / SWEEP
     timings: dict[str, float] = {}
     started = time.monotonic()
     with ray_head(num_cpus=2) as head, mlflow_server(root / "mlflow") as tracking:
         timings["services_up_s"] = time.monotonic() - started
         client = JobSubmissionClient(head.dashboard_url, headers=auth_headers())
-        first = _submit(head, tracking, root, summary)
+        first = _submit(head, tracking, cache, summary)
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not client.get_job_status(first).is_terminal():
             if "TERMINATED" in _tune_trials(experiment).values():
@@ -168,19 +170,13 @@ def restarted_sweep(tmp_path_factory):
         first_status, first_logs = _wait_for_job(client, first, timeout=120)
         trials_at_stop = _tune_trials(experiment)
         timings["first_job_s"] = time.monotonic() - started - timings["services_up_s"]
-        second = _submit(head, tracking, root, summary)
+        second = _submit(head, tracking, cache, summary)
         second_status, second_logs = _wait_for_job(client, second, timeout=900)
         timings["second_job_s"] = time.monotonic() - started - timings["services_up_s"] - timings["first_job_s"]
-        uncut_summary = root / "uncut" / "summary.json"
-        uncut_summary.parent.mkdir()
-        uncut_tracking = f"sqlite:///{root / 'uncut' / 'mlflow.db'}"
-        uncut = _submit(head, uncut_tracking, root, uncut_summary, name=UNCUT, noise_ratios=CUT_NOISE_RATIO)
-        uncut_status, uncut_logs = _wait_for_job(client, uncut, timeout=900)
-        timings["uncut_job_s"] = time.monotonic() - started - sum(timings.values())
         yield {
             "tracking": tracking,
             "summary": summary,
-            "root": root,
+            "cache": cache,
             "timings": timings,
             "first": {
                 "status": first_status,
@@ -191,7 +187,6 @@ def restarted_sweep(tmp_path_factory):
             "trials_at_stop": trials_at_stop,
             "stopped_at_ms": int(stopped_at * 1000),
             "second": {"status": second_status, "logs": second_logs},
-            "uncut": {"status": uncut_status, "logs": uncut_logs, "summary": uncut_summary},
         }
     print(f"submit/stop/resubmit timings: {timings}")
 
@@ -272,33 +267,30 @@ def _stages(run: Path, sweep: str) -> str:
 def test_resumed_sweep_equals_the_same_sweep_run_without_a_stop(restarted_sweep, meds_smoke_runs):
     """Stopping and resubmitting must not change a result: the cut trial's rows, and the
     final checkpoint of each of its Train runs (weights, optimizer, torch's generator states),
-    equal those of the same trial (same config, same seed) run in one go. Training on CPU
-    here is deterministic, so equality is exact. The trial that finished before the stop is
-    restored from Tune's state: its rows equal the session's own run of that setting (another
-    cluster, so to float rounding)."""
+    equal those of the same setting (same config, same seed, the same cached features) run in
+    one go, on the session's Ray. Training on CPU here is deterministic, so the checkpoints
+    are equal bit for bit; the rows' metrics, summed in another order on another cluster, to
+    float rounding. The trial that finished before the stop is restored from Tune's state:
+    its rows equal the session's run of that setting in the same way."""
     from raylab.train.harness import STATE_FILE, load_state
 
-    uncut = restarted_sweep["uncut"]
-    assert uncut["status"] == "SUCCEEDED", uncut["logs"][-6000:]
     rows = json.loads(restarted_sweep["summary"].read_text())["rows"]
     assert len(metrics_by_row(rows)) == 8
     cut = float(CUT_NOISE_RATIO)
-    assert metrics_by_row([r for r in rows if r["noise_ratio"] == cut]) == metrics_by_row(
-        json.loads(uncut["summary"].read_text())["rows"]
-    )
-    # noise 0 on the session's Ray
+    assert_rows_match_local_run([r for r in rows if r["noise_ratio"] == cut], meds_smoke_runs["changed"]["rows"])
     assert_rows_match_local_run([r for r in rows if r["noise_ratio"] != cut], meds_smoke_runs["first"]["rows"])
 
-    # Train run names are <sweep>-<trial id>-<class>-<stage>: the same trial's runs have the same
-    # <class>-<stage> part in either sweep (its id differs: the uncut sweep has one noise ratio).
-    results = restarted_sweep["root"] / "cache" / "ray_results"
+    # Train run names are <sweep>-<trial id>-<network>-<stage>: the same setting's runs have the
+    # same <network>-<stage> part in either sweep (the trial ids differ).
+    results = restarted_sweep["cache"] / "ray_results"
     trial = _trial_of(restarted_sweep["tracking"], CUT_NOISE_RATIO)
     resumed_runs = sorted(p for p in results.glob(f"{SWEEP}-{trial}-*") if p.is_dir())
-    uncut_runs = {_stages(p, UNCUT): p for p in results.glob(f"{UNCUT}-*") if p.is_dir()}
+    session_sweep = meds_smoke_runs["changed"]["name"]
+    uninterrupted = {_stages(p, session_sweep): p for p in results.glob(f"{session_sweep}-*") if p.is_dir()}
     assert resumed_runs, sorted(p.name for p in results.iterdir())
-    assert sorted(uncut_runs) == sorted(_stages(run, SWEEP) for run in resumed_runs)
+    assert sorted(uninterrupted) == sorted(_stages(run, SWEEP) for run in resumed_runs)
     for run in resumed_runs:
-        twin = uncut_runs[_stages(run, SWEEP)]
+        twin = uninterrupted[_stages(run, SWEEP)]
         finals = [sorted(c for c in r.glob("checkpoint_*") if c.is_dir())[-1] / STATE_FILE for r in (run, twin)]
         differences = _same(*(_trained(load_state(f)) for f in finals))
         assert not differences, (run.name, differences[:10])
