@@ -252,11 +252,10 @@ def test_a_name_holding_other_inputs_is_refused(meds_reruns, capsys):
 @pytest.mark.e2e
 def test_search_trials_train_their_own_networks(ray_session, tmp_path):
     """On both ELPV classes: each trial trains one network for the two (the release's
-    multi-class training), one Train run for stages 2 and 3, none per class. One Train worker
-    per trial (the ELPV laptop default's packing), so the two trials run side by side."""
+    multi-class training), one Train run for stages 2 and 3, none per class."""
     from raylab.data.store import cache_root
 
-    both = ["--set", "dataset_options.classes=[mono, poly]", "--set", "meds.train_workers=1"]
+    both = ["--set", "dataset_options.classes=[mono, poly]"]
     result = run_meds_smoke(["--noise-ratios", "0.2", "--search", "2", *both], tmp_path / "search.json")
     trials = {r["trial"]: r["search"] for r in result["rows"]}
     assert len(trials) == 2  # ASHA compares from stage 2 on: both trials reach the end here
