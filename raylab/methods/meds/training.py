@@ -360,6 +360,7 @@ def meds_loop(config: dict[str, Any]) -> None:
         # Where this attempt's loop time splits between the stages (--profile-time).
         distillation_seconds = time.perf_counter() - started
         optimizer = _optimizer(unwrap(ddp_network), select)  # the release starts stage 3 with a fresh optimiser
+        scorer = build_network(config["model"])
     else:
         network.load_state_dict(state["model"])
         optimizer = _optimizer(network, select)
@@ -367,9 +368,6 @@ def meds_loop(config: dict[str, Any]) -> None:
         distilled, start_epoch, history = state["distilled"], state["epoch"] + 1, list(state["history"])
         distillation_seconds = 0.0  # stage 2 ran in an earlier attempt
         ddp_network = prepare(network)
-    if state is None or state["stage"] == "distillation":
-        scorer = build_network(config["model"])
-    else:
         # The uninterrupted run built the scorer at the stage change, before stage 3's first
         # checkpoint saved the generators: a run resumed inside stage 3 must not draw its
         # initial weights (overwritten below anyway) from the restored generator again, or
