@@ -113,9 +113,9 @@ class WorkerKiller(threading.Thread):
 
 def _position(checkpoint: Path) -> int:
     """A checkpoint's place in the run: stage 2's epochs 0..EPOCHS-1, then stage 3's."""
-    from raylab.train.harness import STATE_FILE
+    from raylab.train.harness import STATE_FILE, load_state
 
-    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    state = load_state(checkpoint / STATE_FILE)
     return int(state["epoch"]) + (EPOCHS if state["stage"] == "selection" else 0)
 
 
