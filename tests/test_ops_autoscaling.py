@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ops_support import BIN, ROOT, cli_env, free_port, process_group, wait_for_http
+from ops_support import BIN, RAY_HEAD_GRACE_S, ROOT, cli_env, free_port, process_group, wait_for_http
 from support_meds import MEDS_SMOKE, assert_rows_match_local_run
 
 pytestmark = pytest.mark.ops
@@ -136,7 +136,7 @@ def scaled_sweep(tmp_path_factory):
     ]
     env = cli_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     dashboard = f"http://127.0.0.1:{dashboard_port}"
-    with process_group(command, root / "head.log", env=env) as head:
+    with process_group(command, root / "head.log", env=env, grace=RAY_HEAD_GRACE_S) as head:
         wait_for_http(f"{dashboard}/api/version", head, root / "head.log", 300)
         assert [n for n in _state(dashboard)["nodes"] if not n["is_head"]] == []  # from zero
         summary = root / "summary.json"

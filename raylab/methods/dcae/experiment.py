@@ -122,9 +122,14 @@ def _seeds(request: Request[DCAESweepConfig]) -> tuple[int, ...]:
 
 
 def axes(request: Request[DCAESweepConfig]) -> dict[str, tuple]:
+    return _grid(request, decoded_corpus(request)[0])
+
+
+def _grid(request: Request[DCAESweepConfig], data: DecodedCorpus) -> dict[str, tuple]:
+    """The (normal class, seed) grid over ``data``'s classes: ``cost`` reuses the corpus
+    ``axes`` decoded instead of decoding it a second time."""
     seeds = _seeds(request)
     chosen = parse_list(request.args.classes, int, "--classes") or request.config.normal_classes
-    data, _ = decoded_corpus(request)
     classes = chosen if chosen is not None else tuple(data.class_names)
     missing = sorted(set(classes) - set(data.class_names))
     if missing:
@@ -308,7 +313,7 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
 
     config = request.config
     data, _ = decoded_corpus(request, reuse=True)
-    grid = axes(request)
+    grid = _grid(request, data)
     classes, seeds = grid["normal_class"], grid["seed"]
     channels, side = data.images.shape[1], data.images.shape[-1]
     train_images = max(int(((data.labels == c) & (data.splits == "train")).sum()) for c in classes)
