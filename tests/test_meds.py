@@ -264,13 +264,20 @@ def test_fused_run_resumes_in_the_stage_it_was_in(ray_session, tmp_path):
     assert all(torch.equal(distilled[k], load_result_state(longer)["distilled"][k]) for k in distilled)
 
 
-def test_meds_fit_is_one_train_run_with_both_stages(ray_session, tmp_path):
+@pytest.fixture(scope="module")
+def fitted_meds(ray_session, tmp_path_factory):
+    """One tiny MeDS fitted (one Train run), for the fit's checks and as the oracle's start."""
     from raylab.methods.meds.method import MeDS
 
-    config = _tiny_config()
-    meds = MeDS(config, seed=0, image_size=40, run_name="fused-fit", storage_path=str(tmp_path))
+    storage = tmp_path_factory.mktemp("meds-fit")
+    meds = MeDS(_tiny_config(), seed=0, image_size=40, run_name="fused-fit", storage_path=str(storage))
     meds.fit(_tiny_patches())
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("fused-fit")) == ["fused-fit-stage2-3"]
+    return meds, storage
+
+
+def test_meds_fit_is_one_train_run_with_both_stages(fitted_meds):
+    meds, storage = fitted_meds
+    assert sorted(p.name for p in storage.iterdir() if p.name.startswith("fused-fit")) == ["fused-fit-stage2-3"]
     assert [r["epoch"] for r in meds.training_metrics["distillation"]] == [0, 1]
     assert [r["epoch"] for r in meds.training_metrics["selection"]] == [0, 1]
     assert len(meds.selection_history) == sum(r["passes"] for r in meds.training_metrics["selection"])
@@ -280,12 +287,11 @@ def test_meds_fit_is_one_train_run_with_both_stages(ray_session, tmp_path):
     assert any(not torch.equal(distilled[k], final[k]) for k in distilled)
 
 
-def test_clean_oracle_trains_on_the_clean_training_images_only(ray_session, tmp_path, shared_data):
+def test_clean_oracle_trains_on_the_clean_training_images_only(fitted_meds, shared_data):
     """Magnetic tile at noise 0.4: the oracle's training set is the class's training ids minus
     the injected ones (every injected one out, every original normal in)."""
     from raylab.data import NoiseProtocol, inject_noise, load_corpus
     from raylab.methods.meds.experiment import clean_training_mask
-    from raylab.methods.meds.method import MeDS
     from raylab.tasks.anomaly.benchmark import class_splits
 
     corpus = load_corpus("magnetic_tile", str(shared_data))
@@ -304,15 +310,17 @@ def test_clean_oracle_trains_on_the_clean_training_images_only(ray_session, tmp_
     assert injected and not (kept_ids & injected)
     assert kept_ids == originals and len(kept_ids) < len(split.train_ids)
 
-    # The oracle's Train run uses exactly that mask at every pass (its own run name).
+    # The oracle's Train run, from the fitted MeDS's distilled weights, uses exactly that mask
+    # at every pass (its own run name) and leaves MeDS's own final network as it was.
+    meds, storage = fitted_meds
     patches = _tiny_patches()
-    meds = MeDS(_tiny_config(), seed=0, image_size=40, run_name="oracle", storage_path=str(tmp_path))
-    meds.distil(patches)
+    final = {k: v.clone() for k, v in meds.final.network.state_dict().items()}
     mask = np.ones(12, bool)
     mask[:2] = False  # the two "defect" images
     oracle = meds.train_on(mask, "clean_oracle")
-    assert (tmp_path / "oracle-clean_oracle").is_dir() and oracle.predict(patches).image_scores.shape == (12,)
-    assert meds.final is None and [r["epoch"] for r in meds.training_metrics["clean_oracle"]] == [0, 1]
+    assert (storage / "fused-fit-clean_oracle").is_dir() and oracle.predict(patches).image_scores.shape == (12,)
+    assert all(torch.equal(v, meds.final.network.state_dict()[k]) for k, v in final.items())
+    assert [r["epoch"] for r in meds.training_metrics["clean_oracle"]] == [0, 1]
     assert all(r["kept_fraction"] == pytest.approx(10 / 12) for r in meds.training_metrics["clean_oracle"])
     with pytest.raises(ValueError, match="non-empty mask"):
         meds.train_on(np.zeros(12, bool), "clean_oracle")
