@@ -23,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# How long a stopped service's process group gets between SIGTERM and SIGKILL.
+STOP_GRACE_S = 20.0
 
 
 def free_port() -> int:
@@ -53,7 +55,11 @@ def _tail(log: Path, chars: int = 4000) -> str:
 
 @contextlib.contextmanager
 def process_group(
-    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None, grace: float = 20.0
+    command: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    grace: float = STOP_GRACE_S,
 ) -> Iterator[subprocess.Popen]:
     """Run ``command`` as the leader of a new process group; on exit stop that group only
     (SIGTERM, then SIGKILL after ``grace`` seconds)."""
@@ -73,7 +79,7 @@ def process_group(
 RAY_HEAD_GRACE_S = 3.0
 
 
-def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+def stop_group(process: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
     """SIGTERM the group (``ray start --block`` then stops its own raylet, GCS, dashboard), then SIGKILL."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         try:
