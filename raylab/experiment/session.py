@@ -1,6 +1,7 @@
 """Joining or starting Ray, and what its console shows.
 
-``$RAY_ADDRESS`` (a cluster, ``ray job submit``) is joined; otherwise a local Ray starts
+``$RAY_ADDRESS`` (a cluster, ``ray job submit``) is joined, after releasing what stopped
+jobs left reserved there (:mod:`raylab.experiment.leftovers`); otherwise a local Ray starts
 in-process ("local", never a cluster some other process left running on this machine, so
 a job's resources never depend on what else runs). By default the console shows raylab's
 progress (Ray Data bars, Tune's table, a line per Train epoch) and the results; Ray's own
@@ -67,6 +68,9 @@ def init_ray(*, verbose: bool = False, **local_options: Any) -> None:
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+            from raylab.experiment.leftovers import release_orphaned_placement_groups
+
+            release_orphaned_placement_groups()  # a stopped job's leftovers would starve this one
         else:
             ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, **local_options)
     from raylab.progress import configure_ray_data
