@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from raylab.experiment.leftovers import orphaned_placement_groups, release_orphaned_placement_groups
+from raylab.experiment.leftovers import finished_jobs, orphaned_placement_groups, release_orphaned_placement_groups
 
 pytestmark = pytest.mark.ops
 
@@ -53,12 +53,6 @@ time.sleep(600)
 """
 
 
-def _job_dead(job_id: str) -> bool:
-    from ray._private.state import state
-
-    return any(job["JobID"] == job_id and job["IsDead"] for job in state.job_table())
-
-
 def _killed_job_leaves_orphans(address: str, keeper: str) -> tuple[str, str, list]:
     """Run the child driver, SIGKILL it mid-loop; its job id, the detached actor's group, the orphans."""
     child = subprocess.Popen(
@@ -71,7 +65,7 @@ def _killed_job_leaves_orphans(address: str, keeper: str) -> tuple[str, str, lis
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     deadline = time.monotonic() + 60
-    while not _job_dead(job_id) and time.monotonic() < deadline:
+    while job_id not in finished_jobs() and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(2.0)  # the job's own clean-up and the spawners' deaths
     return job_id, kept, orphaned_placement_groups()

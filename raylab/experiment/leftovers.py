@@ -37,13 +37,20 @@ class OrphanedGroup:
         return f"placement group {self.placement_group_id} ({shapes}) of finished job {self.creator_job_id}"
 
 
+def finished_jobs() -> set[str]:
+    """The hex ids of the connected cluster's jobs whose driver has exited."""
+    from ray._private.state import state
+
+    return {job["JobID"] for job in state.job_table() if job["IsDead"]}
+
+
 def orphaned_placement_groups() -> list[OrphanedGroup]:
     """The connected cluster's groups whose lifetime, by Ray's rule, has already ended."""
     from ray._private.state import state
     from ray.core.generated import gcs_pb2
 
     accessor = state._connect_and_get_accessor()
-    dead_jobs = {job["JobID"] for job in state.job_table() if job["IsDead"]}
+    dead_jobs = finished_jobs()
     found = []
     for raw in accessor.get_placement_group_table():
         group = gcs_pb2.PlacementGroupTableData.FromString(raw)
