@@ -16,18 +16,19 @@ same maps), on one (noise ratio, seed) setting, and reports:
   stage-1 detector's (``partial_memory``) -- a diagnostic of where a sweep's accuracy goes,
   not a way to pick a configuration (it reads test labels).
 
-Sizes are ``WIDTHxBLOCKS@ITERATIONS`` (heads = width / 32, at least 2), e.g. the CPU
-default ``64x2@400``.
+Sizes are spelled as everywhere in raylab (:func:`raylab.methods.meds.config.with_decoder_size`):
+``WIDTHxBLOCKS@ITERATIONS`` with stage 3's iterations, of which stage 2 (studied here) gets
+half; the CPU default is ``64x2@800`` (400 distillation iterations).
 
 Run (magnetic tile, the sweep's CPU configuration otherwise)::
 
     python benchmarks/meds_distillation_capacity.py --dataset magnetic_tile \\
-        --data-root ../shared/data --noise-ratio 0 --sizes 64x2@400,64x2@1600,128x2@800
+        --data-root ../shared/data --noise-ratio 0 --sizes 64x2@800,64x2@3200,128x2@1600
 
-Measured on 2 cores (seed 0, noise 0; stage 1 alone 0.868 image AUROC): 64x2@400 fidelity
-0.910 / 0.812, image AUROC 0.744; 64x2@1600 0.974 / 0.972, 0.722; 128x2@800 0.976 / 0.975,
-0.705. A closer fit of the training maps does not carry over to the test images (raylab/methods/meds/README.md,
-"MeDS on magnetic tile").
+Measured on 2 cores (seed 0, noise 0; stage 1 alone 0.868 image AUROC), in distillation
+iterations: 64x2 at 400 fidelity 0.910 / 0.812, image AUROC 0.744; 64x2 at 1600 0.974 /
+0.972, 0.722; 128x2 at 800 0.976 / 0.975, 0.705. A closer fit of the training maps does not
+carry over to the test images (raylab/methods/meds/README.md, "MeDS on magnetic tile").
 """
 
 from __future__ import annotations
@@ -45,21 +46,12 @@ from raylab.data.store import cache_root
 from raylab.experiment.runner import config_file, packaged_config
 from raylab.experiment.session import init_ray
 from raylab.features.cache import cached_patch_features
+from raylab.methods.meds.config import with_decoder_size
 from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
 from raylab.methods.meds.training import image_scores_from_tokens
 from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted, mean_over_classes
-
-
-def parse_size(text: str) -> tuple[int, int, int]:
-    """``"128x4@2000"`` -> (width 128, 4 decoder blocks, 2000 iterations)."""
-    try:
-        shape, iterations = text.split("@")
-        width, blocks = shape.split("x")
-        return int(width), int(blocks), int(iterations)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxBLOCKS@ITERATIONS (e.g. 64x2@400)") from error
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,16 +69,16 @@ def main() -> None:
     parser.add_argument("--noise-ratio", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--sizes", default="64x2@400,64x2@1600,128x2@800", help="comma-separated WIDTHxBLOCKS@ITERATIONS"
+        "--sizes", default="64x2@800,64x2@3200,128x2@1600", help="comma-separated WIDTHxBLOCKS@ITERATIONS"
     )
     args = parser.parse_args()
-    try:
-        sizes = [parse_size(s) for s in args.sizes.split(",")]
-    except argparse.ArgumentTypeError as error:
-        parser.error(str(error))
 
     overlay = config_file(args.config) if args.config else packaged_config("meds", args.dataset)
     config = load_config(MeDSSweepConfig, overlay)
+    try:
+        sizes = {size: with_decoder_size(config.meds, size) for size in args.sizes.split(",")}
+    except ValueError as error:
+        parser.error(str(error))
     corpus = load_corpus(args.dataset, args.data_root, **config.dataset_options)
     if config.images_per_group is not None:
         corpus = subsample_corpus(corpus, config.images_per_group)
@@ -106,17 +98,8 @@ def main() -> None:
     ]
     lines = [{"size": "stage 1 (partial_memory)", **_test_metrics(mean_over_classes(reference))}]
 
-    for width, blocks, iterations in sizes:
-        distillation = dataclasses.replace(
-            config.meds.distillation,
-            hidden_dim=width,
-            decoder_blocks=blocks,
-            heads=max(2, width // 32),
-            iterations=iterations,
-            warmup_iterations=max(1, iterations // 100),
-        )
-        meds_config = dataclasses.replace(config.meds, distillation=distillation)
-        tag = f"meds-capacity-{args.dataset}-nr{args.noise_ratio:g}-s{args.seed}-{width}x{blocks}at{iterations}"
+    for size, meds_config in sizes.items():
+        tag = f"meds-capacity-{args.dataset}-nr{args.noise_ratio:g}-s{args.seed}-{size.replace('@', 'at')}"
         evaluations, maps, targets, scores, target_scores = [], [], [], [], []
         start = time.perf_counter()
         for split in splits:
@@ -140,7 +123,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         lines.append(
             {
-                "size": f"{width}x{blocks}@{iterations}",
+                "size": size,
                 "fidelity_map": float(np.corrcoef(np.concatenate(maps), np.concatenate(targets))[0, 1]),
                 "fidelity_image": spearman(np.concatenate(scores), np.concatenate(target_scores)),
                 "distill_s": seconds,

@@ -36,6 +36,7 @@ from raylab.data import (
 )
 from raylab.data.adapters.common import DatasetNotFoundError
 from raylab.data.protocols import spread_classes, subsample_corpus
+from raylab.data.protocols.validation import SyntheticValidation, synthetic_validation
 from raylab.data.schema import row_attributes
 from raylab.data.splits import seeded_partition
 
@@ -359,6 +360,34 @@ def injected_ids(result) -> set[str]:
 def n_good_train(table: pa.Table, class_name: str) -> int:
     frame = table.select(["class_name", "split", "label"]).to_pandas()
     return int(((frame["class_name"] == class_name) & (frame["split"] == "train") & (frame["label"] == 0)).sum())
+
+
+def test_synthetic_validation_holds_out_training_images_and_never_reads_the_test_split(mt_corpus):
+    """A size is chosen on held-out training images and synthetic-defect copies of them:
+    every row of the validation table comes from the training split, fit and validation
+    images are disjoint, each defect has a visible mask and differs from its normal there only."""
+    corpus = subsample_corpus(mt_corpus, 40)
+    protocol = SyntheticValidation(fraction=0.2, seed=3)
+    table = synthetic_validation(corpus, protocol)
+    train_ids = set(pc.filter(corpus["sample_id"], pc.equal(corpus["split"], "train")).to_pylist())
+    frame = table.drop_columns(["image", "mask"]).to_pandas()
+    fit = set(frame.loc[frame["split"] == "train", "sample_id"])
+    normals = set(frame.loc[(frame["split"] == "test") & (frame["label"] == 0), "sample_id"])
+    defects = frame.loc[frame["label"] == 1]
+    assert len(normals) == 8 and fit | normals == train_ids and not fit & normals
+    assert {base_sample_id(i) for i in defects["sample_id"]} == normals and set(defects["split"]) == {"test"}
+    rows = {row["sample_id"]: row for row in table.to_pylist()}
+    for normal in sorted(normals)[:3]:
+        copy = rows[f"{normal}#defect"]
+        mask = np.asarray(Image.open(io.BytesIO(copy["mask"]))) > 0
+        before = np.asarray(Image.open(io.BytesIO(rows[normal]["image"])).convert("RGB"))
+        after = np.asarray(Image.open(io.BytesIO(copy["image"])).convert("RGB"))
+        assert 0.005 <= mask.mean() <= 0.4 and (before[~mask] == after[~mask]).all()
+        assert (before[mask] != after[mask]).any()
+    again = synthetic_validation(corpus, protocol)
+    assert again.equals(table) and not synthetic_validation(corpus, SyntheticValidation(0.2, seed=4)).equals(table)
+    with pytest.raises(ValueError, match="magnetic_tile.*validation share of 0.01"):
+        synthetic_validation(corpus, SyntheticValidation(fraction=0.01))
 
 
 def test_noise_is_deterministic_by_seed(elpv_corpus):

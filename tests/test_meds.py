@@ -180,6 +180,24 @@ def test_stage3_defaults_are_the_released_recipe():
         SelectionConfig(iterations=4, epochs=5)
 
 
+def test_a_decoder_size_is_spelled_one_way_and_the_cpu_size_is_64x2_at_800():
+    """Size studies and configs name a decoder as WIDTHxBLOCKS@ITERATIONS; the CPU size's own
+    spelling reproduces it exactly, and another size keeps the release's shares of each run."""
+    from raylab.methods.meds.config import with_decoder_size
+
+    cpu = cpu_config()
+    assert with_decoder_size(cpu, "64x2@800") == cpu
+    bigger = with_decoder_size(cpu, "256x4@1600")
+    decoder = bigger.distillation
+    assert (decoder.hidden_dim, decoder.decoder_blocks, decoder.heads) == (256, 4, 8)
+    assert (bigger.distillation.iterations, bigger.selection.iterations) == (800, 1600)
+    assert (bigger.selection.warmup_iterations, bigger.selection.hard_mining_ramp_iterations) == (16, 160)
+    assert bigger.stage1 == cpu.stage1 and bigger.groups == cpu.groups
+    for bad in ("64x2", "64@800", "wide x2@800", "64x1@800"):
+        with pytest.raises(ValueError, match=bad.split("@")[0][:2]):
+            with_decoder_size(cpu, bad)
+
+
 def test_one_network_learns_every_class_as_the_release_trains_it():
     """The release's stages 2 and 3 train one network on the classes' concatenated images;
     ``network_per_class`` is the opt-in alternative, a network (and Train run) per class."""

@@ -19,7 +19,7 @@ is the size that runs on a 2-core laptop, with every reduction stated:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from raylab.config import require
 
@@ -155,3 +155,37 @@ def cpu_config() -> MeDSConfig:
         groups=(((0, 40),), ((40, 152),)),
         token_grid=14,
     )
+
+
+def with_decoder_size(config: MeDSConfig, size: str) -> MeDSConfig:
+    """``config`` with the decoder and its training length of ``size`` = ``WIDTHxBLOCKS@ITERATIONS``.
+
+    ``ITERATIONS`` are stage 3's (the final detector's training); stage 2 gets half of them,
+    and the warm-ups and the hard-mining ramp keep the share of their run that the release's
+    have (1% warm-up, a ramp over 10% of stage 3), as :func:`cpu_config` does. Heads are
+    width / 32, at least 2. The one way a size is spelled, for studies that compare sizes.
+    """
+    try:
+        shape, iterations_text = size.split("@")
+        width, blocks = (int(part) for part in shape.split("x"))
+        iterations = int(iterations_text)
+    except ValueError as error:
+        raise ValueError(f"decoder size {size!r} is not WIDTHxBLOCKS@ITERATIONS (e.g. 64x2@800)") from error
+    require(min(width, blocks, iterations) >= 2, "decoder size", f"{size!r}: width, blocks, iterations must be >= 2")
+    distillation = replace(
+        config.distillation,
+        hidden_dim=width,
+        decoder_blocks=blocks,
+        heads=max(2, width // 32),
+        iterations=iterations // 2,
+        warmup_iterations=max(1, iterations // 200),
+        epochs=min(config.distillation.epochs, iterations // 2),
+    )
+    selection = replace(
+        config.selection,
+        iterations=iterations,
+        warmup_iterations=max(1, iterations // 100),
+        hard_mining_ramp_iterations=max(1, iterations // 10),
+        epochs=min(config.selection.epochs, iterations),
+    )
+    return replace(config, distillation=distillation, selection=selection)

@@ -1,0 +1,81 @@
+"""A validation split for anomaly detection that never touches the test split.
+
+Choosing a detector's size (a decoder's width, depth, iterations) on the test images reports
+the choice as the result. The field's way out, when a class has no labelled validation
+defects, is DRAEM's synthetic defect: hold out a share of each class's *training* images,
+keep them as the validation normals, and give a copy of each a synthetic defect
+(:mod:`raylab.data.synthetic_defects`: a Perlin-shaped blend of foreign texture or of the
+image's own displaced structure) as the validation anomalies, with its pixel mask.
+
+:func:`synthetic_validation` returns a corpus table of the usual schema in which each
+class's ``train`` rows are the images left to fit on and its ``test`` rows are that
+validation set; the class's real test rows are dropped. So every evaluation function of
+the anomaly protocol scores a size choice on it unchanged, and no real defect image, hence
+no test label, is read. Build it from a clean training set (noise ratio 0): a held-out
+image that is itself a defect would count as a validation normal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raylab.data.images import decode_image, encode_png
+from raylab.data.protocols.noise import COPY_SEPARATOR, class_seed
+from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
+from raylab.data.synthetic_defects import SyntheticDefectConfig, skimage_anomaly_sources, synthesize_defect
+
+
+@dataclass(frozen=True)
+class SyntheticValidation:
+    """``fraction`` of each class's training images held out (seeded per class)."""
+
+    fraction: float = 0.2
+    seed: int = 0
+    defects: SyntheticDefectConfig = field(default_factory=SyntheticDefectConfig)
+
+
+def synthetic_validation(table: pa.Table, protocol: SyntheticValidation) -> pa.Table:
+    """Per class: the remaining training images as ``train``, the held-out ones and a
+    synthetic-defect copy of each (``<id>#defect``, label 1, with its mask) as ``test``."""
+    if not 0.0 < protocol.fraction < 1.0:
+        raise ValueError(f"the validation fraction must lie in (0, 1), got {protocol.fraction!r}")
+    sources = skimage_anomaly_sources()
+    kept, defects = [], []
+    for class_name in sorted(set(table.column("class_name").to_pylist())):
+        rows = table.filter(pc.equal(table["class_name"], class_name))
+        train = rows.filter(pc.equal(rows["split"], "train"))
+        held = int(round(protocol.fraction * train.num_rows))
+        if not 1 <= held < train.num_rows:
+            raise ValueError(
+                f"class {class_name!r}: {train.num_rows} training images cannot give a validation share of "
+                f"{protocol.fraction:g} and a non-empty fit set"
+            )
+        rng = class_seed(protocol.seed, class_name)
+        order = rng.permutation(train.num_rows)
+        normals = train.take(np.sort(order[:held]))
+        kept.append(train.take(np.sort(order[held:])))
+        split_column = normals.schema.get_field_index("split")
+        kept.append(normals.set_column(split_column, normals.schema.field(split_column), pa.array(["test"] * held)))
+        defects.extend(_defect_copy(row, rng, sources, protocol.defects) for row in normals.to_pylist())
+    out = pa.concat_tables([*kept, pa.Table.from_pylist(defects, schema=CORPUS_SCHEMA)])
+    validate_corpus(out)
+    return out
+
+
+def _defect_copy(row: dict, rng: np.random.Generator, sources, config: SyntheticDefectConfig) -> dict:
+    image = np.asarray(decode_image(row["image"], sample=row["source"]))
+    defect = synthesize_defect(image, rng, sources, config, sample=row["source"])
+    return {
+        **row,
+        "sample_id": f"{row['sample_id']}{COPY_SEPARATOR}defect",
+        "image": encode_png(defect.image),
+        "mask": encode_png(defect.mask * 255),
+        "label": 1,
+        "split": "test",
+        "source": f"{row['source']} + synthetic defect",
+        "defect_type": f"synthetic_{defect.source}",
+    }
