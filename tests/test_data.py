@@ -36,7 +36,7 @@ from raylab.data import (
 )
 from raylab.data.adapters.common import DatasetNotFoundError
 from raylab.data.protocols import spread_classes, subsample_corpus
-from raylab.data.protocols.validation import SyntheticValidation, synthetic_validation
+from raylab.data.protocols.validation import DEFECT_SUFFIX, SyntheticValidation, synthetic_validation
 from raylab.data.schema import row_attributes
 from raylab.data.splits import seeded_partition
 
@@ -375,10 +375,12 @@ def test_synthetic_validation_holds_out_training_images_and_never_reads_the_test
     normals = set(frame.loc[(frame["split"] == "test") & (frame["label"] == 0), "sample_id"])
     defects = frame.loc[frame["label"] == 1]
     assert len(normals) == 8 and fit | normals == train_ids and not fit & normals
-    assert {base_sample_id(i) for i in defects["sample_id"]} == normals and set(defects["split"]) == {"test"}
+    # Each defect is an image of its own (its features are its own), named after its normal.
+    assert {i.removesuffix(DEFECT_SUFFIX) for i in defects["sample_id"]} == normals
+    assert all(base_sample_id(i) == i for i in defects["sample_id"]) and set(defects["split"]) == {"test"}
     rows = {row["sample_id"]: row for row in table.to_pylist()}
     for normal in sorted(normals)[:3]:
-        copy = rows[f"{normal}#defect"]
+        copy = rows[normal + DEFECT_SUFFIX]
         mask = np.asarray(Image.open(io.BytesIO(copy["mask"]))) > 0
         before = np.asarray(Image.open(io.BytesIO(rows[normal]["image"])).convert("RGB"))
         after = np.asarray(Image.open(io.BytesIO(copy["image"])).convert("RGB"))

@@ -24,9 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylab.data.images import decode_image, encode_png
-from raylab.data.protocols.noise import COPY_SEPARATOR, class_seed
+from raylab.data.protocols.noise import class_seed
 from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
 from raylab.data.synthetic_defects import SyntheticDefectConfig, skimage_anomaly_sources, synthesize_defect
+
+# A defect copy is a new image: its id must not be read as a copy of its normal's
+# (``<id>#<tag>`` ids share their base image's features, see ``base_sample_id``).
+DEFECT_SUFFIX = "+synthetic_defect"
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class SyntheticValidation:
 
 def synthetic_validation(table: pa.Table, protocol: SyntheticValidation) -> pa.Table:
     """Per class: the remaining training images as ``train``, the held-out ones and a
-    synthetic-defect copy of each (``<id>#defect``, label 1, with its mask) as ``test``."""
+    synthetic-defect copy of each (``<id>+synthetic_defect``, label 1, with its mask) as ``test``."""
     if not 0.0 < protocol.fraction < 1.0:
         raise ValueError(f"the validation fraction must lie in (0, 1), got {protocol.fraction!r}")
     sources = skimage_anomaly_sources()
@@ -71,7 +75,7 @@ def _defect_copy(row: dict, rng: np.random.Generator, sources, config: Synthetic
     defect = synthesize_defect(image, rng, sources, config, sample=row["source"])
     return {
         **row,
-        "sample_id": f"{row['sample_id']}{COPY_SEPARATOR}defect",
+        "sample_id": f"{row['sample_id']}{DEFECT_SUFFIX}",
         "image": encode_png(defect.image),
         "mask": encode_png(defect.mask * 255),
         "label": 1,
