@@ -36,9 +36,10 @@ from raylab.data import (
 )
 from raylab.data.adapters.common import DatasetNotFoundError
 from raylab.data.protocols import spread_classes, subsample_corpus
-from raylab.data.protocols.validation import DEFECT_SUFFIX, SyntheticValidation, synthetic_validation
+from raylab.data.protocols.validation import SyntheticValidation, synthetic_validation
 from raylab.data.schema import row_attributes
 from raylab.data.splits import seeded_partition
+from raylab.data.synthetic_defects import SyntheticDefectConfig
 
 # ---------------------------------------------------------------------------------------------
 # fixtures
@@ -376,11 +377,11 @@ def test_synthetic_validation_holds_out_training_images_and_never_reads_the_test
     defects = frame.loc[frame["label"] == 1]
     assert len(normals) == 8 and fit | normals == train_ids and not fit & normals
     # Each defect is an image of its own (its features are its own), named after its normal.
-    assert {i.removesuffix(DEFECT_SUFFIX) for i in defects["sample_id"]} == normals
+    assert {i.removesuffix(protocol.suffix) for i in defects["sample_id"]} == normals
     assert all(base_sample_id(i) == i for i in defects["sample_id"]) and set(defects["split"]) == {"test"}
     rows = {row["sample_id"]: row for row in table.to_pylist()}
     for normal in sorted(normals)[:3]:
-        copy = rows[normal + DEFECT_SUFFIX]
+        copy = rows[normal + protocol.suffix]
         mask = np.asarray(Image.open(io.BytesIO(copy["mask"]))) > 0
         before = np.asarray(Image.open(io.BytesIO(rows[normal]["image"])).convert("RGB"))
         after = np.asarray(Image.open(io.BytesIO(copy["image"])).convert("RGB"))
@@ -388,6 +389,11 @@ def test_synthetic_validation_holds_out_training_images_and_never_reads_the_test
         assert (before[mask] != after[mask]).any()
     again = synthetic_validation(corpus, protocol)
     assert again.equals(table) and not synthetic_validation(corpus, SyntheticValidation(0.2, seed=4)).equals(table)
+    # Other defects over the same held-out images: same normals, new ids, so both share one feature table.
+    subtle = SyntheticValidation(0.2, 3, SyntheticDefectConfig(max_area=0.05), name="subtle_defect")
+    other = synthetic_validation(corpus, subtle).drop_columns(["image", "mask"]).to_pandas()
+    assert set(other.loc[(other["split"] == "test") & (other["label"] == 0), "sample_id"]) == normals
+    assert set(other.loc[other["label"] == 1, "sample_id"]) == {n + "+subtle_defect" for n in normals}
     with pytest.raises(ValueError, match="magnetic_tile.*validation share of 0.01"):
         synthetic_validation(corpus, SyntheticValidation(fraction=0.01))
 

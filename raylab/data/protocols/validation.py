@@ -28,23 +28,31 @@ from raylab.data.protocols.noise import class_seed
 from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
 from raylab.data.synthetic_defects import SyntheticDefectConfig, skimage_anomaly_sources, synthesize_defect
 
-# A defect copy is a new image: its id must not be read as a copy of its normal's
-# (``<id>#<tag>`` ids share their base image's features, see ``base_sample_id``).
-DEFECT_SUFFIX = "+synthetic_defect"
-
 
 @dataclass(frozen=True)
 class SyntheticValidation:
-    """``fraction`` of each class's training images held out (seeded per class)."""
+    """``fraction`` of each class's training images held out (seeded per class); their defect
+    copies are named ``<id>+<name>``, so validation sets of other defect settings over the same
+    held-out images can share one feature table.
+
+    Which images are held out depends on ``fraction`` and ``seed`` only, never on
+    ``defects``. A copy's id must not be ``<id>#<tag>``: such ids share their base image's
+    features (``base_sample_id``), and a defect is an image of its own.
+    """
 
     fraction: float = 0.2
     seed: int = 0
     defects: SyntheticDefectConfig = field(default_factory=SyntheticDefectConfig)
+    name: str = "synthetic_defect"
+
+    @property
+    def suffix(self) -> str:
+        return f"+{self.name}"
 
 
 def synthetic_validation(table: pa.Table, protocol: SyntheticValidation) -> pa.Table:
     """Per class: the remaining training images as ``train``, the held-out ones and a
-    synthetic-defect copy of each (``<id>+synthetic_defect``, label 1, with its mask) as ``test``."""
+    synthetic-defect copy of each (``<id>+<name>``, label 1, with its mask) as ``test``."""
     if not 0.0 < protocol.fraction < 1.0:
         raise ValueError(f"the validation fraction must lie in (0, 1), got {protocol.fraction!r}")
     sources = skimage_anomaly_sources()
@@ -64,18 +72,18 @@ def synthetic_validation(table: pa.Table, protocol: SyntheticValidation) -> pa.T
         kept.append(train.take(np.sort(order[held:])))
         split_column = normals.schema.get_field_index("split")
         kept.append(normals.set_column(split_column, normals.schema.field(split_column), pa.array(["test"] * held)))
-        defects.extend(_defect_copy(row, rng, sources, protocol.defects) for row in normals.to_pylist())
+        defects.extend(_defect_copy(row, rng, sources, protocol) for row in normals.to_pylist())
     out = pa.concat_tables([*kept, pa.Table.from_pylist(defects, schema=CORPUS_SCHEMA)])
     validate_corpus(out)
     return out
 
 
-def _defect_copy(row: dict, rng: np.random.Generator, sources, config: SyntheticDefectConfig) -> dict:
+def _defect_copy(row: dict, rng: np.random.Generator, sources, protocol: SyntheticValidation) -> dict:
     image = np.asarray(decode_image(row["image"], sample=row["source"]))
-    defect = synthesize_defect(image, rng, sources, config, sample=row["source"])
+    defect = synthesize_defect(image, rng, sources, protocol.defects, sample=row["source"])
     return {
         **row,
-        "sample_id": f"{row['sample_id']}{DEFECT_SUFFIX}",
+        "sample_id": row["sample_id"] + protocol.suffix,
         "image": encode_png(defect.image),
         "mask": encode_png(defect.mask * 255),
         "label": 1,
