@@ -18,6 +18,7 @@ from raylab.eval import (
     anomaly_metrics,
     attack_success_rate,
     aupro,
+    auroc_standard_error,
     best_f1_threshold,
     detection_accuracy,
     equal_error_rate,
@@ -82,6 +83,21 @@ def test_image_auroc_hand_computed() -> None:
     assert result["image_auroc"] == pytest.approx(0.75)
     # AP: recall steps at 0.8 (P=1) and 0.35 (P=2/3) -> 0.5 * 1 + 0.5 * 2/3.
     assert result["image_ap"] == pytest.approx(0.5 + 1 / 3)
+
+
+def test_auroc_standard_error_matches_the_spread_of_resampled_sets() -> None:
+    """Hanley-McNeil's error is what AUROC varies by when the evaluation images are redrawn."""
+    rng = np.random.default_rng(0)
+    aurocs = []
+    for _ in range(400):
+        normal, anomalous = rng.normal(0.0, 1.0, 120), rng.normal(1.5, 1.0, 120)
+        labels = np.r_[np.zeros(120), np.ones(120)]
+        aurocs.append(image_metrics(labels, np.r_[normal, anomalous])["image_auroc"])
+    expected = auroc_standard_error(float(np.mean(aurocs)), 120, 120)
+    assert expected == pytest.approx(np.std(aurocs), rel=0.15)
+    assert auroc_standard_error(1.0, 5, 5) == 0.0 and auroc_standard_error(0.9, 400, 400) < expected
+    with pytest.raises(ValueError, match="1 image of each kind"):
+        auroc_standard_error(0.9, 0, 10)
 
 
 def test_image_f1_max_hand_computed() -> None:

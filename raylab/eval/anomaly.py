@@ -22,6 +22,7 @@ is no positive, and are computed (trivially 1.0) when there is no negative.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "BinaryCurve",
     "anomaly_metrics",
     "aupro",
+    "auroc_standard_error",
     "best_f1_threshold",
     "binary_curve",
     "check_binary",
@@ -290,6 +292,22 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
     ap = float(average_precision_score(y, s)) if has_pos else _NAN
     f1, _ = best_f1_threshold(y, s)
     return {"image_auroc": auroc, "image_ap": ap, "image_f1_max": f1}
+
+
+def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUROC from ``positives`` and ``negatives``.
+
+    What a difference between two models' AUROC on one evaluation set must exceed before it
+    is read as more than the sampling of that set (e.g. when a size is chosen on validation
+    data: a gap inside one standard error does not rank the sizes).
+    """
+    if not (0.0 <= auroc <= 1.0) or min(positives, negatives) < 1:
+        raise ValueError(f"need an AUROC in [0, 1] and >= 1 image of each kind, got {auroc}, {positives}, {negatives}")
+    q1, q2 = auroc / (2 - auroc), 2 * auroc**2 / (1 + auroc)
+    variance = (auroc * (1 - auroc) + (positives - 1) * (q1 - auroc**2) + (negatives - 1) * (q2 - auroc**2)) / (
+        positives * negatives
+    )
+    return math.sqrt(max(variance, 0.0))
 
 
 # --------------------------------------------------------------------------- pixel level
