@@ -10,7 +10,8 @@ Train runs) on the remaining 80%, scores the validation images, and reports imag
 AUROC with the wall time of the fit. Two validation sets share the held-out normals: DRAEM's
 own defects, and subtle ones (at most 5% of the image, blended at least 40% transparent),
 since an objective every size saturates cannot rank sizes. Among the sizes whose fit stays
-within the per-trial budget (``--budget-s``), the choice is the cheapest whose subtle-set image
+within the budget (``--max-work``, in multiples of the first size's training compute: decoder
+parameters x image-steps of stages 2 and 3), the choice is the cheapest whose subtle-set image
 AUROC is within one standard error (Hanley-McNeil) of the best: a smaller gap is the sampling
 of 2 x 133 validation images, not a ranking. No real defect image, so no test label, is
 read. Each size's Train run is named by the fit images and the whole MeDS configuration, so
@@ -19,7 +20,7 @@ re-running the script scores again without training again.
 Run (magnetic tile, the sweep's CPU configuration otherwise)::
 
     python benchmarks/meds_decoder_selection.py --dataset magnetic_tile --data-root ../shared/data \\
-        --sizes 64x2@800,64x2@1600,64x4@800,128x2@800 --budget-s 450
+        --sizes 64x2@800,64x2@1600,64x4@800,128x2@800 --max-work 3
 
 The measured table and the choice are in raylab/methods/meds/README.md.
 """
@@ -43,7 +44,7 @@ from raylab.experiment.identity import content_hash
 from raylab.experiment.runner import config_file, packaged_config
 from raylab.experiment.session import init_ray
 from raylab.features.cache import cached_patch_features
-from raylab.methods.meds.config import with_decoder_size
+from raylab.methods.meds.config import MeDSConfig, with_decoder_size
 from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.method import MeDS
 from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted, mean_over_classes
@@ -69,7 +70,9 @@ def main() -> None:
     parser.add_argument(
         "--sizes", default="64x2@800,64x2@1600,64x4@800,128x2@800", help="comma-separated WIDTHxBLOCKS@ITERATIONS"
     )
-    parser.add_argument("--budget-s", type=float, default=450.0, help="longest MeDS fit a choice may take")
+    parser.add_argument(
+        "--max-work", type=float, default=3.0, help="most training compute a choice may take, x the first size's"
+    )
     args = parser.parse_args()
 
     overlay = config_file(args.config) if args.config else packaged_config("meds", args.dataset)
@@ -90,6 +93,7 @@ def main() -> None:
     splits = {name: class_splits(table, config.features.image_size) for name, table in validations.items()}
     fit_rows = first.filter(pc.equal(first["split"], "train"))
     fit_key = columns_fingerprint(fit_rows, ["sample_id", "image"])
+    token_dim = int(features.take(fit_rows["sample_id"].to_pylist()[:1]).patches.shape[-1])
 
     lines = []
     for size, meds_config in candidates.items():
@@ -108,7 +112,9 @@ def main() -> None:
             meds.fit(features.take(split.train_ids))
             for name in splits:
                 evaluations[name].append(evaluate_fitted(meds, splits[name][index], features))
-        line = {"size": size, "fit_s": time.perf_counter() - start}
+        # fit_s is this run's wall time: small where a re-run reused a finished Train run, so the
+        # choice ranks sizes by their compute, which a re-run cannot change.
+        line = {"size": size, "work": training_work(meds_config, token_dim), "fit_s": time.perf_counter() - start}
         for name, per_class in evaluations.items():
             metrics = mean_over_classes(per_class)
             line |= {f"{name}_image_auroc": metrics["image_auroc"], f"{name}_pixel_auroc": metrics.get("pixel_auroc")}
@@ -124,22 +130,35 @@ def main() -> None:
     print(" | ".join(["size", *columns]))
     for line in lines:
         cells = ["-" if line[c] is None else f"{line[c]:.0f}" if c == "fit_s" else f"{line[c]:.3f}" for c in columns]
+        cells[0] = f"{line['work'] / lines[0]['work']:.2f}x"
         print(" | ".join([line["size"], *cells]))
-    affordable = [line for line in lines if line["fit_s"] <= args.budget_s]
+    affordable = [line for line in lines if line["work"] <= args.max_work * lines[0]["work"]]
     if not affordable:
-        print(f"no size fits within {args.budget_s:g} s")
+        print(f"no size within {args.max_work:g}x the first size's compute")
         return
     best = max(line[f"{CHOOSE_ON}_image_auroc"] for line in affordable)
     error = auroc_standard_error(best, held, held)
     chosen = min((line for line in affordable if line[f"{CHOOSE_ON}_image_auroc"] >= best - error), key=_cost)
     print(
-        f"chosen on {CHOOSE_ON} (best {best:.3f}, standard error {error:.3f}) within {args.budget_s:g} s: "
+        f"chosen on {CHOOSE_ON} (best {best:.3f}, standard error {error:.3f}) within {args.max_work:g}x: "
         f"{chosen['size']}, the cheapest within one standard error of the best"
     )
 
 
 def _cost(line: dict) -> float:
-    return line["fit_s"]
+    return line["work"]
+
+
+def training_work(config: MeDSConfig, token_dim: int) -> float:
+    """Decoder parameters x training image-steps (stages 2 and 3): a size's compute, known
+    before it trains and the same on every machine."""
+    from raylab.experiment.cost import parameter_count
+    from raylab.methods.meds.method import network_kwargs
+    from raylab.methods.meds.model import ReconstructionScoreNet
+
+    parameters = parameter_count(lambda: ReconstructionScoreNet(**network_kwargs(config, token_dim)))
+    d, s = config.distillation, config.selection
+    return float(parameters * (d.iterations * d.batch_size + s.iterations * s.batch_size))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import pytest
 from raylab.experiment import get_experiment, run
 from raylab.experiment.registry import FULL_SIZE_CONFIGS
 from raylab.testing.random_weights import smoke_weight_arguments
+from raylab.testing.tracked_runs import logged_model_bytes, runs_under
 
 pytestmark = [pytest.mark.full_size_smoke, pytest.mark.timeout(1800)]  # paper-size runs: minutes each on 2 cores
 
@@ -80,31 +81,9 @@ def test_meds_full_dinov2_at_smoke_budget(ray_session, weight_folder: Path, tmp_
     _assert_report_figure_opens("meds_sweep", summary["sweep"], "image_auroc_vs_noise.png", tmp_path)
     # The dry run's disk estimate for logged models agrees with what the run logged (the
     # memory banks it leaves out are a few percent at this size).
-    logged = _logged_model_bytes("meds_sweep", summary["sweep"])
+    logged = logged_model_bytes(runs_under(summary["sweep"]))
     estimate = run(get_experiment("meds_sweep"), [*argv, "--smoke", "--dry-run"])["estimate"]
     assert 0.9 * logged <= estimate["model_gb"] * 2**30 <= logged, (estimate["model_gb"], logged / 2**30)
-
-
-def _logged_model_bytes(job: str, sweep: str) -> int:
-    """The bytes of every MLflow model the sweep's trial runs logged (their ``raylab.models`` tags)."""
-    import mlflow
-
-    from raylab.deploy.logged_models import MODELS_TAG
-
-    runs = mlflow.search_runs(experiment_names=[f"raylab/{job}"], output_format="list")
-    parent = {r.info.run_id for r in runs if r.info.run_name == sweep}
-    uris = [
-        uri
-        for r in runs
-        if r.data.tags.get("mlflow.parentRunId") in parent and MODELS_TAG in r.data.tags
-        for uri in json.loads(r.data.tags[MODELS_TAG]).values()
-    ]
-    assert uris, f"{sweep} logged no models"
-    total = 0
-    for uri in uris:
-        location = mlflow.get_logged_model(uri.removeprefix("models:/")).artifact_location
-        total += sum(f.stat().st_size for f in Path(location.removeprefix("file://")).rglob("*") if f.is_file())
-    return total
 
 
 def test_tailedcore_full_wrn50_at_smoke_budget(ray_session, shared_data: Path, weight_folder: Path, tmp_path: Path):

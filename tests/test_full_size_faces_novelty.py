@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from raylab.experiment.registry import FULL_SIZE_CONFIGS
+from raylab.testing.tracked_runs import logged_model_bytes, runs_under
 
 pytestmark = [pytest.mark.full_size_smoke, pytest.mark.timeout(1800)]  # paper-size runs: minutes each on 2 cores
 
@@ -48,19 +49,14 @@ def _run(job: str, argv: list[str], summary: Path) -> dict[str, Any]:
     return out
 
 
-def _runs_under(sweep: str) -> list[Any]:
-    """The MLflow runs nested (at any depth) under the parent run named ``sweep``."""
-    import mlflow
+def _assert_models_as_estimated(job: str, argv: list[str], runs: list[Any]) -> None:
+    """The dry run's disk estimate for logged models agrees with what the run logged (the
+    estimate counts the weights; a model folder adds its MLmodel, environment and example)."""
+    from raylab.experiment import get_experiment, run
 
-    every = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    parents = {r.info.run_id for r in every if r.info.run_name == sweep}
-    assert parents, f"no parent run named {sweep}"
-    found: list[Any] = []
-    while parents:
-        children = [r for r in every if r.data.tags.get("mlflow.parentRunId") in parents]
-        found += children
-        parents = {r.info.run_id for r in children}
-    return found
+    logged = logged_model_bytes(runs)
+    estimate = run(get_experiment(job), [*argv, "--smoke", "--dry-run"])["estimate"]["model_gb"] * 2**30
+    assert 0.9 * logged <= estimate <= logged, (estimate, logged)
 
 
 def _opens_as_image(run_id: str, artifact: str, scratch: Path) -> None:
@@ -75,35 +71,38 @@ def _opens_as_image(run_id: str, artifact: str, scratch: Path) -> None:
 def test_ckd_official_size_smoke(ray_session, shared_data: Path, tmp_path: Path) -> None:
     """IR-SE ResNet-18 at 128x128 faces and 48x128 bands, batch 16, all five methods (one DDP
     worker per run on the test's two CPUs: the registry's small-machine setting)."""
-    out = _run(
-        "ckd_train",
-        ["--config", "ckd/orl_full", "--data-root", str(shared_data), *FULL_SIZE_CONFIGS["ckd/orl_full"].small_machine],
-        tmp_path / "ckd.json",
-    )
+    argv = [
+        "--config",
+        "ckd/orl_full",
+        "--data-root",
+        str(shared_data),
+        *FULL_SIZE_CONFIGS["ckd/orl_full"].small_machine,
+    ]
+    out = _run("ckd_train", argv, tmp_path / "ckd.json")
     network, train = out["config"].ckd.network, out["config"].ckd.train
     assert network.widths == (64, 128, 256, 512) and (network.face_size, train.batch_size) == ((128, 128), 16)
-    children = _runs_under(out["name"])
+    children = runs_under(out["name"])
     assert len(children) == 5
     _opens_as_image(children[0].info.run_id, "figures/cmc.png", tmp_path)
+    _assert_models_as_estimated("ckd_train", argv, children)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_dcae_full_size_smoke(ray_session, shared_data: Path, tmp_path: Path, dataset: str) -> None:
     """Width 64, latent 64, the full discriminators; selection, three trained variants, scoring."""
-    out = _run(
-        "dcae_sweep",
-        [
-            "--dataset",
-            dataset,
-            "--config",
-            f"dcae/{dataset}_full",
-            "--data-root",
-            str(shared_data),
-            *FULL_SIZE_CONFIGS[f"dcae/{dataset}_full"].small_machine,
-        ],
-        tmp_path / "dcae.json",
-    )
+    argv = [
+        "--dataset",
+        dataset,
+        "--config",
+        f"dcae/{dataset}_full",
+        "--data-root",
+        str(shared_data),
+        *FULL_SIZE_CONFIGS[f"dcae/{dataset}_full"].small_machine,
+    ]
+    out = _run("dcae_sweep", argv, tmp_path / "dcae.json")
     assert out["config"].network.width == 64 and out["config"].train.num_workers == 2
-    trial_runs = [r for r in _runs_under(out["name"]) if r.info.run_name == "c0-s0"]
+    runs = runs_under(out["name"])
+    trial_runs = [r for r in runs if r.info.run_name == "c0-s0"]
     assert len(trial_runs) == 1
     _opens_as_image(trial_runs[0].info.run_id, "reconstructions.png", tmp_path)
+    _assert_models_as_estimated("dcae_sweep", argv, runs)

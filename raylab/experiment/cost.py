@@ -39,8 +39,8 @@ class CostModel:
     array_bytes: float  # per trial: data-proportional arrays held together at the peak
     checkpoint_bytes: float  # the whole sweep, after checkpoint retention
     cache_bytes: float  # the whole sweep: feature and view caches
-    # The whole sweep: the deployable models logged to MLflow, each a self-contained folder
-    # with its own copy of the backbone's weights (0 where a job logs none).
+    # The whole sweep: the models and weight files logged to MLflow, each self-contained (an
+    # anomaly model holds its own copy of the backbone's weights; 0 where a job logs none).
     model_bytes: float = 0.0
     # Per worker on an accelerator: one step's tensors counted on the meta device
     # (raylab/step_memory.py), a lower bound; None where nothing runs on one.
@@ -109,7 +109,7 @@ class Estimate:
         lines.append(f"  disk, checkpoints:   {model.checkpoint_bytes / GB:.2f} GB (after retention)")
         lines.append(f"  disk, caches:        {model.cache_bytes / GB:.2f} GB")
         if model.model_bytes:
-            lines.append(f"  disk, MLflow models: {model.model_bytes / GB:.2f} GB (each holds the backbone's weights)")
+            lines.append(f"  disk, MLflow models: {model.model_bytes / GB:.2f} GB")
         lines.extend(f"  note: {note}" for note in model.notes)
         return "\n".join(lines)
 
@@ -179,6 +179,16 @@ def measurement_key(experiment: str, config: str | None) -> str | None:
 FLOAT32 = 4
 # A checkpoint with an Adam optimiser holds the weights and two moments per parameter.
 ADAM_STATE_COPIES = 3
+
+
+def state_bytes(build: Any) -> int:
+    """Bytes of the state dict (parameters and buffers) of the module ``build()`` makes, built on
+    the meta device: what a logged model's weight file holds, known before any weights exist."""
+    import torch
+
+    with torch.device("meta"):
+        state = build().state_dict()
+    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
 
 
 def parameter_count(build: Any) -> int:

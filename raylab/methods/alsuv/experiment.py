@@ -505,7 +505,7 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
     device, so it answers in seconds for FFHQ-256 without its checkpoint or a GPU.
     """
     from raylab.data import load_corpus
-    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
+    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count, state_bytes
     from raylab.methods.alsuv.model.encoders import build_backbone
     from raylab.methods.alsuv.model.stylegan2 import Discriminator, Generator
 
@@ -544,6 +544,8 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
         for spec in trained.values()
     )
     model = config.generator.model
+    # A generator trained here is logged once, as its rosinality file (the EMA weights).
+    generator_file = state_bytes(lambda: Generator(model)) if config.generator.checkpoint is None else 0
     if config.generator.checkpoint is None:
         g, d = parameter_count(lambda: Generator(model)), parameter_count(lambda: Discriminator(model))
         checkpoints += (
@@ -562,6 +564,7 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
         array_bytes=array_bytes,
         checkpoint_bytes=checkpoints,
         cache_bytes=0.0,
+        model_bytes=generator_file,
         accelerator_bytes=accelerator,
         accelerator_step=f"a search step of {batch} latents: "
         "synthesis, the source encoder and the gradient back to the latents",

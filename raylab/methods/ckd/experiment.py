@@ -263,9 +263,9 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
     holds its checkpoint (weights, SGD momentum, best weights) and, while Ray Train rotates
     it, the previous one, so the peak adds two of those per concurrent trial.
     """
-    from raylab.experiment.cost import FLOAT32, GB, parameter_count
+    from raylab.experiment.cost import FLOAT32, GB, parameter_count, state_bytes
     from raylab.methods.ckd.config import variant
-    from raylab.methods.ckd.model import build_ckd_net
+    from raylab.methods.ckd.model import PeriocularEncoder, build_ckd_net
     from raylab.step_memory import step_peak_bytes
 
     config, train = request.config, request.config.ckd.train
@@ -279,6 +279,12 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
         for m in methods
     }
     final_bytes = sum(parameters.values()) * FLOAT32 * len(folds) * len(seeds)
+    # The first seed's trial of every (method, fold) logs its periocular encoder (the deployable part).
+    encoders = sum(
+        state_bytes(lambda m=m: PeriocularEncoder(build_ckd_net(config.ckd.network, largest.num_classes, variant(m))))
+        for m in methods
+    )
+    model_bytes = 0 if request.args.no_models else encoders * len(folds)
     checkpoint_copies = 3  # last weights, SGD momentum, best weights
     concurrent = min(config.max_concurrent, len(methods) * len(folds) * len(seeds))
     in_flight = 2 * checkpoint_copies * max(parameters.values()) * FLOAT32 * concurrent
@@ -309,6 +315,7 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
         array_bytes=(1 + train.num_workers) * held * pairs,
         checkpoint_bytes=final_bytes + in_flight,
         cache_bytes=0.0,
+        model_bytes=model_bytes,
         accelerator_bytes=accelerator,
         accelerator_step=f"the largest variant's training step of {train.batch_size} face/periocular pairs, "
         "SGD with momentum",

@@ -307,7 +307,7 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
     checkpoint and ``final_state_e<epochs>.pt``, both with every variant's weights and Adam
     moments: the checkpoint stays so that a longer run continues the finished one.
     """
-    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, GB, parameter_count
+    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, GB, parameter_count, state_bytes
     from raylab.methods.dcae.training import build_model
     from raylab.step_memory import step_peak_bytes
 
@@ -357,6 +357,9 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
         for v in variants
     )
     runs = len(classes) * len(seeds)
+    # Every method logs its scorer: the whole network of the variant it scores with (safetensors).
+    weights = {v: state_bytes(lambda v=v: build_model(config.network, TRAINED[v], channels, side)) for v in variants}
+    model_bytes = runs * sum(weights[METHODS[method][0]] for method in config.methods)
     return CostModel(
         work=work,
         work_unit="variant image-steps",
@@ -364,6 +367,7 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
         array_bytes=len(data.images) * image_bytes + config.train.num_workers * train_images * image_bytes * FLOAT32,
         checkpoint_bytes=runs * run_bytes,
         cache_bytes=0.0,
+        model_bytes=model_bytes,
         accelerator_bytes=accelerator,
         accelerator_step=f"the largest variant's autoencoder step of {batch} images and {batch} prior draws, Adam",
         notes=(

@@ -436,7 +436,8 @@ def cost(request: Request[MeDSSweepConfig]) -> CostModel:
             f"{'a network per class' if meds.network_per_class else 'one network for all'}; "
             f"tokens {height}x{width}x{dim}; decoder {parameters / 1e6:.1f} M parameters, "
             "the newest checkpoint kept per Train run",
-            "MLflow models: the memory banks of patchcore and partial_memory are not counted",
+            "MLflow models: each holds its own copy of the backbone's weights; the memory banks of "
+            "patchcore and partial_memory are not counted",
         ),
     )
 

@@ -545,6 +545,7 @@ def cost(request: Request[TailedCoreSweepConfig]) -> CostModel:
             f"patch grid {height}x{width}x{dim}; coresets select in {projected} dims",
             "the corpus's patch grids are shared by every trial (Ray object store), "
             "counted under caches, not per trial",
+            "MLflow models: each holds its own copy of the backbone's weights",
         ),
     )
 
