@@ -124,6 +124,18 @@ def test_loaded_checkpoint_reproduces_saved_output(tmp_path):
         assert not torch.equal(loaded.synthesis(reference["w"], noise_mode="random"), loaded.synthesis(reference["w"]))
 
 
+def test_the_dry_runs_generator_estimate_is_the_file_the_job_logs(tmp_path):
+    """The CPU size trains its generator and logs the rosinality file; the dry run counts it on
+    the meta device, and the file is those bytes plus its container's few keys."""
+    from raylab.experiment.cost import state_bytes
+    from raylab.methods.alsuv.config import cpu_config
+
+    model = cpu_config().generator.model
+    estimate = state_bytes(lambda: Generator(model))
+    written = save_rosinality(tmp_path / "g.pt", Generator(model), latent_avg=torch.zeros(model.style_dim))
+    assert 0.95 * written.stat().st_size <= estimate <= written.stat().st_size
+
+
 def test_bad_generator_checkpoints_are_named(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
