@@ -34,19 +34,16 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylab.config import load_config
-from raylab.data import load_corpus
 from raylab.data.protocols.validation import SyntheticValidation, synthetic_validation
 from raylab.data.store import cache_root, columns_fingerprint
 from raylab.data.synthetic_defects import SyntheticDefectConfig
 from raylab.eval import auroc_standard_error
 from raylab.experiment.identity import content_hash
-from raylab.experiment.runner import config_file, packaged_config
 from raylab.experiment.session import init_ray
 from raylab.features.cache import cached_patch_features
-from raylab.methods.meds.config import MeDSConfig, with_decoder_size
-from raylab.methods.meds.experiment import MeDSSweepConfig
+from raylab.methods.meds.config import MeDSConfig
 from raylab.methods.meds.method import MeDS
+from raylab.methods.meds.size_study import add_size_study_arguments, size_study_inputs
 from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted, mean_over_classes
 
 # DRAEM's defects, and subtle ones: small and half transparent at least (the choice reads these).
@@ -59,29 +56,16 @@ CHOOSE_ON = "subtle"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="magnetic_tile")
-    parser.add_argument("--data-root")
-    parser.add_argument(
-        "--config", help="sweep YAML, a file or a packaged name such as meds/smoke (default: meds/<dataset>)"
-    )
+    add_size_study_arguments(parser, "64x2@800,64x2@1600,64x4@800,128x2@800")
     parser.add_argument("--seed", type=int, default=0, help="stage 1's bootstraps and the networks' initialisation")
     parser.add_argument("--validation-seed", type=int, default=0, help="which images are held out, and their defects")
     parser.add_argument("--fraction", type=float, default=0.2, help="share of each class's training images held out")
-    parser.add_argument(
-        "--sizes", default="64x2@800,64x2@1600,64x4@800,128x2@800", help="comma-separated WIDTHxBLOCKS@ITERATIONS"
-    )
     parser.add_argument(
         "--max-work", type=float, default=3.0, help="most training compute a choice may take, x the first size's"
     )
     args = parser.parse_args()
 
-    overlay = config_file(args.config) if args.config else packaged_config("meds", args.dataset)
-    config = load_config(MeDSSweepConfig, overlay)
-    try:
-        candidates = {size: with_decoder_size(config.meds, size) for size in args.sizes.split(",")}
-    except ValueError as error:
-        parser.error(str(error))
-    corpus = load_corpus(args.dataset, args.data_root, **config.dataset_options)
+    config, candidates, corpus = size_study_inputs(parser, args)
     validations = {
         name: synthetic_validation(corpus, SyntheticValidation(args.fraction, args.validation_seed, defects, name))
         for name, defects in VALIDATION_DEFECTS.items()

@@ -39,17 +39,13 @@ import time
 
 import numpy as np
 
-from raylab.config import load_config
-from raylab.data import load_corpus
 from raylab.data.protocols import NoiseProtocol, inject_noise, subsample_corpus
 from raylab.data.store import cache_root
-from raylab.experiment.runner import config_file, packaged_config
 from raylab.experiment.session import init_ray
 from raylab.features.cache import cached_patch_features
-from raylab.methods.meds.config import with_decoder_size
-from raylab.methods.meds.experiment import MeDSSweepConfig
 from raylab.methods.meds.method import MeDS
 from raylab.methods.meds.partial_memory import PartialMemoryDetector
+from raylab.methods.meds.size_study import add_size_study_arguments, size_study_inputs
 from raylab.methods.meds.training import image_scores_from_tokens
 from raylab.tasks.anomaly.benchmark import class_splits, evaluate_fitted, mean_over_classes
 
@@ -61,25 +57,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="magnetic_tile")
-    parser.add_argument("--data-root")
-    parser.add_argument(
-        "--config", help="sweep YAML, a file or a packaged name such as meds/smoke (default: meds/<dataset>)"
-    )
+    add_size_study_arguments(parser, "64x2@800,64x2@3200,128x2@1600")
     parser.add_argument("--noise-ratio", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--sizes", default="64x2@800,64x2@3200,128x2@1600", help="comma-separated WIDTHxBLOCKS@ITERATIONS"
-    )
     args = parser.parse_args()
 
-    overlay = config_file(args.config) if args.config else packaged_config("meds", args.dataset)
-    config = load_config(MeDSSweepConfig, overlay)
-    try:
-        sizes = {size: with_decoder_size(config.meds, size) for size in args.sizes.split(",")}
-    except ValueError as error:
-        parser.error(str(error))
-    corpus = load_corpus(args.dataset, args.data_root, **config.dataset_options)
+    config, sizes, corpus = size_study_inputs(parser, args)
     if config.images_per_group is not None:
         corpus = subsample_corpus(corpus, config.images_per_group)
     init_ray()
