@@ -8,7 +8,9 @@ is the size that runs on a 2-core laptop, with every reduction stated:
   foundation features) instead of DINOv2 ViT-B/14 (768 x 8 layers);
 * token grid pooled from 28x28 to 14x14 (4x fewer tokens; 16x fewer patch pairs in stage 1);
 * stage 1: B = 10 bootstraps instead of 100 (10x fewer);
-* decoder: 2 linear-attention blocks of width 64 (2 heads) instead of 8 of width 768 (12);
+* decoder: 2 linear-attention blocks of width 64 (2 heads) instead of 8 of width 768 (12),
+  chosen on validation data (``benchmarks/meds_decoder_selection.py``: held-out training
+  images and synthetic defects; wider, deeper or longer-trained decoders did no better there);
 * iterations: 400 distillation iterations (1/25 of 10k) and 800 stage-3 iterations (1/12.5
   of 10k; stage 3 is the final detector's whole training, so it gets the larger share),
   each with its warm-up (100 at full size) and stage 3's hard-mining ramp (1k) scaled by
