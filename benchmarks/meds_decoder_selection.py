@@ -77,7 +77,7 @@ def main() -> None:
     splits = {name: class_splits(table, config.features.image_size) for name, table in validations.items()}
     fit_rows = first.filter(pc.equal(first["split"], "train"))
     fit_key = columns_fingerprint(fit_rows, ["sample_id", "image"])
-    token_dim = int(features.take(fit_rows["sample_id"].to_pylist()[:1]).patches.shape[-1])
+    token_dim = int(features.take(fit_rows["sample_id"].to_pylist()[:1]).shape[-1])
 
     lines = []
     for size, meds_config in candidates.items():

@@ -5,6 +5,7 @@ method never reads the injected-noise flags."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -359,6 +360,11 @@ def test_filter_curve_averages_each_pass_over_the_classes_that_ran_it():
     assert curve[0]["filter_precision"] == pytest.approx(0.5) and curve[2]["filter_recall"] == 0.0
     assert curve[1]["filter_precision"] == 0.0  # the short class removed none (NaN), the long one a clean image
     assert filter_curve([]) == []
+    # Nothing injected (noise 0): the filter's precision is undefined in every class, quietly.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = filter_curve([filter_quality([np.ones(4, bool)], np.zeros(4, bool))] * 2)
+    assert np.isnan(clean[0]["filter_precision"]) and clean[0]["kept_fraction"] == 1.0
     shared = [np.array([True, False, True, True, False]), np.array([False, True, True, True, True])]
     first, second = class_parts(shared, [2, 3])
     assert [m.tolist() for m in first] == [[True, False], [False, True]]

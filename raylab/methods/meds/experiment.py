@@ -171,14 +171,21 @@ def filter_curve(per_class: Sequence[Sequence[dict[str, float]]]) -> list[dict[s
     trained on, and the kept sets differ), so a class that stopped early leaves the later
     passes' means to the classes still selecting.
     """
-    import numpy as np
-
     passes = max((len(rows) for rows in per_class), default=0)
     curve = []
     for index in range(passes):
         ran = [rows[index] for rows in per_class if index < len(rows)]
-        curve.append({key: float(np.nanmean([row[key] for row in ran])) for key in ran[0]})
+        curve.append({key: _mean_of_defined([row[key] for row in ran]) for key in ran[0]})
     return curve
+
+
+def _mean_of_defined(values: list[float]) -> float:
+    """The mean of the values that are defined; NaN, without a warning, when none is (a filter's
+    precision on a class with no injected image)."""
+    import numpy as np
+
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 SEARCH_KEYS = {
