@@ -20,7 +20,7 @@ re-running the script scores again without training again.
 Run (magnetic tile, the sweep's CPU configuration otherwise)::
 
     python benchmarks/meds_decoder_selection.py --dataset magnetic_tile --data-root ../shared/data \\
-        --sizes 64x2@800,64x2@1600,64x4@800,128x2@800 --max-work 3
+        --sizes 64x2@800,64x2@1600,64x4@800,128x2@800 --max-work 4
 
 The measured table and the choice are in raylab/methods/meds/README.md.
 """
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--validation-seed", type=int, default=0, help="which images are held out, and their defects")
     parser.add_argument("--fraction", type=float, default=0.2, help="share of each class's training images held out")
     parser.add_argument(
-        "--max-work", type=float, default=3.0, help="most training compute a choice may take, x the first size's"
+        "--max-work", type=float, default=4.0, help="most training compute a choice may take, x the first size's"
     )
     args = parser.parse_args()
 
