@@ -8,10 +8,14 @@ a size that does not parse fails before any data is read.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from raylab.methods.meds.config import MeDSConfig, with_decoder_size
+
+if TYPE_CHECKING:
+    from raylab.methods.meds.experiment import MeDSSweepConfig
 
 
 def add_size_study_arguments(parser: argparse.ArgumentParser, default_sizes: str) -> None:
@@ -25,7 +29,7 @@ def add_size_study_arguments(parser: argparse.ArgumentParser, default_sizes: str
 
 def size_study_inputs(
     parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> tuple[object, dict[str, MeDSConfig], pa.Table]:
+) -> tuple[MeDSSweepConfig, dict[str, MeDSConfig], pa.Table]:
     """(the sweep config, ``{size: MeDS config}``, the corpus) of a size study's arguments."""
     from raylab.config import load_config
     from raylab.data import load_corpus
