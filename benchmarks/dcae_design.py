@@ -77,12 +77,13 @@ def run_design(job: dict) -> list[dict]:
     """Train one design for one class, evaluating at every ``eval_at`` epoch."""
     import torch
 
+    from raylab.data.splits import validation_rows
     from raylab.eval.anomaly import image_metrics
     from raylab.methods.dcae.config import TRAINED
     from raylab.methods.dcae.losses import to_unit_range
     from raylab.methods.dcae.selection import make_pseudo_novelties
     from raylab.methods.dcae.training import calibrated, make_trainers, run_epoch, score_images
-    from raylab.tasks.one_class.protocol import one_class_split, validation_rows
+    from raylab.tasks.one_class.protocol import one_class_split
 
     torch.set_num_threads(1)
     config = job_config(job["dataset"])

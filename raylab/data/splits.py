@@ -22,6 +22,21 @@ def seeded_partition(ids: Sequence[str], first_fraction: float, seed: int) -> tu
     return first, set(ordered) - first
 
 
+def validation_rows(
+    n: int, fraction: float, seed: tuple[int, ...] | np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) row indices of ``n`` training images, both non-empty and sorted; the
+    validation rows are the first ``round(fraction * n)`` of a seeded permutation (a generator
+    passed as ``seed`` is drawn from and goes on from there)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    n_val = int(round(fraction * n))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"{n} training images cannot give a validation share of {fraction:g} and a non-empty fit set")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 def identity_folds(identities: Sequence[str], n_folds: int, seed: int) -> list[tuple[str, ...]]:
     """Partition identities into ``n_folds`` disjoint folds of near-equal size (sizes differ by <= 1).
 

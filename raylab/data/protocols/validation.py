@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from raylab.data.images import decode_image, encode_png
 from raylab.data.protocols.noise import class_seed
 from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
+from raylab.data.splits import validation_rows
 from raylab.data.synthetic_defects import SyntheticDefectConfig, skimage_anomaly_sources, synthesize_defect
 
 
@@ -53,25 +54,21 @@ class SyntheticValidation:
 def synthetic_validation(table: pa.Table, protocol: SyntheticValidation) -> pa.Table:
     """Per class: the remaining training images as ``train``, the held-out ones and a
     synthetic-defect copy of each (``<id>+<name>``, label 1, with its mask) as ``test``."""
-    if not 0.0 < protocol.fraction < 1.0:
-        raise ValueError(f"the validation fraction must lie in (0, 1), got {protocol.fraction!r}")
     sources = skimage_anomaly_sources()
     kept, defects = [], []
     for class_name in sorted(set(table.column("class_name").to_pylist())):
         rows = table.filter(pc.equal(table["class_name"], class_name))
         train = rows.filter(pc.equal(rows["split"], "train"))
-        held = int(round(protocol.fraction * train.num_rows))
-        if not 1 <= held < train.num_rows:
-            raise ValueError(
-                f"class {class_name!r}: {train.num_rows} training images cannot give a validation share of "
-                f"{protocol.fraction:g} and a non-empty fit set"
-            )
-        rng = class_seed(protocol.seed, class_name)
-        order = rng.permutation(train.num_rows)
-        normals = train.take(np.sort(order[:held]))
-        kept.append(train.take(np.sort(order[held:])))
+        rng = class_seed(protocol.seed, class_name)  # draws the held-out rows, then their defects
+        try:
+            fit_rows, held_rows = validation_rows(train.num_rows, protocol.fraction, rng)
+        except ValueError as error:
+            raise ValueError(f"class {class_name!r}: {error}") from None
+        normals = train.take(held_rows)
+        kept.append(train.take(fit_rows))
         split_column = normals.schema.get_field_index("split")
-        kept.append(normals.set_column(split_column, normals.schema.field(split_column), pa.array(["test"] * held)))
+        test = pa.array(["test"] * normals.num_rows)
+        kept.append(normals.set_column(split_column, normals.schema.field(split_column), test))
         defects.extend(_defect_copy(row, rng, sources, protocol) for row in normals.to_pylist())
     out = pa.concat_tables([*kept, pa.Table.from_pylist(defects, schema=CORPUS_SCHEMA)])
     validate_corpus(out)

@@ -42,12 +42,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raylab.data.splits import validation_rows
 from raylab.digests import content_digest
 from raylab.eval.anomaly import image_metrics
 from raylab.methods.dcae.config import TRAINED, LossWeights, NetworkConfig, SelectionConfig, TrainConfig
 from raylab.methods.dcae.training import score_images, train_in_process
 from raylab.resources import current, local_shortfall
-from raylab.tasks.one_class.protocol import OneClassSplit, validation_rows
+from raylab.tasks.one_class.protocol import OneClassSplit
 
 
 def quadrant_shuffle(images: np.ndarray) -> np.ndarray:

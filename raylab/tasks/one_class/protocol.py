@@ -156,14 +156,3 @@ def one_class_split(
         test_ids=data.sample_ids[test_rows],
         test_novel=novel,
     )
-
-
-def validation_rows(n: int, fraction: float, seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, validation) row indices of ``n`` training images; both non-empty."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"selection.val_fraction must be in (0, 1), got {fraction}")
-    n_val = int(round(fraction * n))
-    if n_val < 1 or n_val >= n:
-        raise ValueError(f"{n} training images cannot give a validation share of {fraction:g} and a non-empty fit set")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
