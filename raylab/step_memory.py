@@ -84,3 +84,13 @@ def step_peak_bytes(
             result.backward()
         del result
     return resident + counter.peak + optimizer_moments * trainable
+
+
+def state_bytes(build: Any) -> int:
+    """Bytes of the state dict (parameters and buffers) of the module ``build()`` makes, built on
+    the meta device: what a logged model's weight file holds, known before any weights exist."""
+    import torch
+
+    with torch.device("meta"):
+        state = build().state_dict()
+    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())

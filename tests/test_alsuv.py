@@ -127,8 +127,8 @@ def test_loaded_checkpoint_reproduces_saved_output(tmp_path):
 def test_the_dry_runs_generator_estimate_is_the_file_the_job_logs(tmp_path):
     """The CPU size trains its generator and logs the rosinality file; the dry run counts it on
     the meta device, and the file is those bytes plus its container's few keys."""
-    from raylab.experiment.cost import state_bytes
     from raylab.methods.alsuv.config import cpu_config
+    from raylab.step_memory import state_bytes
 
     model = cpu_config().generator.model
     estimate = state_bytes(lambda: Generator(model))

@@ -181,16 +181,6 @@ FLOAT32 = 4
 ADAM_STATE_COPIES = 3
 
 
-def state_bytes(build: Any) -> int:
-    """Bytes of the state dict (parameters and buffers) of the module ``build()`` makes, built on
-    the meta device: what a logged model's weight file holds, known before any weights exist."""
-    import torch
-
-    with torch.device("meta"):
-        state = build().state_dict()
-    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
-
-
 def parameter_count(build: Any) -> int:
     """Parameters of the module ``build()`` makes, built on the meta device (no memory, no compute)."""
     import torch

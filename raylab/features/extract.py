@@ -208,10 +208,10 @@ def warm_backbone_state(spec: FeatureSpec) -> dict[str, torch.Tensor]:
 def backbone_state_bytes(spec: FeatureSpec) -> int:
     """The bytes of :func:`warm_backbone_state` for ``spec``, counted on the meta device: what
     every logged anomaly model stores beside its detector, known before any weights load."""
+    from raylab.step_memory import state_bytes
+
     weightless = dataclasses.replace(spec.backbone, weights=None)
-    with torch.device("meta"):
-        state = create_backbone(weightless).state_dict()
-    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    return state_bytes(lambda: create_backbone(weightless))
 
 
 class BatchModel(Protocol):

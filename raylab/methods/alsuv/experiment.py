@@ -505,9 +505,10 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
     device, so it answers in seconds for FFHQ-256 without its checkpoint or a GPU.
     """
     from raylab.data import load_corpus
-    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count, state_bytes
+    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, parameter_count
     from raylab.methods.alsuv.model.encoders import build_backbone
     from raylab.methods.alsuv.model.stylegan2 import Discriminator, Generator
+    from raylab.step_memory import state_bytes
 
     config, data = request.config, request.config.data
     corpus = load_corpus(

@@ -263,10 +263,10 @@ def cost(request: Request[CKDJobConfig]) -> CostModel:
     holds its checkpoint (weights, SGD momentum, best weights) and, while Ray Train rotates
     it, the previous one, so the peak adds two of those per concurrent trial.
     """
-    from raylab.experiment.cost import FLOAT32, GB, parameter_count, state_bytes
+    from raylab.experiment.cost import FLOAT32, GB, parameter_count
     from raylab.methods.ckd.config import variant
     from raylab.methods.ckd.model import PeriocularEncoder, build_ckd_net
-    from raylab.step_memory import step_peak_bytes
+    from raylab.step_memory import state_bytes, step_peak_bytes
 
     config, train = request.config, request.config.ckd.train
     roles, _ = fold_roles_of(request, reuse=True)

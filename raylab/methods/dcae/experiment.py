@@ -307,9 +307,9 @@ def cost(request: Request[DCAESweepConfig]) -> CostModel:
     checkpoint and ``final_state_e<epochs>.pt``, both with every variant's weights and Adam
     moments: the checkpoint stays so that a longer run continues the finished one.
     """
-    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, GB, parameter_count, state_bytes
+    from raylab.experiment.cost import ADAM_STATE_COPIES, FLOAT32, GB, parameter_count
     from raylab.methods.dcae.training import build_model
-    from raylab.step_memory import step_peak_bytes
+    from raylab.step_memory import state_bytes, step_peak_bytes
 
     config = request.config
     data, _ = decoded_corpus(request, reuse=True)
