@@ -75,6 +75,7 @@ def main() -> None:
     init_ray()
     features = cached_patch_features(pa.concat_tables([first, *defect_rows]), config.features)
     splits = {name: class_splits(table, config.features.image_size) for name, table in validations.items()}
+    fit_splits = splits[next(iter(splits))]  # every validation set has the same fit images
     fit_rows = first.filter(pc.equal(first["split"], "train"))
     fit_key = columns_fingerprint(fit_rows, ["sample_id", "image"])
     token_dim = int(features.take(fit_rows["sample_id"].to_pylist()[:1]).shape[-1])
@@ -85,7 +86,7 @@ def main() -> None:
         identity = content_hash(inputs)
         evaluations = {name: [] for name in splits}
         start = time.perf_counter()
-        for index, split in enumerate(splits[next(iter(splits))]):
+        for index, split in enumerate(fit_splits):
             meds = MeDS(
                 meds_config,
                 seed=args.seed,
@@ -105,7 +106,7 @@ def main() -> None:
         lines.append(line)
         print(lines[-1], flush=True)
 
-    held = sum(int((s.test_labels == 0).sum()) for s in splits[next(iter(splits))])
+    held = sum(int((s.test_labels == 0).sum()) for s in fit_splits)
     print(
         f"\n{args.dataset}: {held} held-out training images, as many defects in each validation set, "
         f"seed {args.seed}, validation seed {args.validation_seed}"
@@ -122,15 +123,12 @@ def main() -> None:
         return
     best = max(line[f"{CHOOSE_ON}_image_auroc"] for line in affordable)
     error = auroc_standard_error(best, held, held)
-    chosen = min((line for line in affordable if line[f"{CHOOSE_ON}_image_auroc"] >= best - error), key=_cost)
+    tied = [line for line in affordable if line[f"{CHOOSE_ON}_image_auroc"] >= best - error]
+    chosen = min(tied, key=lambda line: line["work"])
     print(
         f"chosen on {CHOOSE_ON} (best {best:.3f}, standard error {error:.3f}) within {args.max_work:g}x: "
         f"{chosen['size']}, the cheapest within one standard error of the best"
     )
-
-
-def _cost(line: dict) -> float:
-    return line["work"]
 
 
 def training_work(config: MeDSConfig, token_dim: int) -> float:

@@ -22,7 +22,7 @@ import pytest
 from raylab.experiment import get_experiment, run
 from raylab.experiment.registry import FULL_SIZE_CONFIGS
 from raylab.testing.random_weights import smoke_weight_arguments
-from raylab.testing.tracked_runs import logged_model_bytes, runs_under
+from raylab.testing.tracked_runs import assert_models_as_estimated, runs_under
 
 pytestmark = [pytest.mark.full_size_smoke, pytest.mark.timeout(1800)]  # paper-size runs: minutes each on 2 cores
 
@@ -81,9 +81,7 @@ def test_meds_full_dinov2_at_smoke_budget(ray_session, weight_folder: Path, tmp_
     _assert_report_figure_opens("meds_sweep", summary["sweep"], "image_auroc_vs_noise.png", tmp_path)
     # The dry run's disk estimate for logged models agrees with what the run logged (the
     # memory banks it leaves out are a few percent at this size).
-    logged = logged_model_bytes(runs_under(summary["sweep"]))
-    estimate = run(get_experiment("meds_sweep"), [*argv, "--smoke", "--dry-run"])["estimate"]
-    assert 0.9 * logged <= estimate["model_gb"] * 2**30 <= logged, (estimate["model_gb"], logged / 2**30)
+    assert_models_as_estimated("meds_sweep", argv, runs_under(summary["sweep"]))
 
 
 def test_tailedcore_full_wrn50_at_smoke_budget(ray_session, shared_data: Path, weight_folder: Path, tmp_path: Path):

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from raylab.experiment.registry import FULL_SIZE_CONFIGS
-from raylab.testing.tracked_runs import logged_model_bytes, runs_under
+from raylab.testing.tracked_runs import assert_models_as_estimated, runs_under
 
 pytestmark = [pytest.mark.full_size_smoke, pytest.mark.timeout(1800)]  # paper-size runs: minutes each on 2 cores
 
@@ -49,16 +49,6 @@ def _run(job: str, argv: list[str], summary: Path) -> dict[str, Any]:
     return out
 
 
-def _assert_models_as_estimated(job: str, argv: list[str], runs: list[Any]) -> None:
-    """The dry run's disk estimate for logged models agrees with what the run logged (the
-    estimate counts the weights; a model folder adds its MLmodel, environment and example)."""
-    from raylab.experiment import get_experiment, run
-
-    logged = logged_model_bytes(runs)
-    estimate = run(get_experiment(job), [*argv, "--smoke", "--dry-run"])["estimate"]["model_gb"] * 2**30
-    assert 0.9 * logged <= estimate <= logged, (estimate, logged)
-
-
 def _opens_as_image(run_id: str, artifact: str, scratch: Path) -> None:
     import mlflow
 
@@ -84,7 +74,7 @@ def test_ckd_official_size_smoke(ray_session, shared_data: Path, tmp_path: Path)
     children = runs_under(out["name"])
     assert len(children) == 5
     _opens_as_image(children[0].info.run_id, "figures/cmc.png", tmp_path)
-    _assert_models_as_estimated("ckd_train", argv, children)
+    assert_models_as_estimated("ckd_train", argv, children)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
@@ -105,4 +95,4 @@ def test_dcae_full_size_smoke(ray_session, shared_data: Path, tmp_path: Path, da
     trial_runs = [r for r in runs if r.info.run_name == "c0-s0"]
     assert len(trial_runs) == 1
     _opens_as_image(trial_runs[0].info.run_id, "reconstructions.png", tmp_path)
-    _assert_models_as_estimated("dcae_sweep", argv, runs)
+    assert_models_as_estimated("dcae_sweep", argv, runs)

@@ -42,3 +42,14 @@ def logged_model_bytes(runs: list[Any]) -> int:
         folder = Path(mlflow.get_logged_model(uri.removeprefix("models:/")).artifact_location.removeprefix("file://"))
         total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     return total
+
+
+def assert_models_as_estimated(job: str, argv: list[str], runs: list[Any]) -> None:
+    """The smoke dry run of ``job`` with ``argv`` estimates the logged models' disk within 10% below
+    what ``runs`` logged (it counts the weights; a model folder adds its MLmodel, environment
+    and example)."""
+    from raylab.experiment import get_experiment, run
+
+    logged = logged_model_bytes(runs)
+    estimate = run(get_experiment(job), [*argv, "--smoke", "--dry-run"])["estimate"]["model_gb"] * 2**30
+    assert 0.9 * logged <= estimate <= logged, (estimate / 2**30, logged / 2**30)
