@@ -352,7 +352,14 @@ def test_stylegan2_and_encoder_training_on_ray_train(ray_session, tmp_path):
     rng = np.random.default_rng(0)
     images = np.tanh(rng.normal(size=(12, 3, 8, 8))).astype(np.float32)
     train = GanTrainConfig(
-        iterations=3, batch_size=4, num_workers=2, checkpoint_every=3, d_reg_every=2, g_reg_every=2, ema_kimg=0.01
+        iterations=3,
+        batch_size=4,
+        num_workers=2,
+        checkpoint_every=3,
+        d_reg_every=2,
+        g_reg_every=2,
+        ema_kimg=0.01,
+        diffaugment=("color", "translation", "cutout"),  # R1 on step 0 runs through them too
     )
     first = train_generator(images, TINY, train, storage_path=str(tmp_path), mean_latent_samples=64)
     assert first.path.name == "generator.pt" and first.metrics["iteration"] == 2

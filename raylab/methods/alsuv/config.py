@@ -135,6 +135,10 @@ class GanTrainConfig:
     path length every 4 with weight 2, style mixing 0.9, x-flips); ``r1_gamma`` is the
     StyleGAN2-ADA heuristic 0.0002 res^2 / batch rounded, which is the right order for small
     images (10 is for 1024 px).
+
+    ``diffaugment``: the DiffAugment policies (``color``, ``translation``, ``cutout``) applied
+    to every image the discriminator sees, for training on a few hundred faces
+    (:mod:`raylab.methods.alsuv.training.diffaugment`); empty is plain StyleGAN2.
     """
 
     iterations: int = 2000
@@ -152,6 +156,13 @@ class GanTrainConfig:
     num_workers: int = 2
     checkpoint_every: int = 250
     seed: int = 0
+    diffaugment: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from raylab.methods.alsuv.training.diffaugment import POLICIES
+
+        unknown = [name for name in self.diffaugment if name not in POLICIES]
+        require(not unknown, "diffaugment", f"has unknown policies {unknown}; known: {list(POLICIES)}")
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 The StyleGAN2 recipe (Karras et al. 2020): non-saturating logistic loss, lazy R1 on reals
 every ``d_reg_every`` steps, lazy path-length regularisation every ``g_reg_every`` steps
-(optional), style mixing, x-flips, Adam with betas (0, 0.99) whose lr and betas are
-rescaled for the lazy regularisers, and an EMA copy of the generator (half-life
-``ema_kimg`` thousand images, ramped up over the first ``ema_rampup`` of the images seen,
-as StyleGAN2-ADA does) that is the generator the attack uses.
+(optional), style mixing, x-flips, optional DiffAugment for small face sets, Adam with
+betas (0, 0.99) whose lr and betas are rescaled for the lazy regularisers, and an EMA copy
+of the generator (half-life ``ema_kimg`` thousand images, ramped up over the first
+``ema_rampup`` of the images seen, as StyleGAN2-ADA does) that is the generator the attack
+uses.
 
 Workers: each of ``num_workers`` Ray Train workers draws its own share of the batch, and
 gradients are averaged with an explicit all-reduce before every optimiser step. GAN steps
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from raylab.methods.alsuv.model.stylegan2 import (
     load_rosinality,
     save_rosinality,
 )
+from raylab.methods.alsuv.training.diffaugment import diff_augment
 from raylab.train.harness import TrainSpec, fit, load_result_state, report_epoch, restore_state
 from raylab.train.harness import run_name as train_run_name
 
@@ -111,6 +114,14 @@ def _ema_beta(config: GanTrainConfig, images_seen: int) -> float:
     return 0.5 ** (config.batch_size / max(half_life, 1e-8))
 
 
+def _judged(
+    discriminator: torch.nn.Module, policy: tuple[str, ...], rng: torch.Generator, images: torch.Tensor
+) -> torch.Tensor:
+    """The discriminator's logits for ``images``, through this step's DiffAugment draws when
+    ``policy`` names any (R1 too: its gradient is taken through the augmentation, as DiffAugment's is)."""
+    return discriminator(diff_augment(images, policy, rng) if policy else images)
+
+
 def gan_train_loop(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker of StyleGAN2 training (see the module docstring)."""
     import random
@@ -151,6 +162,7 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
         if cfg.xflip:
             flip = torch.rand(per_worker, generator=rng) < 0.5
             real = torch.where(flip[:, None, None, None], real.flip(3), real)
+        judge = functools.partial(_judged, discriminator, cfg.diffaugment, rng)
 
         # Discriminator: softplus(D(fake)) + softplus(-D(real)).
         _requires_grad(generator, False)
@@ -158,7 +170,7 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
         z, mix = _noises(per_worker, model.style_dim, cfg.mixing, rng)
         with torch.no_grad():
             fake = colour(generator(z, mix_z=mix))
-        fake_pred, real_pred = discriminator(fake), discriminator(real)
+        fake_pred, real_pred = judge(fake), judge(real)
         d_loss = F.softplus(fake_pred).mean() + F.softplus(-real_pred).mean()
         d_optim.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -167,7 +179,7 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
         r1_value = 0.0
         if cfg.d_reg_every > 0 and iteration % cfg.d_reg_every == 0 and cfg.r1_gamma > 0:
             real.requires_grad_(True)
-            (grad,) = torch.autograd.grad(discriminator(real).sum(), real, create_graph=True)
+            (grad,) = torch.autograd.grad(judge(real).sum(), real, create_graph=True)
             r1 = grad.square().flatten(1).sum(1).mean()
             d_optim.zero_grad(set_to_none=True)
             (cfg.r1_gamma / 2 * r1 * cfg.d_reg_every).backward()
@@ -179,7 +191,7 @@ def gan_train_loop(loop_config: dict[str, Any]) -> None:
         _requires_grad(generator, True)
         _requires_grad(discriminator, False)
         z, mix = _noises(per_worker, model.style_dim, cfg.mixing, rng)
-        g_loss = F.softplus(-discriminator(colour(generator(z, mix_z=mix)))).mean()
+        g_loss = F.softplus(-judge(colour(generator(z, mix_z=mix)))).mean()
         g_optim.zero_grad(set_to_none=True)
         g_loss.backward()
         _average_gradients(generator, world)
