@@ -544,13 +544,12 @@ def test_job_contract_and_unseen_encoders_never_called_during_search(
     # per seed and one run per method x seed, all nested under the sweep's parent run.
     import mlflow
 
+    from raylab.testing.tracked_runs import runs_under
     from raylab.tracking import tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri())
-    experiment = client.get_experiment_by_name("raylab/alsuv_attack")
-    runs = client.search_runs([experiment.experiment_id])
-    parent = next(r for r in runs if r.info.run_name == result["name"])
-    children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    runs = runs_under(result["name"])
+    children = sorted(r.info.run_name for r in runs)
     assert children == sorted(
         ["models", "attack-s0", "attack-s1", *(f"{m}-s{s}" for m in (*METHODS, "pixel_inversion") for s in (0, 1))]
     )

@@ -35,6 +35,7 @@ def test_ffhq256_smoke_reaches_a_summary_with_one_face_size(ray_session, shared_
     from raylab.experiment import get_experiment, run
     from raylab.methods.alsuv.report import GAP, LABEL_HEIGHT, cell_side, grid_size
     from raylab.testing.random_weights import smoke_weight_arguments
+    from raylab.testing.tracked_runs import runs_under
     from raylab.tracking import tracking_uri
 
     out = tmp_path / "summary.json"
@@ -81,13 +82,7 @@ def test_ffhq256_smoke_reaches_a_summary_with_one_face_size(ray_session, shared_
         assert math.isfinite(row["source_cosine"])
 
     client = mlflow.MlflowClient(tracking_uri())
-    experiment = client.get_experiment_by_name("raylab/alsuv_attack")
-    runs = {
-        r.info.run_name: r
-        for r in client.search_runs(
-            [experiment.experiment_id], f"tags.mlflow.parentRunId = '{_parent_id(client, experiment, result['name'])}'"
-        )
-    }
+    runs = {r.info.run_name: r for r in runs_under(result["name"])}
     cell = cell_side(112)
     grid = Image.open(_artifact(client, runs["attack-s0"].info.run_id, "reconstructions_s0.png", tmp_path))
     grid.load()
@@ -98,10 +93,6 @@ def test_ffhq256_smoke_reaches_a_summary_with_one_face_size(ray_session, shared_
         assert (gap == 255).all()
     samples = Image.open(_artifact(client, runs["models"].info.run_id, "generator_samples.png", tmp_path))
     assert samples.size == (4 * cell, 2 * cell)
-
-
-def _parent_id(client, experiment, name: str) -> str:
-    return next(r.info.run_id for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == name)
 
 
 def test_face_sizes_are_reconciled_before_ray_starts(capsys, tmp_path):
