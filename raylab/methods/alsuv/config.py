@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from raylab.config import require
 
@@ -54,6 +54,7 @@ EncoderKind = Literal["irse", "timm", "mobilefacenet", "iresnet", "dlib"]
 # Kinds whose weights are pretrained elsewhere and never trained here (dlib's come with its package).
 PRETRAINED_KINDS = ("mobilefacenet", "dlib")
 MarginLoss = Literal["arcface", "cosface"]
+DiffAugmentPolicy = Literal["color", "translation", "cutout"]
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,12 @@ class GanTrainConfig:
     num_workers: int = 2
     checkpoint_every: int = 250
     seed: int = 0
-    diffaugment: tuple[str, ...] = ()
+    diffaugment: tuple[DiffAugmentPolicy, ...] = ()
 
     def __post_init__(self) -> None:
-        from raylab.methods.alsuv.training.diffaugment import POLICIES
-
-        unknown = [name for name in self.diffaugment if name not in POLICIES]
-        require(not unknown, "diffaugment", f"has unknown policies {unknown}; known: {list(POLICIES)}")
+        known = get_args(DiffAugmentPolicy)
+        unknown = [name for name in self.diffaugment if name not in known]
+        require(not unknown, "diffaugment", f"has unknown policies {unknown}; known: {list(known)}")
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,14 @@ Each draw comes from a ``torch.Generator`` so that a Train worker's step is repr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import torch
 from torch import Tensor
 
-POLICIES = ("color", "translation", "cutout")
+from raylab.methods.alsuv.config import DiffAugmentPolicy
+
+POLICIES: tuple[str, ...] = get_args(DiffAugmentPolicy)
 
 
 def _uniform(images: Tensor, rng: torch.Generator) -> Tensor:
