@@ -11,9 +11,10 @@ each variant, the targets themselves on the same canvas: what a perfect generato
 
 A variant is spelled ``SIZE[+da][@STEPS]``: the output side in pixels (the canvas follows
 it), ``+da`` for DiffAugment (colour, translation, cutout) on everything the discriminator
-sees, and the training steps (batch 16; default ``--steps``). ``32@1200`` is the CPU size the
-job trains. A larger size scales the CPU size's width table with it (``channel_base``), so
-its last block has the same 32 channels (64 px: 64 channels at 4-32 px, 32 at 64 px).
+sees, and the training steps (batch 16; default ``--steps``). ``32+da@12000`` is the CPU
+size the job trains (``32@1200`` the one before it). A larger size scales the CPU size's
+width table with it (``channel_base``), so its last block has the same 32 channels (64 px:
+64 channels at 4-32 px, 32 at 64 px).
 
 Run: ``python benchmarks/alsuv_generator_gate.py --data-root ../shared/data --weights-root
 ../shared/weights --variants 32@1200,64+da@2400`` (the first training of a variant takes
