@@ -78,8 +78,13 @@ def variant_config(variant: Variant):
 def measure(variant: Variant, data_root: str, weights_root: str, seed: int) -> dict[str, float]:
     import numpy as np
 
-    from raylab.methods.alsuv.evaluate import reference
-    from raylab.methods.alsuv.experiment import ModelsLog, evaluate_seed, prepare_renderer
+    from raylab.methods.alsuv.experiment import (
+        ModelsLog,
+        evaluate_seed,
+        held_out_references,
+        held_out_rows,
+        prepare_renderer,
+    )
     from raylab.methods.alsuv.faces import choose_targets, load_protocol
     from raylab.methods.alsuv.inversion import invert_targets
     from raylab.methods.alsuv.model.encoders import make_encoder
@@ -94,14 +99,9 @@ def measure(variant: Variant, data_root: str, weights_root: str, seed: int) -> d
         for name, spec in config.encoders.unseen.items()
         if name in ("mobilefacenet", "dlib_resnet")
     }
-    references = {
-        name: reference(
-            encoder, protocol.held_out.images, protocol.held_out.identities, config.evaluation.fars, flip=True
-        )
-        for name, encoder in encoders.items()
-    }
+    references = held_out_references(encoders, protocol, config)
     targets, _ = choose_targets(protocol, config.data.targets_per_identity)
-    rows = [int(np.flatnonzero(protocol.held_out.sample_ids == sid)[0]) for sid in targets.sample_ids]
+    rows = held_out_rows(protocol, targets)
     started = time.perf_counter()
     inversions = invert_targets(targets.images, renderer, config.inversion, seed=seed)
     inversion_s = time.perf_counter() - started

@@ -215,15 +215,35 @@ def prepare_encoders(
     return encoders
 
 
+def held_out_rows(protocol: FaceProtocol, targets: FaceSet) -> list[int]:
+    """Each target's row among the held-out images (whose pairs set the encoders' thresholds)."""
+    import numpy as np
+
+    return [int(np.flatnonzero(protocol.held_out.sample_ids == sid)[0]) for sid in targets.sample_ids]
+
+
+def held_out_references(
+    encoders: Mapping[str, FaceEncoder], protocol: FaceProtocol, config: AlsuvConfig
+) -> dict[str, EncoderReference]:
+    """Per encoder, the held-out people's embeddings and the thresholds at the config's FARs."""
+    from raylab.methods.alsuv.evaluate import reference
+
+    held_out = protocol.held_out
+    return {
+        name: reference(
+            encoder, held_out.images, held_out.identities, config.evaluation.fars, flip=config.evaluation.flip
+        )
+        for name, encoder in encoders.items()
+    }
+
+
 def prepare(request: Request[AlsuvConfig]) -> Prepared:
     """Protocol, models (the Train runs keep their own names: a hash of their data and config,
     so every sweep that trains the same generator or encoder reuses it), targets, templates
     and thresholds. The fingerprint covers the face corpus and every pretrained file's bytes."""
-    import numpy as np
 
     from raylab.data.store import corpus_fingerprint
     from raylab.experiment.identity import content_hash
-    from raylab.methods.alsuv.evaluate import reference
     from raylab.methods.alsuv.faces import choose_targets, load_protocol
     from raylab.tasks.faces.embedding import embed
 
@@ -237,17 +257,8 @@ def prepare(request: Request[AlsuvConfig]) -> Prepared:
     targets, skipped = choose_targets(protocol, config.data.targets_per_identity)
     if config.max_targets is not None:
         targets = targets.take(range(min(config.max_targets, len(targets))))
-    target_rows = [int(np.flatnonzero(protocol.held_out.sample_ids == sid)[0]) for sid in targets.sample_ids]
-    references = {
-        name: reference(
-            encoder,
-            protocol.held_out.images,
-            protocol.held_out.identities,
-            config.evaluation.fars,
-            flip=config.evaluation.flip,
-        )
-        for name, encoder in {**unseen, "source": source, "validation": validation}.items()
-    }
+    target_rows = held_out_rows(protocol, targets)
+    references = held_out_references({**unseen, "source": source, "validation": validation}, protocol, config)
     inputs = AttackInputs(
         protocol,
         renderer,
