@@ -609,6 +609,19 @@ def test_bad_inputs_fail_before_ray_naming_the_key(capsys, tmp_path):
     (tmp_path / "named.yaml").write_text("data: {dataset: face_folder}\n")
     assert "data.dataset is decided" in refused(["--print-config", "--config", str(tmp_path / "named.yaml")])
     assert "--seeds '0,a': 'a' is not a valid int" in refused(["--seeds", "0,a"])
+    # The white-box source cannot also judge the attack: MobileFaceNet as the source with the
+    # default unseen set (which holds it) is refused; the packaged real-source config moves it.
+    mobilefacenet_source = (
+        "encoders.source={kind: mobilefacenet, input_size: [112, 96], crop: [1.0, 0.8571428571428571], "
+        "weights: mobilefacenet_casia_webface.ckpt, normalisation: mobilefacenet}"
+    )
+    assert "encoders.unseen: ['mobilefacenet'] is the source or validation encoder itself" in refused(
+        ["--print-config", "--set", mobilefacenet_source]
+    )
+    real_source = run(get_experiment("alsuv_attack"), ["--config", "alsuv/orl_real_source", "--print-config"])["config"]
+    assert real_source.encoders.source.kind == "mobilefacenet"
+    assert sorted(real_source.encoders.unseen) == ["dlib_resnet", "resnet10t"]
+    assert real_source.evaluation.verdict_encoder == "dlib_resnet"
     assert "generator: " in refused(
         ["--data-root", str(tmp_path), "--set", "generator.checkpoint=missing.pt", "--weights-root", str(tmp_path)]
     )

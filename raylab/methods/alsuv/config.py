@@ -335,6 +335,14 @@ class EncoderSet:
         require(bool(unseen), "unseen", "is empty: the attack must be judged on at least one unseen encoder")
         clash = sorted({"source", "validation"} & set(unseen))
         require(not clash, "unseen", f"names {clash} clash with the attack's own encoders")
+        # Same fields, same network (pretrained: the same file; trained here: the same seed and
+        # data): judging the attack on it would be judging it on the encoder it searched with.
+        seen = {name: spec for name, spec in unseen.items() if spec in (self.source, self.validation)}
+        require(
+            not seen,
+            "unseen",
+            f"{sorted(seen)} is the source or validation encoder itself; an unseen encoder must differ from both",
+        )
         require(self.epochs is None or self.epochs >= 1, "epochs", f"must be >= 1 or null, got {self.epochs}")
         require(self.steps is None or self.steps >= 1, "steps", f"must be >= 1 or null, got {self.steps}")
         object.__setattr__(self, "unseen", unseen)
