@@ -618,6 +618,10 @@ def test_bad_inputs_fail_before_ray_naming_the_key(capsys, tmp_path):
     assert "encoders.unseen: ['mobilefacenet'] is the source or validation encoder itself" in refused(
         ["--print-config", "--set", mobilefacenet_source]
     )
+    # Fed another crop, it is still the same pretrained network.
+    assert "is the source or validation encoder itself" in refused(
+        ["--print-config", "--set", mobilefacenet_source.replace("0.8571428571428571", "1.0")]
+    )
     real_source = run(get_experiment("alsuv_attack"), ["--config", "alsuv/orl_real_source", "--print-config"])["config"]
     assert real_source.encoders.source.kind == "mobilefacenet"
     assert sorted(real_source.encoders.unseen) == ["dlib_resnet", "resnet10t"]

@@ -259,6 +259,18 @@ class EncoderConfig:
     seed: int = 0
     train: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
 
+    @property
+    def trained_here(self) -> bool:
+        """No weight file and not a pretrained kind: the job trains it on the training identities."""
+        return self.weights is None and self.kind not in PRETRAINED_KINDS
+
+    @property
+    def network(self) -> object:
+        """What decides its weights: a pretrained encoder's kind and file (its input geometry
+        only changes what it is fed), every field of one trained here (same fields, same seed,
+        same data: the same network)."""
+        return self if self.trained_here else (self.kind, self.weights)
+
 
 def mobilefacenet_encoder() -> EncoderConfig:
     """The pretrained CASIA-WebFace MobileFaceNet: 112 x 96 input of a 7:6 (h:w) face crop."""
@@ -335,9 +347,9 @@ class EncoderSet:
         require(bool(unseen), "unseen", "is empty: the attack must be judged on at least one unseen encoder")
         clash = sorted({"source", "validation"} & set(unseen))
         require(not clash, "unseen", f"names {clash} clash with the attack's own encoders")
-        # Same fields, same network (pretrained: the same file; trained here: the same seed and
-        # data): judging the attack on it would be judging it on the encoder it searched with.
-        seen = {name: spec for name, spec in unseen.items() if spec in (self.source, self.validation)}
+        # Judging the attack on the network it searched or selected with is no transfer test.
+        own = (self.source.network, self.validation.network)
+        seen = {name: spec for name, spec in unseen.items() if spec.network in own}
         require(
             not seen,
             "unseen",

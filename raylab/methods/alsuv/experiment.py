@@ -205,7 +205,7 @@ def prepare_encoders(
     encoders = {}
     for name, spec in config.encoders.by_role().items():
         state = None
-        if spec.weights is None and spec.kind not in PRETRAINED_KINDS:
+        if spec.trained_here:
             trained = train_encoder(protocol.train.images, protocol.train.identities, spec)
             state = trained.state_dict
             log.metrics |= {f"encoder/{name}/{k}": v for k, v in trained.metrics.items()}
@@ -543,11 +543,7 @@ def cost(request: Request[AlsuvConfig]) -> CostModel:
     face = 3 * config.face_size**2 * FLOAT32
     # All canvases stay in memory; each target's searches come back with two canvases each.
     array_bytes = images * face + targets * attack.num_searches * 2 * face
-    trained = {
-        name: spec
-        for name, spec in config.encoders.by_role().items()
-        if spec.weights is None and spec.kind not in PRETRAINED_KINDS
-    }
+    trained = {name: spec for name, spec in config.encoders.by_role().items() if spec.trained_here}
     loaded = sorted(set(config.encoders.by_role()) - set(trained))
     # A Train run keeps its last checkpoint (weights and SGD momentum) and raylab a final backbone state.
     sgd_copies = 2
