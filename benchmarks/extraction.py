@@ -10,17 +10,26 @@ same batch size and the same torch threads:
 (a') plain, extractor's steps: the same loop doing exactly what the extractor now does,
     ``ImageTransform.resized_batch`` (uint8) then ``normalise_tensor`` (torch, batch-wise),
     the same features bit for bit but a cheaper normalisation than (a)'s per-image NumPy;
-    Ray against (a') is the cost of Ray alone (skipped where the library lacks these steps);
+    (skipped where the library lacks these steps); (a) and (a') run here, under glibc's
+    default allocator, as a user's own loop does;
+(a'') the same loop as (a') in a fresh interpreter started with raylab's allocator settings
+    (``raylab.allocator``: the runner gives them to every Ray worker, so these loops and
+    Ray's workers differ by glibc's settings); Ray against (a'') is the cost of Ray alone;
 (b) ray, first run: ``extract_patch_features`` on a fresh Ray with an empty shard cache
     (``RAYLAB_CACHE_DIR`` points at a fresh temporary folder), so writing the Parquet shards
     counts where the pipeline reads shards (``--source shards``; on a local Ray it puts the
-    table's blocks in the object store by default), and so do the workers' imports;
+    table's blocks in the object store by default); the session's first Ray Data execution
+    and the network's build count too. The extraction workers are warm as a job's are: the
+    runner starts them (``warm_extraction_workers``) right after Ray, and they import torch
+    and timm while the job loads its corpus. Here nothing overlaps, so the script waits for
+    them and prints that wait beside Ray's start, counted in no images/s, like the plain
+    loop's own imports; ``--cold`` skips the warm-up, so the first run pays the imports;
 (c) ray, again: the same call again, shards cached, Ray's worker processes as the first run
     left them.
 
 Ray starts once, before (b), on ``--num-cpus`` CPUs (all of this machine's by default)
-through the runner's own ``init_ray``; its start is printed separately and counts in no
-images/s. Every Ray run's features are checked against the plain loop's (``np.allclose``,
+through the runner's own ``init_ray``; its start and the warm-up are printed separately and
+count in no images/s. Every Ray run's features are checked against the plain loop's (``np.allclose``,
 rtol = atol = 1e-4, as ``tests/test_features.py``; the largest difference is printed), so
 the speeds compare the same computation. Imports (torch, timm) happen before any timing:
 the plain loop runs in a process that has them, as a notebook or a job would.
@@ -38,8 +47,12 @@ About two minutes on 2 idle CPU cores at the defaults.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -145,6 +158,8 @@ def main() -> None:
     )
     parser.add_argument("--actors", type=int, help="concurrent extractors (default: the library's pool)")
     parser.add_argument("--no-progress", action="store_true", help="silence Ray Data's progress lines")
+    parser.add_argument("--cold", action="store_true", help="no worker warm-up: the first run pays their imports")
+    parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)  # see tuned_plain_loop
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -163,6 +178,10 @@ def main() -> None:
     spec = FeatureSpec(image_size=args.image_size)
     n = table.num_rows
     torch.set_num_threads(args.threads)
+    if args.plain_child:
+        wall, _, _, _, (_, ids, patches) = timed(lambda: plain_loop(table, spec, args.batch_size, steps=True))
+        print(json.dumps({"wall": wall, "digest": features_digest(ids, patches)}))
+        return
     print(
         f"{n} magnetic-tile images, {spec.backbone.name} at {spec.image_size} px, batch {args.batch_size}, "
         f"plain loop torch threads {torch.get_num_threads()}, {os.cpu_count()} cores here, "
@@ -219,6 +238,16 @@ def main() -> None:
             )
         )
 
+    tuned_walls: list[float] = []
+
+    def tuned_plain(label: str) -> None:
+        wall, digest = tuned_plain_loop(args)
+        same = digest == features_digest(reference["ids"], reference["patches"])
+        if not same:
+            failures.append(f"{label}: features differ from the plain loop's")
+        tuned_walls.append(wall)
+        rows.append((label, f"{wall:.2f}", "", "", "", f"{n / wall:.1f}", "", "identical" if same else "DIFFERENT"))
+
     def ray_path(label: str, walls: list[float] | None) -> float:
         wall, cpu, machine, load, features = timed(
             lambda: ray_run(table, spec, args.batch_size, args.decode, args.source, args.actors)
@@ -245,6 +274,8 @@ def main() -> None:
         return wall
 
     plain("plain loop")
+    if has_steps:
+        tuned_plain(TUNED_LABEL)
 
     import ray
 
@@ -257,10 +288,16 @@ def main() -> None:
         f"Ray started in {ray_start:.2f} s on {args.num_cpus} CPUs "
         f"({describe_plan(table, args.decode, args.source, args.actors)})"
     )
+    if not args.cold:
+        started = time.perf_counter()
+        workers = set(ray.get(warm_workers()))
+        print(f"{len(workers)} extraction worker(s) warmed in {time.perf_counter() - started:.2f} s more")
     try:
         first = ray_path("ray, first run", None)
         for _ in range(args.rounds):
             plain("plain loop")
+            if has_steps:
+                tuned_plain(TUNED_LABEL)
             ray_path("ray, again", cached_walls)
     finally:
         print_table(
@@ -287,9 +324,49 @@ def main() -> None:
             f"median plain loop, extractor's steps {n / steps_median:.1f} images/s ({len(steps_walls)} runs); "
             f"ratio against it: ray first run {steps_median / first:.2f}{again}"
         )
+    if tuned_walls:
+        tuned = statistics.median(tuned_walls)
+        again = f", again {tuned / statistics.median(cached_walls):.2f}" if cached_walls else ""
+        print(
+            f"median {TUNED_LABEL} {n / tuned:.1f} images/s ({len(tuned_walls)} runs); "
+            f"ratio against it: ray first run {tuned / first:.2f}{again}"
+        )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if failures:
         raise SystemExit("; ".join(failures))
+
+
+TUNED_LABEL = "plain loop, extractor's steps, raylab's allocator"
+
+
+def features_digest(ids: np.ndarray, patches: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(ids).astype(str).tobytes() + patches.tobytes()).hexdigest()
+
+
+def tuned_plain_loop(args: argparse.Namespace) -> tuple[float, str]:
+    """(wall s, features digest) of the extractor's steps in a fresh interpreter started with
+    raylab's allocator settings (glibc reads them at a process's start, so not in this one):
+    Ray's workers have them, so against this loop the ratio is the cost of Ray alone."""
+    from raylab.allocator import SETTINGS
+
+    env = {**os.environ, **{key: str(value) for key, (_, value) in SETTINGS.items()}}
+    command = [sys.executable, __file__, "--plain-child", "--data-root", args.data_root, "--images", str(args.images)]
+    command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    command += ["--image-size", str(args.image_size)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        raise SystemExit(f"the plain loop under raylab's allocator failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["wall"], result["digest"]
+
+
+def warm_workers() -> list:
+    """The runner's warm-up of the extraction workers (none in library versions without one)."""
+    try:
+        from raylab.features.extract import warm_extraction_workers
+    except ImportError:
+        return []
+    return warm_extraction_workers()
 
 
 def describe_plan(table, decode: str | None, source: str | None, actors: int | None) -> str:

@@ -14,6 +14,19 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+def _keep_freed_memory() -> None:
+    """The allocator settings every raylab job gives its processes (``raylab.allocator``), for
+    this process and, through the environment, every process it starts: the session's Ray and
+    its workers, the jobs, clusters and servers the tests start."""
+    from raylab.allocator import allocator_environment, keep_freed_memory
+
+    keep_freed_memory()
+    os.environ.update(allocator_environment())
+
+
+_keep_freed_memory()
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 

@@ -325,6 +325,25 @@ def test_extraction_plan_follows_the_resources(ray_session):
         use(previous)
 
 
+def test_warm_up_starts_the_extractors_processes_only_where_they_are_kept(ray_session):
+    """One warm-up task per extractor on the session's CPU Ray (whose processes later tasks
+    reuse), none where extraction runs in actors (accelerators, clusters)."""
+    import os
+
+    from raylab.features.extract import warm_extraction_workers
+    from raylab.resources import Resources, current, gpu_profile, use
+
+    previous = current()
+    try:
+        use(Resources(extraction_actors=2))
+        pids = ray_session.get(warm_extraction_workers())
+        assert len(pids) == 2 and os.getpid() not in pids
+        use(gpu_profile())
+        assert warm_extraction_workers() == []
+    finally:
+        use(previous)
+
+
 def test_actor_pool_path_with_uint8_hand_off_gives_the_direct_features(tiles, ray_session, monkeypatch):
     """The default path (warm CPU tasks, in-memory blocks, fused decode) is checked above; this
     is the actor pool a cluster or GPUs use, reading Parquet shards, fed uint8 pixels through

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
+
+if TYPE_CHECKING:  # pandas loads where used: see raylab.data's docstring
+    import pandas as pd
 
 MANIFEST_KEYS = ["split", "class_name", "label", "injected_noise"]
 

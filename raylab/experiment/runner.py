@@ -203,6 +203,7 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         print(plan["text"], flush=True)
         return plan
 
+    from raylab.allocator import keep_freed_memory
     from raylab.data.store import cache_root
     from raylab.experiment.session import init_ray
     from raylab.tracking import tracked_run, tracking_uri
@@ -212,6 +213,7 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         check_tracking_endpoint(tracking_uri())
     except TrackingEndpointError as error:
         _fail(parser, error)
+    keep_freed_memory()  # this driver's torch work; init_ray passes the settings to every worker
     with phase("Ray start (or join)"):
         init_ray(verbose=args.verbose)
     shortfall = local_shortfall(experiment.trial_cpus(config))
@@ -228,6 +230,9 @@ def run(experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]
         resources, extraction_actors=resources.extraction_pool(), task_slots=resources.parallel_tasks()
     )
     use_resources(resources)
+    from raylab.features.extract import warm_extraction_workers
+
+    warm_extraction_workers()  # their imports overlap the corpus load below
     with phase("shared inputs: corpus, shards, features"):
         prepared = experiment.prepare(request)
     if not isinstance(prepared, Prepared):

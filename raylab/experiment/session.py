@@ -58,7 +58,10 @@ def init_ray(*, verbose: bool = False, **local_options: Any) -> None:
     if not ray.is_initialized():
         # Workers learn these from the job's environment; each is added only when the job's own
         # runtime env does not already carry it (Ray refuses two values for one variable).
-        env_vars = {key: value for key, value in pinned_environment().items() if key not in os.environ}
+        from raylab.allocator import allocator_environment
+
+        pinned = {**pinned_environment(), **allocator_environment()}
+        env_vars = {key: value for key, value in pinned.items() if key not in os.environ}
         if verbose and os.environ.get(VERBOSE_ENV) != "1":
             env_vars[VERBOSE_ENV] = "1"
         os.environ.update(env_vars)

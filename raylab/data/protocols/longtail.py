@@ -33,17 +33,18 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.stats import pareto as pareto_distribution
 
 from raylab.data.manifest import before_after
 from raylab.data.protocols.noise import COPY_SEPARATOR, _as_injected
 from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
+
+if TYPE_CHECKING:  # pandas and scipy.stats load where used: see raylab.data's docstring
+    import pandas as pd
 
 Kind = Literal["step", "pareto"]
 
@@ -88,6 +89,8 @@ class LongTailResult:
 
 def discrete_pareto_pmf(alpha: float, size: int, epsilon: float = 0.01) -> np.ndarray:
     """Mass of ``size`` equal slices of the Pareto(alpha) quantile range [epsilon, 1 - epsilon]."""
+    from scipy.stats import pareto as pareto_distribution
+
     edges = np.linspace(pareto_distribution.ppf(epsilon, alpha), pareto_distribution.ppf(1 - epsilon, alpha), size + 1)
     return np.diff(pareto_distribution.cdf(edges, alpha))
 
@@ -154,6 +157,8 @@ def apply_long_tail(table: pa.Table, protocol: LongTailProtocol) -> LongTailResu
     else:
         result = pa.concat_tables([out.filter(pc.invert(mask)), _as_injected(out.filter(mask))])
     validate_corpus(result)
+    import pandas as pd
+
     return LongTailResult(result, before_after(table, result), pd.DataFrame(rows))
 
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylab.data.manifest import before_after
 from raylab.data.schema import CORPUS_SCHEMA, validate_corpus
+
+if TYPE_CHECKING:  # pandas loads where used: see raylab.data's docstring
+    import pandas as pd
 
 COPY_SEPARATOR = "#"
 
