@@ -2,14 +2,17 @@
 
 By default glibc serves each allocation above a threshold (128 KiB, growing to at most 32 MiB)
 with fresh pages from the kernel and hands them back on free, and trims the top of its heap
-when more than twice that is free. A CNN's activations at batch 32 are tens of MiB each, so
-every forward pass gets new pages and faults every one of them in again: extracting 320
-magnetic tiles with EfficientNet-Lite0 on 2 cores took 4.9 million page faults and 10.4-11.5
-s, against 0.33 million and 4.5-4.7 s with allocations up to ``MMAP_THRESHOLD`` served from
-the heap and up to ``TRIM_THRESHOLD`` of it kept (``benchmarks/allocator.py``; the same
-features bit for bit). On virtual machines, where a page fault costs most, this is the
-largest single cost of CPU inference and training. It is why PyTorch suggests jemalloc or
-tcmalloc for CPU work; these two settings get glibc there without another library.
+when more than twice that is free. A CNN's activations at batch 32 and 224 px are tens of
+MiB each, so every forward pass gets new pages and faults every one of them in again:
+extracting the patch features of 320 magnetic tiles with EfficientNet-Lite0 on 2 cores took
+4.1 million page faults and 11.6 s (median of 3), against 0.2 million and 6.7 s with
+allocations up to ``MMAP_THRESHOLD`` served from the heap and up to ``TRIM_THRESHOLD`` of it
+kept: 1.74x faster, the same features bit for bit (``python benchmarks/allocator.py``, load
+0.5-1.7 from its own runs). Where the tensors stay under glibc's 32 MiB ceiling nothing
+changes (ten SGD steps of ResNet-18 at 112 px: 5.73 against 5.76 s). On virtual machines,
+where a page fault costs most, this was the largest single cost of CPU inference; it is why
+PyTorch suggests jemalloc or tcmalloc for CPU work, and these two settings get glibc there
+without another library.
 
 The price: a process keeps up to ``TRIM_THRESHOLD`` of freed memory for its next
 allocations instead of returning it. Every process raylab starts gets the settings (Ray's

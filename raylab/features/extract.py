@@ -12,8 +12,10 @@ that loop, mostly in start-up, not compute):
 * **CPU extractors on a Ray this process started** (a laptop, a single machine): Ray tasks,
   not actors. Ray keeps a task's worker process for the job's later tasks, and each worker
   keeps the last backbone it built (:func:`warm_extractor`, one per process), so only the
-  first extraction of a session pays for importing torch and timm and building the network
-  (5-10 s on 2 busy cores); an actor pays it on every call, since its process dies with it.
+  first extraction of a session builds the network, and the runner starts these processes
+  right after Ray (:func:`warm_extraction_workers`), so torch and timm are imported while the
+  job loads its corpus (4-10 s on 2 busy cores); an actor pays all of it on every call, since
+  its process dies with it.
   The extractor decodes its own images (fused): decode tasks would only compete with its
   torch threads for the same cores (OpenMP's threads wait for each other at every operator)
   and send pixels through the object store for nothing.
