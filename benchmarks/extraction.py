@@ -317,20 +317,14 @@ def main() -> None:
         print(
             f"median ray again {n / cached:.1f} images/s ({len(cached_walls)} runs), ratio {plain_median / cached:.2f}"
         )
-    if steps_walls:
-        steps_median = statistics.median(steps_walls)
-        again = f", again {steps_median / statistics.median(cached_walls):.2f}" if cached_walls else ""
-        print(
-            f"median plain loop, extractor's steps {n / steps_median:.1f} images/s ({len(steps_walls)} runs); "
-            f"ratio against it: ray first run {steps_median / first:.2f}{again}"
-        )
-    if tuned_walls:
-        tuned = statistics.median(tuned_walls)
-        again = f", again {tuned / statistics.median(cached_walls):.2f}" if cached_walls else ""
-        print(
-            f"median {TUNED_LABEL} {n / tuned:.1f} images/s ({len(tuned_walls)} runs); "
-            f"ratio against it: ray first run {tuned / first:.2f}{again}"
-        )
+    for label, walls in (("plain loop, extractor's steps", steps_walls), (TUNED_LABEL, tuned_walls)):
+        if walls:
+            median = statistics.median(walls)
+            again = f", again {median / statistics.median(cached_walls):.2f}" if cached_walls else ""
+            print(
+                f"median {label} {n / median:.1f} images/s ({len(walls)} runs); "
+                f"ratio against it: ray first run {median / first:.2f}{again}"
+            )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if failures:
         raise SystemExit("; ".join(failures))
