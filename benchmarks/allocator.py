@@ -1,7 +1,7 @@
 """glibc's default allocator against raylab's settings (``raylab.allocator``), side by side.
 
 Each run is a fresh interpreter (glibc reads its settings at a process's start), alternating
-the two: ``default`` (glibc as it comes) and ``raylab`` (``allocator_environment()``). Two
+the two: ``default`` (glibc as it comes) and ``raylab`` (``raylab.allocator.ENVIRONMENT``). Two
 workloads, each timed inside the child after its imports:
 
 * ``extract``: patch features of the first ``--images`` magnetic tiles, EfficientNet-Lite0
@@ -78,12 +78,12 @@ print(json.dumps({"seconds": seconds, "faults": faults, "digest": digest.hexdige
 
 
 def run_child(workload: str, setting: str, args: argparse.Namespace) -> dict:
-    from raylab.allocator import SETTINGS
+    from raylab.allocator import ENVIRONMENT
 
-    env = {key: value for key, value in os.environ.items() if key not in SETTINGS}
+    env = {key: value for key, value in os.environ.items() if key not in ENVIRONMENT}
     env["HF_HUB_OFFLINE"] = "1"
     if setting == "raylab":  # what raylab gives the processes it starts
-        env.update({key: str(value) for key, (_, value) in SETTINGS.items()})
+        env.update(ENVIRONMENT)
     done = subprocess.run(
         [sys.executable, "-c", CHILD, workload, args.data_root, str(args.images), str(args.steps)],
         cwd=ROOT,

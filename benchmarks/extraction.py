@@ -341,9 +341,9 @@ def tuned_plain_loop(args: argparse.Namespace) -> tuple[float, str]:
     """(wall s, features digest) of the extractor's steps in a fresh interpreter started with
     raylab's allocator settings (glibc reads them at a process's start, so not in this one):
     Ray's workers have them, so against this loop the ratio is the cost of Ray alone."""
-    from raylab.allocator import SETTINGS
+    from raylab.allocator import ENVIRONMENT
 
-    env = {**os.environ, **{key: str(value) for key, (_, value) in SETTINGS.items()}}
+    env = {**os.environ, **ENVIRONMENT}
     command = [sys.executable, __file__, "--plain-child", "--data-root", args.data_root, "--images", str(args.images)]
     command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     command += ["--image-size", str(args.image_size)]

@@ -34,6 +34,7 @@ OPT_OUT = "RAYLAB_KEEP_FREED_MEMORY"
 
 # glibc's environment names for the two settings, and their mallopt() parameters (malloc.h).
 SETTINGS = {"MALLOC_MMAP_THRESHOLD_": (-3, MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": (-1, TRIM_THRESHOLD)}
+ENVIRONMENT = {name: str(value) for name, (_, value) in SETTINGS.items()}  # all of them, as a child's env
 
 
 def _enabled() -> bool:
@@ -45,7 +46,7 @@ def allocator_environment() -> dict[str, str]:
     at a process's start), less those the environment already sets: the user's values win."""
     if not _enabled():
         return {}
-    return {name: str(value) for name, (_, value) in SETTINGS.items() if name not in os.environ}
+    return {name: value for name, value in ENVIRONMENT.items() if name not in os.environ}
 
 
 def keep_freed_memory() -> bool:
