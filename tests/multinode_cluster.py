@@ -60,6 +60,35 @@ def wait_for_cpus(cpus: int, timeout: float = 120.0) -> None:
     time.sleep(3)  # one more round of the raylets' resource-view exchange
 
 
+def _import_chunk_module() -> None:
+    import time
+
+    import raylab.methods.meds.partial_memory  # noqa: F401
+
+    time.sleep(1.0)  # held, so the node's two calls take two distinct worker processes
+
+
+def warm_workers(nodes: list[str], per_node: int = 2) -> None:
+    """Leave ``per_node`` idle worker processes on every node, the chunk task's module imported.
+
+    Ray hands a leased worker the next queued task of the same kind, so short chunk tasks
+    could all finish on the head before the second node's first worker process has started,
+    and the second node would take no part though it was offered the work. Warm workers take
+    that start-up race out of what the test observes; the chunk tasks themselves are sized
+    to last far longer than a lease round trip."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    warm = ray.remote(num_cpus=1)(_import_chunk_module)
+    ray.get(
+        [
+            warm.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+            for node in nodes
+            for _ in range(per_node)
+        ]
+    )
+
+
 def run_once(corpus, label: str, seen: dict[str, set[str]]) -> dict:
     import ray
 
@@ -71,8 +100,10 @@ def run_once(corpus, label: str, seen: dict[str, set[str]]) -> dict:
     spec = FeatureSpec(image_size=32)
     features = extract_patch_features(corpus, spec, actors=len(nodes))
     _, h, w, d = features.patches.shape
-    tokens = l2_normalise(features.patches[:64].reshape(64, h * w, d))
-    scores = bootstrap_memory_scores(tokens, bootstraps=8, rho=0.5, seed=0, num_tasks=2 * len(nodes))
+    tokens = l2_normalise(features.patches.reshape(-1, h * w, d))
+    warm_workers(nodes)
+    # Each of the four chunks (four bootstraps over every image) takes about a second here.
+    scores = bootstrap_memory_scores(tokens, bootstraps=16, rho=0.5, seed=0, num_tasks=2 * len(nodes))
     blocks = -(-corpus.num_rows // 256)
     extractors = task_nodes("MapBatches(Model", seen["extract"], expected=blocks)  # ModelTask or ModelActor
     chunks = task_nodes("_chunk_task", seen["chunk"], expected=2 * len(nodes))
