@@ -9,10 +9,10 @@ extracting the patch features of 320 magnetic tiles with EfficientNet-Lite0 on 2
 allocations up to ``MMAP_THRESHOLD`` served from the heap and up to ``TRIM_THRESHOLD`` of it
 kept: 1.93x faster, the same features bit for bit (``python benchmarks/allocator.py``, load
 0.5-1.5 from its own runs; 1.74x on an earlier day). Where the tensors stay under glibc's
-32 MiB ceiling little changes (ten SGD steps of ResNet-18 at 112 px: 6.19 against 5.96 s). On virtual machines,
-where a page fault costs most, this was the largest single cost of CPU inference; it is why
-PyTorch suggests jemalloc or tcmalloc for CPU work, and these two settings get glibc there
-without another library.
+32 MiB ceiling little changes (ten SGD steps of ResNet-18 at 112 px: 6.19 against 5.96 s).
+On virtual machines, where a page fault costs most, this was the largest single cost of CPU
+inference; it is why PyTorch suggests jemalloc or tcmalloc for CPU work, and these two
+settings get glibc there without another library.
 
 The price: a process keeps up to ``TRIM_THRESHOLD`` of freed memory for its next
 allocations instead of returning it. Every process raylab starts gets the settings (Ray's
