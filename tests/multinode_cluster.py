@@ -61,8 +61,6 @@ def wait_for_cpus(cpus: int, timeout: float = 120.0) -> None:
 
 
 def _import_chunk_module() -> None:
-    import time
-
     import raylab.methods.meds.partial_memory  # noqa: F401
 
     time.sleep(1.0)  # held, so the node's two calls take two distinct worker processes
@@ -102,7 +100,7 @@ def run_once(corpus, label: str, seen: dict[str, set[str]]) -> dict:
     _, h, w, d = features.patches.shape
     tokens = l2_normalise(features.patches.reshape(-1, h * w, d))
     warm_workers(nodes)
-    # Each of the four chunks (four bootstraps over every image) takes about a second here.
+    # Two chunk tasks per node, each a few bootstraps over every image: about a second apiece here.
     scores = bootstrap_memory_scores(tokens, bootstraps=16, rho=0.5, seed=0, num_tasks=2 * len(nodes))
     blocks = -(-corpus.num_rows // 256)
     extractors = task_nodes("MapBatches(Model", seen["extract"], expected=blocks)  # ModelTask or ModelActor
